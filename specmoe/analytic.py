@@ -154,7 +154,8 @@ class Analytic:
         kv = batch * (w.prompt_len + w.output_len + gamma + 1) * m.kv_bytes_per_token
         tokens = batch * (gamma + 1)
         workspace = tokens * (m.vocab_size * 4 + 8 * m.hidden_size * m.dtype_bytes)  # fp32 logits + activations
-        experts = (resident + staging) * m.num_moe_layers * m.expert_bytes
+        # Resident experts live in every MoE layer; staging slots hold one layer's fetches at a time.
+        experts = (resident * m.num_moe_layers + staging) * m.expert_bytes
         return m.resident_bytes + kv + workspace + experts
 
     def _cache_slots(self, batch, gamma, staging, policy: Policy):
