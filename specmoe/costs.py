@@ -126,8 +126,7 @@ class CostModel:
         gate_bytes = m.hidden_size * m.num_experts * m.dtype_bytes
         t = self.gemm(tokens * m.router_flops_per_token, gate_bytes, tokens)
         if m.num_shared_experts:
-            shared_bytes = m.num_shared_experts * 3 * m.hidden_size * m.shared_expert_intermediate_size * m.dtype_bytes
-            t = t + self.gemm(tokens * m.shared_expert_flops_per_token, shared_bytes, tokens, kernels=2)
+            t = t + self.gemm(tokens * m.shared_expert_flops_per_token, m.shared_params * m.dtype_bytes, tokens, kernels=2)
         return t
 
     def dense_ffn(self, tokens):
@@ -156,8 +155,9 @@ class CostModel:
 
     def ssd_per_expert(self) -> float:
         """Extra time per expert fetch when not all experts fit in host DRAM (read from SSD first)."""
-        host_bytes = self.system.host.dram_gb * GB - self.model.resident_bytes
-        on_ssd = max(0.0, 1.0 - host_bytes / self.model.experts_total_bytes)
+        m = self.model
+        host_bytes = self.system.host.dram_gb * GB - m.resident_bytes - m.encoder_experts_total_bytes
+        on_ssd = min(1.0, max(0.0, 1.0 - host_bytes / m.experts_total_bytes))
         return on_ssd * self.model.expert_bytes / (self.ssd_bw * self.p.ssd_eff)
 
     # ---- host compute ------------------------------------------------------------------------
