@@ -10,13 +10,13 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the target is stated
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from specmoe.analytic import Analytic  # noqa: E402
-from specmoe.hardware import load_system  # noqa: E402
-from specmoe.models import load_model  # noqa: E402
-from specmoe.policies import make_policy  # noqa: E402
-from specmoe.workload import Routing, Workload  # noqa: E402
+from specmoe.analytic import Analytic
+from specmoe.hardware import load_system
+from specmoe.models import load_model
+from specmoe.policies import make_policy
+from specmoe.workload import Routing, Workload
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ The core (everything but `specmoe.engine` and `specmoe.kernels`) imports no torc
 from specmoe.errors import SpecMoEError
 
 __version__ = "0.1.0"
-__all__ = ["SpecMoEError", "predict", "plan", "load_model", "load_system", "__version__"]
+__all__ = ["SpecMoEError", "__version__", "load_model", "load_system", "plan", "predict"]
 
 
 def __getattr__(name):

@@ -163,7 +163,7 @@ class Analytic:
         m = self.model
         E = m.num_experts
         if policy.cache_fraction is not None:
-            return np.full(np.shape(batch), int(round(policy.cache_fraction * E)))
+            return np.full(np.shape(batch), round(policy.cache_fraction * E))
         free = self.hbm_bytes - self._memory(batch, gamma, 0, staging)
         slots = np.floor(np.maximum(free, 0.0) / (m.expert_bytes * m.num_moe_layers))
         return np.clip(slots, 0, E).astype(int)
@@ -220,7 +220,7 @@ class Analytic:
                             fwd.fetched_experts, mem, resident, policy)
 
     def _result(self, batch, gamma, iteration_s, tokens_per_iter, parts, fetched, mem, resident, policy):
-        m, w = self.model, self.workload
+        m, _w = self.model, self.workload
         h2d_bytes = fetched * m.expert_bytes
         ttft = self._prefill_s(batch, resident, policy)
         tpot = iteration_s / (tokens_per_iter / batch)

@@ -117,7 +117,7 @@ def draft_expert_choices(num_experts: int) -> list[int]:
 
 
 def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie", batch: int = 64,
-         policies: tuple[str, ...] = ANALYTIC, gammas=range(0, 17), draft_experts=None,
+         policies: tuple[str, ...] = ANALYTIC, gammas=range(17), draft_experts=None,
          **kwargs: Any) -> dict[str, Any]:
     """Sweep γ (0 = no speculation), N and policy analytically; return the best and every candidate."""
     base = resolve(model=model, hardware=hardware, batch=batch, policy="ondemand", **kwargs)

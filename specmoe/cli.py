@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from specmoe.errors import SpecMoEError
 
@@ -44,8 +45,8 @@ def _hardware(args):
 
 
 def config_kwargs(args, with_policy: bool = True) -> dict[str, Any]:
-    kw = dict(model=args.model, hardware=_hardware(args), batch=args.batch, prompt_len=args.prompt_len,
-              output_len=args.output_len, acceptance=args.acceptance, routing=args.routing)
+    kw = {"model": args.model, "hardware": _hardware(args), "batch": args.batch, "prompt_len": args.prompt_len,
+              "output_len": args.output_len, "acceptance": args.acceptance, "routing": args.routing}
     if with_policy:
         kw.update(policy=args.policy, gamma=args.gamma, draft_experts=args.draft_experts)
         kw.update({k: getattr(args, k) for k in POLICY_FLAGS if getattr(args, k) is not None})
@@ -71,9 +72,9 @@ def cmd_plan(args) -> int:
 
     policies = tuple(args.policies.split(",")) if args.policies else None
     kw = config_kwargs(args, with_policy=False)
-    result = plan(gammas=range(0, args.max_gamma + 1), **({"policies": policies} if policies else {}), **kw)
+    result = plan(gammas=range(args.max_gamma + 1), **({"policies": policies} if policies else {}), **kw)
     if args.html:
-        plan_figure(result).write_html(args.html, include_plotlyjs="cdn")
+        plan_figure(result).write_html(args.html, include_plotlyjs=True)
         result["html"] = args.html
     _print_json(result) if args.json else print_plan(result)
     return 0

@@ -62,7 +62,7 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_(self, **changes: Any) -> "Policy":
+    def with_(self, **changes: Any) -> Policy:
         return replace(self, **changes)
 
 

@@ -65,7 +65,7 @@ def plan_figure(plan: dict[str, Any]):
     fig = go.Figure()
     spec = [c for c in plan["candidates"] if c["policy"] == "specmoe" and c["fits"]]
     for n in sorted({c["draft_experts"] for c in spec}):
-        pts = sorted(((c["gamma"], c["tokens_per_s"]) for c in spec if c["draft_experts"] == n or c["gamma"] == 0))
+        pts = sorted((c["gamma"], c["tokens_per_s"]) for c in spec if c["draft_experts"] == n or c["gamma"] == 0)
         fig.add_trace(go.Scatter(x=[g for g, _ in pts], y=[v for _, v in pts], mode="lines+markers",
                                  name=f"specmoe N={n}"))
     for name, c in plan["best_by_policy"].items():

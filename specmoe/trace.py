@@ -10,9 +10,10 @@ import gzip
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from specmoe.errors import SpecMoEError
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -200,7 +200,7 @@ class Workload:
 
 # ---- measured data shipped with the package (specmoe/data/<name>/) ------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _load_data_json(name: str, file: str) -> dict:
     path = resources.files("specmoe") / "data" / name / file
     if not path.is_file():

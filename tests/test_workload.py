@@ -1,15 +1,25 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specmoe.errors import SpecMoEError
-from specmoe.workload import (Acceptance, Routing, Workload, alpha_from_tau, expected_distinct,
-                              parse_acceptance, parse_routing, published_acceptance, tau)
+from specmoe.workload import (
+    Acceptance,
+    Routing,
+    Workload,
+    alpha_from_tau,
+    expected_distinct,
+    parse_acceptance,
+    parse_routing,
+    published_acceptance,
+    tau,
+)
 
 
 def test_tau_closed_form_matches_series():
     for a in (0.0, 0.3, 0.8, 0.95):
-        for g in range(0, 12):
+        for g in range(12):
             assert tau(a, g) == pytest.approx(sum(a ** i for i in range(g + 1)))
 
 
