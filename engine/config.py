@@ -99,7 +99,9 @@ class MoEConfig:
             kw.update(experts=_get(cfg, "num_local_experts"), top_k=_get(cfg, "num_experts_per_tok"),
                       expert_ffn=_get(cfg, "intermediate_size"), norm_topk_prob=True)
         else:
-            kw.update(experts=_get(cfg, "num_experts"), top_k=_get(cfg, "num_experts_per_tok"),
+            # Qwen releases write num_experts; transformers >= 5 saves it as num_local_experts
+            experts = cfg.get("num_experts") or cfg.get("num_local_experts")
+            kw.update(experts=experts or _get(cfg, "num_experts"), top_k=_get(cfg, "num_experts_per_tok"),
                       expert_ffn=_get(cfg, "moe_intermediate_size"),
                       norm_topk_prob=bool(cfg.get("norm_topk_prob") or False))
             if mt == "qwen2_moe":
@@ -115,20 +117,36 @@ class MoEConfig:
 
     @classmethod
     def from_spec(cls, spec: Any, layers: int | None = None, **overrides: Any) -> "MoEConfig":
-        """From a catalog ModelSpec (specmoe.models) at its real shapes, with `layers` layers."""
+        """From a catalog ModelSpec (specmoe.models) at its real shapes, with `layers` layers.
+
+        Every layer becomes an MoE layer with GQA attention and SwiGLU experts: exact for Mixtral and
+        Qwen-MoE, the shapes (not every detail) of the other GQA decoder families.
+        """
         def need(name: str):
             if not hasattr(spec, name):
                 raise SpecMoEError(f"model spec {getattr(spec, 'name', spec)!r} lacks field {name!r}")
             return getattr(spec, name)
 
+        name = getattr(spec, "name", "?")
+        if getattr(spec, "attention", "gqa") != "gqa":
+            raise SpecMoEError(f"model {name!r}: attention={spec.attention!r}; the engine runs gqa only")
+        if getattr(spec, "encoder_layers", 0) or not getattr(spec, "gated_ffn", True):
+            raise SpecMoEError(f"model {name!r}: encoder-decoder or non-gated FFN; the engine runs "
+                               "decoder-only models with SwiGLU experts")
+        family = str(getattr(spec, "family", ""))
+        shared = int(getattr(spec, "num_shared_experts", 0) or 0) * int(
+            getattr(spec, "shared_expert_intermediate_size", 0) or 0)
         kw: dict[str, Any] = dict(
             hidden=need("hidden_size"), layers=layers or need("num_layers"), heads=need("num_heads"),
             kv_heads=need("num_kv_heads"), head_dim=need("head_dim"), experts=need("num_experts"),
-            top_k=need("top_k"), expert_ffn=need("expert_intermediate_size"),
-            shared_expert_ffn=int(getattr(spec, "shared_expert_intermediate_size", 0) or 0),
+            top_k=need("top_k"), expert_ffn=need("expert_intermediate_size"), shared_expert_ffn=shared,
             vocab=need("vocab_size"), rope_theta=float(getattr(spec, "rope_theta", 1e6) or 1e6),
             rms_eps=float(getattr(spec, "rms_norm_eps", 1e-6) or 1e-6),
-            norm_topk_prob=bool(getattr(spec, "norm_topk_prob", True)), dtype="bfloat16")
+            norm_topk_prob=bool(getattr(spec, "norm_topk_prob", True)),
+            qkv_bias=bool(getattr(spec, "attention_bias", False)),
+            qk_norm=family in ("qwen3_moe", "olmoe"),
+            tie_embeddings=bool(getattr(spec, "tie_embeddings", False)),
+            layout="qwen_moe" if family.startswith("qwen") else "mixtral", dtype="bfloat16")
         kw.update(overrides)
         return cls(**kw)
 
