@@ -109,51 +109,20 @@ def predict(**kwargs: Any) -> dict[str, Any]:
 
 def draft_expert_choices(num_experts: int) -> list[int]:
     """N = 1, 2, 4, … up to E (and E itself)."""
-    out, n = [], 1
-    while n < num_experts:
-        out.append(n)
-        n *= 2
-    return out + [num_experts]
+    from specmoe.planner import draft_expert_grid
+
+    return draft_expert_grid(num_experts)
 
 
 def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie", batch: int = 64,
          policies: tuple[str, ...] = ANALYTIC, gammas=range(17), draft_experts=None,
          **kwargs: Any) -> dict[str, Any]:
-    """Sweep γ (0 = no speculation), N and policy analytically; return the best and every candidate."""
-    base = resolve(model=model, hardware=hardware, batch=batch, policy="ondemand", **kwargs)
-    spec, system, wl = base.model, base.system, base.workload
-    ns = list(draft_experts) if draft_experts else draft_expert_choices(spec.num_experts)
-    candidates: list[dict[str, Any]] = []
-    for name in policies:
-        pol = make_policy(name)
-        if name == "specmoe":
-            g, n = np.meshgrid(np.asarray(list(gammas)), np.asarray(ns), indexing="ij")
-            g, n = g.ravel(), n.ravel()
-            keep = (g > 0) | (n == ns[0])          # γ = 0 does not depend on N: keep one
-            g, n = g[keep], n[keep]
-        else:
-            g, n = np.zeros(1), np.zeros(1)
-        res = Analytic(spec, system, wl).evaluate(pol, gamma=g, draft_experts=n)
-        for i in range(len(g)):
-            setup = Setup(spec, system, wl, pol.with_(gamma=int(g[i]), draft_experts=int(n[i])))
-            candidates.append(summarize(setup, res, i))
-    fitting = [c for c in candidates if c["fits"]]
-    if not fitting:
-        least = min(candidates, key=lambda c: c["gpu_memory_gb"])
-        raise SpecMoEError(f"model {spec.name} cannot fit on {system.name} at batch {batch} with any policy: "
-                           f"{least['reason']}")
-    best = max(fitting, key=lambda c: c["tokens_per_s"])
-    return {"model": spec.name, "hardware": system.name, "batch": batch,
-            "best": {k: best[k] for k in ("policy", "gamma", "draft_experts", "tokens_per_s", "tpot_ms",
-                                          "h2d_bytes_per_token", "gpu_memory_gb")},
-            "best_by_policy": _best_by_policy(fitting), "candidates": candidates,
-            "calibrated": bool(system.calibration)}
+    """Choose policy, γ (0 = no speculation) and N: analytic search, simulator confirmation where
+    available, and an explanation (see `specmoe.planner.plan` for the options).
 
+    Returns {best: {policy, gamma, draft_experts, tokens_per_s, ...}, best_by_policy, candidates, ...}.
+    """
+    from specmoe.planner import plan as _plan
 
-def _best_by_policy(candidates: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for c in candidates:
-        cur = out.get(c["policy"])
-        if cur is None or c["tokens_per_s"] > cur["tokens_per_s"]:
-            out[c["policy"]] = {k: c[k] for k in ("gamma", "draft_experts", "tokens_per_s", "tpot_ms")}
-    return out
+    return _plan(model=model, hardware=hardware, batch=batch, policies=policies, gammas=gammas,
+                 draft_experts=draft_experts, **kwargs)
