@@ -1,0 +1,5 @@
+"""Discrete-event simulator (SimPy) of MoE serving with expert offloading and speculative decoding."""
+from specmoe.sim.result import SimResult
+from specmoe.sim.simulator import Serving, SimOptions, Simulator, simulate
+
+__all__ = ["Simulator", "SimResult", "SimOptions", "Serving", "simulate"]
