@@ -147,6 +147,7 @@ def summary(stats) -> str:
 
 def cmd_run(args) -> int:
     from specmoe.engine.tracer import Tracer
+
     from specmoe.policies import make_policy
 
     policy = make_policy(args.policy, gamma=args.gamma, draft_experts=args.draft_experts,
@@ -177,15 +178,15 @@ def bench_grid(args) -> list[dict]:
         gammas = _ints(args.gammas, "--gammas") if name in SPECULATIVE else [0]
         ns = _ints(args.draft_experts_list, "--draft-experts") if name == "specmoe" else [0]
         for g, n in itertools.product(gammas, ns):
-            runs.append(dict(policy=name, batch=batch, gamma=g, draft_experts=n,
-                             file=f"{name}-b{batch}-g{g}-n{n}.jsonl.gz"))
+            runs.append({"policy": name, "batch": batch, "gamma": g, "draft_experts": n,
+                             "file": f"{name}-b{batch}-g{g}-n{n}.jsonl.gz"})
     return runs
 
 
 def cmd_bench(args) -> int:
     from rich.progress import Progress
-
     from specmoe.engine.tracer import Tracer
+
     from specmoe.policies import make_policy
 
     out = Path(args.out)
@@ -208,8 +209,8 @@ def cmd_bench(args) -> int:
                                  spec_min_batch=args.spec_min_batch)
             eng = _engine(w, policy, args, r["batch"], affinity=affinity)
             prompts = _prompts(args, w.cfg.vocab, r["batch"])
-            kw = dict(temperature=args.temperature, seed=args.seed,
-                      synthetic_acceptance=args.synthetic_acceptance)
+            kw = {"temperature": args.temperature, "seed": args.seed,
+                      "synthetic_acceptance": args.synthetic_acceptance}
             for _ in range(args.warmup):
                 eng.generate(prompts, args.max_new_tokens, **kw)
             eng.tracer = Tracer(args.device)

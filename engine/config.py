@@ -72,11 +72,11 @@ class MoEConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_(self, **changes: Any) -> "MoEConfig":
+    def with_(self, **changes: Any) -> MoEConfig:
         return replace(self, **changes)
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], **overrides: Any) -> "MoEConfig":
+    def from_hf(cls, cfg: dict[str, Any], **overrides: Any) -> MoEConfig:
         """From a Mixtral, Qwen2-MoE or Qwen3-MoE config.json dict."""
         mt = cfg.get("model_type")
         if mt not in LAYOUTS:
@@ -84,17 +84,17 @@ class MoEConfig:
         _check_unsupported(cfg, mt)
         heads = _get(cfg, "num_attention_heads")
         hidden = _get(cfg, "hidden_size")
-        kw: dict[str, Any] = dict(
-            hidden=hidden, layers=_get(cfg, "num_hidden_layers"), heads=heads,
-            kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or hidden // heads,
-            vocab=_get(cfg, "vocab_size"), rope_theta=_rope_theta(cfg),
-            rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        kw: dict[str, Any] = {
+            "hidden": hidden, "layers": _get(cfg, "num_hidden_layers"), "heads": heads,
+            "kv_heads": cfg.get("num_key_value_heads") or heads,
+            "head_dim": cfg.get("head_dim") or hidden // heads,
+            "vocab": _get(cfg, "vocab_size"), "rope_theta": _rope_theta(cfg),
+            "rms_eps": float(cfg.get("rms_norm_eps", 1e-6)),
+            "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
             # Full attention equals Mixtral's sliding window while sequences fit in the window.
-            max_seq_len=min(int(cfg.get("max_position_embeddings") or 4096), 4096,
+            "max_seq_len": min(int(cfg.get("max_position_embeddings") or 4096), 4096,
                             int(cfg.get("sliding_window") or 4096) if mt == "mixtral" else 4096),
-            dtype=_dtype(cfg.get("torch_dtype") or cfg.get("dtype")), layout=LAYOUTS[mt])
+            "dtype": _dtype(cfg.get("torch_dtype") or cfg.get("dtype")), "layout": LAYOUTS[mt]}
         if mt == "mixtral":
             kw.update(experts=_get(cfg, "num_local_experts"), top_k=_get(cfg, "num_experts_per_tok"),
                       expert_ffn=_get(cfg, "intermediate_size"), norm_topk_prob=True)
@@ -116,7 +116,7 @@ class MoEConfig:
         return cls(**kw)
 
     @classmethod
-    def from_spec(cls, spec: Any, layers: int | None = None, **overrides: Any) -> "MoEConfig":
+    def from_spec(cls, spec: Any, layers: int | None = None, **overrides: Any) -> MoEConfig:
         """From a catalog ModelSpec (specmoe.models) at its real shapes, with `layers` layers.
 
         Every layer becomes an MoE layer with GQA attention and SwiGLU experts: exact for Mixtral and
@@ -136,17 +136,17 @@ class MoEConfig:
         family = str(getattr(spec, "family", ""))
         shared = int(getattr(spec, "num_shared_experts", 0) or 0) * int(
             getattr(spec, "shared_expert_intermediate_size", 0) or 0)
-        kw: dict[str, Any] = dict(
-            hidden=need("hidden_size"), layers=layers or need("num_layers"), heads=need("num_heads"),
-            kv_heads=need("num_kv_heads"), head_dim=need("head_dim"), experts=need("num_experts"),
-            top_k=need("top_k"), expert_ffn=need("expert_intermediate_size"), shared_expert_ffn=shared,
-            vocab=need("vocab_size"), rope_theta=float(getattr(spec, "rope_theta", 1e6) or 1e6),
-            rms_eps=float(getattr(spec, "rms_norm_eps", 1e-6) or 1e-6),
-            norm_topk_prob=bool(getattr(spec, "norm_topk_prob", True)),
-            qkv_bias=bool(getattr(spec, "attention_bias", False)),
-            qk_norm=family in ("qwen3_moe", "olmoe"),
-            tie_embeddings=bool(getattr(spec, "tie_embeddings", False)),
-            layout="qwen_moe" if family.startswith("qwen") else "mixtral", dtype="bfloat16")
+        kw: dict[str, Any] = {
+            "hidden": need("hidden_size"), "layers": layers or need("num_layers"), "heads": need("num_heads"),
+            "kv_heads": need("num_kv_heads"), "head_dim": need("head_dim"), "experts": need("num_experts"),
+            "top_k": need("top_k"), "expert_ffn": need("expert_intermediate_size"), "shared_expert_ffn": shared,
+            "vocab": need("vocab_size"), "rope_theta": float(getattr(spec, "rope_theta", 1e6) or 1e6),
+            "rms_eps": float(getattr(spec, "rms_norm_eps", 1e-6) or 1e-6),
+            "norm_topk_prob": bool(getattr(spec, "norm_topk_prob", True)),
+            "qkv_bias": bool(getattr(spec, "attention_bias", False)),
+            "qk_norm": family in ("qwen3_moe", "olmoe"),
+            "tie_embeddings": bool(getattr(spec, "tie_embeddings", False)),
+            "layout": "qwen_moe" if family.startswith("qwen") else "mixtral", "dtype": "bfloat16"}
         kw.update(overrides)
         return cls(**kw)
 

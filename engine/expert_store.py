@@ -18,9 +18,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.tracer import NullTracer
+
 from specmoe.errors import SpecMoEError
 
 

@@ -11,17 +11,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-
 from specmoe.engine import ops
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.expert_store import ExpertStore
 from specmoe.engine.model import KVCache, Transformer
 from specmoe.engine.moe import ResidentExperts
 from specmoe.engine.policies import default_slots, make_provider, provider_class
-from specmoe.engine.speculative import (accept_greedy, accept_sampling, accept_synthetic,
-                                        draft_self, draft_separate, probs, sample, verify)
+from specmoe.engine.speculative import (
+    accept_greedy,
+    accept_sampling,
+    accept_synthetic,
+    draft_self,
+    draft_separate,
+    probs,
+    sample,
+    verify,
+)
 from specmoe.engine.tracer import NullTracer, device_fingerprint
 from specmoe.engine.weights import Weights, load_weights, random_model
+
 from specmoe.errors import SpecMoEError
 from specmoe.policies import Policy, validate_policy
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
-
 from specmoe.engine import ops
 from specmoe.engine.tracer import device_fingerprint
+
 from specmoe.errors import SpecMoEError
 from specmoe.trace import Header, event, write_trace
 
@@ -70,7 +70,7 @@ class Bench:
     def gemm(self, shapes: Iterable[tuple[int, int, int]]) -> None:
         for m, n, k in shapes:
             a, b = self._rand(m, k), self._rand(k, n)
-            s = _time(lambda: a @ b, self.device, self.reps)
+            s = _time(lambda a=a, b=b: a @ b, self.device, self.reps)
             self._add("gemm", "gemm", s, flops=2 * m * n * k, shape=[m, n, k],
                       bytes=(m * k + k * n + m * n) * a.element_size())
 
@@ -78,7 +78,7 @@ class Bench:
         w13, w2 = self._rand(2 * ffn, hidden) / hidden ** 0.5, self._rand(hidden, ffn) / ffn ** 0.5
         for n in tokens:
             x = self._rand(n, hidden)
-            s = _time(lambda: ops.expert_ffn(x, w13, w2), self.device, self.reps)
+            s = _time(lambda x=x: ops.expert_ffn(x, w13, w2), self.device, self.reps)
             self._add("expert_ffn", "expert", s, tokens=n, flops=6 * n * hidden * ffn,
                       bytes=(3 * hidden * ffn + 2 * n * hidden) * x.element_size(),
                       shape=[n, hidden, ffn])
@@ -92,7 +92,7 @@ class Bench:
                 pos = torch.arange(ctx - queries, ctx, device=self.device)
                 mask = (torch.arange(ctx, device=self.device)[None, :] <= pos[:, None])[None, None]
                 mask = mask.expand(B, 1, queries, ctx)
-                s = _time(lambda: ops.attention(q, k, v, mask), self.device, self.reps)
+                s = _time(lambda q=q, k=k, v=v, m=mask: ops.attention(q, k, v, m), self.device, self.reps)
                 self._add("attention", "attn", s, tokens=B * queries, context=ctx, batch=B,
                           flops=4 * B * queries * ctx * heads * head_dim,
                           bytes=2 * B * ctx * kv_heads * head_dim * q.element_size(),
@@ -114,7 +114,7 @@ class Bench:
                 src, dst = (host, dev) if direction == "h2d" else (dev, host)
                 for chunk in chunks:
                     c = chunk or size
-                    s = _time(lambda: _chunked_copy(dst, src, c, stream), self.device, self.reps)
+                    s = _time(lambda d=dst, s=src, c=c: _chunked_copy(d, s, c, stream), self.device, self.reps)
                     self._add(f"copy_{direction}", direction, s, bytes=size, pinned=pin,
                               chunk=c, stream="copy")
 
@@ -124,7 +124,7 @@ class Bench:
         cpu = torch.device("cpu")
         for n in tokens:
             x = torch.randn(n, hidden).to(self.dtype)
-            s = _time(lambda: ops.expert_ffn(x, w13, w2), cpu, self.reps)
+            s = _time(lambda x=x: ops.expert_ffn(x, w13, w2), cpu, self.reps)
             self._add("cpu_expert_ffn", "cpu_expert", s, tokens=n, flops=6 * n * hidden * ffn,
                       bytes=(3 * hidden * ffn + 2 * n * hidden) * x.element_size(),
                       shape=[n, hidden, ffn], threads=torch.get_num_threads(), stream="host")

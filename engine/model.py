@@ -17,10 +17,10 @@ The MoE block routes (softmax, top-k) and hands the experts to `self.experts`, a
 from __future__ import annotations
 
 import torch
-
 from specmoe.engine import ops
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.tracer import NullTracer
+
 from specmoe.errors import SpecMoEError
 
 

@@ -8,7 +8,6 @@ host; all of them end in `run_slots`, which computes the experts already sitting
 from __future__ import annotations
 
 import torch
-
 from specmoe.engine import ops
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.tracer import NullTracer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ def _kernel(name: str, device: torch.device, check: Callable[[Callable], bool]) 
             cand = getattr(K, name, None)
             if cand is not None and check(cand):
                 fn = cand
-        except Exception as exc:  # a missing or different kernel falls back to torch, loudly
+        except Exception as exc:  # noqa: BLE001 - any kernel failure falls back to torch, loudly
             warnings.warn(f"specmoe.engine: kernel {name} not used ({type(exc).__name__}: {exc})")
         _checked[key] = fn
     return _checked[key]

@@ -12,12 +12,12 @@ import random
 from collections import Counter
 
 import torch
-
 from specmoe.engine.affinity import affinity_ranking, substitute
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.expert_store import ExpertStore
 from specmoe.engine.moe import run_slots
 from specmoe.engine.tracer import NullTracer
+
 from specmoe.errors import SpecMoEError
 from specmoe.policies import Policy
 
@@ -146,7 +146,7 @@ class Caching(OnDemand):
     @staticmethod
     def pinned_per_layer(policy: Policy, cfg: MoEConfig) -> int:
         f = DEFAULT_CACHE_FRACTION if policy.cache_fraction is None else policy.cache_fraction
-        return min(cfg.experts, int(round(f * cfg.experts)))
+        return min(cfg.experts, round(f * cfg.experts))
 
     @classmethod
     def slots_needed(cls, policy: Policy, cfg: MoEConfig) -> int:
@@ -291,4 +291,4 @@ def make_provider(policy: Policy, cfg: MoEConfig, store: ExpertStore, gates, tra
     return provider_class(policy)(policy, cfg, store, gates, tracer, **opts)
 
 
-__all__ = ["make_provider", "default_slots", "provider_class", "ENGINE_POLICIES"]
+__all__ = ["ENGINE_POLICIES", "default_slots", "make_provider", "provider_class"]

@@ -15,7 +15,6 @@ alpha (timing at real shapes with random weights; its output is not the target's
 from __future__ import annotations
 
 import torch
-
 from specmoe.engine.model import KVCache, Transformer
 
 

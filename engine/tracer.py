@@ -10,9 +10,10 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -118,7 +119,7 @@ def device_fingerprint(device: str | torch.device = "cpu") -> dict[str, Any]:
         import triton
 
         fp["triton"] = triton.__version__
-    except Exception:
+    except ImportError:
         fp["triton"] = None
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
@@ -145,7 +146,7 @@ def _nvidia_smi(idx: int) -> dict[str, Any]:
     q = "driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.limit,pcie.link.gen.current,pcie.link.width.current"
     try:
         out = subprocess.run(["nvidia-smi", f"--id={idx}", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
+                             capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
     keys = ("driver", "sm_clock_mhz", "mem_clock_mhz", "max_sm_clock_mhz", "power_limit_w",

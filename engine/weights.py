@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from specmoe.engine.config import LAYOUTS, MoEConfig
+
 from specmoe.errors import SpecMoEError
 
 EXPERT_PARTS = ("w1", "w3", "w2")
@@ -45,7 +45,7 @@ class Weights:
     dense: dict[str, torch.Tensor]      # canonical name -> tensor (host)
     experts: list[torch.Tensor]         # per layer [experts, 3*ffn*hidden] (host; pinned for CUDA)
 
-    def pin(self) -> "Weights":
+    def pin(self) -> Weights:
         """Page-lock the expert buffers so H2D copies run asynchronously at full bandwidth."""
         self.experts = [b if b.is_pinned() else b.pin_memory() for b in self.experts]
         return self
@@ -162,7 +162,7 @@ def load_weights(path: str | Path, layers: int | None = None, pin: bool = False,
     index = {}
     for f in files:
         with safe_open(str(f), framework="pt") as sf:
-            index.update({k: f for k in sf.keys()})
+            index.update(dict.fromkeys(sf.keys(), f))
     _check_layout(cfg, index, root)
     wanted = {name: hf_name(cfg, name) for name in dense_shapes(cfg)}
     wanted_experts = {(l, e, p): hf_expert_name(cfg, l, e, p) for l in range(cfg.layers)
@@ -255,12 +255,12 @@ def save_weights(w: Weights, path: str | Path, hf_config: dict | None = None) ->
 
 def to_hf_config(cfg: MoEConfig) -> dict:
     """A config.json dict that MoEConfig.from_hf reads back to cfg (up to max_seq_len/batch)."""
-    common = dict(hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-                  num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
-                  head_dim=cfg.head_dim, vocab_size=cfg.vocab, rope_theta=cfg.rope_theta,
-                  rms_norm_eps=cfg.rms_eps, tie_word_embeddings=cfg.tie_embeddings,
-                  num_experts_per_tok=cfg.top_k, torch_dtype=cfg.dtype,
-                  max_position_embeddings=cfg.max_seq_len)
+    common = {"hidden_size": cfg.hidden, "num_hidden_layers": cfg.layers,
+                  "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads,
+                  "head_dim": cfg.head_dim, "vocab_size": cfg.vocab, "rope_theta": cfg.rope_theta,
+                  "rms_norm_eps": cfg.rms_eps, "tie_word_embeddings": cfg.tie_embeddings,
+                  "num_experts_per_tok": cfg.top_k, "torch_dtype": cfg.dtype,
+                  "max_position_embeddings": cfg.max_seq_len}
     if cfg.layout == "mixtral":
         return dict(model_type="mixtral", num_local_experts=cfg.experts,
                     intermediate_size=cfg.expert_ffn, **common)

@@ -1,14 +1,15 @@
 """Bytes moved equal each policy's accounting, recomputed here from the routing record alone."""
 from collections import Counter, defaultdict
+from itertools import pairwise
 
 import pytest
 import torch
-
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.expert_store import ExpertStore
 from specmoe.engine.generate import Engine
 from specmoe.engine.tracer import Tracer
 from specmoe.engine.weights import random_model
+
 from specmoe.errors import SpecMoEError
 from specmoe.policies import make_policy
 from specmoe.trace import read_trace
@@ -54,7 +55,7 @@ def _hottest(rec, n: int, resident: set[int]) -> set[int]:
 
 def test_ondemand_fetches_distinct_needed_experts_per_layer_per_step(weights, tmp_path):
     tracer = Tracer()
-    eng, res, log = _run(weights, "ondemand", tracer=tracer)
+    _, res, log = _run(weights, "ondemand", tracer=tracer)
     assert len(log) == len(res.routing)
     total = 0
     for rec in res.routing:
@@ -74,7 +75,7 @@ def test_ondemand_fetches_distinct_needed_experts_per_layer_per_step(weights, tm
 
 @pytest.mark.parametrize("gamma,n", [(3, 2), (5, 1), (2, 4)])
 def test_specmoe_fetches_each_needed_nonresident_expert_once_per_verification(weights, gamma, n):
-    eng, res, log = _run(weights, "specmoe", gamma=gamma, draft_experts=n)
+    _, res, log = _run(weights, "specmoe", gamma=gamma, draft_experts=n)
     recs = res.routing
     assert not [k for k in log if k[1] == "draft"]  # drafting moves nothing
     verifies = 0
@@ -94,7 +95,7 @@ def test_specmoe_fetches_each_needed_nonresident_expert_once_per_verification(we
         if rec["phase"] in ("prefill", "verify"):
             by_layer[rec["layer"]].append(rec)
     for layer, seq in by_layer.items():
-        for prev, nxt in zip(seq, seq[1:]):
+        for prev, nxt in pairwise(seq):
             assert set(nxt["resident"]) == _hottest(prev, n, set(prev["resident"])), (layer, nxt["step"])
     fetched = sum(map(len, log.values()))
     assert res.stats.weight_bytes_h2d == fetched * EB == res.stats.bytes_by_link["h2d"]
@@ -108,7 +109,7 @@ def test_specmoe_moves_fewer_bytes_per_token_than_ondemand(weights):
 
 
 def test_caching_hits_misses_and_pins(weights):
-    eng, res, log = _run(weights, "caching", cache_fraction=0.25)
+    _, res, log = _run(weights, "caching", cache_fraction=0.25)
     st = res.stats
     needed = sum(len(_needed(r)) for r in res.routing)
     assert st.hits + st.misses == needed
@@ -123,7 +124,7 @@ def test_caching_hits_misses_and_pins(weights):
 
 
 def test_overlap_prefetches_count_as_bytes(weights):
-    eng, res, log = _run(weights, "overlap")
+    _, res, log = _run(weights, "overlap")
     st, pc = res.stats, res.stats.policy_counters
     needed = sum(len(_needed(r)) for r in res.routing)
     assert st.hits + st.misses == needed
@@ -136,7 +137,7 @@ def test_overlap_prefetches_count_as_bytes(weights):
 
 
 def test_cpu_policy_moves_activations_not_weights(weights):
-    eng, res, _ = _run(weights, "cpu", cache_fraction=0.25)
+    _, res, _ = _run(weights, "cpu", cache_fraction=0.25)
     st, pc = res.stats, res.stats.policy_counters
     act = pc["cpu_tokens"] * CFG.hidden * 4
     assert pc["cpu_experts"] > 0

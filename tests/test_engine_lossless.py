@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
-
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.generate import Engine
 from specmoe.engine.model import KVCache, Transformer
 from specmoe.engine.moe import ResidentExperts
 from specmoe.engine.speculative import accept_sampling
 from specmoe.engine.weights import Weights, random_model
+
 from specmoe.errors import SpecMoEError
 from specmoe.policies import Policy, make_policy
 
@@ -64,12 +64,12 @@ def _first_layers(w: Weights, n: int) -> Weights:
 POLICIES = [
     ("ondemand", {}), ("overlap", {}), ("caching", {"cache_fraction": 0.25}), ("caching", {}),
     ("cpu", {}),
-    ("specmoe", dict(gamma=1, draft_experts=1)),
-    ("specmoe", dict(gamma=3, draft_experts=2)),
-    ("specmoe", dict(gamma=5, draft_experts=4, draft_set="random")),
-    ("specmoe", dict(gamma=2, draft_experts=3, draft_set="hot")),
-    ("specmoe", dict(gamma=4, draft_experts=2, substitution=False)),
-    ("specmoe", dict(gamma=3, draft_experts=2, spec_min_batch=4)),  # batch 3: speculation off
+    ("specmoe", {"gamma": 1, "draft_experts": 1}),
+    ("specmoe", {"gamma": 3, "draft_experts": 2}),
+    ("specmoe", {"gamma": 5, "draft_experts": 4, "draft_set": "random"}),
+    ("specmoe", {"gamma": 2, "draft_experts": 3, "draft_set": "hot"}),
+    ("specmoe", {"gamma": 4, "draft_experts": 2, "substitution": False}),
+    ("specmoe", {"gamma": 3, "draft_experts": 2, "spec_min_batch": 4}),  # batch 3: speculation off
 ]
 
 

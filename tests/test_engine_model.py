@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.model import KVCache, Transformer
 from specmoe.engine.moe import ResidentExperts
 from specmoe.engine.weights import load_weights, random_model, save_weights, to_hf_config
+
 from specmoe.errors import SpecMoEError
 
 CFG = MoEConfig(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, experts=6, top_k=2,
@@ -31,21 +31,21 @@ def _model(w):
 
 
 def test_from_hf_mixtral_and_qwen():
-    mix = MoEConfig.from_hf(dict(model_type="mixtral", hidden_size=64, num_hidden_layers=3,
-                                 num_attention_heads=8, num_key_value_heads=2, vocab_size=100,
-                                 num_local_experts=8, num_experts_per_tok=2, intermediate_size=96,
-                                 rope_theta=1e6, torch_dtype="bfloat16"))
+    mix = MoEConfig.from_hf({"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 3,
+                                 "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 100,
+                                 "num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 96,
+                                 "rope_theta": 1e6, "torch_dtype": "bfloat16"})
     assert (mix.experts, mix.top_k, mix.expert_ffn, mix.head_dim, mix.layout) == (8, 2, 96, 8, "mixtral")
     assert mix.norm_topk_prob and mix.dtype == "bfloat16" and mix.rope_theta == 1e6
-    q2 = MoEConfig.from_hf(dict(model_type="qwen2_moe", hidden_size=64, num_hidden_layers=2,
-                                num_attention_heads=4, vocab_size=100, num_experts=60,
-                                num_experts_per_tok=4, moe_intermediate_size=32,
-                                shared_expert_intermediate_size=128))
+    q2 = MoEConfig.from_hf({"model_type": "qwen2_moe", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "vocab_size": 100, "num_experts": 60,
+                                "num_experts_per_tok": 4, "moe_intermediate_size": 32,
+                                "shared_expert_intermediate_size": 128})
     assert (q2.experts, q2.shared_expert_ffn, q2.qkv_bias, q2.norm_topk_prob, q2.kv_heads) == (60, 128, True, False, 4)
-    q3 = MoEConfig.from_hf(dict(model_type="qwen3_moe", hidden_size=64, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                                vocab_size=100, num_experts=16, num_experts_per_tok=4,
-                                moe_intermediate_size=32, norm_topk_prob=True))
+    q3 = MoEConfig.from_hf({"model_type": "qwen3_moe", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+                                "vocab_size": 100, "num_experts": 16, "num_experts_per_tok": 4,
+                                "moe_intermediate_size": 32, "norm_topk_prob": True})
     assert q3.qk_norm and q3.head_dim == 32 and q3.layout == "qwen_moe"
 
 
@@ -53,9 +53,9 @@ def test_from_hf_rejects_unknown_and_incomplete():
     with pytest.raises(SpecMoEError, match="model_type='llama'"):
         MoEConfig.from_hf({"model_type": "llama"})
     with pytest.raises(SpecMoEError, match="num_local_experts"):
-        MoEConfig.from_hf(dict(model_type="mixtral", hidden_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, vocab_size=10, num_experts_per_tok=2,
-                               intermediate_size=8))
+        MoEConfig.from_hf({"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "vocab_size": 10, "num_experts_per_tok": 2,
+                               "intermediate_size": 8})
 
 
 def test_from_spec_real_shapes():

@@ -9,15 +9,16 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from specmoe.engine.generate import Engine  # noqa: E402
-from specmoe.engine.model import KVCache, Transformer  # noqa: E402
-from specmoe.engine.moe import ResidentExperts  # noqa: E402
-from specmoe.engine.weights import load_weights  # noqa: E402
-from specmoe.policies import make_policy  # noqa: E402
+from specmoe.engine.generate import Engine
+from specmoe.engine.model import KVCache, Transformer
+from specmoe.engine.moe import ResidentExperts
+from specmoe.engine.weights import load_weights
 
-COMMON = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, num_experts_per_tok=2, max_position_embeddings=64,
-              rms_norm_eps=1e-6)
+from specmoe.policies import make_policy
+
+COMMON = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "num_experts_per_tok": 2, "max_position_embeddings": 64,
+              "rms_norm_eps": 1e-6}
 
 
 def _mixtral():
