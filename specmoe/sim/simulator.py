@@ -112,7 +112,10 @@ class Simulator:
         self._check()
         m = self.model
         self.costs = CostModel(m, self.system)
-        self.rng = np.random.default_rng(seed)
+        # Independent streams, so that policies compared at one seed see the same routing,
+        # acceptance and arrivals (common random numbers) whatever random choices they make.
+        streams = [np.random.default_rng(c) for c in np.random.SeedSequence(seed).spawn(4)]
+        self.route_rng, self.accept_rng, self.rng, self.arrival_rng = streams
         self.L, self.E, self.k = m.num_moe_layers, m.num_experts, m.top_k
         self.probs = self.workload.routing.inclusion_probs(self.E, self.k, self.L)
         self.moe_layer_ids = np.asarray(m.moe_layer_ids)
@@ -135,7 +138,7 @@ class Simulator:
         self.staged = self.peak_layer_fetch = 0
         self.step = 0
         self.sampler = RoutingSampler(self.probs, self.k, self.workload.routing.temporal_reuse,
-                                      self.workload.batch, self.rng, self.options.pattern_orders)
+                                      self.workload.batch, self.route_rng, self.options.pattern_orders)
         self.pol = POLICY_CLASSES[self.policy.name](self)
         self._head_key, self._head = None, None
         self.bd = dict.fromkeys(CATEGORIES + ("prefill",), 0.0)
@@ -312,7 +315,7 @@ class Simulator:
             yield from self.pol.draft(counts, B, context)
             verify = counts.sum(axis=1)
             yield from self.forward(self.pol.plan(verify, "verify", B * (g + 1), B, context))
-            accepted = sample_accepted(self.rng, self.pol.alpha, g, B)
+            accepted = sample_accepted(self.accept_rng, self.pol.alpha, g, B)
             self.pol.after(verify, "verify")
             if self.rec is not None:
                 self.rec.span("accept", "accept", self.env.now, 0.0, "gpu", step=self.step,
@@ -353,7 +356,7 @@ class Simulator:
 
     def _serving(self):
         w, env = self.workload, self.env
-        times = self.serving.times(self.rng)
+        times = self.serving.times(self.arrival_rng)
         n = len(times)
         self.req_arrival, self.req_first = times, np.full(n, np.nan)
         self.req_done = np.full(n, np.nan)
@@ -437,14 +440,17 @@ class Simulator:
     def _result(self, wall: float) -> SimResult:
         w, m = self.workload, self.model
         serving = self.serving is not None
-        span = self.env.now - self.t_start
         iters = len(self.iter_s)
+        if serving:                    # from the first arrival to the last completion
+            span = float(np.nanmax(self.req_done) - self.req_arrival[0])
+        else:
+            span = self.env.now - self.t_start
         tokens = int(np.sum(self.iter_tokens))
         used = {mt.name: (mt.busy - self.meter0[mt.name][0], mt.bytes - self.meter0[mt.name][1]) for mt in self._meters()}
         util = {k: (v[0] / span if span > 0 else 0.0) for k, v in used.items()}
         nbytes = {k: used[k][1] if k in used else 0.0 for k in ("h2d", "d2h", "ssd")}
         spec = self.verified
-        mean_iter = span / iters if iters else 0.0
+        mean_iter = float(np.mean(self.iter_s)) if iters else 0.0
         if serving:
             tokens_all = tokens + int(np.sum(~np.isnan(self.req_first)))      # + first tokens
             tput = tokens_all / span if span > 0 else 0.0
