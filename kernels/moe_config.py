@@ -1,0 +1,170 @@
+"""Tile configs of the fused MoE kernels: a default that works on every device, plus per-device
+JSON overrides written by `tune_fused_moe` (kernels/configs/<device_name>.json).
+
+File format (one file per device, as named by `_runtime.device_name()`):
+
+    {"device": "NVIDIA_H100_80GB_HBM3", "triton": "3.6.0", "torch": "...",
+     "fused_moe": {"E=8,N=14336,K=4096,topk=2,dtype=bfloat16":
+                       {"1": {"BLOCK_SIZE_M": 16, ...}, "64": {...}}}}
+
+N is the expert intermediate size F, K the hidden size D; the inner keys are token counts T, and
+the entry whose T is nearest the call's is used (as in vLLM's per-device configs). A config holds
+BLOCK_SIZE_M (also the alignment block size), BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, num_warps
+and num_stages; the same config drives both the gate/up and the down kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from . import _runtime as rt
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps",
+               "num_stages")
+
+
+def shape_key(num_experts: int, inter: int, hidden: int, top_k: int, dtype: torch.dtype) -> str:
+    return f"E={num_experts},N={inter},K={hidden},topk={top_k},dtype={str(dtype).replace('torch.', '')}"
+
+
+def default_config(num_tokens: int, num_experts: int, top_k: int) -> dict:
+    """Tiles by expected tokens per expert. Shared memory stays under ~100 KB (fits every
+    NVIDIA GPU from sm_80 on), so this works anywhere; tuned JSON files do better."""
+    if rt.interpreting():  # few, mid-sized programs run fastest under the interpreter
+        return {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1,
+                    "num_warps": 4, "num_stages": 1}
+    per_expert = num_tokens * top_k / max(num_experts, 1)
+    if per_expert <= 16:  # decode: weight-bandwidth bound, many thin tiles
+        return {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1,
+                    "num_warps": 4, "num_stages": 3}
+    if per_expert <= 128:
+        return {"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 8,
+                    "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 8,
+                "num_warps": 4, "num_stages": 3}
+
+
+def config_path(device: str | None = None) -> Path:
+    return CONFIG_DIR / f"{device or rt.device_name()}.json"
+
+
+@functools.lru_cache(maxsize=16)
+def _load(path: str, mtime: float) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_device_configs(path: Path | str | None = None) -> dict:
+    """The {shape_key: {T: config}} table of a device file, or {} if there is none."""
+    p = Path(path) if path is not None else config_path()
+    if not p.exists():
+        return {}
+    return _load(str(p), p.stat().st_mtime).get("fused_moe", {})
+
+
+def validate_config(cfg: dict) -> dict:
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise rt.SpecMoEError(f"config: missing keys {missing}; allowed: a dict with {CONFIG_KEYS}")
+    for k in CONFIG_KEYS:
+        v = cfg[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise rt.SpecMoEError(f"config[{k!r}]: got {v!r}; allowed: an int >= 1")
+    for k in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps"):
+        v = cfg[k]
+        if v & (v - 1) or (k != "num_warps" and v < 16):
+            raise rt.SpecMoEError(f"config[{k!r}]: got {v}; allowed: a power of two"
+                                  + (" >= 16 (tl.dot minimum)" if k != "num_warps" else ""))
+    return {k: cfg[k] for k in CONFIG_KEYS}
+
+
+def get_fused_moe_config(num_tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
+                         dtype: torch.dtype, path: Path | str | None = None) -> dict:
+    """The tuned config for this shape on this device (nearest token count), else the default."""
+    table = load_device_configs(path).get(shape_key(num_experts, inter, hidden, top_k, dtype))
+    if table:
+        nearest = min(table, key=lambda m: abs(int(m) - num_tokens))
+        return validate_config(table[nearest])
+    return default_config(num_tokens, num_experts, top_k)
+
+
+def candidate_configs() -> list[dict]:
+    """The search space of tune_fused_moe on a GPU (configs a device cannot compile are skipped)."""
+    out = []
+    for bm, bn, bk, gm, w, s in itertools.product((16, 32, 64, 128), (32, 64, 128), (64, 128),
+                                                  (1, 8), (4, 8), (3, 4)):
+        out.append({"BLOCK_SIZE_M": bm, "BLOCK_SIZE_N": bn, "BLOCK_SIZE_K": bk, "GROUP_SIZE_M": gm,
+                        "num_warps": w, "num_stages": s})
+    return out
+
+
+def tune_fused_moe(num_experts: int, hidden: int, inter: int, top_k: int, *,
+                   dtype: torch.dtype = torch.bfloat16,
+                   token_counts=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+                   candidates: list[dict] | None = None, reps: int = 10, warmup: int = 2,
+                   path: Path | str | None = None, seed: int = 0, verbose: bool = True) -> dict:
+    """Time every candidate config for each token count and write the fastest per count into the
+    device's JSON file (merged with what is there). Returns {T: best config}.
+
+    Inputs: random weights in all num_experts slots, router logits from a seeded normal, so
+    routing is random like a real router's. Meant for a GPU; runs under the interpreter too (with
+    a tiny shape and candidate list) so the code path is tested on the CPU.
+    """
+    from .fused_moe import fused_moe
+    from .gating import topk_gating
+
+    for name, v in (("num_experts", num_experts), ("hidden", hidden), ("inter", inter)):
+        rt.check_int(name, v, 1)
+    rt.check_int("top_k", top_k, 1, num_experts)
+    dev = "cpu" if rt.interpreting() else "cuda"
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    scale = hidden ** -0.5
+    w13 = (torch.randn(num_experts, 2 * inter, hidden, generator=gen) * scale).to(dev, dtype)
+    w2 = (torch.randn(num_experts, hidden, inter, generator=gen) * inter ** -0.5).to(dev, dtype)
+    slots = torch.arange(num_experts, dtype=torch.int32, device=dev)
+    candidates = [validate_config(c) for c in (candidates or candidate_configs())]
+    best: dict[int, dict] = {}
+    for T in token_counts:
+        x = torch.randn(T, hidden, generator=gen).to(dev, dtype)
+        logits = torch.randn(T, num_experts, generator=gen).to(dev, torch.float32)
+        w, ids = topk_gating(logits, top_k)
+        results = []
+        for cfg in candidates:
+            run = partial(fused_moe, x, w13, w2, w, ids, slots, config=cfg, check_values=False)
+            try:
+                times = rt.time_fn(run, reps=reps, warmup=warmup)
+            except Exception as exc:  # noqa: BLE001 - out of resources on this device: skip it
+                if verbose:
+                    print(f"T={T} skip {cfg}: {type(exc).__name__}")
+                continue
+            results.append((sorted(times)[len(times) // 2], cfg))
+        if not results:
+            raise rt.SpecMoEError(f"candidates: none ran for T={T}; allowed: configs this device "
+                                  "can compile")
+        t_best, best[T] = min(results, key=lambda r: r[0])
+        if verbose:
+            print(f"T={T}: {t_best * 1e6:.1f} us with {best[T]}")
+    _write(path, shape_key(num_experts, inter, hidden, top_k, dtype), best)
+    return best
+
+
+def _write(path, key: str, best: dict[int, dict]) -> None:
+    import triton
+
+    p = Path(path) if path is not None else config_path()
+    data = json.loads(p.read_text()) if p.exists() else {}
+    data.update(device=rt.device_name(), triton=triton.__version__, torch=torch.__version__)
+    table = data.setdefault("fused_moe", {}).setdefault(key, {})
+    table.update({str(T): cfg for T, cfg in best.items()})
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, p)
