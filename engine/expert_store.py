@@ -1,8 +1,9 @@
 """Expert store: host copies of every expert, a fixed pool of device slots, and the copies between.
 
 Host: one buffer per layer, [experts, P] with P = 3*ffn*hidden, each expert one contiguous row
-(page-locked when the device is CUDA, so copies are asynchronous DMA). Device: a pool [slots, P];
-slot s holds one expert, seen as w13 [2*ffn, hidden] and w2 [hidden, ffn] views.
+(page-locked when the device is CUDA, so copies are asynchronous DMA). Device: two contiguous
+pools, w13 [slots, 2*ffn, hidden] and w2 [slots, hidden, ffn], the layout the fused MoE kernel
+addresses by slot; a fetch is two copies (the row's w1|w3 part, then its w2 part).
 
 On CUDA, copies run on a dedicated copy stream: a slot's copy first waits for the event recorded
 when its previous contents were last used (no overwrite under a running kernel), and records a
@@ -47,11 +48,10 @@ class ExpertStore:
         self.host = host
         self.tracer = tracer or NullTracer()
         self.n_slots = slots
-        self.pool = torch.empty(slots, cfg.expert_params, dtype=cfg.torch_dtype, device=self.device)
         i, h = cfg.expert_ffn, cfg.hidden
-        # views of the whole pool, so one fused kernel can address every slot
-        self.w13 = self.pool[:, : 2 * i * h].view(slots, 2 * i, h)
-        self.w2 = self.pool[:, 2 * i * h:].view(slots, h, i)
+        self.split = 2 * i * h  # w1|w3 elements of a host row; w2 follows
+        self.w13 = torch.empty(slots, 2 * i, h, dtype=cfg.torch_dtype, device=self.device)
+        self.w2 = torch.empty(slots, h, i, dtype=cfg.torch_dtype, device=self.device)
         self.cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         self.reset()
@@ -130,7 +130,7 @@ class ExpertStore:
                 self.copy_stream.wait_event(self.last_use[s])
             with torch.cuda.stream(self.copy_stream):
                 tok = self.tracer.begin(on=self.copy_stream)
-                self.pool[s].copy_(self.host[layer][expert], non_blocking=True)
+                self._copy(s, layer, expert, non_blocking=True)
                 ev = torch.cuda.Event()
                 ev.record(self.copy_stream)
                 self.ready[s] = ev
@@ -139,7 +139,7 @@ class ExpertStore:
                                 kind=kind)
         else:
             tok = self.tracer.begin()
-            self.pool[s].copy_(self.host[layer][expert])
+            self._copy(s, layer, expert)
             self.tracer.end(tok, "h2d", "h2d", layer=layer, expert=expert, bytes=nbytes,
                             step=self.step, phase=self.phase, kind=kind, stream="copy")
         st = self.stats
@@ -148,6 +148,11 @@ class ExpertStore:
         st.experts_fetched += 1
         st.log.append((self.step, self.phase, layer, expert, kind))
         return s
+
+    def _copy(self, s: int, layer: int, expert: int, non_blocking: bool = False) -> None:
+        row = self.host[layer][expert]
+        self.w13[s].view(-1).copy_(row[: self.split], non_blocking=non_blocking)
+        self.w2[s].view(-1).copy_(row[self.split:], non_blocking=non_blocking)
 
     def _take_slot(self, layer: int, expert: int) -> int:
         if self.free:

@@ -73,12 +73,13 @@ class Transformer:
             raise SpecMoEError(f"position {int(pos.max())} beyond max_seq_len={cache.seq_len}")
         span = int(pos.max()) + 1
         pos_d = pos.to(self.device, non_blocking=True)
+        lens = pos_d[:, 0].contiguous()
         mask = (torch.arange(span, device=self.device)[None, None, None, :] <= pos_d[:, None, :, None])
         cos, sin = self.cos[pos_d][:, :, None, :], self.sin[pos_d][:, :, None, :]
         keep = None if valid is None else valid.flatten().nonzero().squeeze(1).to(self.device)
         h = self.w["embed"][tokens.to(self.device)]
         for l in range(self.cfg.layers):
-            h = h + self._attention(l, h, cache, pos_d, span, mask, cos, sin, phase)
+            h = h + self._attention(l, h, cache, pos_d, lens, span, mask, cos, sin, phase)
             h = h + self._moe(l, h, keep, phase)
         return ops.rms_norm(h, self.w["norm"], self.cfg.rms_eps)
 
@@ -88,7 +89,7 @@ class Transformer:
 
     # ------------------------------------------------------------------ blocks
 
-    def _attention(self, l, h, cache, pos, span, mask, cos, sin, phase) -> torch.Tensor:
+    def _attention(self, l, h, cache, pos, lens, span, mask, cos, sin, phase) -> torch.Tensor:
         cfg, w, p = self.cfg, self.w, f"layers.{l}."
         tok = self.tracer.begin()
         B, T, _ = h.shape
@@ -103,9 +104,7 @@ class Transformer:
         rows = torch.arange(B, device=self.device)[:, None]
         cache.k[l][rows, pos] = k
         cache.v[l][rows, pos] = v
-        keys = cache.k[l][:B, :span].transpose(1, 2)
-        vals = cache.v[l][:B, :span].transpose(1, 2)
-        o = ops.attention(q.transpose(1, 2), keys, vals, mask).transpose(1, 2).reshape(B, T, -1)
+        o = ops.cache_attention(q, cache.k[l][:B], cache.v[l][:B], lens, span, mask).reshape(B, T, -1)
         out = o @ w[p + "wo"].t()
         if self.tracer.enabled:
             self.tracer.end(tok, "attn", "attn", layer=l, phase=phase, tokens=B * T, context=span,

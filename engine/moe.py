@@ -13,32 +13,38 @@ from specmoe.engine.config import MoEConfig
 from specmoe.engine.tracer import NullTracer
 
 
-def run_slots(x: torch.Tensor, slot_ids: torch.Tensor, weights: torch.Tensor, w13: torch.Tensor,
-              w2: torch.Tensor, slots: list[int], tracer=None, layer: int | None = None,
-              phase: str | None = None) -> torch.Tensor:
-    """y[t] = sum_j weights[t, j] * FFN_{slot_ids[t, j]}(x[t]); slot -1 = skip the pair.
-
-    `slots` lists the distinct slots present (known on the host already; no device sync here).
-    """
+def run_slots(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, table: list[int],
+              w13: torch.Tensor, w2: torch.Tensor, tracer=None, layer: int | None = None,
+              phase: str | None = None, present: set[int] | None = None) -> torch.Tensor:
+    """y[t] = sum_j weights[t, j] * FFN_{table[ids[t, j]]}(x[t]); pairs whose slot is -1 are
+    skipped (computed elsewhere). table: expert id -> slot of w13 [S, 2I, H] / w2 [S, H, I]; a
+    substituted expert simply points at its substitute's slot. present: the expert ids in `ids`
+    when the caller knows them already (saves a device sync)."""
+    present = set(ids.flatten().tolist()) if present is None else present
     tracer = tracer or NullTracer()
-    fused = ops.fused_moe_kernel(x) if x.is_cuda else None
-    if fused is not None and slots:
+    slot_of = torch.tensor(table, dtype=torch.int32, device=x.device)
+    fused = ops.fused_moe_kernel(x)
+    if fused is not None:
         tok = tracer.begin()
-        safe = slot_ids.clamp_min(0)
-        y = fused(x, w13, w2, weights * (slot_ids >= 0), safe)
-        tracer.end(tok, "fused_moe", "moe", layer=layer, phase=phase, tokens=x.shape[0],
-                   experts=len(slots))
+        y = fused(x.contiguous(), w13, w2, weights.float().contiguous(), ids.contiguous(), slot_of,
+                  check_values=False)
+        if tracer.enabled:
+            used = {table[e] for e in present} - {-1}
+            tracer.end(tok, "fused_moe", "expert", layer=layer, phase=phase, tokens=x.shape[0],
+                       experts=len(used))
         return y
+    slot_ids = slot_of.long()[ids]
+    used = sorted({table[e] for e in present} - {-1})
     y = torch.zeros_like(x)
-    for s in slots:
+    for s in used:
         tok = tracer.begin()
         rows, pos = (slot_ids == s).nonzero(as_tuple=True)
         out = ops.expert_ffn(x[rows], w13[s], w2[s])
         y.index_add_(0, rows, (out * weights[rows, pos, None]).to(x.dtype))
         if tracer.enabled:
-            n = int(rows.numel())
+            n, h, i = int(rows.numel()), w2.shape[1], w2.shape[2]
             tracer.end(tok, "expert", "expert", layer=layer, phase=phase, tokens=n, slot=s,
-                       flops=6 * n * w2.shape[1] * w2.shape[2], shape=[n, w2.shape[1], w2.shape[2]])
+                       flops=6 * n * h * i, shape=[n, h, i])
     return y
 
 
@@ -49,13 +55,12 @@ class ResidentExperts:
                  tracer=None) -> None:
         self.cfg = cfg
         self.tracer = tracer or NullTracer()
-        i, h = cfg.expert_ffn, cfg.hidden
-        self.pool = [b.to(device) for b in host]
-        self.w13 = [p[:, : 2 * i * h].view(cfg.experts, 2 * i, h) for p in self.pool]
-        self.w2 = [p[:, 2 * i * h:].view(cfg.experts, h, i) for p in self.pool]
+        i, h, E = cfg.expert_ffn, cfg.hidden, cfg.experts
+        self.w13 = [b[:, : 2 * i * h].reshape(E, 2 * i, h).to(device).contiguous() for b in host]
+        self.w2 = [b[:, 2 * i * h:].reshape(E, h, i).to(device).contiguous() for b in host]
+        self.table = list(range(E))
 
     def moe(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
             phase: str) -> torch.Tensor:
-        used = sorted(set(ids.flatten().tolist()))
-        return run_slots(x, ids, weights, self.w13[layer], self.w2[layer], used, self.tracer,
+        return run_slots(x, ids, weights, self.table, self.w13[layer], self.w2[layer], self.tracer,
                          layer, phase)

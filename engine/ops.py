@@ -1,12 +1,18 @@
 """Thin op dispatch: torch ops everywhere (they are the references); specmoe.kernels on CUDA.
 
-A Triton kernel is used only when the tensors are on CUDA, TRITON_INTERPRET is not set (the
-interpreter is far too slow for an engine; SPECMOE_ENGINE_TRITON=1 forces it anyway) and the kernel
-passes a one-time check against its torch reference on a small input (which also catches a
-signature that differs from the one assumed here). SPECMOE_ENGINE_TRITON=0 turns kernels off.
+A Triton kernel is used only when the tensors are on CUDA and TRITON_INTERPRET is not set (the
+interpreter is far too slow for an engine; SPECMOE_ENGINE_TRITON=1 forces kernels anyway, e.g. to
+test this wiring on a CPU under the interpreter; SPECMOE_ENGINE_TRITON=0 turns them off), the
+dtype is one the kernels take (not float64), and the kernel agrees with the torch path on a small
+probe the first time it is asked for (a changed signature or layout then falls back to torch with
+a warning instead of computing garbage).
+
+Kernels used: rmsnorm, attention (decode / verify / prefill over the static KV cache) and
+fused_moe (expert-slot indirection: slot_of_expert maps expert ids to slots of the pool).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Callable
@@ -15,39 +21,52 @@ import torch
 import torch.nn.functional as F
 
 _checked: dict[str, Callable | None] = {}
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _want_triton(device: torch.device) -> bool:
-    flag = os.environ.get("SPECMOE_ENGINE_TRITON", "").strip()
-    if flag == "0":
+def _want_triton(t: torch.Tensor) -> bool:
+    if t.dtype not in KERNEL_DTYPES:
         return False
-    if flag == "1":
-        return True
+    flag = os.environ.get("SPECMOE_ENGINE_TRITON", "").strip()
+    if flag in ("0", "1"):
+        return flag == "1"
     interp = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
-    return device.type == "cuda" and not interp
+    return t.device.type == "cuda" and not interp
 
 
-def _kernel(name: str, device: torch.device, check: Callable[[Callable], bool]) -> Callable | None:
-    """specmoe.kernels.<name> if importable and it agrees with the reference, else None."""
-    if not _want_triton(device):
+def _kernel(name: str, t: torch.Tensor, check: Callable[[Callable], bool]) -> Callable | None:
+    """specmoe.kernels.<name> if wanted, importable and agreeing with torch on a probe, else None."""
+    if not _want_triton(t):
         return None
-    key = f"{name}@{device.type}"
+    key = f"{name}@{t.device.type}:{t.dtype}"
     if key not in _checked:
         fn = None
         try:
-            import specmoe.kernels as K
-
-            cand = getattr(K, name, None)
-            if cand is not None and check(cand):
+            # from the submodule: once imported, it shadows the package's lazy attribute of that name
+            cand = getattr(importlib.import_module(f"specmoe.kernels.{name}"), name)
+            if check(cand):
                 fn = cand
+            else:
+                warnings.warn(f"specmoe.engine: kernel {name} disagrees with torch; using torch",
+                              stacklevel=3)
         except Exception as exc:  # noqa: BLE001 - any kernel failure falls back to torch, loudly
-            warnings.warn(f"specmoe.engine: kernel {name} not used ({type(exc).__name__}: {exc})")
+            warnings.warn(f"specmoe.engine: kernel {name} not used ({type(exc).__name__}: {exc})",
+                          stacklevel=3)
         _checked[key] = fn
     return _checked[key]
 
 
 def active_kernels() -> list[str]:
     return sorted(k for k, v in _checked.items() if v is not None)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    tol = 1e-4 if a.dtype == torch.float32 else 3e-2
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+def _randn(g: torch.Generator, like: torch.Tensor, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, generator=g, device=like.device) * scale).to(like.dtype)
 
 
 # ----------------------------------------------------------------------------- norms, rope
@@ -61,9 +80,15 @@ def rms_norm_ref(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    k = _kernel("rms_norm", x.device, lambda fn: _agrees(
-        fn(_probe(x, (3, x.shape[-1])), w, eps), rms_norm_ref(_probe(x, (3, x.shape[-1])), w, eps)))
-    return k(x, w, eps) if k is not None and x.dtype != torch.float64 else rms_norm_ref(x, w, eps)
+    def check(fn) -> bool:
+        g = torch.Generator(device=x.device).manual_seed(0)
+        probe = _randn(g, x, 3, x.shape[-1])
+        return _close(fn(probe, w, eps)[0], rms_norm_ref(probe, w, eps))
+
+    k = _kernel("rmsnorm", x, check) if w.dtype == x.dtype else None
+    if k is None:
+        return rms_norm_ref(x, w, eps)
+    return k(x.reshape(-1, x.shape[-1]).contiguous(), w, eps)[0].view(x.shape)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -76,7 +101,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- attention
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """q [B, Hq, T, D], k/v [B, Hkv, S, D], mask [B, 1, T, S] bool (True = attend) -> [B, Hq, T, D]."""
     rep = q.shape[1] // k.shape[1]
     if rep > 1:
@@ -87,6 +112,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         s = s.masked_fill(~mask, float("-inf"))
         return torch.softmax(s, dim=-1) @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+attention = attention_ref
+
+
+def cache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    lens: torch.Tensor, span: int, mask: torch.Tensor) -> torch.Tensor:
+    """Queries [B, T, H, D] at positions lens[b] + t over caches [B, S_max, Hkv, D] that already
+    hold their K/V; query t of sequence b sees positions 0 .. lens[b] + t. -> [B, T, H, D].
+    span (max position + 1) and mask [B, 1, T, span] serve the torch path."""
+    def check(fn) -> bool:
+        g = torch.Generator(device=q.device).manual_seed(0)
+        B, T, S, hkv = 2, 3, 40, k_cache.shape[2]
+        H, D = q.shape[2], q.shape[3]
+        qp = _randn(g, q, B, T, H, D)
+        kc, vc = _randn(g, q, B, S, hkv, D), _randn(g, q, B, S, hkv, D)
+        ln = torch.tensor([5, 30], device=q.device)
+        pos = ln[:, None] + torch.arange(T, device=q.device)
+        m = torch.arange(S, device=q.device)[None, None, None, :] <= pos[:, None, :, None]
+        ref = attention_ref(qp.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), m)
+        return _close(fn(qp, kc, vc, ln, check_lens=False), ref.transpose(1, 2))
+
+    k = _kernel("attention", q, check)
+    if k is not None:
+        return k(q.contiguous(), k_cache, v_cache, lens, max_len=span, check_lens=False)
+    keys, vals = k_cache[:, :span].transpose(1, 2), v_cache[:, :span].transpose(1, 2)
+    return attention_ref(q.transpose(1, 2), keys, vals, mask).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------- router, experts
@@ -107,42 +159,30 @@ def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Te
     return (F.silu(gate) * up) @ w2.t()
 
 
-def fused_moe_kernel(x: torch.Tensor) -> Callable | None:
-    """specmoe.kernels.fused_moe(x, w13, w2, topk_weights, slot_ids) -> y, or None.
-
-    w13 [S, 2I, H] and w2 [S, H, I] are views of the slot pool; slot_ids [N, k] index it.
-    """
-    def check(fn: Callable) -> bool:
-        g = torch.Generator(device=x.device).manual_seed(0)
-        n, h, i, s, k = 5, 32, 16, 3, 2
-        xs = torch.randn(n, h, device=x.device, generator=g).to(x.dtype)
-        w13 = (torch.randn(s, 2 * i, h, device=x.device, generator=g) / h ** 0.5).to(x.dtype)
-        w2 = (torch.randn(s, h, i, device=x.device, generator=g) / i ** 0.5).to(x.dtype)
-        ids = torch.randint(0, s, (n, k), device=x.device, generator=g)
-        tw = torch.rand(n, k, device=x.device, generator=g)
-        return _agrees(fn(xs, w13, w2, tw, ids), moe_ref(xs, w13, w2, tw, ids))
-
-    return _kernel("fused_moe", x.device, check) if x.dtype != torch.float64 else None
-
-
-def moe_ref(x, w13, w2, topk_w, slot_ids) -> torch.Tensor:
-    """Reference for the fused kernel: every (token, slot) pair, weighted sum."""
+def moe_ref(x, w13, w2, topk_w, topk_ids, slot_of_expert) -> torch.Tensor:
+    """sum_j topk_w[t, j] * FFN_{slot_of_expert[topk_ids[t, j]]}(x[t]), skipping slot -1."""
+    slot_ids = slot_of_expert.long()[topk_ids]
     y = torch.zeros_like(x)
     for s in slot_ids.unique().tolist():
+        if s < 0:
+            continue
         rows, pos = (slot_ids == s).nonzero(as_tuple=True)
         out = expert_ffn(x[rows], w13[s], w2[s])
         y.index_add_(0, rows, (out * topk_w[rows, pos, None]).to(x.dtype))
     return y
 
 
-def _probe(x: torch.Tensor, shape) -> torch.Tensor:
-    g = torch.Generator(device=x.device).manual_seed(0)
-    return torch.randn(shape, device=x.device, generator=g).to(x.dtype)
+def fused_moe_kernel(x: torch.Tensor) -> Callable | None:
+    """specmoe.kernels.fused_moe(x, w13, w2, topk_weights, topk_ids, slot_of_expert) or None."""
+    def check(fn) -> bool:
+        g = torch.Generator(device=x.device).manual_seed(0)
+        n, h, i, s, e, k = 5, 32, 16, 3, 4, 2
+        xs = _randn(g, x, n, h)
+        w13, w2 = _randn(g, x, s, 2 * i, h, scale=h ** -0.5), _randn(g, x, s, h, i, scale=i ** -0.5)
+        ids = torch.randint(0, e, (n, k), device=x.device, generator=g)
+        tw = torch.rand(n, k, device=x.device, generator=g)
+        table = torch.tensor([2, -1, 0, 1], dtype=torch.int32, device=x.device)
+        return _close(fn(xs, w13, w2, tw, ids, table, check_values=False),
+                      moe_ref(xs, w13, w2, tw, ids, table))
 
-
-def _agrees(a: torch.Tensor, b: torch.Tensor) -> bool:
-    tol = 1e-4 if a.dtype == torch.float32 else 3e-2
-    ok = a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
-    if not ok:
-        warnings.warn("specmoe.engine: a Triton kernel disagrees with its torch reference; using torch")
-    return ok
+    return _kernel("fused_moe", x, check)

@@ -70,9 +70,8 @@ class OnDemand:
         table = [-1] * self.cfg.experts
         for e, s in slots.items():
             table[e] = s
-        slot_ids = torch.tensor(table, device=x.device)[ids]
-        y = run_slots(x, slot_ids, weights, self.store.w13, self.store.w2, sorted(slots.values()),
-                      self.tracer, layer, phase)
+        y = run_slots(x, ids, weights, table, self.store.w13, self.store.w2, self.tracer, layer,
+                      phase, present=set(needed))
         if on_host:
             y = y + self.host_experts(layer, x, ids, weights, on_host, phase)
         self.release(layer, needed, on_device, counts, phase)
@@ -246,11 +245,10 @@ class SpecMoE(OnDemand):
         self.counters["draft_pairs"] += len(ids_host) * self.cfg.top_k
         self.counters["substituted"] += sum(a != b for r, s in zip(ids_host, served) for a, b in zip(r, s))
         table = [self.store.lookup(layer, e) if e >= 0 else -1 for e in serve]
-        slot_ids = torch.tensor(table, device=x.device)[ids]
-        used = sorted({table[e] for row in ids_host for e in row if table[e] >= 0})
-        self.store.wait(used)
-        return run_slots(x, slot_ids, weights, self.store.w13, self.store.w2, used, self.tracer,
-                         layer, phase)
+        present = {e for row in ids_host for e in row}
+        self.store.wait({table[e] for e in present} - {-1})
+        return run_slots(x, ids, weights, table, self.store.w13, self.store.w2, self.tracer,
+                         layer, phase, present=present)
 
     def release(self, layer, needed, on_device, counts, phase) -> None:
         update = phase == "prefill" and (self.policy.draft_set != "random") or (

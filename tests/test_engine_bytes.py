@@ -161,7 +161,7 @@ def _store(slots=3):
 def test_store_copies_lru_and_pins():
     s = _store()
     a = s.acquire(0, 1)
-    assert torch.all(s.pool[a] == 1)  # a real copy of expert 1's row
+    assert torch.all(s.w13[a] == 1) and torch.all(s.w2[a] == 1)  # a real copy of expert 1's row
     s.release(0, 1, "pin")
     for e in (2, 3):
         s.acquire(0, e)
@@ -169,7 +169,7 @@ def test_store_copies_lru_and_pins():
     s.acquire(0, 2)  # touch 2: expert 3 is now the least recently used
     s.release(0, 2, "cache")
     slot = s.acquire(0, 4)
-    assert s.resident(0) == {1, 2, 4} and torch.all(s.pool[slot] == 4)
+    assert s.resident(0) == {1, 2, 4} and torch.all(s.w13[slot] == 4)
     assert (s.stats.hits, s.stats.misses, s.stats.experts_fetched) == (1, 4, 4)
     assert s.stats.weight_bytes_h2d == 4 * s.cfg.expert_bytes
 
