@@ -64,7 +64,12 @@ def _peaks(args) -> tuple[float, float, str]:
     except ImportError as exc:
         raise SystemExit(f"--hardware: specmoe.hardware.load_system is not available ({exc})"
                          ) from exc
-    system = load_system(args.hardware)
+    from specmoe.errors import SpecMoEError
+
+    try:
+        system = load_system(args.hardware)
+    except SpecMoEError as exc:
+        raise SystemExit(f"--hardware: {exc}") from exc
     gpu = system.gpu
     return float(gpu.bf16_tflops), float(gpu.hbm_bw_gbps), f"hardware:{args.hardware}"
 

@@ -97,10 +97,12 @@ def sm_count(device) -> int:
 def device_name(device: torch.device | str | None = None) -> str:
     """A file-name-safe name of the device the kernels run on, e.g. NVIDIA_H100_80GB_HBM3.
 
-    Under the interpreter it is "triton_interpreter_cpu".
+    Under the interpreter it is "triton_interpreter_cpu"; without a GPU, "cpu".
     """
-    if _INTERPRET or not torch.cuda.is_available():
+    if _INTERPRET:
         return "triton_interpreter_cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
     dev = torch.device(device) if device is not None else torch.device("cuda")
     name = torch.cuda.get_device_name(dev)
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")

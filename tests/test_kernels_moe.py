@@ -134,6 +134,7 @@ CASES = {
     "all on one expert": {"T": 9, "D": 32, "Fi": 48, "E": 4, "k": 1, "experts": [3]},
     "top1": {"T": 10, "D": 32, "Fi": 64, "E": 4, "k": 1},
     "non-pow2": {"T": 7, "D": 40, "Fi": 50, "E": 5, "k": 3},
+    "int64 ids": {"T": 6, "D": 32, "Fi": 32, "E": 4, "k": 2, "ids_dtype": torch.int64},
 }
 
 
@@ -143,6 +144,7 @@ def test_fused_moe_matches_reference(case, dtype):
     c = CASES[case]
     x, w13, w2, w, ids, slot = make_moe(c["T"], c["D"], c["Fi"], c["E"], c["k"], dtype,
                                         experts=c.get("experts"))
+    ids = ids.to(c.get("ids_dtype", torch.int32))
     out = fused_moe(x, w13, w2, w, ids, slot)
     assert out.dtype == dtype and out.shape == x.shape
     torch.testing.assert_close(out, fused_moe_reference(x, w13, w2, w, ids, slot), **tol(dtype))

@@ -48,6 +48,20 @@ def test_bench_tiny_writes_rows(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["kernel"] == "gating" and rows[0]["peak_tflops"] == "989.0"
 
 
+@pytest.mark.skipif(not rt.interpreting(), reason="the --tiny smoke run is for the interpreter")
+def test_bench_takes_peaks_from_a_hardware_profile(tmp_path):
+    hardware = pytest.importorskip("specmoe.hardware")
+    gpu = hardware.load_system("h100-sxm").gpu
+    out = tmp_path / "b.json"
+    load_bench().main(["--tiny", "--kernels", "gating", "--no-reference", "--hardware",
+                       "h100-sxm", "--out", str(out)])
+    meta = json.loads(out.read_text())["meta"]
+    assert (meta["peak_tflops"], meta["peak_gbps"]) == (gpu.bf16_tflops, gpu.hbm_bw_gbps)
+    assert meta["peak_source"] == "hardware:h100-sxm"
+    with pytest.raises(SystemExit, match="--hardware"):
+        load_bench().main(["--tiny", "--kernels", "gating", "--hardware", "no-such-gpu-xyz"])
+
+
 def test_bench_rejects_unknown_kernel():
     with pytest.raises(SystemExit, match="unknown"):
         load_bench().main(["--tiny", "--kernels", "moe,matmul"])
