@@ -281,14 +281,13 @@ class _Run:
 
     def _commit(self, n: list[int], nxt: list[int], drafts: list[list[int]], active: list[bool]) -> None:
         e, st = self.e, self.stats
-        new_pending = []
+        new_pending = self.pending.tolist()
         for b in range(self.B):
             if not active[b]:  # done: recompute the same positions next round, keep nothing
-                new_pending.append(int(self.pending[b]))
                 continue
             self.out[b] += drafts[b][: n[b]] + [nxt[b]]
             e.cache.lengths[b] += n[b] + 1
-            new_pending.append(nxt[b])
+            new_pending[b] = nxt[b]
             st.sequence_rounds += 1
             for i in range(n[b]):
                 st.accept_counts[i] += 1
