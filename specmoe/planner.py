@@ -129,6 +129,17 @@ def simulate_candidate(run, setup: Setup, candidate: dict, **sim_kw) -> dict[str
     return r.to_dict() if hasattr(r, "to_dict") else dict(r)
 
 
+SIM_EVENTS = 150_000   # simulator events per confirmed candidate (~1 s); sets its iteration count
+
+
+def sim_iterations(setup: Setup, candidate: dict, lo: int = 10, hi: int = 60) -> int:
+    """Iterations to simulate: about SIM_EVENTS events (≈ 4 per expert fetch and per layer pass)."""
+    m = setup.model
+    fetched = candidate["h2d_bytes_per_iteration"] / m.expert_bytes
+    per_iter = 4.0 * (fetched + m.num_layers * (candidate["gamma"] + 1))
+    return int(np.clip(SIM_EVENTS / max(per_iter, 1.0), lo, hi))
+
+
 def _confirm(setup: Setup, fitting: list[dict], top: int, mode: str, sim_kw: dict) -> tuple[str, list[str]]:
     """Simulate the best `top` candidates and the best of each policy; mark them with sim numbers."""
     if mode == "analytic":
@@ -146,7 +157,8 @@ def _confirm(setup: Setup, fitting: list[dict], top: int, mode: str, sim_kw: dic
             if c not in chosen:
                 chosen.append(c)
     for c in chosen:
-        d = simulate_candidate(fn, setup, c, **sim_kw)
+        kw = {"iterations": sim_iterations(setup, c), **sim_kw}
+        d = simulate_candidate(fn, setup, c, **kw)
         c["sim_tokens_per_s"] = d.get("tokens_per_s")
     return "analytic+sim", [f"simulator confirmed {len(chosen)} candidates (top {top} and each policy's best)"]
 
