@@ -47,6 +47,7 @@ def add_engine_commands(subparsers) -> argparse.ArgumentParser:
     mb.add_argument("--quick", action="store_true", help="tiny shapes (tests, CPU)")
     mb.add_argument("--dtype", default="bfloat16")
     mb.add_argument("--reps", type=int)
+    mb.add_argument("--model", help="catalog model whose shapes to time (default Mixtral-8x7B's)")
     mb.set_defaults(func=cmd_microbench)
     return eng
 
@@ -228,8 +229,17 @@ def cmd_bench(args) -> int:
 def cmd_microbench(args) -> int:
     from specmoe.engine.microbench import run_microbench
 
+    shapes = {}
+    if args.model:
+        from specmoe.engine.config import MoEConfig
+
+        from specmoe.models import load_model
+
+        c = MoEConfig.from_spec(load_model(args.model), layers=1)
+        shapes = {"hidden": c.hidden, "ffn": c.expert_ffn, "heads": c.heads,
+                  "kv_heads": c.kv_heads, "head_dim": c.head_dim}
     path = run_microbench(args.out, device=args.device, kinds=args.kinds.split(","),
-                          quick=args.quick, dtype=args.dtype, reps=args.reps)
+                          quick=args.quick, dtype=args.dtype, reps=args.reps, **shapes)
     print(f"wrote {path}")
     return 0
 

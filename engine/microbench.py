@@ -180,4 +180,5 @@ def run_microbench(out: str | Path, device: str = "cpu", kinds: Iterable[str] = 
             b.copy(sizes, d, chunks=chunks)
     if "cpu_expert" in kinds:
         b.cpu_expert(hidden, ffn, [1, 2, 4] if quick else [1, 2, 4, 8, 16, 32, 64])
-    return b.write(out, {"quick": quick})
+    return b.write(out, {"quick": quick, "shapes": {"hidden": hidden, "ffn": ffn, "heads": heads,
+                                                   "kv_heads": kv_heads, "head_dim": head_dim}})
