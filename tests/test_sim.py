@@ -127,3 +127,22 @@ def test_result_has_predict_keys_plus_events():
     assert r["events"] > 0 and r["wall_s"] > 0 and r["source"] == "sim"
     assert set(r["tpot_ms_percentiles"]) == {"p50", "p90", "p99"}
     assert 0.0 <= r["utilisation"]["gpu"] <= 1.0 and 0.0 <= r["utilisation"]["h2d"] <= 1.0
+
+
+def test_ssd_share_is_read_before_each_copy():
+    from specmoe.hardware import load_system
+
+    system = load_system("h100-pcie", host="workstation-ddr5")     # 96 GB DRAM: part of 8x22B on SSD
+    setup = resolve(model="mixtral-8x22b", hardware=system, policy="ondemand", batch=2, routing=FIXED)
+    r = Simulator(setup, iterations=3).run()
+    an = Analytic(setup.model, setup.system, setup.workload).evaluate(setup.policy)
+    assert r.bytes["ssd"] > 0 and r.utilisation["ssd"] > 0
+    assert r.tokens_per_s == pytest.approx(float(an.tokens_per_s), rel=0.01)   # SSD then H2D, serial
+
+
+def test_temporal_reuse_helps_the_lru_cache():
+    def hit(reuse):
+        routing = Routing(kind="zipf", zipf_s=0.5, temporal_reuse=reuse)
+        return simulate(policy="caching", batch=1, cache_fraction=0.25, iterations=30, routing=routing).cache_hit_rate
+
+    assert hit(0.8) > hit(0.0) + 0.2
