@@ -1,6 +1,5 @@
 """Simulator: agreement with the analytic model where it is exact, determinism, monotone policies,
 bad input, result keys."""
-import numpy as np
 import pytest
 
 import specmoe

@@ -2,4 +2,4 @@
 from specmoe.sim.result import SimResult
 from specmoe.sim.simulator import Serving, SimOptions, Simulator, simulate
 
-__all__ = ["Simulator", "SimResult", "SimOptions", "Serving", "simulate"]
+__all__ = ["Serving", "SimOptions", "SimResult", "Simulator", "simulate"]

@@ -118,7 +118,7 @@ class Caching(SimPolicy):
     def _make_slots(self):
         s = self.sim
         cap = s.cache_slots()
-        pinned = hot_mask(s.probs, np.minimum(cap, int(round(s.options.pin_fraction * s.E))))
+        pinned = hot_mask(s.probs, np.minimum(cap, round(s.options.pin_fraction * s.E)))
         return ExpertSlots(s.L, s.E, cap, pinned)
 
 
@@ -161,7 +161,7 @@ class Fate(Overlap):
         s = self.sim
         total = s.cache_slots() * s.L
         cap = shallow_first(total, s.L, s.E)
-        pinned = hot_mask(s.probs, np.minimum(cap, int(round(s.options.pin_fraction * s.E))))
+        pinned = hot_mask(s.probs, np.minimum(cap, round(s.options.pin_fraction * s.E)))
         return ExpertSlots(s.L, s.E, cap, pinned)
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import simpy
@@ -438,7 +439,7 @@ class Simulator:
         return self._result(wall)
 
     def _result(self, wall: float) -> SimResult:
-        w, m = self.workload, self.model
+        w = self.workload
         serving = self.serving is not None
         iters = len(self.iter_s)
         if serving:                    # from the first arrival to the last completion
@@ -459,7 +460,7 @@ class Simulator:
             ttft = (self.req_first - self.req_arrival)[ok]
             tpot_ms, tpot_p = float(np.mean(tpot_req) * 1e3), percentiles(tpot_req * 1e3)
             ttft_ms, ttft_p = float(np.mean(ttft) * 1e3), percentiles(ttft * 1e3)
-            requests = {"count": int(len(self.req_arrival)), "completed": int(ok.sum()),
+            requests = {"count": len(self.req_arrival), "completed": int(ok.sum()),
                         "first_arrival_s": float(self.req_arrival[0]), "last_done_s": float(np.nanmax(self.req_done))}
         else:
             tokens_all = tokens
