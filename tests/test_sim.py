@@ -145,3 +145,21 @@ def test_temporal_reuse_helps_the_lru_cache():
         return simulate(policy="caching", batch=1, cache_fraction=0.25, iterations=30, routing=routing).cache_hit_rate
 
     assert hit(0.8) > hit(0.0) + 0.2
+
+
+def test_workload_system_and_calibrated_params():
+    from specmoe.costs import CostModel, CostParams
+    from specmoe.hardware import load_system
+    from specmoe.models import load_model
+    from specmoe.policies import make_policy
+    from specmoe.workload import Workload
+
+    system, model = load_system("h100-pcie"), load_model("mixtral-8x7b")
+    wl = Workload(batch=8, prompt_len=128, output_len=64, routing=FIXED, acceptance=Acceptance(alpha=0.0))
+    slow = CostParams(link_eff=0.5, kernel_overhead_us=5.0)
+    pol = make_policy("ondemand")
+    r = simulate(model=model, system=system, workload=wl, policy=pol, params=slow, iterations=5)
+    an = Analytic(model, system, wl, CostModel(model, system, slow)).evaluate(pol)
+    assert r.iteration_s == pytest.approx(float(an.iteration_s), rel=0.01)
+    fast = simulate(model=model, system=system, workload=wl, policy=pol, iterations=5)
+    assert r.iteration_s > 1.8 * fast.iteration_s

@@ -57,6 +57,10 @@ class SimResult:
     trace_events: list[dict] | None = None
 
     @property
+    def iteration_s(self) -> float:
+        return self.iteration_ms / 1e3
+
+    @property
     def events_per_s(self) -> float:
         return self.events / self.wall_s if self.wall_s > 0 else float("inf")
 

@@ -103,7 +103,7 @@ class Simulator:
     """One simulated run of a resolved Setup (specmoe.api.resolve)."""
 
     def __init__(self, setup, iterations: int = 200, seed: int = 0, trace: bool = False,
-                 serving: Serving | None = None, options: SimOptions | None = None):
+                 serving: Serving | None = None, options: SimOptions | None = None, params=None):
         if not isinstance(iterations, (int, np.integer)) or iterations < 1:
             raise SpecMoEError(f"iterations={iterations!r}: must be a whole number >= 1")
         self.setup, self.iterations, self.seed = setup, int(iterations), int(seed)
@@ -112,7 +112,7 @@ class Simulator:
         self.serving = serving
         self._check()
         m = self.model
-        self.costs = CostModel(m, self.system)
+        self.costs = CostModel(m, self.system, params)     # params: calibrated CostParams, or the system's
         # Independent streams, so that policies compared at one seed see the same routing,
         # acceptance and arrivals (common random numbers) whatever random choices they make.
         streams = [np.random.default_rng(c) for c in np.random.SeedSequence(seed).spawn(4)]
@@ -514,12 +514,23 @@ class Simulator:
 def simulate(model="mixtral-8x7b", hardware="h100-pcie", policy="specmoe", batch: int = 64,
              iterations: int = 200, seed: int = 0, trace: bool = False, serving: bool = False,
              rate: float | None = None, requests: int = 100, arrivals: Sequence[float] | None = None,
-             options: SimOptions | None = None, **kwargs: Any) -> SimResult:
+             options: SimOptions | None = None, system=None, workload=None, params=None,
+             **kwargs: Any) -> SimResult:
     """Simulate one configuration. Arguments as specmoe.api.resolve (gamma, draft_experts,
-    acceptance, routing, prompt_len, output_len, policy parameters) plus the run's own."""
+    acceptance, routing, prompt_len, output_len, policy parameters) plus the run's own.
+
+    system: a System (same as hardware=); workload: a Workload whose batch, lengths, routing and
+    acceptance replace those arguments; params: CostParams for the cost model (a calibration).
+    """
     from specmoe.api import resolve
 
+    hardware = hardware if system is None else system
+    if workload is not None:
+        kwargs.update(prompt_len=workload.prompt_len, output_len=workload.output_len,
+                      routing=workload.routing, acceptance=workload.acceptance)
+        batch = workload.batch
     setup = resolve(model=model, hardware=hardware, policy=policy, batch=batch, **kwargs)
     srv = Serving(rate=rate, requests=requests, arrivals=tuple(arrivals) if arrivals is not None else None) \
         if (serving or rate is not None or arrivals is not None) else None
-    return Simulator(setup, iterations=iterations, seed=seed, trace=trace, serving=srv, options=options).run()
+    return Simulator(setup, iterations=iterations, seed=seed, trace=trace, serving=srv, options=options,
+                     params=params).run()
