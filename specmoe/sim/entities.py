@@ -130,6 +130,9 @@ class ExpertSlots:
     Vectorised over layers (each layer's cache is independent): `resident` is [L, E] bool. After a
     pass, `touch` marks the used experts most recent and keeps the `capacity[l]` best per layer:
     pinned first, then by last use, then by how many tokens used them in the pass.
+    Fetched non-resident experts sit in staging buffers until their layer has run; staging does not
+    block (it is not a SimPy Container): the simulator reports its high-water mark in the memory
+    figure and `fits` says whether it would have fitted.
     """
 
     def __init__(self, num_layers: int, num_experts: int, capacity, pinned: np.ndarray | None = None):
