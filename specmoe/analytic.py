@@ -125,7 +125,7 @@ class Analytic:
             h = policy.prefetch_hit_rate
             per_layer_compute = (attn + dense + compute) / L
             exposed = np.maximum(h * fetch_one_layer - per_layer_compute, 0.0) + (1 - h) * fetch_one_layer
-            h2d = L * exposed + h * fetch_one_layer  # the first layer's prefetch cannot hide
+            h2d = (L - 1) * exposed + fetch_one_layer  # nothing runs before layer 0 to hide its fetch
             return Forward(attn, dense, compute, h2d, zeros, L * missing)
         if policy.name == "cpu":
             return self._cpu_forward(tokens, attn, dense, distinct, missing)
@@ -149,7 +149,7 @@ class Analytic:
         return Forward(attn, dense, L * gpu_compute, L * fetch, L * cpu_exposed, L * (missing - n_cpu))
 
     # ---- memory --------------------------------------------------------------------------------
-    def _memory(self, batch, gamma, resident, staging):
+    def memory(self, batch, gamma, resident, staging):
         m, w = self.model, self.workload
         kv = batch * (w.prompt_len + w.output_len + gamma + 1) * m.kv_bytes_per_token
         tokens = batch * (gamma + 1)
@@ -158,13 +158,13 @@ class Analytic:
         experts = (resident * m.num_moe_layers + staging) * m.expert_bytes
         return m.resident_bytes + kv + workspace + experts
 
-    def _cache_slots(self, batch, gamma, staging, policy: Policy):
+    def cache_slots(self, batch, gamma, staging, policy: Policy):
         """Experts per layer a cache holds: the policy's fraction, or as many as fit in HBM."""
         m = self.model
         E = m.num_experts
         if policy.cache_fraction is not None:
             return np.full(np.shape(batch), round(policy.cache_fraction * E))
-        free = self.hbm_bytes - self._memory(batch, gamma, 0, staging)
+        free = self.hbm_bytes - self.memory(batch, gamma, 0, staging)
         slots = np.floor(np.maximum(free, 0.0) / (m.expert_bytes * m.num_moe_layers))
         return np.clip(slots, 0, E).astype(int)
 
@@ -190,13 +190,13 @@ class Analytic:
         staging = np.minimum(m.num_experts, np.ceil(self.counts.distinct_and_missing(batch, 0)[0]))
         staging = staging * (2 if policy.name == "overlap" else 1)
         if policy.name in ("caching", "cpu"):
-            resident = self._cache_slots(batch, zero, staging, policy)
+            resident = self.cache_slots(batch, zero, staging, policy)
         else:
             resident = np.zeros(batch.shape, dtype=int)
         fwd = self._forward(batch, batch, ctx, resident, policy)
         parts = _parts(fwd, zero)
         return self._result(batch, zero, fwd.total, batch, parts, fwd.fetched_experts,
-                            self._memory(batch, zero, resident, staging), resident, policy)
+                            self.memory(batch, zero, resident, staging), resident, policy)
 
     def _specmoe(self, policy, batch, gamma, n_draft, alpha, alpha_given) -> AnalyticResult:
         m, w, ctx = self.model, self.workload, self.workload.mean_context
@@ -215,7 +215,7 @@ class Analytic:
         taus = w.acceptance.tau(g, n_draft) if not alpha_given else _tau(alpha, g)
         taus = np.where(spec, taus, 1.0)
         staging = np.minimum(m.num_experts - resident, np.ceil(fwd.fetched_experts / m.num_moe_layers))
-        mem = self._memory(batch, g, resident, staging)
+        mem = self.memory(batch, g, resident, staging)
         return self._result(batch, g, draft_s + fwd.total, batch * taus, _parts(fwd, draft_s),
                             fwd.fetched_experts, mem, resident, policy)
 

@@ -174,7 +174,7 @@ class Simulator:
         b = np.asarray(float(self.workload.batch))
         staging = min(self.E, math.ceil(expected_distinct_mean(self.probs, float(self.workload.batch))))
         staging *= 2 if self.policy.name in ("overlap", "fate") else 1
-        return int(self._analytic._cache_slots(b, np.zeros(()), staging, self.policy))
+        return int(self._analytic.cache_slots(b, np.zeros(()), staging, self.policy))
 
     def draft_step_s(self, batch: int, context: float) -> float:
         """A separate draft model's step: draft_model_ratio × the target's compute for `batch`
@@ -496,7 +496,7 @@ class Simulator:
         """GPU bytes by the analytic model's accounting, with the staging high-water mark seen."""
         p, m = self.policy, self.model
         g = p.gamma if self.pol.speculative else 0
-        mem = float(self._analytic._memory(float(self.workload.batch), float(g), self.pol.resident_per_layer,
+        mem = float(self._analytic.memory(float(self.workload.batch), float(g), self.pol.resident_per_layer,
                                            float(self.peak_layer_fetch)))
         if p.name in ("eagle", "spmoe", "moespec") and g > 0:
             mem += p.draft_model_ratio * m.resident_bytes       # the draft model's weights (estimate)
