@@ -277,8 +277,7 @@ def speculation_verdict(setup: Setup, best: dict, fitting: list[dict]) -> dict[s
         out["why"] = (f"speculation on: {t:.2f} tokens per verification (α={s['alpha']:.3f}) share each fetched "
                       f"expert, {s['h2d_bytes_per_token'] / 1e6:,.1f} MB over PCIe per token vs "
                       f"{p['h2d_bytes_per_token'] / 1e6:,.1f} MB for the best non-speculative option ({p['policy']}, "
-                      f"{p['tokens_per_s']:,.1f} tokens/s, {s['tokens_per_s'] / p['tokens_per_s']:.2f}× slower "
-                      "than the choice)")
+                      f"{p['tokens_per_s']:,.1f} tokens/s; the choice is {s['tokens_per_s'] / p['tokens_per_s']:.2f}× faster)")
         return out
     loss = 1.0 - s["tokens_per_s"] / p["tokens_per_s"]
     if p["h2d_bytes_per_token"] == 0:
