@@ -78,7 +78,7 @@ def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params
     i = list(ns).index(best_n)
     lo, hi = ns[max(i - 1, 0)], ns[min(i + 1, len(ns) - 1)]
     # At most 8 more N, geometrically spaced, so a 128-expert model does not add 100 N values.
-    extra = sorted({int(round(x)) for x in np.geomspace(lo, hi, 10)} - {*ns, lo, hi})
+    extra = sorted({round(x) for x in np.geomspace(lo, hi, 10)} - {*ns, lo, hi})
     if extra:
         g2, n2 = _spec_grid([x for x in gammas if x > 0] or [0], extra)
         cands += _evaluate(setup, pol, g2, n2)

@@ -185,7 +185,7 @@ def gamma_curves(table: dict, model: str, hardware: str, policy: str = "specmoe"
         idx = idx[table["acceptance"][idx] == accs[0]]
         notes.append(f"acceptance {accs[0]}")
     all_b = sorted(set(table["batch"][idx].tolist()))
-    pick = sorted({all_b[int(round(i))] for i in np.linspace(0, len(all_b) - 1, min(batches, len(all_b)))}) \
+    pick = sorted({all_b[round(i)] for i in np.linspace(0, len(all_b) - 1, min(batches, len(all_b)))}) \
         if all_b else []
     for b in pick:
         rows = best_rows(table, idx[table["batch"][idx] == b], ("gamma",))
@@ -320,8 +320,8 @@ def write_report(table: dict, out, trace=None, png_dir=None, title: str = "specm
     if png_note:
         notes.append(png_note)
     parts = [f"<h1>{_html.escape(title)}</h1>",
-             f"<p>{len(table['batch']):,} configurations; engine {', '.join(sorted(set(table['engine'].tolist())))}; "
-             "throughput of configurations that fit in GPU memory.</p>"]
+             (f"<p>{len(table['batch']):,} configurations; engine {', '.join(sorted(set(table['engine'].tolist())))}; "
+             "throughput of configurations that fit in GPU memory.</p>")]
     parts += [f"<p><em>{_html.escape(n)}</em></p>" for n in notes]
     for j, fig in enumerate(figs.values()):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=plotlyjs if j == 0 else False))

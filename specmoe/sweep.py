@@ -95,7 +95,7 @@ def _expand(key: str, raw: Any) -> list:
             step = raw["step"]
             if not isinstance(step, (int, float)) or step <= 0:
                 raise SpecMoEError(f"grid axes.{key}: step={step!r} must be a number > 0")
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            n = math.floor((stop - start) / step + 1e-9) + 1
             vals = [start + i * step for i in range(max(n, 0))]
         else:
             factor = raw["factor"]
@@ -107,7 +107,7 @@ def _expand(key: str, raw: Any) -> list:
                 v *= factor
         if all(isinstance(v, (int, float)) and float(v).is_integer() for v in vals) and \
                 all(isinstance(raw[k], int) for k in ("start", "stop") if k in raw):
-            vals = [int(round(v)) for v in vals]
+            vals = [round(v) for v in vals]
         return vals
     if isinstance(raw, (list, tuple)):
         return list(raw)
@@ -403,8 +403,8 @@ def _run_analytic(g: dict, cols: dict) -> dict[str, np.ndarray]:
     r = an.evaluate(pol, batch=cols["batch"], gamma=cols["gamma"] if spec else 0,
                     draft_experts=cols["draft_experts"], alpha=alpha)
     fits = np.asarray(r.fits, dtype=bool)
-    bcast = lambda a: np.broadcast_to(np.asarray(a, dtype=float), fits.shape)  # noqa: E731
-    nan_unless_fit = lambda a: np.where(fits, bcast(a), np.nan)  # noqa: E731
+    bcast = lambda a: np.broadcast_to(np.asarray(a, dtype=float), fits.shape)
+    nan_unless_fit = lambda a: np.where(fits, bcast(a), np.nan)
     out = {"tokens_per_s": nan_unless_fit(r.tokens_per_s), "tpot_ms": nan_unless_fit(r.tpot_ms),
            "ttft_ms": nan_unless_fit(r.ttft_ms), "iteration_ms": bcast(r.iteration_s) * 1e3,
            "tokens_per_iteration": bcast(r.tokens_per_iteration),
@@ -462,7 +462,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def _save_npz(path: Path, cols: dict[str, np.ndarray]) -> None:
     arrays = {k: (v.astype(str) if v.dtype == object else v) for k, v in cols.items()}
-    _atomic_write(path, lambda p: np.savez(open(p, "wb"), **arrays))
+    _atomic_write(path, lambda p: np.savez(p, **arrays))
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -682,8 +682,14 @@ def run_sweep(grid: Grid | str | Path | dict, out: str | Path | None = None, job
 
 
 def _progress(enabled: bool, console=None):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("configs"),
                     TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, console=console,
