@@ -202,9 +202,9 @@ def gap_text(ana: dict, sim: dict | None, sens: dict[str, dict], picks: dict) ->
         f"{PAPER['bytes_vs_ondemand']}%).** In our model both policies are bound by PCIe at batch {BIG}. A "
         f"verification over {BIG}×{GAMMA + 1} positions needs nearly every expert, about the bytes of one OnDemand "
         f"step, and yields τ = {PAPER['tau_hottemporal']} tokens per sequence instead of 1. So the speed-up is "
-        "about τ less the drafting time. A per-step cost that our model lacks (see above) would lower the ratio, "
-        "and so would fetches that our model counts once but a real system repeats. We cannot tell which from "
-        "the published figures."),
+        "about τ less the drafting time. A fixed cost per forward pass that our model lacks (see above) would "
+        f"lower the ratio, since SpecMoE runs {GAMMA + 1} passes per iteration to OnDemand's one. The published "
+        "figures do not show whether that is the cause."),
         (f"- **Bytes growth from batch {SMALL} to {BIG}.** Under uniform routing OnDemand's growth is "
         f"U({BIG})/U({SMALL}) = {ana['growth_ondemand']:.1f}× (paper {PAPER['growth_ondemand']}×), and Caching's is "
         f"the same. A Zipf skew of s = 1 brings OnDemand to {z['growth_ondemand']:.1f}× but pushes Caching to "
