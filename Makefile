@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine:
 #   make run   set up, then plan Mixtral-8x7B on an H100 PCIe host (table + plan.html)
-#   make test  set up with the engine and dev extras, then run the whole test suite
+#   make test  set up with the engine, dev and ray extras, then run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -18,7 +18,7 @@ $(VENV)/.core: pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.core
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e '.[engine,dev]'
+	$(PIP) install -q -e '.[engine,dev,ray]'
 	touch $@
 
 setup: $(VENV)/.core
