@@ -21,14 +21,6 @@ NEW = 12
 EB = CFG.expert_bytes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def weights():
     return random_model(CFG, seed=7)

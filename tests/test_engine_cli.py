@@ -3,7 +3,6 @@ import argparse
 from collections import Counter
 
 import pytest
-import torch
 from specmoe.engine.cli import add_engine_commands, bench_grid
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.generate import Engine
@@ -16,14 +15,6 @@ from specmoe.policies import make_policy
 from specmoe.trace import CATEGORIES, read_trace
 
 SMALL = ["--layers", "2", "--dtype", "float32", "--prompt-len", "6", "--max-new-tokens", "6"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _parse(argv):

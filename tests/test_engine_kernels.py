@@ -27,14 +27,6 @@ CFG = MoEConfig(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=16, experts=4
                 expert_ffn=32, vocab=32, max_seq_len=16, max_batch=2, dtype="float32")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def kernels_on(monkeypatch):
     monkeypatch.setenv("SPECMOE_ENGINE_TRITON", "1")

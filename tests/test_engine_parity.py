@@ -37,14 +37,6 @@ def _qwen3():
         moe_intermediate_size=24, num_experts=6, norm_topk_prob=True, head_dim=12, **COMMON))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _saved(build, tmp_path):
     torch.manual_seed(0)
     m = build().eval()
