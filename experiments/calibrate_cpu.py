@@ -30,19 +30,21 @@ REPORT = REPO / "experiments" / "reports" / "calibration_cpu.md"
 PROFILE = REPO / "hwprofiles" / "calibrated" / "cpu-local.yaml"
 PY = sys.executable
 
-# End-to-end grid at two expert sizes. Training runs feed the op fit (their op spans, measured in
-# place) and layer_overhead_us (their iteration times); held-out runs are other batches, γ and
-# policies. overlap is held out only: on this device copies cannot overlap compute (below).
-COMMON = ["--threads", "1", "--prompt-len", "16", "--max-new-tokens", "20",
-          "--synthetic-acceptance", "0.7", "--cache-fraction", "0.25"]
-TRAIN = [dict(preset="cpu-small", policies="ondemand,caching", batches="1,3,6"),
-         dict(preset="cpu-small", policies="specmoe", batches="1,3,6", gammas="2"),
-         dict(preset="cpu-wide", policies="ondemand", batches="1,3,6"),
-         dict(preset="cpu-wide", policies="specmoe", batches="3", gammas="3")]
-HELDOUT = [dict(preset="cpu-small", policies="ondemand,caching,overlap", batches="2,4,8"),
-           dict(preset="cpu-small", policies="specmoe", batches="2,4,8", gammas="2,4"),
-           dict(preset="cpu-wide", policies="ondemand,caching", batches="2,8"),
-           dict(preset="cpu-wide", policies="specmoe", batches="2,8", gammas="4")]
+# End-to-end grid at two expert sizes: (split, preset, policies, batches, gammas). Training runs
+# feed the op fit (their op spans, measured in place) and layer_overhead_us (their iteration
+# times); held-out runs are other batches, γ and policies. overlap is held out only: on this
+# device copies cannot overlap compute (see the report). Each configuration runs REPEATS times,
+# repeats outermost, and validation takes the median.
+GRID = [("train", "cpu-small", "ondemand,caching", "1,3,6", "0"),
+        ("train", "cpu-small", "specmoe", "1,3,6", "2"),
+        ("train", "cpu-wide", "ondemand", "1,3,6", "0"),
+        ("train", "cpu-wide", "specmoe", "3", "3"),
+        ("heldout", "cpu-small", "ondemand,caching,overlap", "2,4,8", "0"),
+        ("heldout", "cpu-small", "specmoe", "2,4,8", "2,4"),
+        ("heldout", "cpu-wide", "ondemand,caching", "2,8", "0"),
+        ("heldout", "cpu-wide", "specmoe", "2,8", "4")]
+REPEATS = 3
+RUN = dict(prompt_len=16, max_new_tokens=20, synthetic_acceptance=0.7, cache_fraction=0.25)
 # Copies large enough (src + dst > 2 x the 32 MiB L3) to stream from DRAM as the engine's expert
 # fetches do; smaller ones would be timed cache-hot (the microbenchmark reuses its buffers).
 COPY_SIZES = [48 << 20, 96 << 20, 192 << 20]
@@ -122,23 +124,37 @@ def microbench(path: Path, reps: int = 7, kinds: tuple[str, ...] = ("h2d",)) -> 
     b.write(path, {"command": "python experiments/calibrate_cpu.py traces", "kinds": list(kinds)})
 
 
-def engine_runs(out: Path, grid: list[dict]) -> None:
-    for g in grid:
-        cmd = [PY, str(REPO / "experiments" / "engine_runs.py"), "--out", str(out.relative_to(REPO)), *COMMON]
-        for k, v in g.items():
-            cmd += [f"--{k.replace('_', '-')}", str(v)]
-        print("+", shlex.join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=REPO)
+def engine_runs() -> None:
+    """Every configuration of GRID, REPEATS times, repeats outermost (see experiments/engine_runs.py)."""
+    import torch
+    import engine_runs as er
+    from specmoe.engine.weights import random_model
+
+    torch.set_num_threads(1)
+    plan = [(split, preset, run) for split, preset, pol, b, g in GRID
+            for run in er.grid(pol, b, g, "2")]
+    weights = {}
+    for preset in sorted({p for _, p, _ in plan}):
+        cfg = er.model_config(preset, None, max(r["batch"] for _, p, r in plan if p == preset),
+                              er.seq_len_needed(RUN["prompt_len"], RUN["max_new_tokens"], 4))
+        weights[preset] = random_model(cfg, seed=0)
+    for rep in range(REPEATS):
+        for split, preset, run in plan:
+            path = DATA / "e2e" / split / er.file_name(preset, run, rep)
+            if not path.exists():
+                tps = er.run_one(weights[preset], run, path, seed=rep, **RUN)
+                print(f"{split}/{path.name}: {tps:.1f} tokens/s", flush=True)
 
 
 def cmd_traces(args) -> None:
+    sys.path.insert(0, str(REPO / "experiments"))
     DATA.mkdir(parents=True, exist_ok=True)
-    # Interleave microbenchmarks with end-to-end runs so both see the machine's load alike.
+    t0 = time.perf_counter()
     microbench(DATA / "micro-copy-1.jsonl.gz")
-    engine_runs(DATA / "e2e" / "train", TRAIN)
+    engine_runs()
     microbench(DATA / "micro-copy-2.jsonl.gz")
-    engine_runs(DATA / "e2e" / "heldout", HELDOUT)
     microbench(DATA / "micro-all.jsonl.gz", kinds=("h2d", "gemm", "expert", "attn", "cpu_expert"))
+    print(f"traces written under {DATA} in {time.perf_counter() - t0:.0f} s")
 
 
 # ------------------------------------------------------------------------------------ fit

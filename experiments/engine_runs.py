@@ -1,13 +1,15 @@
-"""End-to-end engine runs for validation: one traced run per (policy, batch, γ, N), CPU or CUDA.
+"""End-to-end engine runs for validation: traced runs per (policy, batch, γ, N), on CPU or CUDA.
 
 Needs only torch, numpy and this repository (the GPU campaign runs it where pydantic, yaml, rich
 and simpy are absent). Each trace's header carries what validation needs beside the engine's own
 header: the run's measured routing (per-layer inclusion probabilities over the decode/verify
 forwards: the workload's routing, an input of the models like the acceptance rate) and the
-engine's GenerationStats.
+engine's GenerationStats. Repeats are the outer loop, so the repeats of one configuration are
+spread over the whole measurement and a burst of load on a shared machine hits one repeat, not
+all of them (validation takes the median over repeats).
 
     python experiments/engine_runs.py --out DIR --preset cpu-small --policies ondemand,specmoe \
-        --batches 1,4 --gammas 2,4 --draft-experts 2 --synthetic-acceptance 0.7
+        --batches 1,4 --gammas 2,4 --draft-experts 2 --synthetic-acceptance 0.7 --repeats 3
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ PRESETS = {
 SPECULATIVE = ("specmoe", "eagle")
 
 
-def routing_stats(record: list[dict], experts: int, top_k: int) -> dict:
+def routing_stats(record: list[dict], experts: int) -> dict:
     """Per-layer inclusion probabilities p[l][e] (Σ_e = top_k) over decode/verify forwards, and the
     mean distinct experts per layer-step those forwards touched."""
     layers = 1 + max(r["layer"] for r in record)
@@ -46,12 +48,11 @@ def routing_stats(record: list[dict], experts: int, top_k: int) -> dict:
     for r in record:
         if r["phase"] not in ("decode", "verify"):
             continue
-        ids = r["ids"]
-        for row in ids:
+        for row in r["ids"]:
             for e in row:
                 counts[r["layer"]][e] += 1
-        tokens[r["layer"]] += len(ids)
-        distinct += len({e for row in ids for e in row})
+        tokens[r["layer"]] += len(r["ids"])
+        distinct += len({e for row in r["ids"] for e in row})
         steps += 1
     if not steps:
         return {}
@@ -60,52 +61,88 @@ def routing_stats(record: list[dict], experts: int, top_k: int) -> dict:
             "distinct_per_layer_step": distinct / steps, "layer_steps": steps}
 
 
-def run_grid(args) -> list[Path]:
+def model_config(preset: str, layers: int | None, max_batch: int, max_seq_len: int):
     from specmoe.engine.config import MoEConfig
+
+    over = {"layers": layers} if layers else {}
+    return MoEConfig(**{**PRESETS[preset], **over, "max_batch": max_batch, "max_seq_len": max_seq_len})
+
+
+def seq_len_needed(prompt_len: int, max_new: int, gamma: int) -> int:
+    # a sequence that finished by overshooting (up to γ extra tokens) is still recomputed at
+    # L..L+γ while others run: prompt + max_new + 2γ positions
+    return prompt_len + max_new + 2 * gamma + 2
+
+
+def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 16,
+            max_new_tokens: int = 16, synthetic_acceptance: float = 0.7,
+            cache_fraction: float | None = 0.25, warmup_tokens: int = 4, seed: int = 0) -> float:
+    """One traced generate() of `run` = {policy, batch, gamma, draft_experts}; returns tokens/s."""
     from specmoe.engine.generate import Engine
     from specmoe.engine.tracer import Tracer
-    from specmoe.engine.weights import random_model
     from specmoe.policies import make_policy
+
+    name, batch, gamma = run["policy"], run["batch"], run["gamma"]
+    kw = {"cache_fraction": cache_fraction} if name in ("caching", "cpu") else {}
+    policy = make_policy(name, gamma=gamma, draft_experts=run["draft_experts"], **kw)
+    eng = Engine(w, policy, device, max_batch=batch,
+                 max_seq_len=seq_len_needed(prompt_len, max_new_tokens, gamma))
+    g = torch.Generator().manual_seed(seed + batch)
+    prompts = torch.randint(0, w.cfg.vocab, (batch, prompt_len), generator=g).tolist()
+    alpha = synthetic_acceptance if gamma else None
+    if warmup_tokens:  # first calls allocate and initialise; keep them out of the trace
+        eng.generate(prompts, warmup_tokens, synthetic_acceptance=alpha)
+    eng.tracer = Tracer(device)
+    res = eng.generate(prompts, max_new_tokens, synthetic_acceptance=alpha, seed=seed,
+                       record_routing=True)
+    eng.tracer.header["result"] = res.stats.to_dict()
+    eng.tracer.header["routing"] = routing_stats(res.routing, w.cfg.experts)
+    eng.tracer.header["command"] = "python " + " ".join(sys.argv)
+    eng.tracer.write(path)
+    del eng
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return res.stats.tokens_per_s
+
+
+def grid(policies: str, batches: str, gammas: str, draft_experts: str) -> list[dict]:
+    runs = []
+    for name, batch in itertools.product(policies.split(","), _ints(batches)):
+        gs = _ints(gammas) if name in SPECULATIVE else [0]
+        ns = _ints(draft_experts) if name == "specmoe" else [0]
+        for gamma, n in itertools.product(gs, ns):
+            runs.append({"policy": name, "batch": batch, "gamma": gamma, "draft_experts": n})
+    return runs
+
+
+def file_name(preset: str, run: dict, rep: int) -> str:
+    return (f"{preset}-{run['policy']}-b{run['batch']}-g{run['gamma']}-n{run['draft_experts']}"
+            f"-r{rep}.jsonl.gz")
+
+
+def main(args) -> list[Path]:
+    from specmoe.engine.weights import random_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = MoEConfig(**{**PRESETS[args.preset], **({"layers": args.layers} if args.layers else {}),
-                       "max_batch": max(_ints(args.batches)),
-                       # a sequence that finished by overshooting (up to γ extra tokens) is still
-                       # recomputed at L..L+γ while others run: prompt + max_new + 2γ positions
-                       "max_seq_len": args.prompt_len + args.max_new_tokens + 2 * max(_ints(args.gammas)) + 2})
+    runs = grid(args.policies, args.batches, args.gammas, args.draft_experts)
+    cfg = model_config(args.preset, args.layers, max(r["batch"] for r in runs),
+                       seq_len_needed(args.prompt_len, args.max_new_tokens, max(r["gamma"] for r in runs)))
     w = random_model(cfg, seed=args.seed, pin=args.device.startswith("cuda"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(args.seed)
     written = []
-    for name, batch, rep in itertools.product(args.policies.split(","), _ints(args.batches),
-                                              range(args.repeats)):
-        gammas = _ints(args.gammas) if name in SPECULATIVE else [0]
-        ns = _ints(args.draft_experts) if name == "specmoe" else [0]
-        for gamma, n in itertools.product(gammas, ns):
-            path = out / f"{args.preset}-{name}-b{batch}-g{gamma}-n{n}-r{rep}.jsonl.gz"
+    for rep in range(args.repeats):
+        for run in runs:
+            path = out / file_name(args.preset, run, rep)
             if path.exists():
                 continue
-            kw = {"cache_fraction": args.cache_fraction} if name in ("caching", "cpu") else {}
-            policy = make_policy(name, gamma=gamma, draft_experts=n, **kw)
-            eng = Engine(w, policy, args.device, max_batch=batch, max_seq_len=cfg.max_seq_len)
-            prompts = torch.randint(0, cfg.vocab, (batch, args.prompt_len), generator=g).tolist()
-            alpha = args.synthetic_acceptance if gamma else None
-            for _ in range(args.warmup):
-                eng.generate(prompts, args.max_new_tokens, synthetic_acceptance=alpha)
-            eng.tracer = Tracer(args.device)
-            res = eng.generate(prompts, args.max_new_tokens, synthetic_acceptance=alpha,
-                               seed=args.seed + rep, record_routing=True)
-            eng.tracer.header["result"] = res.stats.to_dict()
-            eng.tracer.header["routing"] = routing_stats(res.routing, cfg.experts, cfg.top_k)
-            eng.tracer.header["command"] = "python " + " ".join(sys.argv)
-            eng.tracer.write(path)
+            tps = run_one(w, run, path, device=args.device, prompt_len=args.prompt_len,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed + rep,
+                          synthetic_acceptance=args.synthetic_acceptance,
+                          cache_fraction=args.cache_fraction)
             written.append(path)
-            print(f"{path.name}: {res.stats.tokens_per_s:.1f} tokens/s", flush=True)
-            del eng
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            print(f"{path.name}: {tps:.1f} tokens/s", flush=True)
     return written
 
 
@@ -128,7 +165,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -136,5 +172,5 @@ def parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    paths = run_grid(parser().parse_args())
+    paths = main(parser().parse_args())
     print(json.dumps({"written": len(paths), "seconds": round(time.perf_counter() - t0, 1)}))

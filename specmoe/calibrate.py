@@ -612,19 +612,24 @@ def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = No
 
 
 def _fit_e2e(traces, system, params: CostParams, opts: FitOptions) -> Stage | None:
-    from specmoe.validate import predict_run, read_run
+    from specmoe.validate import group_runs, predict_run, read_run
 
-    runs = [read_run(t) for t in traces if t.by_cat("iteration")]
-    if not runs:
+    groups = group_runs([read_run(t) for t in traces if t.by_cat("iteration")])
+    if not groups:
         return None
+    firsts = [g[0] for g in groups]   # repeats share a configuration; the first one's workload
 
     def predict(p: CostParams) -> np.ndarray:
         return np.array([predict_run(r, system, params=p, predictor="analytic")["iteration_s"]
-                         for r in runs])
+                         for r in firsts])
 
-    return fit_stage(predict, np.array([r.mean_iteration_s for r in runs]), ["iteration"] * len(runs),
-                     [r.label() for r in runs], np.array([r.iteration_spread for r in runs]),
-                     list(E2E_PARAMS), params, opts, "calibrate (end-to-end)")
+    # one point per configuration: the median over its repeats of the mean iteration time, its
+    # noise the spread of the repeats (or of one run's iterations when it ran once)
+    measured = np.array([np.median([r.mean_iteration_s for r in g]) for g in groups])
+    spread = np.array([(max(r.mean_iteration_s for r in g) - min(r.mean_iteration_s for r in g)) / m
+                       if len(g) > 1 else g[0].iteration_spread for g, m in zip(groups, measured)])
+    return fit_stage(predict, measured, ["iteration"] * len(groups), [r.label() for r in firsts],
+                     spread, list(E2E_PARAMS), params, opts, "calibrate (end-to-end)")
 
 
 def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Calibration, traces,

@@ -103,9 +103,23 @@ class Run:
     def gamma(self) -> int:
         return self.policy.gamma if self.speculative else 0
 
+    def config_key(self) -> tuple:
+        """Runs with equal keys are repeats of one configuration."""
+        return (json.dumps(self.header.get("model"), sort_keys=True, default=str), self.policy,
+                self.batch, self.prompt_len, self.max_new_tokens, self.speculative,
+                None if self.alpha is None else round(self.alpha, 6),
+                json.dumps(self.header.get("device"), sort_keys=True, default=str))
+
+    @property
+    def model_label(self) -> str:
+        m = self.header.get("model")
+        if isinstance(m, dict):
+            return f"h{m.get('hidden')}/ffn{m.get('expert_ffn')}/L{m.get('layers')}/{m.get('dtype')}"
+        return str(m)
+
     def label(self) -> str:
         p = self.policy
-        s = f"{p.name} B={self.batch}"
+        s = f"{self.model_label} {p.name} B={self.batch}"
         if self.speculative:
             s += f" γ={p.gamma} N={p.draft_experts}"
         return s
@@ -255,10 +269,19 @@ def _predict_analytic(run: Run, system, params) -> dict[str, Any]:
 
 def _predict_sim(run: Run, system, params) -> dict[str, Any]:
     """The simulator's mean iteration time on this configuration (API: specmoe.sim.simulate)."""
-    from specmoe.sim import simulate
+    from specmoe.sim import SimOptions, simulate
 
-    res = simulate(model=run.model, system=system, workload=_workload(run), policy=run.policy,
-                   params=params)
+    pol, opts = run.policy, None
+    if pol.name in ("caching", "cpu"):
+        # The engine pins cache_fraction of each layer's experts and keeps E more slots, shared by
+        # all layers, as LRU; the simulator's cache_fraction is all slots of a layer, of which
+        # SimOptions.pin_fraction are pinned: the same slots, the LRU ones spread over layers.
+        m, f = run.model, pol.cache_fraction
+        slots = min(1.0, (round(f * m.num_experts) * m.num_moe_layers + m.num_experts)
+                    / (m.num_moe_layers * m.num_experts))
+        pol, opts = pol.with_(cache_fraction=slots), SimOptions(pin_fraction=f)
+    res = simulate(model=run.model, system=system, workload=_workload(run), policy=pol,
+                   params=params, options=opts)
     it = float(getattr(res, "iteration_s", None) or res["iteration_s"])
     return _tokens(run, it, "sim")
 
@@ -273,8 +296,18 @@ def _tokens(run: Run, iteration_s: float, predictor: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ validation
 
-def validate(trace_paths: Sequence[str | Path], hardware, predictor: str = "auto") -> dict[str, Any]:
-    """Error table: measured vs predicted tokens/s per run, and its summary."""
+def group_runs(runs: Sequence[Run]) -> list[list[Run]]:
+    """Repeats of one configuration together, in first-seen order."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.config_key(), []).append(r)
+    return list(groups.values())
+
+
+def validate(trace_paths: Sequence[str | Path], hardware, predictor: str = "auto",
+             compare_analytic: bool = True) -> dict[str, Any]:
+    """Error table, one row per configuration: the median over its repeats of the measured
+    tokens/s against the prediction (made from the first repeat's workload: routing, α)."""
     from specmoe.calibrate import device_identity
     from specmoe.hardware import System, load_system
 
@@ -283,47 +316,65 @@ def validate(trace_paths: Sequence[str | Path], hardware, predictor: str = "auto
         raise SpecMoEError("validate: no trace files given")
     calib_id = (system.calibration or {}).get("device_identity")
     rows = []
-    for path in trace_paths:
-        run = read_run(path)
+    for group in group_runs([read_run(p) for p in sorted(map(str, trace_paths))]):
+        run = group[0]
         pred = predict_run(run, system, predictor=predictor)
+        tps = [r.tokens_per_s for r in group]
+        meas = statistics.median(tps)
         same = calib_id is not None and device_identity(run.header.get("device")) == calib_id
-        err = (pred["tokens_per_s"] - run.tokens_per_s) / run.tokens_per_s
-        rows.append({"trace": Path(path).name, "policy": run.policy.name, "batch": run.batch,
-                     "gamma": run.gamma, "draft_experts": run.policy.draft_experts if run.speculative else 0,
-                     "alpha": run.alpha, "iterations": run.iterations,
-                     "measured_tokens_per_s": run.tokens_per_s, "predicted_tokens_per_s": pred["tokens_per_s"],
-                     "measured_iteration_ms": run.mean_iteration_s * 1e3,
-                     "predicted_iteration_ms": pred["iteration_s"] * 1e3,
-                     "error_pct": 100 * err, "predictor": pred["predictor"],
-                     "device": "calibrated" if same else "other"})
+        row = {"trace": Path(run.path).name, "policy": run.policy.name, "batch": run.batch,
+               "gamma": run.gamma, "draft_experts": run.policy.draft_experts if run.speculative else 0,
+               "alpha": run.alpha, "model": run.model_label, "repeats": len(group),
+               "measured_tokens_per_s": meas, "measured_spread_pct": 100 * (max(tps) - min(tps)) / meas,
+               "predicted_tokens_per_s": pred["tokens_per_s"],
+               "measured_iteration_ms": 1e3 * statistics.median(r.mean_iteration_s for r in group),
+               "predicted_iteration_ms": pred["iteration_s"] * 1e3,
+               "error_pct": 100 * (pred["tokens_per_s"] - meas) / meas, "predictor": pred["predictor"],
+               "device": "calibrated" if same else "other"}
+        if compare_analytic and pred["predictor"] != "analytic":
+            ana = predict_run(run, system, predictor="analytic")
+            row["analytic_error_pct"] = 100 * (ana["tokens_per_s"] - meas) / meas
+        rows.append(row)
     return {"hardware": system.name, "calibrated": bool(system.calibration), "rows": rows,
             "summary": summarize(rows)}
 
 
-def summarize(rows: list[dict]) -> dict[str, Any]:
+def summarize(rows: list[dict], exclude_policies: Sequence[str] = ()) -> dict[str, Any]:
+    """Median and max |error| per device kind (calibrated / other), optionally leaving policies out."""
     out = {}
     for dev in sorted({r["device"] for r in rows}):
-        errs = [abs(r["error_pct"]) for r in rows if r["device"] == dev]
-        out[dev] = {"runs": len(errs), "median_abs_error_pct": statistics.median(errs),
+        sel = [r for r in rows if r["device"] == dev and r["policy"] not in exclude_policies]
+        if not sel:
+            continue
+        errs = [abs(r["error_pct"]) for r in sel]
+        out[dev] = {"configurations": len(sel), "median_abs_error_pct": statistics.median(errs),
                     "max_abs_error_pct": max(errs),
-                    "mean_signed_error_pct": statistics.mean(r["error_pct"] for r in rows if r["device"] == dev)}
+                    "mean_signed_error_pct": statistics.mean(r["error_pct"] for r in sel)}
     return out
 
 
-def markdown_table(result: dict[str, Any]) -> str:
-    lines = ["| policy | batch | γ | N | α | measured tok/s | predicted tok/s | error % | "
-             "measured ms/iter | predicted ms/iter | predictor | device |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-    for r in sorted(result["rows"], key=lambda r: (r["policy"], r["batch"], r["gamma"])):
+def markdown_table(result: dict[str, Any], summaries: dict[str, dict] | None = None) -> str:
+    """The rows, then one summary line per device kind (and per extra summary given)."""
+    ana = any("analytic_error_pct" in r for r in result["rows"])
+    lines = ["| model | policy | batch | γ | N | α | repeats | measured tok/s | spread % | "
+             "predicted tok/s | error % |" + (" analytic error % |" if ana else "")
+             + " measured ms/iter | predicted ms/iter | predictor | device |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if ana else "")
+             + "---:|---:|---|---|"]
+    for r in sorted(result["rows"], key=lambda r: (r["model"], r["policy"], r["batch"], r["gamma"])):
         a = "-" if r["alpha"] is None else f"{r['alpha']:.2f}"
-        lines.append(f"| {r['policy']} | {r['batch']} | {r['gamma']} | {r['draft_experts']} | {a} | "
-                     f"{r['measured_tokens_per_s']:.1f} | {r['predicted_tokens_per_s']:.1f} | "
-                     f"{r['error_pct']:+.1f} | {r['measured_iteration_ms']:.2f} | "
-                     f"{r['predicted_iteration_ms']:.2f} | {r['predictor']} | {r['device']} |")
+        extra = f" {r['analytic_error_pct']:+.1f} |" if ana else ""
+        lines.append(f"| {r['model']} | {r['policy']} | {r['batch']} | {r['gamma']} | {r['draft_experts']} | "
+                     f"{a} | {r['repeats']} | {r['measured_tokens_per_s']:.1f} | {r['measured_spread_pct']:.0f} | "
+                     f"{r['predicted_tokens_per_s']:.1f} | {r['error_pct']:+.1f} |{extra} "
+                     f"{r['measured_iteration_ms']:.2f} | {r['predicted_iteration_ms']:.2f} | "
+                     f"{r['predictor']} | {r['device']} |")
     lines.append("")
-    for dev, s in result["summary"].items():
-        lines.append(f"- {dev} device: {s['runs']} runs, median |error| {s['median_abs_error_pct']:.1f}%, "
-                     f"max |error| {s['max_abs_error_pct']:.1f}%, mean signed {s['mean_signed_error_pct']:+.1f}%")
+    for title, summary in {"all policies": result["summary"], **(summaries or {})}.items():
+        for dev, s in summary.items():
+            lines.append(f"- {title}, {dev} device: {s['configurations']} configurations, median |error| "
+                         f"{s['median_abs_error_pct']:.1f}%, max |error| {s['max_abs_error_pct']:.1f}%, "
+                         f"mean signed {s['mean_signed_error_pct']:+.1f}%")
     return "\n".join(lines)
 
 
