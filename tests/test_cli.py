@@ -81,7 +81,8 @@ def test_model_import_round_trip(tmp_path, capsys):
 
 
 def test_core_imports_no_torch():
-    code = "import specmoe, specmoe.api, specmoe.analytic, specmoe.cli, sys; print('torch' in sys.modules)"
+    code = ("import specmoe, specmoe.api, specmoe.analytic, specmoe.cli, specmoe.sim, specmoe.planner, sys; "
+            "specmoe.cli.build_parser(['plan']); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
