@@ -5,12 +5,12 @@
     python experiments/calibrate_cpu.py fit              # calibrate, validate, write the report
     python experiments/calibrate_cpu.py all              # traces, then fit
 
-Traces go to experiments/data/cpu/ (gzip): micro-*.jsonl.gz (engine microbenchmarks at the
-engine's shapes) and e2e/{train,heldout}/ (end-to-end runs, experiments/engine_runs.py). `fit`
-calibrates hwprofiles/calibrated/cpu-local.yaml on the microbenchmarks plus the training runs, then
-validates on the held-out runs (other batches, γ and policies) and writes
-experiments/reports/calibration_cpu.md (+ .html parity plots). Everything runs with one torch
-thread: the machine has 2 cores shared with other work, and one thread halves the contention.
+Traces go to experiments/data/cpu/ (gzip): micro-*.jsonl.gz (engine microbenchmarks) and
+e2e/{train,heldout}/ (end-to-end runs, experiments/engine_runs.py). `fit` calibrates
+hwprofiles/calibrated/cpu-local-calibrated.yaml (base: the cpu-local profile) on the copy
+microbenchmarks plus the training runs, validates on the held-out runs (other batches, γ and
+policies) and writes experiments/reports/calibration_cpu.md (+ .html parity plots). Everything
+runs with one torch thread: the machine has 2 cores shared with other work.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "experiments" / "data" / "cpu"
 REPORT = REPO / "experiments" / "reports" / "calibration_cpu.md"
-PROFILE = REPO / "hwprofiles" / "calibrated" / "cpu-local.yaml"
+PROFILE = REPO / "hwprofiles" / "calibrated" / "cpu-local-calibrated.yaml"
 PY = sys.executable
 
 # End-to-end grid at two expert sizes: (split, preset, policies, batches, gammas). Training runs
@@ -159,64 +159,157 @@ def cmd_traces(args) -> None:
 
 # ------------------------------------------------------------------------------------ fit
 
-def train_traces() -> list[Path]:
-    return sorted(DATA.glob("micro-copy-*.jsonl.gz")) + sorted((DATA / "e2e" / "train").glob("*.jsonl.gz"))
+FIT = dict(min_samples=3)   # an op configuration needs 3 timings for a median
+CLI = ("specmoe calibrate experiments/data/cpu/micro-copy-*.jsonl.gz "
+       "experiments/data/cpu/e2e/train/*.jsonl.gz --hardware cpu-local "
+       "-o hwprofiles/calibrated/cpu-local-calibrated.yaml --min-samples 3")
 
 
-def heldout_traces() -> list[Path]:
-    return sorted((DATA / "e2e" / "heldout").glob("*.jsonl.gz"))
+def rel(paths) -> list[str]:
+    return [str(Path(p).resolve().relative_to(REPO)) for p in paths]
+
+
+def e2e_traces(split: str) -> list[str]:
+    return rel(sorted((DATA / "e2e" / split).glob("*.jsonl.gz")))
+
+
+def train_traces() -> list[str]:
+    return rel(sorted(DATA.glob("micro-copy-*.jsonl.gz"))) + e2e_traces("train")
+
+
+def heldout_traces() -> list[str]:
+    return e2e_traces("heldout")
+
+
+def calibrate_cpu(traces=None, **over):
+    """The CPU profile's fit (what `fit` writes to hwprofiles/calibrated/cpu-local-calibrated.yaml)."""
+    from specmoe.calibrate import FitOptions, calibrate
+
+    return calibrate(traces or train_traces(), "cpu-local", name="cpu-local-calibrated",
+                     opts=FitOptions(**{**FIT, **over}), command=CLI if traces is None else None)
+
+
+def noise(paths) -> dict:
+    """How disturbed the measurements were: repeat spread per configuration, wall/CPU time."""
+    import statistics
+
+    from specmoe.trace import read_trace
+    from specmoe.validate import group_runs, read_run
+
+    runs = [read_run(p) for p in paths]
+    spreads = [(max(r.tokens_per_s for r in g) - min(r.tokens_per_s for r in g))
+               / statistics.median(r.tokens_per_s for r in g) for g in group_runs(runs) if len(g) > 1]
+    ratios = [read_trace(p).header.get("interference", {}).get("wall_over_cpu") for p in paths]
+    ratios = [r for r in ratios if r]
+    return {"median_repeat_spread_pct": 100 * statistics.median(spreads),
+            "max_repeat_spread_pct": 100 * max(spreads),
+            "median_wall_over_cpu": statistics.median(ratios) if ratios else None,
+            "runs_over_1_15": sum(r > 1.15 for r in ratios), "runs": len(paths)}
 
 
 def cmd_fit(args) -> None:
-    from specmoe.calibrate import calibrate, markdown_tables, write_html
+    from specmoe.calibrate import markdown_tables, write_html
     from specmoe.hardware import save_system
-    from specmoe.validate import markdown_table, validate
+    from specmoe.validate import markdown_table, summarize, validate
 
     t0 = time.perf_counter()
-    train = train_traces()
-    rel = [str(p.relative_to(REPO)) for p in train]
-    command = f"specmoe calibrate {' '.join(rel)} --hardware cpu-local -o {PROFILE.relative_to(REPO)}"
-    calib = calibrate(train, "cpu-local", name="cpu-local", command=command)
+    calib = calibrate_cpu()
     fit_s = time.perf_counter() - t0
     save_system(calib.system, PROFILE)
-    html = REPORT.with_suffix(".html")
-    write_html(calib, html)
+    write_html(calib, REPORT.with_suffix(".html"))
     held = validate(heldout_traces(), PROFILE)
-    train_val = validate(sorted((DATA / "e2e" / "train").glob("*.jsonl.gz")), PROFILE)
+    train = validate(e2e_traces("train"), PROFILE)
+    # The same loop with op parameters from the engine's microbenchmarks alone (cache-hot on a CPU)
+    micro = calibrate_cpu(rel([DATA / "micro-all.jsonl.gz"]) + e2e_traces("train"),
+                          op_traces="microbenchmark")
+    held_micro = validate(heldout_traces(), micro.system, predictor="analytic")
+    nz = noise(heldout_traces() + e2e_traces("train"))
     dev = calib.system.calibration["device"]
+    s_all, s_no = held["summary"]["calibrated"], summarize(held["rows"], ["overlap"])["calibrated"]
     text = f"""# Calibration on this CPU machine (cpu-local)
 
-Device: {dev.get('name')} ({dev.get('cpu_count')} cores, torch {dev.get('torch')}, {dev.get('threads')} torch thread), shared with
-other work; measured {calib.system.calibration['date']}. The "GPU" is this CPU, the "link" a host
-memory copy (hwprofiles/gpus/cpu-local.yaml, hosts/cpu-local.yaml, links/host-memcpy.yaml: peaks
-measured by `python experiments/calibrate_cpu.py peaks`). Model: the engine at cpu-small shapes
-(experiments/engine_runs.py: hidden 512, 8 experts of ffn 1024, top-2, 4 layers, fp32, random
-weights), prompt 16, 16 new tokens, synthetic acceptance α = 0.7, caching pins 25%.
+Measured {calib.system.calibration['date']} on {dev.get('name')} ({dev.get('cpu_count')} vCPUs,
+KVM guest), torch {dev.get('torch')}, {dev.get('threads')} torch thread. The "GPU" is this CPU and the
+"link" a host memory copy: hwprofiles/gpus/cpu-local.yaml, hosts/cpu-local.yaml and
+links/host-memcpy.yaml hold peaks measured by `python experiments/calibrate_cpu.py peaks`.
+The engine runs at two shapes (experiments/engine_runs.py presets cpu-small: hidden 512, 8
+experts of ffn 1024, and cpu-wide: ffn 2048; top-2, 4 layers, fp32, random weights), prompt 16,
+20 new tokens, synthetic acceptance α = 0.7, caching pins 25% of each layer's experts, N = 2
+draft experts. Each configuration ran {REPEATS} times (repeats outermost); the tables compare
+the median.
 
-Reproduce: `python experiments/calibrate_cpu.py traces` (measures, ~10 min) then
-`python experiments/calibrate_cpu.py fit` (fit {fit_s:.0f} s, validation, this report), or by hand:
+**This machine is shared** (2 vCPUs, other work running throughout): a run whose wall time exceeded
+its CPU time by more than 15% was measured again (up to 4 attempts, the least disturbed kept).
+Across the end-to-end runs: median wall/CPU {nz['median_wall_over_cpu']:.2f},
+{nz['runs_over_1_15']} of {nz['runs']} runs still above 1.15 after 4 attempts; repeats of one
+configuration differ by {nz['median_repeat_spread_pct']:.0f}% (median, max
+{nz['max_repeat_spread_pct']:.0f}%) of their median tokens/s. No prediction can be checked more
+finely than that here: the 5% targets of DESIGN.md §11 are for an uncontended GPU.
 
-    {command}
-    specmoe validate experiments/data/cpu/e2e/heldout/*.jsonl.gz --hardware cpu-local
+Reproduce: `python experiments/calibrate_cpu.py traces` (measures; ~15 min here), then
+`python experiments/calibrate_cpu.py fit` (this report; the fit takes {fit_s:.0f} s), or by hand:
 
-## Per-op hold-out error ({calib.ops.folds}-fold by distinct configuration; `iteration` = end-to-end training runs)
+    {CLI} --html experiments/reports/calibration_cpu.html
+    specmoe validate experiments/data/cpu/e2e/heldout/*.jsonl.gz --hardware cpu-local-calibrated
+
+## Per-op hold-out error
+
+{calib.ops.folds}-fold hold-out by distinct op configuration (every configuration of an op is left
+out once and predicted by the fit of the others). Op points: the engine's expert, attention-block,
+gate and H2D spans measured in place in the training runs, plus DRAM-streaming copy
+microbenchmarks (48-192 MiB, chunked and not). `iteration` is the end-to-end stage (training runs'
+iteration times fitting layer_overhead_us, hold-out by configuration). The last column is the
+measurement's own noise (IQR/median of a configuration's repeats).
 
 {markdown_tables(calib)}
 
 Parity plots: [calibration_cpu.html](calibration_cpu.html).
 
-## End-to-end tokens/s, held-out runs (predictor: {held['rows'][0]['predictor']})
+## End-to-end tokens/s, held-out configurations
 
-{markdown_table(held)}
+Other batches, γ and policies than the training runs (predictor: {held['rows'][0]['predictor']};
+"analytic error" is the analytic model on the same configuration).
 
-## End-to-end tokens/s, training runs (these fitted layer_overhead_us only)
+{markdown_table(held, {"without overlap": summarize(held["rows"], ["overlap"])})}
 
-{markdown_table(train_val)}
+Summary: median |error| {s_all['median_abs_error_pct']:.1f}% and max {s_all['max_abs_error_pct']:.1f}% over
+all {s_all['configurations']} held-out configurations; {s_no['median_abs_error_pct']:.1f}% and
+{s_no['max_abs_error_pct']:.1f}% without overlap. overlap is mispredicted by construction on this device:
+the models let a prefetch run on the copy engine beside compute, but here the copy is a memcpy on
+the one computing thread, so nothing overlaps (and mispredicted prefetches cost copies too).
+
+## End-to-end tokens/s, training configurations
+
+These runs fitted layer_overhead_us (and their op spans the op parameters).
+
+{markdown_table(train)}
+
+## The same loop with op parameters from the microbenchmarks alone
+
+Op parameters fitted to the engine's microbenchmarks only (experiments/data/cpu/micro-all.jsonl.gz:
+GEMM, expert FFN, scores-only attention, copies, CPU expert; `--op-traces microbenchmark`), the
+training runs giving layer_overhead_us as before. The microbenchmark repeats an op on the same
+buffers, so on a CPU its expert and GEMM weights stay in cache while the engine streams a freshly
+copied expert: the op fit looks good and the end-to-end prediction does not.
+
+{markdown_tables(micro)}
+
+{markdown_table(held_micro)}
+
+## Commands and data
+
+- traces: experiments/data/cpu/ (gzip JSONL, specmoe.trace/1): micro-copy-1/2 (copies),
+  micro-all (every microbenchmark kind), e2e/train and e2e/heldout (one trace per run and repeat,
+  header with the run's routing and wall/CPU ratio).
+- profile: hwprofiles/calibrated/cpu-local-calibrated.yaml (efficiencies + `calibration:` provenance).
+- tests: tests/test_calibrate_cpu.py refits these traces and checks the numbers above stay within
+  bounds derived from this noise, and runs one live engine run against the profile.
 """
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(text)
     print(text)
-    print(json.dumps({"heldout": held["summary"], "fit_seconds": round(fit_s, 1)}, indent=2))
+    print(json.dumps({"heldout": held["summary"], "without_overlap": s_no, "noise": nz,
+                      "fit_seconds": round(fit_s, 1)}, indent=2))
 
 
 def main() -> None:
@@ -227,6 +320,10 @@ def main() -> None:
     sub.add_parser("fit").set_defaults(func=cmd_fit)
     sub.add_parser("all").set_defaults(func=lambda a: (cmd_traces(a), cmd_fit(a)))
     args = p.parse_args()
+    import os
+
+    os.chdir(REPO)
+    sys.path.insert(0, str(REPO / "experiments"))
     args.func(args)
 
 

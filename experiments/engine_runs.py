@@ -76,8 +76,13 @@ def seq_len_needed(prompt_len: int, max_new: int, gamma: int) -> int:
 
 def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 16,
             max_new_tokens: int = 16, synthetic_acceptance: float = 0.7,
-            cache_fraction: float | None = 0.25, warmup_tokens: int = 4, seed: int = 0) -> float:
-    """One traced generate() of `run` = {policy, batch, gamma, draft_experts}; returns tokens/s."""
+            cache_fraction: float | None = 0.25, warmup_tokens: int = 4, seed: int = 0,
+            max_interference: float = 1.15, max_tries: int = 4) -> float:
+    """One traced generate() of `run` = {policy, batch, gamma, draft_experts}; returns tokens/s.
+
+    On a CPU shared with other work, a run whose wall time exceeds its own CPU time by more than
+    `max_interference` (it waited for the core) is measured again, up to `max_tries` times, and
+    the least disturbed attempt is kept; the header records its ratio."""
     from specmoe.engine.generate import Engine
     from specmoe.engine.tracer import Tracer
     from specmoe.policies import make_policy
@@ -92,13 +97,26 @@ def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 
     alpha = synthetic_acceptance if gamma else None
     if warmup_tokens:  # first calls allocate and initialise; keep them out of the trace
         eng.generate(prompts, warmup_tokens, synthetic_acceptance=alpha)
-    eng.tracer = Tracer(device)
-    res = eng.generate(prompts, max_new_tokens, synthetic_acceptance=alpha, seed=seed,
-                       record_routing=True)
-    eng.tracer.header["result"] = res.stats.to_dict()
-    eng.tracer.header["routing"] = routing_stats(res.routing, w.cfg.experts)
-    eng.tracer.header["command"] = "python " + " ".join(sys.argv)
-    eng.tracer.write(path)
+    best = None
+    for attempt in range(1, (max_tries if device == "cpu" else 1) + 1):
+        tracer = Tracer(device)
+        eng.tracer = tracer
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        res = eng.generate(prompts, max_new_tokens, synthetic_acceptance=alpha, seed=seed,
+                           record_routing=True)
+        ratio = (time.perf_counter() - wall0) / max(time.process_time() - cpu0, 1e-9)
+        if best is None or ratio < best[0]:
+            best = (ratio, attempt, tracer, res)
+        if device != "cpu" or ratio <= max_interference:
+            break
+    interference, attempt, tracer, res = best
+    tracer.header["result"] = res.stats.to_dict()
+    # On a CPU the run's wall time over its CPU time says how much other work took the core.
+    tracer.header["interference"] = {"wall_over_cpu": round(interference, 4), "attempt": attempt,
+                                  "max_wall_over_cpu": max_interference}
+    tracer.header["routing"] = routing_stats(res.routing, w.cfg.experts)
+    tracer.header["command"] = "python " + " ".join(sys.argv)
+    tracer.write(path)
     del eng
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -120,29 +138,43 @@ def file_name(preset: str, run: dict, rep: int) -> str:
             f"-r{rep}.jsonl.gz")
 
 
+def plan(args) -> list[tuple[str, dict]]:
+    """(subdirectory, run) pairs: every --grid row, or the single grid of the plain flags."""
+    rows = args.grid or [f".:{args.policies}:{args.batches}:{args.gammas}"]
+    out = []
+    for row in rows:
+        try:
+            split, policies, batches, gammas = row.split(":")
+        except ValueError:
+            raise SystemExit(f"--grid {row!r}: expected SPLIT:POLICIES:BATCHES:GAMMAS") from None
+        out += [(split, run) for run in grid(policies, batches, gammas, args.draft_experts)]
+    return out
+
+
 def main(args) -> list[Path]:
+    """Every run of the plan, `repeats` times, repeats outermost; existing traces are kept
+    (an interrupted campaign resumes)."""
     from specmoe.engine.weights import random_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    runs = grid(args.policies, args.batches, args.gammas, args.draft_experts)
-    cfg = model_config(args.preset, args.layers, max(r["batch"] for r in runs),
-                       seq_len_needed(args.prompt_len, args.max_new_tokens, max(r["gamma"] for r in runs)))
+    runs = plan(args)
+    cfg = model_config(args.preset, args.layers, max(r["batch"] for _, r in runs),
+                       seq_len_needed(args.prompt_len, args.max_new_tokens, max(r["gamma"] for _, r in runs)))
     w = random_model(cfg, seed=args.seed, pin=args.device.startswith("cuda"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     for rep in range(args.repeats):
-        for run in runs:
-            path = out / file_name(args.preset, run, rep)
+        for split, run in runs:
+            path = Path(args.out) / split / file_name(args.preset, run, rep)
             if path.exists():
                 continue
+            path.parent.mkdir(parents=True, exist_ok=True)
             tps = run_one(w, run, path, device=args.device, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, seed=args.seed + rep,
                           synthetic_acceptance=args.synthetic_acceptance,
                           cache_fraction=args.cache_fraction)
             written.append(path)
-            print(f"{path.name}: {tps:.1f} tokens/s", flush=True)
+            print(f"{split}/{path.name}: {tps:.1f} tokens/s", flush=True)
     return written
 
 
@@ -159,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", default="ondemand,caching,specmoe")
     p.add_argument("--batches", default="1,4")
     p.add_argument("--gammas", default="4")
+    p.add_argument("--grid", action="append", default=[], metavar="SPLIT:POLICIES:BATCHES:GAMMAS",
+                   help="a grid row written under OUT/SPLIT (repeatable; replaces the three above)")
     p.add_argument("--draft-experts", default="2")
     p.add_argument("--cache-fraction", type=float, default=0.25)
     p.add_argument("--synthetic-acceptance", type=float, default=0.7)

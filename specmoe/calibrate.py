@@ -25,7 +25,8 @@ them; dims fall back to the header's `model`, an engine MoEConfig dict with hidd
 kv_heads, head_dim, experts, top_k, expert_ffn, vocab, dtype):
   gemm        shape [m, n, k]: x[m, k] @ W[k, n]                         -> CostModel.gemm
   expert      tokens, shape [tokens, hidden, ffn]: one SwiGLU expert      -> CostModel.experts(tokens, 1)
-  moe         tokens, experts (distinct), top_k, shape [tokens, hidden, ffn]: grouped/fused experts
+  moe         tokens, experts (distinct), top_k, shape [tokens, hidden, ffn] (else the header
+              model's hidden, expert_ffn, top_k): the engine's fused_moe span
               -> CostModel.experts(tokens·top_k, experts); the engine's per-layer span named
               "moe" (fetches + compute + bookkeeping) is a composite and is not fitted
   attn        the engine's attention block (norm, q/k/v/o projections, RoPE, scores), tokens,
@@ -143,7 +144,10 @@ class Point:
 
     @property
     def measured_s(self) -> float:
-        return float(np.median(self.times_s))
+        return self.quantile(0.5)
+
+    def quantile(self, q: float) -> float:
+        return float(np.quantile(self.times_s, q))
 
     @property
     def spread(self) -> float:
@@ -211,13 +215,17 @@ def _event_point(ev: dict, header: dict, where: str) -> tuple[str, tuple, tuple]
     if cat == "gemm":
         m, n, k = _shape(ev, 3, where)
         return cat, (b,), (float(m), float(n), float(k))
-    if cat in ("expert", "cpu_expert", "moe"):
-        _, hidden, ffn = _shape(ev, 3, where)
+    if cat == "moe":  # the engine's fused_moe span: tokens, experts; dims from the header model
         tokens = float(_need(ev, "tokens", where))
-        if cat == "moe":
-            k = _dim(ev, model, "top_k", where)
-            return cat, (b, int(hidden), int(ffn)), (tokens * k, float(_need(ev, "experts", where)))
-        return cat, (b, int(hidden), int(ffn)), (tokens,)
+        if ev.get("shape") is not None:
+            _, hidden, ffn = _shape(ev, 3, where)
+        else:
+            hidden, ffn = _dim(ev, model, "hidden", where), _dim(ev, model, "expert_ffn", where)
+        k = _dim(ev, model, "top_k", where)
+        return cat, (b, int(hidden), int(ffn)), (tokens * k, float(_need(ev, "experts", where)))
+    if cat in ("expert", "cpu_expert"):
+        _, hidden, ffn = _shape(ev, 3, where)
+        return cat, (b, int(hidden), int(ffn)), (float(_need(ev, "tokens", where)),)
     tokens = float(_need(ev, "tokens", where))
     if cat == "attn":
         shape = _need(ev, "shape", where)
@@ -408,12 +416,21 @@ class FitOptions:
     loss: str = "soft_l1"     # robust: one configuration hit by a descheduled thread does not rule
     f_scale: float = 0.1      # residuals beyond 10% count linearly, not squared
     min_samples: int = 1
+    # Which quantile of the repeats a point's time is: the median, or a low one on a machine shared
+    # with other work, where interference only ever adds time (the fastest repeats are the device's)
+    quantile: float = 0.5
+    # Whose op events fit stage 1: every trace's, or only the microbenchmarks' / the runs'
+    op_traces: str = "all"
     fix: tuple[tuple[str, float | None], ...] = ()
     max_nfev: int | None = None
 
     def __post_init__(self):
         if self.folds < 2:
             raise SpecMoEError(f"folds={self.folds}: need at least 2 for a hold-out")
+        if self.op_traces not in ("all", "microbenchmark", "end-to-end"):
+            raise SpecMoEError(f"op_traces={self.op_traces!r}: allowed all, microbenchmark, end-to-end")
+        if not 0.0 <= self.quantile <= 1.0:
+            raise SpecMoEError(f"quantile={self.quantile}: allowed [0, 1]")
         bad = [n for n, _ in self.fix if n not in PARAM_NAMES]
         if bad:
             raise SpecMoEError(f"fix: unknown parameter(s) {bad}; allowed {PARAM_NAMES}")
@@ -575,10 +592,14 @@ def _stage_params(stage: Stage | None) -> dict[str, dict]:
             for n, v, s, a in zip(f.names, f.values, f.stderr, f.at_bound)}
 
 
+def _kind(t) -> str:
+    return "end-to-end" if t.by_cat("iteration") else "microbenchmark"
+
+
 def _file_info(t) -> dict:
     data = Path(t.path).read_bytes()
     return {"file": str(t.path), "sha256": hashlib.sha256(data).hexdigest()[:16],
-            "events": len(t.events), "kind": "end-to-end" if t.by_cat("iteration") else "microbenchmark"}
+            "events": len(t.events), "kind": _kind(t)}
 
 
 def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = None,
@@ -591,12 +612,13 @@ def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = No
     traces = load_traces(trace_paths)
     fix = dict(opts.fix)
     base = replace(params_for(base_system), **{k: v for k, v in fix.items() if v is not None})
-    points = collect_points(traces, opts.min_samples)
+    op_sources = [t for t in traces if opts.op_traces in ("all", _kind(t))]
+    points = collect_points(op_sources, opts.min_samples)
     if not points:
         raise SpecMoEError(f"calibrate: no timed op events (cats {sorted(OPS)}) with at least "
                            f"{opts.min_samples} sample(s) in {[str(t.path) for t in traces]}")
     names = [n for n in params_needed(points) if n not in fix]
-    ops = fit_stage(OpPredictor(points, base_system), np.array([p.measured_s for p in points]),
+    ops = fit_stage(OpPredictor(points, base_system), np.array([p.quantile(opts.quantile) for p in points]),
                     [p.cat for p in points], [p.label() for p in points],
                     np.array([p.spread for p in points]), names, base, opts, "calibrate (ops)")
     params = replace(base, **dict(zip(ops.fit.names, map(float, ops.fit.values))))
@@ -623,9 +645,9 @@ def _fit_e2e(traces, system, params: CostParams, opts: FitOptions) -> Stage | No
         return np.array([predict_run(r, system, params=p, predictor="analytic")["iteration_s"]
                          for r in firsts])
 
-    # one point per configuration: the median over its repeats of the mean iteration time, its
+    # one point per configuration: the quantile over its repeats of the mean iteration time, its
     # noise the spread of the repeats (or of one run's iterations when it ran once)
-    measured = np.array([np.median([r.mean_iteration_s for r in g]) for g in groups])
+    measured = np.array([np.quantile([r.mean_iteration_s for r in g], opts.quantile) for g in groups])
     spread = np.array([(max(r.mean_iteration_s for r in g) - min(r.mean_iteration_s for r in g)) / m
                        if len(g) > 1 else g[0].iteration_spread for g, m in zip(groups, measured)])
     return fit_stage(predict, measured, ["iteration"] * len(groups), [r.label() for r in firsts],
@@ -653,6 +675,7 @@ def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Cali
         "fixed": {k: v for k, v in calib.fixed.items()},
         "unidentified": calib.unidentified(),
         "options": {"loss": opts.loss, "f_scale": opts.f_scale, "min_samples": opts.min_samples,
+                    "quantile": opts.quantile, "op_traces": opts.op_traces,
                     "fix": dict(opts.fix), "folds": opts.folds},
         "holdout": {"folds": calib.ops.folds if calib.ops else None, "by": "distinct op configuration",
                     "mape": {k: {kk: (round(vv, 5) if isinstance(vv, float) else vv) for kk, vv in v.items()}
@@ -779,6 +802,12 @@ def add_commands(sub) -> None:
                    help="hold a parameter at VALUE (default: the base profile's) instead of fitting it")
     p.add_argument("--min-samples", type=int, default=1,
                    help="drop op configurations measured fewer times than this")
+    p.add_argument("--quantile", type=float, default=0.5,
+                   help="quantile of each configuration's repeats fitted (0.5 median; low on a "
+                        "shared machine, where interference only adds time)")
+    p.add_argument("--op-traces", default="all", choices=("all", "microbenchmark", "end-to-end"),
+                   help="whose op events fit the op parameters (end-to-end runs always give "
+                        "layer_overhead_us)")
     p.add_argument("--loss", default="soft_l1", choices=("linear", "soft_l1", "huber", "cauchy"),
                    help="least-squares loss on relative residuals (robust by default)")
     p.add_argument("--html", default=None, help="write an HTML report with parity plots here")
@@ -813,7 +842,8 @@ def cmd_calibrate(args) -> int:
         save_system(system, out)
         print(f"wrote {out} ({args.hardware} with efficiencies of {args.transfer_from})")
         return 0
-    opts = FitOptions(folds=args.folds, loss=args.loss, min_samples=args.min_samples,
+    opts = FitOptions(folds=args.folds, loss=args.loss, min_samples=args.min_samples, quantile=args.quantile,
+                      op_traces=args.op_traces,
                       fix=tuple(_parse_fix(f) for f in args.fix))
     command = "specmoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["calibrate"] else None
     calib = calibrate(args.traces, args.hardware, name=name, opts=opts, command=command)

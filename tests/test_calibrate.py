@@ -263,3 +263,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["calibrate", "x.jsonl", "--hardware", "h100-pcie", "-o", "x.yaml",
                  "--fix", "hbm_eff=abc"]) == 2
     assert "VALUE must be a number" in capsys.readouterr().err
+
+
+def test_fused_moe_span_takes_dims_from_the_header(tmp_path):
+    """The engine's fused_moe event carries tokens and distinct experts; dims come from the model."""
+    model = {"hidden": 4096, "expert_ffn": 14336, "top_k": 2, "dtype": "bfloat16"}
+    write_trace(tmp_path / "f.jsonl", {"source": "engine", "device": DEVICE, "model": model},
+                [{"name": "fused_moe", "cat": "moe", "ts_us": 0, "dur_us": 900.0, "tokens": 16,
+                  "experts": 7}])
+    (p,) = collect_points(load_traces([tmp_path / "f.jsonl"]))
+    cm = CostModel(OPS["moe"].spec(2.0, 4096, 14336), H100, TRUE)
+    assert p.args == (32.0, 7.0)
+    assert OpPredictor([p], H100)(TRUE)[0] == pytest.approx(float(cm.experts(32, 7)), rel=1e-12)
