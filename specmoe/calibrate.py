@@ -656,9 +656,9 @@ def _fit_e2e(traces, system, params: CostParams, opts: FitOptions) -> Stage | No
 
 def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Calibration, traces,
                        name: str | None, command: str | None, opts: FitOptions):
+    # None (transfer_setup_us held at the link profile's value) stays out: the profile keeps it
     eff = {n: float(getattr(params, n)) for n in PARAM_NAMES
-           if n in fitted or n in (base_system.efficiency or {})}
-    eff = {k: v for k, v in eff.items() if v is not None}
+           if (n in fitted or n in (base_system.efficiency or {})) and getattr(params, n) is not None}
     dev = traces[0].header["device"]
     versions = sorted({(t.header["device"].get("torch"), t.header["device"].get("triton")) for t in traces},
                       key=str)

@@ -166,6 +166,10 @@ def test_unidentifiable_parameter_is_reported_not_invented(tmp_path):
 def test_fixing_a_parameter(micro):
     c = calibrate([micro], H100, opts=FitOptions(fix=(("transfer_setup_us", 9.0), ("pageable_eff", None))))
     assert c.system.efficiency["transfer_setup_us"] == 9.0
+    # held at the link profile's setup_us (None in CostParams): not written as an efficiency
+    c2 = calibrate([micro], H100, opts=FitOptions(fix=(("transfer_setup_us", None),)))
+    assert "transfer_setup_us" not in c2.system.efficiency
+    assert params_for(c2.system).transfer_setup_us is None
     assert "pageable_eff" not in c.system.calibration["parameters"]
     assert c.system.efficiency["link_eff"] == pytest.approx(TRUE.link_eff, rel=0.05)
 
