@@ -27,13 +27,13 @@ import torch
 # per-copy time separate), and Mixtral-8x7B's (mistralai/Mixtral-8x7B-v0.1 config.json) with a
 # subset of its 32 layers for GPU campaigns.
 PRESETS = {
-    "cpu-small": dict(hidden=512, heads=8, kv_heads=4, head_dim=64, experts=8, top_k=2,
-                      expert_ffn=1024, vocab=512, dtype="float32", layers=4),
-    "cpu-wide": dict(hidden=512, heads=8, kv_heads=4, head_dim=64, experts=8, top_k=2,
-                     expert_ffn=2048, vocab=512, dtype="float32", layers=4),
-    "mixtral-8x7b": dict(hidden=4096, heads=32, kv_heads=8, head_dim=128, experts=8, top_k=2,
-                         expert_ffn=14336, vocab=32000, dtype="bfloat16", layers=4,
-                         rope_theta=1e6),
+    "cpu-small": {"hidden": 512, "heads": 8, "kv_heads": 4, "head_dim": 64, "experts": 8,
+                  "top_k": 2, "expert_ffn": 1024, "vocab": 512, "dtype": "float32", "layers": 4},
+    "cpu-wide": {"hidden": 512, "heads": 8, "kv_heads": 4, "head_dim": 64, "experts": 8,
+                 "top_k": 2, "expert_ffn": 2048, "vocab": 512, "dtype": "float32", "layers": 4},
+    "mixtral-8x7b": {"hidden": 4096, "heads": 32, "kv_heads": 8, "head_dim": 128, "experts": 8,
+                     "top_k": 2, "expert_ffn": 14336, "vocab": 32000, "dtype": "bfloat16",
+                     "layers": 4, "rope_theta": 1e6},
 }
 SPECULATIVE = ("specmoe", "eagle")
 
@@ -85,6 +85,7 @@ def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 
     the least disturbed attempt is kept; the header records its ratio."""
     from specmoe.engine.generate import Engine
     from specmoe.engine.tracer import Tracer
+
     from specmoe.policies import make_policy
 
     name, batch, gamma = run["policy"], run["batch"], run["gamma"]

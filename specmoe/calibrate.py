@@ -48,10 +48,11 @@ import datetime as _dt
 import hashlib
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

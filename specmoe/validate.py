@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -188,7 +189,7 @@ def read_run(trace_or_path) -> Run:
     if spec:
         alpha, src = _alpha(t, wl, pol.gamma, where)
     return Run(where, h, model_spec_from_engine(h.get("model"), where), batch,
-               int(round(statistics.mean(prompts))), max_new, pol, spec, alpha, src,
+               round(statistics.mean(prompts)), max_new, pol, spec, alpha, src,
                _routing(h, where), len(its), decode_s, [e["dur_us"] * 1e-6 for e in its])
 
 
@@ -226,7 +227,7 @@ def expected_rounds(batch: int, gamma: int, alpha: float, max_new: int, reps: in
 
 def _sim_available() -> bool:
     try:
-        import specmoe.sim as sim
+        from specmoe import sim
     except ImportError:
         return False
     return callable(getattr(sim, "simulate", None))

@@ -5,10 +5,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specmoe.calibrate import (OPS, FitOptions, OpPredictor, calibrate, collect_points, load_traces,
-                               markdown_tables, transfer, write_html)
+from specmoe.calibrate import (
+    OPS,
+    FitOptions,
+    OpPredictor,
+    calibrate,
+    collect_points,
+    load_traces,
+    markdown_tables,
+    transfer,
+    write_html,
+)
 from specmoe.cli import main
-from specmoe.costs import CostModel, CostParams, params_for
+from specmoe.costs import CostModel, params_for
 from specmoe.errors import SpecMoEError
 from specmoe.hardware import load_system, save_system
 from specmoe.trace import write_trace

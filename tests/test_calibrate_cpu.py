@@ -13,8 +13,10 @@ that, so the bounds are a small multiple of this noise, not the 5% GPU targets o
 - per-op hold-out MAPE <= OP_MAPE (measured 7-15% per op);
 - held-out end-to-end tokens/s, policies that the models describe on this device (overlap is
   left out: nothing overlaps on a CPU, see the report): median |error| <= E2E_MEDIAN, max <= E2E_MAX;
-- the live run: |error| <= LIVE, one unrepeated run on a machine whose wall/CPU time ratio is
-  checked first (a run slowed by other work beyond LIVE_INTERFERENCE is skipped, not failed).
+- the live run: |error| <= LIVE (the largest spread of repeats measured), one unrepeated run
+  whose throughput is taken on the process's CPU time (wall time / (wall/CPU)), so that other
+  work on the machine does not count; beyond LIVE_INTERFERENCE that correction is not trusted and
+  the run is skipped, not failed.
 """
 import os
 import sys
@@ -26,18 +28,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
-import calibrate_cpu as cc  # noqa: E402
+import calibrate_cpu as cc
 
-from specmoe.calibrate import device_identity  # noqa: E402
-from specmoe.hardware import load_system  # noqa: E402
-from specmoe.validate import predict_run, read_run, summarize, validate  # noqa: E402
+from specmoe.calibrate import device_identity
+from specmoe.hardware import load_system
+from specmoe.validate import predict_run, read_run, summarize, validate
 
 NOISE_PCT = 19
 OP_MAPE = 0.25
 E2E_MEDIAN = 20.0
 E2E_MAX = 55.0
 LIVE = 50.0
-LIVE_INTERFERENCE = 1.3
+LIVE_INTERFERENCE = 2.0
 
 pytestmark = pytest.mark.skipif(not (REPO / "experiments" / "data" / "cpu" / "e2e").is_dir(),
                                 reason="CPU trace set not committed")
@@ -111,7 +113,8 @@ def test_live_engine_run_is_predicted(tmp_path):
     ratio = run.header["interference"]["wall_over_cpu"]
     if ratio > LIVE_INTERFERENCE:
         pytest.skip(f"run slowed by other work (wall/CPU {ratio:.2f} > {LIVE_INTERFERENCE})")
+    measured = run.tokens_per_s * max(ratio, 1.0)
     pred = predict_run(run, profile, predictor="analytic")
-    err = 100 * (pred["tokens_per_s"] - run.tokens_per_s) / run.tokens_per_s
-    assert abs(err) <= LIVE, (err, run.tokens_per_s, pred["tokens_per_s"])
+    err = 100 * (pred["tokens_per_s"] - measured) / measured
+    assert abs(err) <= LIVE, (err, measured, pred["tokens_per_s"], ratio)
     assert elapsed < 30

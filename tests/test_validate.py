@@ -41,7 +41,7 @@ def _e2e(path, batch, policy=None, params=TRUE, noise=0.0, seed=0, alpha=0.7, **
     run = read_run(path)
     sys_ = H100.model_copy(update={"efficiency": {}})
     pred = predict_run(run, sys_, params=params, predictor="analytic")
-    n = int(round(pred["rounds"]))
+    n = round(pred["rounds"])
     rng = np.random.default_rng(seed)
     dur = pred["decode_s"] / n * 1e6 * np.exp(rng.normal(0, noise, n))
     ts = np.concatenate([[0.0], np.cumsum(dur)[:-1]])
@@ -177,7 +177,7 @@ def test_calibrate_fits_layer_overhead_from_runs(runs, tmp_path):
     """Op traces fix the op parameters; end-to-end runs then give layer_overhead_us."""
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from test_calibrate import _events, _write  # noqa: E402
+    from test_calibrate import _events, _write
 
     micro = _write(tmp_path / "micro.jsonl", _events(), params=TRUE, noise=0.005)
     cal = calibrate([micro, *runs], H100, opts=FitOptions(folds=3))
@@ -190,7 +190,7 @@ def test_calibrate_fits_layer_overhead_from_runs(runs, tmp_path):
 def test_calibrate_needs_enough_runs(runs, tmp_path):
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from test_calibrate import _events, _write  # noqa: E402
+    from test_calibrate import _events, _write
 
     micro = _write(tmp_path / "micro.jsonl", _events(), params=TRUE)
     with pytest.raises(SpecMoEError, match=r"end-to-end\): too few points for parameter 'layer_overhead_us'"):
