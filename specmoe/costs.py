@@ -32,6 +32,7 @@ class CostParams:
     hbm_eff: float = 1.0              # η_m: fraction of peak HBM bandwidth for weight/KV streaming
     attn_eff: float = 1.0             # fraction of peak HBM bandwidth reading the KV cache
     kernel_overhead_us: float = 0.0   # fixed time per GPU kernel (launch + tail)
+    expert_overhead_us: float = 0.0   # fixed time per distinct expert in a grouped expert op
     layer_overhead_us: float = 0.0    # fixed time per decoder layer beyond its kernels
     link_eff: float = 1.0             # η_link: fraction of the link's payload bandwidth, pinned memory
     pageable_eff: float = 1.0         # further fraction when the host buffer is pageable
@@ -108,17 +109,23 @@ class CostModel:
         tokens = np.asarray(tokens, dtype=float)
         act = tokens * (2 * m.hidden_size + 2 * m.expert_intermediate_size) * m.dtype_bytes
         t = self.gemm(tokens * m.expert_flops_per_token, distinct * m.expert_bytes, tokens / distinct, act, kernels=2)
+        # Implementations that loop over experts pay a fixed time per expert (fitted; 0 = grouped).
+        t = t + distinct * self.p.expert_overhead_us * US
         return np.where(tokens > 0, t, 0.0)
 
     def attention_block(self, tokens, batch, context):
         """Projections (q,k,v,o) plus scores over the cache, one layer. Norms and RoPE are overhead."""
         m = self.model
         proj = self.gemm(tokens * m.attn_proj_flops_per_token, m.attn_weight_bytes_per_layer, tokens, kernels=2)
+        return proj + self.attention_scores(tokens, batch, context) + 2 * self.kernel_t  # + RMSNorm, RoPE
+
+    def attention_scores(self, tokens, batch, context):
+        """QKᵀ and PV over `context` cached positions per sequence: reads each sequence's KV once."""
+        m = self.model
         kv = np.asarray(batch) * np.asarray(context) * m.kv_bytes_per_token_per_layer
         score_flops = np.asarray(tokens) * m.attn_score_flops_per_token(context)
-        scores = roofline(score_flops, kv, self.peak_flops * self.p.gemm_compute_eff,
-                          self.hbm_bw * self.p.attn_eff, self.kernel_t)
-        return proj + scores + 2 * self.kernel_t  # + the two RMSNorm / RoPE kernels
+        return roofline(score_flops, kv, self.peak_flops * self.p.gemm_compute_eff,
+                        self.hbm_bw * self.p.attn_eff, self.kernel_t)
 
     def router_and_shared(self, tokens):
         """Gate GEMM and any shared experts of one MoE layer."""
@@ -147,6 +154,12 @@ class CostModel:
         """Host→GPU copies over the link: `copies` transfers totalling `nbytes`."""
         eff = self.p.link_eff * (1.0 if pinned else self.p.pageable_eff)
         return np.asarray(copies) * self.link_setup + np.asarray(nbytes) / (self.link_bw * eff)
+
+    def d2h(self, nbytes, copies=1, pinned=True):
+        """GPU→host copies (activations for CPU experts, KV offload)."""
+        eff = self.p.link_eff * (1.0 if pinned else self.p.pageable_eff)
+        bw = self.system.link.d2h_gbps * GB
+        return np.asarray(copies) * self.link_setup + np.asarray(nbytes) / (bw * eff)
 
     def expert_fetch(self, n_experts=1, pinned=True):
         """Fetching whole experts (one copy each) from host memory, plus the SSD share if any."""

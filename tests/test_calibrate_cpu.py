@@ -62,7 +62,7 @@ def test_per_op_holdout_error(calib):
         assert m["mape"] <= OP_MAPE, (op, m)
     # the loop fits what this device shows and says what it cannot see
     assert calib.system.calibration["device"]["type"] == "cpu"
-    assert set(calib.system.efficiency) >= {"gemm_compute_eff", "link_eff", "layer_overhead_us"}
+    assert set(calib.system.efficiency) >= {"gemm_compute_eff", "link_eff", "expert_overhead_us"}
 
 
 def test_heldout_end_to_end_error(calib):
