@@ -124,7 +124,7 @@ def _engine(w, policy, args, batch: int, tracer=None, affinity=None):
     draft = getattr(args, "draft_model", None)
     return Engine(w, policy, device=args.device, tracer=tracer, expert_slots=args.expert_slots,
                   cpu_threshold=args.cpu_threshold, max_batch=batch,
-                  max_seq_len=longest + args.max_new_tokens + gamma + 2, draft=draft,
+                  max_seq_len=longest + args.max_new_tokens + 2 * gamma + 2, draft=draft,
                   affinity=affinity)
 
 

@@ -149,7 +149,8 @@ class Engine:
         spec = self.policy.speculative and B >= self.policy.spec_min_batch
         gamma = self.policy.gamma if spec else 0
         alpha = synthetic_acceptance if spec else None
-        self.cache.check(B, max(map(len, prompts)) + max_new_tokens + gamma + 1)
+        # A finished sequence rides along in the batch: it may have overshot by γ and still verifies γ+1.
+        self.cache.check(B, max(map(len, prompts)) + max_new_tokens + 2 * gamma + 1)
         self.provider.seed = seed
         self.provider.reset(record=record_routing)
         self._start_trace(prompts, max_new_tokens, temperature, seed, spec, alpha)

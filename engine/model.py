@@ -39,7 +39,7 @@ class KVCache:
         if batch > self.batch:
             raise SpecMoEError(f"batch={batch} is larger than the KV cache (max_batch={self.batch})")
         if longest > self.seq_len:
-            raise SpecMoEError(f"sequence length {longest} (prompt + max_new_tokens + gamma + 1) "
+            raise SpecMoEError(f"sequence length {longest} (prompt + max_new_tokens + 2·gamma + 1) "
                                f"exceeds the KV cache (max_seq_len={self.seq_len})")
 
 
