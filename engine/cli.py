@@ -184,8 +184,40 @@ def bench_grid(args) -> list[dict]:
     return runs
 
 
+class _Progress:
+    """rich's progress bar where rich is installed; a line per run where it is not (GPU machines)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.bar = total, 0, None
+        try:
+            from rich.progress import Progress
+        except ImportError:
+            return
+        self.bar = Progress()
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.__enter__()
+            self.task = self.bar.add_task("engine bench", total=self.total)
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.__exit__(*exc)
+
+    def step(self, description: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=description)
+        else:
+            print(f"[{self.done + 1}/{self.total}] {description}", flush=True)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar:
+            self.bar.advance(self.task)
+
+
 def cmd_bench(args) -> int:
-    from rich.progress import Progress
     from specmoe.engine.tracer import Tracer
 
     from specmoe.policies import make_policy
@@ -201,10 +233,9 @@ def cmd_bench(args) -> int:
         from specmoe.engine.affinity import affinity_ranking
 
         affinity = affinity_ranking(w.experts, args.device)
-    with Progress() as bar:
-        task = bar.add_task("engine bench", total=len(todo))
+    with _Progress(len(todo)) as bar:
         for r in todo:
-            bar.update(task, description=f"{r['policy']} B={r['batch']} g={r['gamma']} N={r['draft_experts']}")
+            bar.step(f"{r['policy']} B={r['batch']} g={r['gamma']} N={r['draft_experts']}")
             policy = make_policy(r["policy"], gamma=r["gamma"], draft_experts=r["draft_experts"],
                                  draft_set=args.draft_set, cache_fraction=args.cache_fraction,
                                  spec_min_batch=args.spec_min_batch)
@@ -220,7 +251,7 @@ def cmd_bench(args) -> int:
             eng.tracer.write(out / r["file"])
             with open(out / "results.jsonl", "a") as f:
                 f.write(json.dumps({**r, **res.stats.to_dict()}) + "\n")
-            bar.advance(task)
+            bar.advance()
             del eng  # free the slot pool and KV cache before the next run allocates its own
             _empty_cache(args.device)
     return 0
