@@ -70,7 +70,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="ondemand")
-    p.add_argument("--gamma", type=int, default=0)
+    p.add_argument("--gamma", default="0",
+                   help="draft tokens per verification, or 'auto' (engine run: planner's γ, re-planned "
+                        "as acceptance is measured; needs the core extras)")
+    p.add_argument("--hardware", default=None,
+                   help="profile the planner uses for --gamma auto (default on a CPU: cpu-local-calibrated)")
     p.add_argument("--draft-experts", type=int, default=0)
     p.add_argument("--draft-set", default="hottemporal")
     p.add_argument("--cache-fraction", type=float)
@@ -146,20 +150,55 @@ def summary(stats) -> str:
 # ----------------------------------------------------------------------------- commands
 
 
+AUTO_GAMMAS = range(17)
+
+
+def _gamma(args) -> int | None:
+    """--gamma as an int, or None for 'auto'."""
+    if str(args.gamma).strip().lower() == "auto":
+        return None
+    return _ints(args.gamma, "--gamma")[0] if str(args.gamma).strip() else 0
+
+
+def gamma_controller(w, args, draft_experts: int):
+    """The planner's online γ controller for this engine model, hardware profile and batch."""
+    from specmoe.planner import GammaController
+    from specmoe.validate import model_spec_from_engine
+    from specmoe.workload import Workload
+
+    hardware = args.hardware or ("cpu-local-calibrated" if str(args.device) == "cpu" else None)
+    if hardware is None:
+        raise SpecMoEError("--gamma auto on a GPU needs --hardware (a profile of this GPU, ideally calibrated)")
+    spec = model_spec_from_engine(w.cfg.to_dict(), "engine model")
+    wl = Workload(batch=args.batch, prompt_len=args.prompt_len, output_len=args.max_new_tokens)
+    return GammaController(spec, hardware, wl, draft_experts=draft_experts or None, gammas=AUTO_GAMMAS)
+
+
 def cmd_run(args) -> int:
     from specmoe.engine.tracer import Tracer
 
     from specmoe.policies import make_policy
 
-    policy = make_policy(args.policy, gamma=args.gamma, draft_experts=args.draft_experts,
+    g = _gamma(args)
+    w = build_weights(args)
+    ctl = None
+    if g is None:
+        if args.policy != "specmoe":
+            raise SpecMoEError(f"--gamma auto: plans the specmoe policy's γ, got --policy {args.policy}")
+        ctl = gamma_controller(w, args, args.draft_experts)
+        g, args.draft_experts = max(AUTO_GAMMAS), ctl.draft_experts
+    policy = make_policy(args.policy, gamma=g, draft_experts=args.draft_experts,
                          draft_set=args.draft_set, cache_fraction=args.cache_fraction,
                          spec_min_batch=args.spec_min_batch)
-    w = build_weights(args)
     tracer = Tracer(args.device) if args.trace else None
     eng = _engine(w, policy, args, args.batch, tracer)
     res = eng.generate(_prompts(args, w.cfg.vocab, args.batch), args.max_new_tokens,
                        temperature=args.temperature, seed=args.seed,
-                       synthetic_acceptance=args.synthetic_acceptance)
+                       synthetic_acceptance=args.synthetic_acceptance, gamma_controller=ctl)
+    if ctl is not None:
+        st = ctl.state()
+        print(f"gamma auto: γ per round {res.stats.gamma_by_round}, measured α {st['alpha']:.3f} "
+              f"(prior {st['prior_alpha']:.3f}), N={st['draft_experts']}")
     if args.trace:
         tracer.header["result"] = res.stats.to_dict()
         tracer.write(args.trace)

@@ -56,6 +56,7 @@ class GenerationStats:
     misses: int = 0
     policy_counters: dict[str, int] = field(default_factory=dict)
     synthetic_acceptance: float | None = None
+    gamma_by_round: list[int] = field(default_factory=list)  # γ of each round (varies with --gamma auto)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,18 +144,24 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, synthetic_acceptance: float | None = None,
-                 record_routing: bool = False) -> GenerationResult:
+                 record_routing: bool = False, gamma_controller=None) -> GenerationResult:
+        """`gamma_controller` (e.g. specmoe.planner.GammaController): γ is its `.gamma` at start and
+        whatever its `.observe(accepted, drafted)` returns after each round, within its `.gammas`."""
         self._check(prompts, max_new_tokens, temperature, synthetic_acceptance)
         B = len(prompts)
         spec = self.policy.speculative and B >= self.policy.spec_min_batch
         gamma = self.policy.gamma if spec else 0
+        ctl = gamma_controller if spec else None
+        gmax = int(max(ctl.gammas)) if ctl is not None else gamma
+        if ctl is not None:
+            gamma = int(ctl.gamma)
         alpha = synthetic_acceptance if spec else None
         # A finished sequence rides along in the batch: it may have overshot by γ and still verifies γ+1.
-        self.cache.check(B, max(map(len, prompts)) + max_new_tokens + 2 * gamma + 1)
+        self.cache.check(B, max(map(len, prompts)) + max_new_tokens + 2 * gmax + 1)
         self.provider.seed = seed
         self.provider.reset(record=record_routing)
         self._start_trace(prompts, max_new_tokens, temperature, seed, spec, alpha)
-        run = _Run(self, B, max_new_tokens, temperature, seed, gamma, alpha)
+        run = _Run(self, B, max_new_tokens, temperature, seed, gamma, alpha, ctl, gmax)
         run.prefill(prompts)
         run.decode_all()
         return run.result(record_routing)
@@ -194,14 +201,15 @@ class _Run:
     """One generate() call: state and the loop."""
 
     def __init__(self, eng: Engine, B: int, max_new: int, temperature: float, seed: int,
-                 gamma: int, alpha: float | None) -> None:
+                 gamma: int, alpha: float | None, controller=None, gmax: int | None = None) -> None:
         self.e, self.B, self.max_new, self.T = eng, B, max_new, temperature
         self.gamma, self.alpha = gamma, alpha
+        self.controller, self.gmax = controller, gamma if gmax is None else gmax
         dev = eng.device
         self.gen = torch.Generator(device=dev).manual_seed(seed)
         self.coin = torch.Generator().manual_seed(seed + 7919)
-        self.stats = GenerationStats(batch=B, speculative=gamma > 0, gamma=gamma,
-                                     accept_counts=[0] * gamma, synthetic_acceptance=alpha)
+        self.stats = GenerationStats(batch=B, speculative=self.gmax > 0, gamma=gamma,
+                                     accept_counts=[0] * self.gmax, synthetic_acceptance=alpha)
         self.step = 0
 
     def _sync(self) -> None:
@@ -226,7 +234,7 @@ class _Run:
             e.cache.lengths[:B] = 0
             h = e.model.forward(toks, e.cache, "prefill", valid)
             first = sample(e.model.logits(h[rows, last]), self.T, self.gen)
-            if e.draft is not None and self.gamma:
+            if e.draft is not None and self.gmax:
                 e.draft_cache.lengths[:B] = 0
                 e.draft.forward(toks, e.draft_cache, "prefill", valid)
                 e.draft_cache.lengths[:B] = lens
@@ -245,8 +253,17 @@ class _Run:
             with self.e.tracer.span("iteration", "iteration", step=self.step, tokens=self.B,
                                     phase="verify" if self.gamma else "decode"):
                 self._round() if self.gamma else self._decode()
+            self._replan()
         self._sync()
         self.stats.decode_s = time.perf_counter() - t0
+
+    def _replan(self) -> None:
+        """Ask the controller for the next round's γ (an off round tells it 0 of 0 drafted)."""
+        if self.controller is None:
+            return
+        acc, drafted = getattr(self, "_last_round", ([0], [0]))
+        self._last_round = ([0], [0])
+        self.gamma = min(max(int(self.controller.observe(acc, drafted)), 0), self.gmax)
 
     def _decode(self) -> None:
         e, B = self.e, self.B
@@ -293,6 +310,9 @@ class _Run:
             for i in range(n[b]):
                 st.accept_counts[i] += 1
         st.verifications += 1
+        st.gamma_by_round.append(len(drafts[0]) if drafts else 0)
+        live = [b for b in range(self.B) if active[b]]
+        self._last_round = ([n[b] for b in live], [len(drafts[b]) for b in live])
         self.pending = torch.tensor(new_pending, device=e.device)
         e.tracer.instant("accept", "accept", step=self.step, phase="verify",
                          tokens=sum(n[b] + 1 for b in range(self.B) if active[b]),
