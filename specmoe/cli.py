@@ -72,7 +72,7 @@ def cmd_plan(args) -> int:
 
     policies = tuple(args.policies.split(",")) if args.policies else None
     kw = config_kwargs(args, with_policy=False)
-    result = plan(gammas=range(args.max_gamma + 1), confirm=args.confirm, **({"policies": policies} if policies else {}), **kw)
+    result = plan(gammas=range(args.max_gamma + 1), confirm=args.confirm, static_batch=args.static_batch, **({"policies": policies} if policies else {}), **kw)
     if args.html:
         plan_figure(result).write_html(args.html, include_plotlyjs=True)
         result["html"] = args.html
@@ -127,6 +127,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--policies", default=None, help="comma-separated subset of policies to consider")
     p.add_argument("--max-gamma", type=int, default=16, help="largest γ to try (0..max)")
     p.add_argument("--html", default=None, help="write an interactive plotly figure here")
+    p.add_argument("--static-batch", action="store_true",
+                   help="the batch runs as one static batch of --output-len tokens (count its slowest sequence)")
     p.add_argument("--confirm", default="auto", choices=("auto", "sim", "analytic"),
                    help="confirm the top candidates with the simulator (auto: when it is installed)")
     p.set_defaults(func=cmd_plan)

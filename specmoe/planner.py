@@ -17,6 +17,7 @@ and re-plans as measured acceptance comes in (`observe(accepted, drafted)` → �
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -159,18 +160,55 @@ def _confirm(setup: Setup, fitting: list[dict], top: int, mode: str, sim_kw: dic
     for c in chosen:
         kw = {"iterations": sim_iterations(setup, c), **sim_kw}
         d = simulate_candidate(fn, setup, c, **kw)
-        c["sim_tokens_per_s"] = d.get("tokens_per_s")
+        tps = d.get("tokens_per_s")
+        c["sim_tokens_per_s"] = None if tps is None else tps * c.get("static_batch_factor", 1.0)
     return "analytic+sim", [f"simulator confirmed {len(chosen)} candidates (top {top} and each policy's best)"]
 
 
 # ---- the plan ---------------------------------------------------------------------------------
 
+def static_batch_factor(setup: Setup, candidate: dict, reps: int = 1000) -> float:
+    """Throughput of a static batch (all B sequences start together, the batch ends with its slowest
+    sequence) over the steady-state figure, for a candidate: (steady rounds) / (expected rounds).
+
+    Without speculation every sequence needs output_len − 1 rounds, so the factor is 1. With it,
+    the slowest of B sequences takes more rounds than the mean τ suggests (validate.expected_rounds).
+    """
+    if candidate["gamma"] == 0:
+        return 1.0
+
+    wl = setup.workload
+    alpha = float(wl.acceptance.alpha_for(candidate["draft_experts"]))
+    tau = candidate["tokens_per_iteration"] / candidate["batch"]
+    steady = (wl.output_len - 1) / tau
+    return steady / _rounds(candidate["batch"], candidate["gamma"], round(alpha, 4), wl.output_len, reps)
+
+
+@lru_cache(maxsize=4096)
+def _rounds(batch: int, gamma: int, alpha: float, output_len: int, reps: int) -> float:
+    from specmoe.validate import expected_rounds
+
+    return expected_rounds(batch, gamma, alpha, output_len, reps=reps)
+
+
+def _apply_static_batch(setup: Setup, candidates: list[dict]) -> None:
+    for c in candidates:
+        f = static_batch_factor(setup, c) if c["fits"] else 1.0
+        c["static_batch_factor"] = f
+        c["steady_tokens_per_s"] = c["tokens_per_s"]
+        if c["tokens_per_s"] is not None:
+            c["tokens_per_s"] *= f
+
+
 def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: Iterable[str] = ANALYTIC,
          gammas: Iterable[int] = range(17), draft_experts: Iterable[int] | None = None, confirm: str = "auto",
          top: int = 3, refine: bool = True, explain: bool = True, sim_options: dict | None = None,
-         **kwargs: Any) -> dict[str, Any]:
+         static_batch: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Search analytically, confirm by simulation where available, explain the choice.
 
+    static_batch: the batch is served as one static batch of output_len tokens per sequence (as
+        `specmoe engine run` does) rather than steadily refilled; throughput then counts the
+        rounds until the slowest sequence is done.
     kwargs: workload and policy parameters of `specmoe.api.resolve` (acceptance, routing,
     prompt_len, output_len, draft_set, cache_fraction, ...).
     Returns {model, hardware, batch, best, best_by_policy, candidates, explanation, engine, notes}.
@@ -180,6 +218,8 @@ def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: 
     params = {k: kwargs.pop(k) for k in list(kwargs) if k in POLICY_PARAMS and kwargs[k] is not None}
     base = resolve(model=model, hardware=hardware, batch=batch, policy="ondemand", **params, **kwargs)
     candidates = search(base, policies, gammas, draft_experts, refine, params)
+    if static_batch:
+        _apply_static_batch(base, candidates)
     fitting = [c for c in candidates if c["fits"]]
     if not fitting:
         least = min(candidates, key=lambda c: c["gpu_memory_gb"])

@@ -111,3 +111,20 @@ def test_static_batch_prediction_follows_quiet_curve(focus_rows):
     for r in focus_rows:
         for g, p in r["points"].items():
             assert r["predicted_static"][g] == pytest.approx(p["tokens_per_s"], rel=STATIC_ERR), (r["batch"], g)
+
+
+def test_planner_static_batch_option_reaches_the_bar(runs):
+    """planner.plan(static_batch=True) — the engine's workload shape — picks a γ at ≥ 0.97 of the best."""
+    from specmoe.hardware import load_system
+    from specmoe.planner import plan
+
+    system = load_system(pvm.PROFILE)
+    for (alpha, _batch), by_g in pvm.curves(runs).items():
+        pts = {g: pvm.point(grp) for g, grp in by_g.items()}
+        r0 = next(iter(by_g.values()))[0]
+        p = plan(model=r0.model, hardware=system, batch=r0.batch, policies=("specmoe",), gammas=pvm.GAMMAS,
+                 draft_experts=[pvm.DRAFT_EXPERTS], acceptance=alpha,
+                 routing=pvm.pooled_routing(by_g.get(0, next(iter(by_g.values())))),
+                 prompt_len=r0.prompt_len, output_len=r0.max_new_tokens, explain=False, static_batch=True)
+        cmp = compare_with_measured([(g, v["tokens_per_s"]) for g, v in pts.items()], p["best"]["gamma"], 0.97)
+        assert cmp["ratio"] >= 0.97, (alpha, r0.batch, p["best"]["gamma"], cmp)
