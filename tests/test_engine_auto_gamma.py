@@ -2,12 +2,9 @@
 import json
 
 import pytest
-import torch
 from specmoe.engine.cli import add_engine_commands
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.generate import Engine
-from specmoe.engine.model import KVCache, Transformer
-from specmoe.engine.moe import ResidentExperts
 from specmoe.engine.weights import random_model
 
 from specmoe.policies import make_policy
@@ -34,28 +31,12 @@ class Scripted:
         return self.plan[self.i % len(self.plan)]
 
 
-def _greedy_reference(w):
-    model = Transformer(CFG, w.dense, ResidentExperts(CFG, w.experts, "cpu"))
-    out = []
-    for p in PROMPTS:
-        cache = KVCache(CFG, 1, CFG.max_seq_len, "cpu")
-        logits = model.logits(model.forward(torch.tensor([p]), cache, "prefill"))[0, -1]
-        cache.lengths[0] = len(p)
-        toks = [int(logits.argmax())]
-        while len(toks) < NEW:
-            logits = model.logits(model.forward(torch.tensor([[toks[-1]]]), cache, "decode"))[0, -1]
-            cache.lengths[0] += 1
-            toks.append(int(logits.argmax()))
-        out.append(toks)
-    return out
-
-
-def test_varying_gamma_is_lossless_and_follows_the_controller():
+def test_varying_gamma_is_lossless_and_follows_the_controller(greedy_reference):
     w = random_model(CFG, seed=3)
     ctl = Scripted([3, 0, 5, 1, 6, 2])
     eng = Engine(w, make_policy("specmoe", gamma=6, draft_experts=2), max_batch=2)
     res = eng.generate(PROMPTS, NEW, gamma_controller=ctl)
-    assert res.tokens == _greedy_reference(w)
+    assert res.tokens == greedy_reference(CFG, w, PROMPTS, NEW)
     rounds = res.stats.gamma_by_round
     assert rounds and set(rounds) <= {1, 2, 3, 5, 6} and len(set(rounds)) > 2
     assert rounds[0] == 3

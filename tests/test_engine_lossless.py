@@ -29,21 +29,8 @@ def weights():
 
 
 @pytest.fixture(scope="module")
-def reference(weights):
-    """Greedy decoding one sequence at a time, every expert resident: no engine involved."""
-    model = Transformer(CFG, weights.dense, ResidentExperts(CFG, weights.experts, "cpu"))
-    out = []
-    for p in PROMPTS:
-        cache = KVCache(CFG, 1, CFG.max_seq_len, "cpu")
-        logits = model.logits(model.forward(torch.tensor([p]), cache, "prefill"))[0, -1]
-        cache.lengths[0] = len(p)
-        toks = [int(logits.argmax())]
-        while len(toks) < NEW:
-            logits = model.logits(model.forward(torch.tensor([[toks[-1]]]), cache, "decode"))[0, -1]
-            cache.lengths[0] += 1
-            toks.append(int(logits.argmax()))
-        out.append(toks)
-    return out
+def reference(weights, greedy_reference):
+    return greedy_reference(CFG, weights, PROMPTS, NEW)
 
 
 def _first_layers(w: Weights, n: int) -> Weights:
