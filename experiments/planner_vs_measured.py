@@ -361,9 +361,9 @@ tests/test_planner_measured.py recomputes these tables from the committed traces
 def verdict(rows) -> str:
     ok = [r for r in rows if r["compare"]["meets_target"]]
     ok_static = [r for r in rows if r["planned_static_batch_compare"]["meets_target"]]
-    lines = [f"**{len(ok)} of {len(rows)}** (α, batch) cells meet the 0.97 bar on the median curve with the "
-             f"planner's default (steady-state) objective; **{len(ok_static)} of {len(rows)}** with "
-             "`static_batch=True`, the objective that matches how these runs were served."]
+    lines = [(f"**{len(ok)} of {len(rows)}** (α, batch) cells meet the 0.97 bar on the median curve with the "
+              f"planner's default (steady-state) objective; **{len(ok_static)} of {len(rows)}** with "
+              "`static_batch=True`, the objective that matches how these runs were served.")]
     for r in rows:
         c, pts = r["compare"], r["points"]
         if c["meets_target"]:
