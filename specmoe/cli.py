@@ -30,7 +30,9 @@ def _add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> N
         p.add_argument("--draft-experts", type=int, default=None, help="N resident draft experts per layer")
         p.add_argument("--draft-set", default=None, help="random|hot|hottemporal")
         p.add_argument("--cache-fraction", type=float, default=None, help="experts pinned per layer (caching)")
-        p.add_argument("--prefetch-hit-rate", type=float, default=None, help="overlap prediction accuracy")
+        p.add_argument("--prefetch-hit-rate", default=None,
+                       help="share of next-layer experts prefetched right (overlap, spmoe, fate): "
+                            "a number in [0,1] (default 1.0, an oracle) or 'measured:NAME'")
         p.add_argument("--spec-min-batch", type=int, default=None, help="speculation off below this batch")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -50,6 +52,11 @@ def config_kwargs(args, with_policy: bool = True) -> dict[str, Any]:
     if with_policy:
         kw.update(policy=args.policy, gamma=args.gamma, draft_experts=args.draft_experts)
         kw.update({k: getattr(args, k) for k in POLICY_FLAGS if getattr(args, k) is not None})
+        if args.prefetch_hit_rate is not None:
+            from specmoe.workload import parse_prefetch_hit_rate
+
+            kw["prefetch_hit_rate"] = parse_prefetch_hit_rate(args.prefetch_hit_rate, args.batch,
+                                                              "--prefetch-hit-rate")
     return kw
 
 

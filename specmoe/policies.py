@@ -36,7 +36,11 @@ class Policy:
     spec_min_batch: speculation off below this batch size (specmoe).
     cache_fraction: fraction of experts per layer pinned resident (caching, fate); None = as many
         as fit in GPU memory.
-    prefetch_hit_rate: fraction of next-layer experts predicted right (overlap, spmoe, fate).
+    prefetch_hit_rate: share of the next layer's needed experts that were fetched ahead (overlap,
+        spmoe, fate); the rest are fetched on demand. Default 1.0 = an oracle, not a measurement.
+        Measured for the engine's overlap prediction on the tiny MoE (experiments/measure_prefetch.py,
+        specmoe/data/tiny/prefetch.json): `workload.measured_prefetch_hit_rate("tiny", batch)`,
+        CLI `--prefetch-hit-rate measured:tiny`.
     expert_budget: experts per layer verified per step (moespec); None = no budget.
     cutoff_layer: last layer that spmoe prefetches for (None = all).
     draft_model_ratio: separate draft model's per-token cost as a fraction of the target's

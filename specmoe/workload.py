@@ -243,6 +243,44 @@ def parse_acceptance(text: str | float | None, draft_set: str = "hottemporal") -
     return Acceptance(alpha=a, source="user")
 
 
+def measured_prefetch_hit_rate(name: str, batch: int | None = None) -> float:
+    """Overlap's next-layer prediction measured on a real model (specmoe/data/<name>/prefetch.json):
+    the share of needed next-layer experts prefetched. batch=None: the file's primary value (batch 1,
+    the per-token prediction); else the value of the largest measured batch <= batch (the smallest
+    measured one below it): a larger batch unions more tokens' predictions, so this errs low."""
+    d = _load_data_json(name, "prefetch.json")
+    if batch is None:
+        h = d.get("prefetch_hit_rate")
+    else:
+        measured = sorted(int(b) for b in d.get("by_batch", {}))
+        if not measured:
+            raise SpecMoEError(f"measured prefetch {name!r}: prefetch.json lacks 'by_batch'")
+        b = max((m for m in measured if m <= batch), default=measured[0])
+        h = d["by_batch"][str(b)].get("hit_rate")
+    if not isinstance(h, (int, float)) or not 0.0 <= h <= 1.0:
+        raise SpecMoEError(f"measured prefetch {name!r}: hit rate {h!r} is not a number in [0, 1]")
+    return float(h)
+
+
+def parse_prefetch_hit_rate(text: str | float | None, batch: int | None = None,
+                            field: str = "prefetch_hit_rate") -> float | None:
+    """CLI form: a number in [0, 1] or 'measured:NAME' (None stays None: the policy's default)."""
+    if text is None:
+        return None
+    if isinstance(text, str) and text.startswith("measured:"):
+        try:
+            return measured_prefetch_hit_rate(text.split(":", 1)[1], batch)
+        except SpecMoEError as exc:
+            raise SpecMoEError(f"{field}={text!r}: {exc}") from None
+    try:
+        h = float(text)
+    except ValueError:
+        raise SpecMoEError(f"{field}={text!r}: give a number in [0, 1] or 'measured:NAME'") from None
+    if not 0.0 <= h <= 1.0:
+        raise SpecMoEError(f"{field}={text!r}: allowed [0, 1] or 'measured:NAME'")
+    return h
+
+
 def parse_routing(text: str | None) -> Routing:
     """CLI form: 'uniform', 'zipf:S' or 'measured:NAME'."""
     if not text or text == "uniform":
