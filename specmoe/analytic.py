@@ -122,11 +122,14 @@ class Analytic:
         fetch_one_layer = c.expert_fetch(missing)
         zeros = np.zeros_like(compute)
         if policy.name == "overlap":
-            h = policy.prefetch_hit_rate
+            h, prec = policy.prefetch_hit_rate, policy.prefetch_precision
+            prefetched = h * missing / prec            # right and wrong guesses both cross the link
             per_layer_compute = (attn + dense + compute) / L
-            exposed = np.maximum(h * fetch_one_layer - per_layer_compute, 0.0) + (1 - h) * fetch_one_layer
+            exposed = (np.maximum(c.expert_fetch(prefetched) - per_layer_compute, 0.0)
+                       + c.expert_fetch((1 - h) * missing))
             h2d = (L - 1) * exposed + fetch_one_layer  # nothing runs before layer 0 to hide its fetch
-            return Forward(attn, dense, compute, h2d, zeros, L * missing)
+            fetched = (L - 1) * (prefetched + (1 - h) * missing) + missing
+            return Forward(attn, dense, compute, h2d, zeros, fetched)
         if policy.name == "cpu":
             return self._cpu_forward(tokens, attn, dense, distinct, missing)
         return Forward(attn, dense, compute, L * fetch_one_layer, zeros, L * missing)

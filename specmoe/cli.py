@@ -30,6 +30,8 @@ def _add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> N
         p.add_argument("--draft-experts", type=int, default=None, help="N resident draft experts per layer")
         p.add_argument("--draft-set", default=None, help="random|hot|hottemporal")
         p.add_argument("--cache-fraction", type=float, default=None, help="experts pinned per layer (caching)")
+        p.add_argument("--prefetch-precision", type=float, default=None,
+                       help="share of prefetched experts that were needed (overlap; 1 = no waste)")
         p.add_argument("--prefetch-hit-rate", default=None,
                        help="share of next-layer experts prefetched right (overlap, spmoe, fate): "
                             "a number in [0,1] (default 1.0, an oracle) or 'measured:NAME'")
@@ -37,7 +39,7 @@ def _add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> N
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-POLICY_FLAGS = ("draft_set", "cache_fraction", "prefetch_hit_rate", "spec_min_batch")
+POLICY_FLAGS = ("draft_set", "cache_fraction", "prefetch_hit_rate", "prefetch_precision", "spec_min_batch")
 
 
 def _hardware(args):

@@ -30,7 +30,7 @@ from specmoe.policies import ANALYTIC, Policy, make_policy
 from specmoe.workload import Workload, tau
 
 POLICY_PARAMS = ("draft_set", "substitution", "spec_min_batch", "cache_fraction", "prefetch_hit_rate",
-                 "expert_budget", "cutoff_layer", "draft_model_ratio")
+                 "prefetch_precision", "expert_budget", "cutoff_layer", "draft_model_ratio")
 BEST_KEYS = ("policy", "gamma", "draft_experts", "tokens_per_s", "tpot_ms", "h2d_bytes_per_token",
              "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration")
 SIM_MODES = ("auto", "sim", "analytic")

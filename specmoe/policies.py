@@ -41,6 +41,8 @@ class Policy:
         Measured for the engine's overlap prediction on the tiny MoE (experiments/measure_prefetch.py,
         specmoe/data/tiny/prefetch.json): `workload.measured_prefetch_hit_rate("tiny", batch)`,
         CLI `--prefetch-hit-rate measured:tiny`.
+    prefetch_precision: share of prefetched experts that were needed; wrong prefetches still cross
+        the link (1.0 = none wasted; the tiny MoE's overlap prediction measured 0.79 at batch 1).
     expert_budget: experts per layer verified per step (moespec); None = no budget.
     cutoff_layer: last layer that spmoe prefetches for (None = all).
     draft_model_ratio: separate draft model's per-token cost as a fraction of the target's
@@ -55,6 +57,7 @@ class Policy:
     spec_min_batch: int = 1
     cache_fraction: float | None = None
     prefetch_hit_rate: float = 1.0
+    prefetch_precision: float = 1.0
     expert_budget: int | None = None
     cutoff_layer: int | None = None
     draft_model_ratio: float = 0.05
@@ -97,6 +100,8 @@ def validate_policy(p: Policy, num_experts: int | None = None, num_layers: int |
         raise SpecMoEError(f"cache_fraction={p.cache_fraction}: allowed [0, 1]")
     if not 0.0 <= p.prefetch_hit_rate <= 1.0:
         raise SpecMoEError(f"prefetch_hit_rate={p.prefetch_hit_rate}: allowed [0, 1]")
+    if not 0.0 < p.prefetch_precision <= 1.0:
+        raise SpecMoEError(f"prefetch_precision={p.prefetch_precision}: allowed (0, 1]")
     if p.expert_budget is not None and p.expert_budget < 1:
         raise SpecMoEError(f"expert_budget={p.expert_budget}: must be >= 1")
     if p.cutoff_layer is not None and (p.cutoff_layer < 0 or (num_layers and p.cutoff_layer > num_layers)):

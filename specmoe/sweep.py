@@ -50,14 +50,14 @@ TOP_KEYS = ("name", "engine", "axes", "chunk_size", "sim", "description")
 SIM_KEYS = ("iterations", "seed")
 INNER = ("batch", "gamma", "draft_experts", "alpha")
 GROUP = ("model", "hardware", "policy", "routing", "prompt_len", "output_len", "draft_set", "substitution",
-         "spec_min_batch", "cache_fraction", "prefetch_hit_rate", "expert_budget", "cutoff_layer",
-         "draft_model_ratio")
+         "spec_min_batch", "cache_fraction", "prefetch_hit_rate", "prefetch_precision", "expert_budget",
+         "cutoff_layer", "draft_model_ratio")
 AXES = GROUP + INNER
 REQUIRED = ("model", "hardware", "policy", "batch")
 DEFAULTS: dict[str, tuple] = {
     "routing": ("uniform",), "prompt_len": (512,), "output_len": (256,), "gamma": (5,), "draft_experts": (2,),
     "alpha": ("paper",), "draft_set": ("hottemporal",), "substitution": (True,), "spec_min_batch": (1,),
-    "cache_fraction": (None,), "prefetch_hit_rate": (1.0,), "expert_budget": (None,), "cutoff_layer": (None,),
+    "cache_fraction": (None,), "prefetch_hit_rate": (1.0,), "prefetch_precision": (1.0,), "expert_budget": (None,), "cutoff_layer": (None,),
     "draft_model_ratio": (0.05,),
 }
 # Which policies use an axis; for the others it collapses to one empty value (no duplicate rows).
@@ -65,6 +65,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "gamma": SPECULATIVE, "alpha": SPECULATIVE, "draft_set": SPECULATIVE, "spec_min_batch": SPECULATIVE,
     "draft_experts": ("specmoe",), "substitution": ("specmoe",),
     "cache_fraction": ("caching", "cpu", "fate"), "prefetch_hit_rate": ("overlap", "spmoe", "fate"),
+    "prefetch_precision": ("overlap",),
     "expert_budget": ("moespec",), "cutoff_layer": ("spmoe",), "draft_model_ratio": ("eagle", "spmoe", "moespec"),
 }
 DEFAULT_CHUNK = {"analytic": 20_000, "sim": 4}
@@ -156,7 +157,7 @@ def _check_value(key: str, v: Any) -> Any:
         return None if v in (None, "auto") else _fraction(key, v)
     if key == "prefetch_hit_rate":
         return _fraction(key, v)
-    if key == "draft_model_ratio":
+    if key in ("draft_model_ratio", "prefetch_precision"):
         f = _fraction(key, v)
         if f == 0:
             raise _err(key, v, "is out of range (allowed (0, 1])")
@@ -351,7 +352,8 @@ def _policy(g: dict, gamma: int = 0, n: int = 0):
     from specmoe.policies import make_policy
 
     params = {k: g[k] for k in ("draft_set", "substitution", "spec_min_batch", "cache_fraction",
-                                "prefetch_hit_rate", "expert_budget", "cutoff_layer", "draft_model_ratio")
+                                "prefetch_hit_rate", "prefetch_precision", "expert_budget", "cutoff_layer",
+                                "draft_model_ratio")
               if g[k] is not None}
     return make_policy(g["policy"], gamma=gamma, draft_experts=n, **params)
 
@@ -383,7 +385,7 @@ def run_chunk(g: dict, start: int, stop: int, engine: str = "analytic", sim: dic
     out: dict[str, np.ndarray] = {"engine": np.full(n, engine, dtype=object)}
     for k in GROUP:
         v = g[k]
-        if k in ("cache_fraction", "prefetch_hit_rate", "draft_model_ratio", "expert_budget", "cutoff_layer",
+        if k in ("cache_fraction", "prefetch_hit_rate", "prefetch_precision", "draft_model_ratio", "expert_budget", "cutoff_layer",
                  "spec_min_batch", "substitution"):
             out[k] = np.full(n, np.nan if v is None else float(v))
         elif k in ("prompt_len", "output_len"):

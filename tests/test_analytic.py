@@ -113,3 +113,16 @@ def test_bad_arrays_name_the_field(kw, match):
 def test_sim_only_policies_are_refused_clearly():
     with pytest.raises(SpecMoEError, match="simulator"):
         Analytic(MIXTRAL, H100).evaluate(make_policy("fate"))
+
+
+def test_wrong_prefetches_cost_link_bytes_and_never_speed_up():
+    wl = Workload(batch=1, routing=Routing(kind="zipf", zipf_s=1.0))
+    an = Analytic(MIXTRAL, H100, wl)
+    exact = an.evaluate(make_policy("overlap", prefetch_hit_rate=0.8))
+    wasteful = an.evaluate(make_policy("overlap", prefetch_hit_rate=0.8, prefetch_precision=0.5))
+    assert float(wasteful.h2d_bytes_per_token) > float(exact.h2d_bytes_per_token)
+    assert float(wasteful.iteration_s) >= float(exact.iteration_s)
+    # prefetched = h·missing/precision on layers 1..L−1: 0.8/0.5 − 0.8 = 0.8 extra experts per needed one
+    extra = float(wasteful.h2d_bytes_per_iteration - exact.h2d_bytes_per_iteration) / MIXTRAL.expert_bytes
+    missing = float(exact.h2d_bytes_per_iteration) / MIXTRAL.expert_bytes / 32
+    assert extra == pytest.approx(31 * 0.8 * missing, rel=1e-9)

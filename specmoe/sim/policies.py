@@ -102,6 +102,11 @@ class Overlap(SimPolicy):
         pre = miss & hit & self.sim.prefetchable[:, None]
         plan.prefetch_mask, plan.demand_mask = pre, miss & ~pre
         plan.prefetch, plan.demand = pre.sum(axis=1), plan.demand_mask.sum(axis=1)
+        prec = self.policy.prefetch_precision
+        if prec < 1.0:   # wrong guesses: fetched, never used, bounded by the experts not needed
+            spare = (~(plan.demand_mask | pre)).sum(axis=1)
+            wrong = self.sim.rng.poisson(plan.prefetch * (1.0 - prec) / prec)
+            plan.prefetch = plan.prefetch + np.minimum(wrong, spare)
 
 
 def hot_mask(probs: np.ndarray, n) -> np.ndarray:
