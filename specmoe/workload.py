@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -295,11 +294,3 @@ def parse_routing(text: str | None) -> Routing:
         return measured_routing(text.split(":", 1)[1])
     raise SpecMoEError(f"routing={text!r}: allowed 'uniform', 'zipf:S', 'measured:NAME'")
 
-
-def load_json(path: str | Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpecMoEError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise SpecMoEError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
