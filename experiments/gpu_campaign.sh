@@ -145,9 +145,9 @@ VAL=(validate traces/e2e/heldout/*.jsonl.gz --hardware "$NAME.yaml" --markdown "
 { echo "cd OUTDIR"; echo "specmoe ${CAL[*]}"; echo "specmoe ${VAL[*]}"; } > fit_commands.txt
 if "$PY" -c "import scipy, yaml, pydantic, plotly" 2>/dev/null; then
   log "calibrating"
-  "$PY" -m specmoe.cli "${CAL[@]}" 2>&1 | tee "calibration_$NAME.md"
+  "$PY" -m specmoe.app.cli.main "${CAL[@]}" 2>&1 | tee "calibration_$NAME.md"
   log "validating"
-  "$PY" -m specmoe.cli "${VAL[@]}" 2>&1 | tee -a logs/validate.log
+  "$PY" -m specmoe.app.cli.main "${VAL[@]}" 2>&1 | tee -a logs/validate.log
 else
   log "scipy/yaml/pydantic/plotly not importable here: copy $OUT back and run fit_commands.txt there"
   cat fit_commands.txt

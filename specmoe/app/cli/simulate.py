@@ -4,14 +4,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from specmoe.cli import _add_config_flags, _print_json, config_kwargs
+from rich.console import Console
+from rich.table import Table
+
+from specmoe.app.cli.flags import add_config_flags, config_kwargs, print_json
+from specmoe.app.report import print_prediction
+from specmoe.predictors.sim import simulate
 
 EXTRA_POLICY_FLAGS = ("expert_budget", "cutoff_layer", "draft_model_ratio")
 
 
-def add_commands(subparsers) -> None:
+def add_simulate(subparsers) -> None:
     p = subparsers.add_parser("simulate", help="discrete-event simulation of one configuration (every policy)")
-    _add_config_flags(p)
+    add_config_flags(p)
     p.add_argument("--expert-budget", type=int, default=None, help="experts verified per layer (moespec)")
     p.add_argument("--cutoff-layer", type=int, default=None, help="last layer spmoe prefetches for")
     p.add_argument("--draft-model-ratio", type=float, default=None,
@@ -27,8 +32,6 @@ def add_commands(subparsers) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from specmoe.report import print_prediction
-    from specmoe.sim import simulate
 
     kw = config_kwargs(args)
     kw.update({k: getattr(args, k) for k in EXTRA_POLICY_FLAGS if getattr(args, k) is not None})
@@ -42,7 +45,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             json.dump(res.chrome(), f)
         out["chrome_trace"] = args.chrome
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         print_prediction(out)
         _print_sim(out)
@@ -50,8 +53,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _print_sim(out: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     t = Table(title=f"simulation ({out['mode']}, seed {out['seed']})", show_header=False)
 

@@ -1,7 +1,7 @@
 """Closed-form expected time per decode iteration, vectorised over arrays of configurations.
 
 One call evaluates one (model, hardware, routing, policy name) over numpy arrays of batch, γ, N
-and α. Per-op times come from `specmoe.costs`; this module only adds expectations (distinct
+and α. Per-op times come from `specmoe.costs.ops`; this module only adds expectations (distinct
 experts U(n), accepted tokens τ(γ)) and each policy's rule for what overlaps (max) and what is
 serial (sum). Layers are treated as alike: per-layer expert counts are averaged over layers.
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from specmoe.costs import CostModel
+from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.policies import ANALYTIC, Policy
-from specmoe.workload import Workload
+from specmoe.inputs.policies import ANALYTIC, Policy
+from specmoe.inputs.workload import Workload, tau
 
 CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 
@@ -249,7 +249,6 @@ def _parts(fwd: Forward, draft_s) -> dict[str, np.ndarray]:
 
 
 def _tau(alpha, gamma):
-    from specmoe.workload import tau
     return tau(alpha, gamma)
 
 

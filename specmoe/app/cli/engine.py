@@ -8,9 +8,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 from pathlib import Path
 
+from rich.progress import Progress
+
 from specmoe.errors import SpecMoEError
+from specmoe.inputs.models import load_model
+from specmoe.inputs.policies import SPECULATIVE, make_policy
+from specmoe.inputs.workload import Workload
+from specmoe.measure.ingest import model_spec_from_engine
+from specmoe.planning.search import GammaController
 
 
 def add_engine_commands(subparsers) -> argparse.ArgumentParser:
@@ -95,8 +103,6 @@ def build_weights(args):
         return load_weights(args.weights, layers=args.layers, pin=pin, dtype=args.dtype)
     over = {"dtype": args.dtype} if args.dtype else {}
     if args.model:
-        from specmoe.models import load_model
-
         cfg = MoEConfig.from_spec(load_model(args.model), layers=args.layers or 2, **over)
     else:
         cfg = MoEConfig(layers=args.layers or 2, **over)
@@ -114,7 +120,6 @@ def _prompts(args, vocab: int, batch: int) -> list[list[int]]:
     if getattr(args, "prompt", None):
         p = _ints(args.prompt, "--prompt")
         return [p] * batch
-    import random
 
     rng = random.Random(args.seed)
     return [[rng.randrange(vocab) for _ in range(args.prompt_len)] for _ in range(batch)]
@@ -162,9 +167,6 @@ def _gamma(args) -> int | None:
 
 def gamma_controller(w, args, draft_experts: int):
     """The planner's online γ controller for this engine model, hardware profile and batch."""
-    from specmoe.planner import GammaController
-    from specmoe.validate import model_spec_from_engine
-    from specmoe.workload import Workload
 
     hardware = args.hardware or ("cpu-local-calibrated" if str(args.device) == "cpu" else None)
     if hardware is None:
@@ -176,8 +178,6 @@ def gamma_controller(w, args, draft_experts: int):
 
 def cmd_run(args) -> int:
     from specmoe.engine.tracer import Tracer
-
-    from specmoe.policies import make_policy
 
     g = _gamma(args)
     w = build_weights(args)
@@ -210,7 +210,6 @@ def cmd_run(args) -> int:
 
 def bench_grid(args) -> list[dict]:
     """The runs of a bench: speculative policies take every gamma (and N for specmoe)."""
-    from specmoe.policies import SPECULATIVE
 
     runs = []
     for name, batch in itertools.product(args.policies.split(","), _ints(args.batches, "--batches")):
@@ -224,14 +223,10 @@ def bench_grid(args) -> list[dict]:
 
 
 class _Progress:
-    """rich's progress bar where rich is installed; a line per run where it is not (GPU machines)."""
+    """A rich progress bar over engine runs."""
 
     def __init__(self, total: int):
         self.total, self.done, self.bar = total, 0, None
-        try:
-            from rich.progress import Progress
-        except ImportError:
-            return
         self.bar = Progress()
 
     def __enter__(self):
@@ -258,8 +253,6 @@ class _Progress:
 
 def cmd_bench(args) -> int:
     from specmoe.engine.tracer import Tracer
-
-    from specmoe.policies import make_policy
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,8 +295,6 @@ def cmd_microbench(args) -> int:
     shapes = {}
     if args.model:
         from specmoe.engine.config import MoEConfig
-
-        from specmoe.models import load_model
 
         c = MoEConfig.from_spec(load_model(args.model), layers=1)
         shapes = {"hidden": c.hidden, "ffn": c.expert_ffn, "heads": c.heads,

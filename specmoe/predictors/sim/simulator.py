@@ -1,6 +1,6 @@
 """Discrete-event simulator of MoE decoding with expert offloading and speculation (SimPy).
 
-    from specmoe.sim import simulate
+    from specmoe.predictors.sim import simulate
     r = simulate(model="mixtral-8x7b", hardware="h100-pcie", policy="specmoe", batch=64, gamma=5)
     r.tokens_per_s, r.to_dict()
 
@@ -30,15 +30,16 @@ from typing import Any
 import numpy as np
 import simpy
 
-from specmoe.analytic import Analytic
-from specmoe.costs import CostModel
+from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.policies import validate_policy
-from specmoe.sim.entities import DEMAND, PREFETCH, CopyEngine, Cpu, Meter, Recorder, Ssd
-from specmoe.sim.policies import POLICY_CLASSES, PassPlan, alpha_of, expected_distinct_mean
-from specmoe.sim.result import SimResult, percentiles
-from specmoe.sim.routing import RoutingSampler, sample_accepted
-from specmoe.trace import Header
+from specmoe.inputs.policies import validate_policy
+from specmoe.inputs.setup import resolve
+from specmoe.measure.trace import Header
+from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.sim.entities import DEMAND, PREFETCH, CopyEngine, Cpu, Meter, Recorder, Ssd
+from specmoe.predictors.sim.policies import POLICY_CLASSES, PassPlan, alpha_of, expected_distinct_mean
+from specmoe.predictors.sim.result import SimResult, percentiles
+from specmoe.predictors.sim.routing import RoutingSampler, sample_accepted
 
 CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 
@@ -100,7 +101,7 @@ class Stats:
 
 
 class Simulator:
-    """One simulated run of a resolved Setup (specmoe.api.resolve)."""
+    """One simulated run of a resolved Setup (specmoe.app.api.resolve)."""
 
     def __init__(self, setup, iterations: int = 200, seed: int = 0, trace: bool = False,
                  serving: Serving | None = None, options: SimOptions | None = None, params=None):
@@ -516,13 +517,12 @@ def simulate(model="mixtral-8x7b", hardware="h100-pcie", policy="specmoe", batch
              rate: float | None = None, requests: int = 100, arrivals: Sequence[float] | None = None,
              options: SimOptions | None = None, system=None, workload=None, params=None,
              **kwargs: Any) -> SimResult:
-    """Simulate one configuration. Arguments as specmoe.api.resolve (gamma, draft_experts,
+    """Simulate one configuration. Arguments as specmoe.app.api.resolve (gamma, draft_experts,
     acceptance, routing, prompt_len, output_len, policy parameters) plus the run's own.
 
     system: a System (same as hardware=); workload: a Workload whose batch, lengths, routing and
     acceptance replace those arguments; params: CostParams for the cost model (a calibration).
     """
-    from specmoe.api import resolve
 
     hardware = hardware if system is None else system
     if workload is not None:

@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 import simpy
 
-from specmoe.trace import event as trace_event
+from specmoe.measure.trace import event as trace_event
 
 DEMAND, PREFETCH = 0, 1
 

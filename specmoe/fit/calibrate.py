@@ -14,7 +14,7 @@ calibration fits the one cost model and never a second one. Two stages:
    residuals within bounds; k-fold hold-out over distinct configurations ("by shape").
 2. End-to-end runs (traces with `iteration` events) fit layer_overhead_us, the per-layer time no op
    span covers (residual adds, host bookkeeping), with stage 1 held fixed; the iteration time is
-   predicted by `specmoe.validate.predict_run`, the same predictor `specmoe validate` uses.
+   predicted by `specmoe.fit.validate.predict_run`, the same predictor `specmoe validate` uses.
 
 A parameter no present op depends on keeps the base profile's value and is listed as fixed.
 Bad input raises SpecMoEError naming the file and field: traces from different devices, missing
@@ -47,7 +47,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
-import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -55,9 +55,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.optimize import least_squares
 
-from specmoe.costs import PARAM_NAMES, CostModel, CostParams, params_for
+from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
+from specmoe.fit.validate import predict_run
+from specmoe.inputs.hardware import System, load_system
+from specmoe.inputs.models import from_hf_config
+from specmoe.measure.ingest import device_identity, group_runs, read_run
+from specmoe.measure.trace import read_trace
 
 US = 1e-6
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2,
@@ -96,23 +102,8 @@ STARTS = (
      "pageable_eff": 0.9,
      "transfer_setup_us": 20.0, "cpu_compute_eff": 0.1, "cpu_mem_eff": 1.0, "cpu_overhead_us": 50.0},
 )
-# Device fingerprint keys that must agree for traces to be fitted together.
-IDENTITY_KEYS = {"cuda": ("type", "name", "capability", "memory_bytes"),
-                 "cpu": ("type", "name", "cpu_count", "threads")}
-
-
-# ------------------------------------------------------------------------------------ traces
-
-def device_identity(fp: dict | None) -> dict[str, Any]:
-    """The part of a device fingerprint that decides whether two traces ran on the same device."""
-    fp = fp or {}
-    keys = IDENTITY_KEYS.get(str(fp.get("type")), ("type", "name"))
-    return {k: fp.get(k) for k in keys}
-
-
 def load_traces(paths: Sequence[str | Path]):
     """Read traces and check they come from one device (header.device) of the engine."""
-    from specmoe.trace import read_trace
 
     if not paths:
         raise SpecMoEError("calibrate: no trace files given")
@@ -172,7 +163,7 @@ class Point:
 def _need(ev: dict, key: str, where: str):
     if ev.get(key) is None:
         raise SpecMoEError(f"{where}: {ev['cat']} event {ev['name']!r} lacks field {key!r} "
-                           "(see specmoe.calibrate's docstring for the fields each op needs)")
+                           "(see specmoe.fit.calibrate's docstring for the fields each op needs)")
     return ev[key]
 
 
@@ -286,7 +277,6 @@ def _spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, k
           head_dim: int = 64, experts: int = 8, top_k: int = 2, vocab: int = 64, layers: int = 1,
           shared_ffn: int = 0):
     """A ModelSpec with just the dims an op needs (one op = one layer's worth)."""
-    from specmoe.models import from_hf_config
 
     cfg = {"model_type": "qwen2_moe" if shared_ffn else "mixtral", "hidden_size": hidden,
            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -392,7 +382,6 @@ class Fit:
 
 def _check_enough(cats: Sequence[str], names: Sequence[str], what: str) -> None:
     """Each parameter needs more points than unknowns among the ops that inform it."""
-    from collections import Counter
 
     count = Counter(cats)
     for name in names:
@@ -439,7 +428,6 @@ class FitOptions:
 def least_squares_fit(predict: Callable[[CostParams], np.ndarray], measured: np.ndarray,
                       names: list[str], base: CostParams, what: str, opts: FitOptions) -> Fit:
     """Relative-residual least squares within BOUNDS, best of STARTS; raises if it does not converge."""
-    from scipy.optimize import least_squares
 
     lo = np.array([BOUNDS[n][0] for n in names])
     hi = np.array([BOUNDS[n][1] for n in names])
@@ -605,7 +593,6 @@ def _file_info(t) -> dict:
 def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = None,
               opts: FitOptions | None = None, command: str | None = None) -> Calibration:
     """Fit a calibrated System from traces; `hardware` is the base system (name, path or System)."""
-    from specmoe.hardware import System, load_system
 
     opts = opts or FitOptions()
     base_system = hardware if isinstance(hardware, System) else load_system(hardware)
@@ -634,7 +621,6 @@ def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = No
 
 
 def _fit_e2e(traces, system, params: CostParams, opts: FitOptions) -> Stage | None:
-    from specmoe.validate import group_runs, predict_run, read_run
 
     groups = group_runs([read_run(t) for t in traces if t.by_cat("iteration")])
     if not groups:
@@ -663,7 +649,7 @@ def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Cali
     versions = sorted({(t.header["device"].get("torch"), t.header["device"].get("triton")) for t in traces},
                       key=str)
     provenance = {
-        "tool": "specmoe.calibrate",
+        "tool": "specmoe.fit.calibrate",
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "command": command,
         "base": base_system.name,
@@ -687,7 +673,7 @@ def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Cali
     data = base_system.model_dump()
     data.update(name=name or f"{base_system.name}-calibrated", efficiency=eff, calibration=provenance)
     data["sources"] = {**(base_system.sources or {}),
-                       "efficiency": f"fitted by specmoe.calibrate on {len(traces)} trace(s) from "
+                       "efficiency": f"fitted by specmoe.fit.calibrate on {len(traces)} trace(s) from "
                                      f"{dev.get('name')} ({provenance['date']})"}
     return type(base_system).model_validate(data)
 
@@ -695,7 +681,6 @@ def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Cali
 def transfer(calibrated, target, name: str | None = None):
     """Cross-device prediction: the target's datasheet profile with another device's fitted
     efficiencies (DESIGN.md §10.4). Validate it against the target's own traces."""
-    from specmoe.hardware import System, load_system
 
     src = calibrated if isinstance(calibrated, System) else load_system(calibrated)
     dst = target if isinstance(target, System) else load_system(target)
@@ -703,7 +688,7 @@ def transfer(calibrated, target, name: str | None = None):
         raise SpecMoEError(f"transfer: {src.name!r} has no calibration block; give a calibrated profile")
     data = dst.model_dump()
     data.update(name=name or f"{dst.name}-from-{src.name}", efficiency=dict(src.efficiency),
-                calibration={"tool": "specmoe.calibrate.transfer", "transferred_from": src.name,
+                calibration={"tool": "specmoe.fit.calibrate.transfer", "transferred_from": src.name,
                              "source_device_identity": src.calibration.get("device_identity"),
                              "source_date": src.calibration.get("date"),
                              "holdout_on_source": src.calibration.get("holdout")})
@@ -785,75 +770,3 @@ def write_html(calib: Calibration, path: str | Path) -> Path:
     table = "<pre>" + markdown_tables(calib).replace("<", "&lt;") + "</pre>"
     path.write_text(html.replace("</body>", table + "</body>"))
     return path
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit a calibrated hardware profile to engine traces")
-    p.add_argument("traces", nargs="*", help="engine traces (.jsonl or .jsonl.gz): microbenchmarks "
-                                             "and/or end-to-end runs of one device")
-    p.add_argument("--hardware", required=True, help="base system (name or YAML) whose peaks the "
-                                                     "fitted efficiencies scale")
-    p.add_argument("-o", "--out", required=True, help="profile to write, e.g. hwprofiles/calibrated/NAME.yaml")
-    p.add_argument("--name", default=None, help="profile name (default: the output file's stem)")
-    p.add_argument("--folds", type=int, default=5, help="k of the k-fold hold-out by configuration")
-    p.add_argument("--fix", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="hold a parameter at VALUE (default: the base profile's) instead of fitting it")
-    p.add_argument("--min-samples", type=int, default=1,
-                   help="drop op configurations measured fewer times than this")
-    p.add_argument("--quantile", type=float, default=0.5,
-                   help="quantile of each configuration's repeats fitted (0.5 median; low on a "
-                        "shared machine, where interference only adds time)")
-    p.add_argument("--op-traces", default="all", choices=("all", "microbenchmark", "end-to-end"),
-                   help="whose op events fit the op parameters (end-to-end runs always give "
-                        "layer_overhead_us)")
-    p.add_argument("--loss", default="soft_l1", choices=("linear", "soft_l1", "huber", "cauchy"),
-                   help="least-squares loss on relative residuals (robust by default)")
-    p.add_argument("--html", default=None, help="write an HTML report with parity plots here")
-    p.add_argument("--transfer-from", default=None,
-                   help="no fit: the --hardware target with this calibrated profile's efficiencies")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_calibrate)
-    from specmoe import validate
-
-    validate.add_commands(sub)
-
-
-def _parse_fix(text: str) -> tuple[str, float | None]:
-    name, _, value = text.partition("=")
-    if not value:
-        return name.strip(), None
-    try:
-        return name.strip(), float(value)
-    except ValueError:
-        raise SpecMoEError(f"--fix {text!r}: VALUE must be a number") from None
-
-
-def cmd_calibrate(args) -> int:
-    import json
-
-    from specmoe.hardware import save_system
-
-    out = Path(args.out)
-    name = args.name or out.stem
-    if args.transfer_from:
-        system = transfer(args.transfer_from, args.hardware, name)
-        save_system(system, out)
-        print(f"wrote {out} ({args.hardware} with efficiencies of {args.transfer_from})")
-        return 0
-    opts = FitOptions(folds=args.folds, loss=args.loss, min_samples=args.min_samples, quantile=args.quantile,
-                      op_traces=args.op_traces,
-                      fix=tuple(_parse_fix(f) for f in args.fix))
-    command = "specmoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["calibrate"] else None
-    calib = calibrate(args.traces, args.hardware, name=name, opts=opts, command=command)
-    save_system(calib.system, out)
-    if args.html:
-        write_html(calib, args.html)
-    if args.json:
-        print(json.dumps({"profile": str(out), "holdout": holdout_table(calib),
-                          "parameters": params_table(calib), "fixed": calib.fixed}, indent=2, default=float))
-    else:
-        print(f"wrote {out}" + (f" and {args.html}" if args.html else ""))
-        print(markdown_tables(calib))
-    return 0

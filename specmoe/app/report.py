@@ -1,11 +1,15 @@
 """Human-readable output: rich tables for the terminal and plotly figures for HTML reports."""
 from __future__ import annotations
 
+import html as _html
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from specmoe.measure.trace import Trace, read_trace
 
 _console = Console()
 
@@ -219,7 +223,6 @@ def timeline(trace, max_events: int = 4000):
     """Gantt view of a specmoe.trace/1 file (or Trace): one row per stream, colour per category."""
     import plotly.graph_objects as go
 
-    from specmoe.trace import Trace, read_trace
 
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
     events = sorted(tr.events, key=lambda e: e["ts_us"])
@@ -268,7 +271,6 @@ def _pairs(table: dict) -> list[tuple[str, str]]:
 
 def export_png(figures: dict[str, Any], directory) -> tuple[list[str], str]:
     """Write each figure as PNG (kaleido); returns (paths, '') or ([], why it could not)."""
-    from pathlib import Path
 
     try:
         import kaleido  # noqa: F401
@@ -308,8 +310,6 @@ def write_report(table: dict, out, trace=None, png_dir=None, title: str = "specm
     plotlyjs: True embeds plotly.js (opens offline, ~4.6 MB), 'cdn' links it (small file).
     Returns {html, figures, png, png_note}.
     """
-    import html as _html
-    from pathlib import Path
 
     figs = report_figures(table, trace)
     notes = list(notes or [])
@@ -343,38 +343,3 @@ def _summary_html(rows: list[dict[str, Any]]) -> str:
                                                     f"{r['h2d_mb_per_token']:,.2f}")) + "</tr>" for r in rows)
     return ("<h2>Best configuration per batch</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head)
             + "</tr>" + body + "</table>")
-
-
-def cmd_report(args) -> int:
-    from specmoe.sweep import load_results, run_sweep
-
-    console = Console(stderr=True)
-    if args.results:
-        table = load_results(args.results)
-        title = f"specmoe report: {args.results}"
-    else:
-        console.print("no results given: running the default study (experiments/grids/default.yaml)")
-        table = run_sweep(DEFAULT_STUDY, progress=False, backend="serial")
-        title = "specmoe report: default study"
-    if args.trace:
-        from specmoe.trace import read_trace
-
-        read_trace(args.trace)     # a bad trace fails here, before any figure is drawn
-    info = write_report(table, args.output, trace=args.trace, png_dir=args.png, title=title,
-                        plotlyjs="cdn" if args.cdn else True)
-    console.print(f"wrote {info['html']} ({len(info['figures'])} figures)")
-    if info["png"]:
-        console.print(f"PNG: {len(info['png'])} files in {args.png}")
-    if info["png_note"]:
-        console.print(info["png_note"])
-    return 0
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("report", help="HTML report with plotly figures from sweep results (or a default study)")
-    p.add_argument("results", nargs="?", default=None, help="sweep results (.csv or .parquet); none: default study")
-    p.add_argument("-o", "--output", default="report.html", help="HTML file to write")
-    p.add_argument("--trace", default=None, help="a specmoe.trace/1 JSONL(.gz) file to draw as a timeline")
-    p.add_argument("--png", default=None, metavar="DIR", help="also export each figure as PNG here (kaleido)")
-    p.add_argument("--cdn", action="store_true", help="link plotly.js from its CDN instead of embedding it")
-    p.set_defaults(func=cmd_report)

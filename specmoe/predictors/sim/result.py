@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from specmoe.trace import Header, Trace, to_chrome, write_trace
+from specmoe.errors import SpecMoEError
+from specmoe.measure.trace import Header, Trace, to_chrome, write_trace
 
 PERCENTILES = (50, 90, 99)
 
@@ -100,7 +101,6 @@ class SimResult:
     # ---- trace ----------------------------------------------------------------------------------
     def trace(self) -> Trace:
         if self.trace_events is None:
-            from specmoe.errors import SpecMoEError
             raise SpecMoEError("trace: this run recorded none; simulate with trace=True")
         return Trace(header=self.trace_header.to_dict(), events=self.trace_events)
 

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -142,7 +143,7 @@ class System(BaseModel):
     host: Host
     link: Link
     gpu_count: PosInt = 1
-    efficiency: dict[str, float] = Field(default_factory=dict)  # keys checked by specmoe.costs
+    efficiency: dict[str, float] = Field(default_factory=dict)  # keys checked by specmoe.costs.ops
     calibration: dict | None = None   # provenance of fitted parameters, free-form
     sources: dict[str, str] = Field(default_factory=dict)
 
@@ -154,9 +155,7 @@ _KIND_WORD = {GPU: "GPU", Host: "host", Link: "link"}
 
 
 def _profiles_dir() -> Path:
-    import specmoe.hwprofiles as hp
-
-    return Path(hp.__file__).parent
+    return Path(str(resources.files("specmoe.hwprofiles")))
 
 
 def _names(sub: str) -> list[str]:
@@ -386,7 +385,7 @@ def save_system(system: System, path) -> None:
     """Write a YAML profile that load_system reads back to an equal System (atomic replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = ("# specmoe hardware profile (written by specmoe.hardware.save_system)\n"
+    text = ("# specmoe hardware profile (written by specmoe.inputs.hardware.save_system)\n"
             + yaml.safe_dump(system_to_dict(system), sort_keys=False, allow_unicode=True))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -1,12 +1,12 @@
 """Choose how to serve: policy, draft length γ (0 = speculation off) and draft experts N.
 
-    from specmoe.planner import plan, GammaController
+    from specmoe.planning.search import plan, GammaController
     p = plan(model="mixtral-8x7b", hardware="h100-pcie", batch=64)
     p["best"], p["explanation"]["summary"]
 
 Search: the analytic model evaluates every policy over γ × N in one vectorised call per policy
 (N on a doubling grid, then every integer N between the best one's neighbours). Confirmation:
-where the simulator (`specmoe.sim`) is importable, the top candidates are simulated and the
+where the simulator (`specmoe.predictors.sim`) is importable, the top candidates are simulated and the
 simulator's throughput decides; otherwise the choice is analytic and the result says so.
 Explanation: where the iteration's time goes, and what limits it, measured as the speed-up the
 chosen configuration would get from 2× PCIe, 2× HBM bandwidth, 2× compute or half the rejections.
@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from specmoe.analytic import Analytic
-from specmoe.api import Setup, resolve, summarize
-from specmoe.costs import CostModel
+from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.policies import ANALYTIC, Policy, make_policy
-from specmoe.workload import Workload, tau
+from specmoe.inputs.policies import ANALYTIC, Policy, make_policy
+from specmoe.inputs.setup import Setup, resolve
+from specmoe.inputs.workload import Workload, tau
+from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.prediction import summarize
+from specmoe.predictors.rounds import expected_rounds
 
 POLICY_PARAMS = ("draft_set", "substitution", "spec_min_batch", "cache_fraction", "prefetch_hit_rate",
                  "prefetch_precision", "expert_budget", "cutoff_layer", "draft_model_ratio")
@@ -111,7 +113,7 @@ def search(setup: Setup, policies: Iterable[str] = ANALYTIC, gammas: Iterable[in
 def simulator():
     """(run, "") where `run(setup, **options)` simulates a resolved Setup, or (None, why) when absent."""
     try:
-        from specmoe.sim import Simulator
+        from specmoe.predictors.sim import Simulator
     except ImportError as exc:
         return None, f"simulator not importable ({exc})"
 
@@ -172,7 +174,7 @@ def static_batch_factor(setup: Setup, candidate: dict, reps: int = 1000) -> floa
     sequence) over the steady-state figure, for a candidate: (steady rounds) / (expected rounds).
 
     Without speculation every sequence needs output_len − 1 rounds, so the factor is 1. With it,
-    the slowest of B sequences takes more rounds than the mean τ suggests (validate.expected_rounds).
+    the slowest of B sequences takes more rounds than the mean τ suggests (rounds.expected_rounds).
     """
     if candidate["gamma"] == 0:
         return 1.0
@@ -186,7 +188,6 @@ def static_batch_factor(setup: Setup, candidate: dict, reps: int = 1000) -> floa
 
 @lru_cache(maxsize=4096)
 def _rounds(batch: int, gamma: int, alpha: float, output_len: int, reps: int) -> float:
-    from specmoe.validate import expected_rounds
 
     return expected_rounds(batch, gamma, alpha, output_len, reps=reps)
 
@@ -209,7 +210,7 @@ def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: 
     static_batch: the batch is served as one static batch of output_len tokens per sequence (as
         `specmoe engine run` does) rather than steadily refilled; throughput then counts the
         rounds until the slowest sequence is done.
-    kwargs: workload and policy parameters of `specmoe.api.resolve` (acceptance, routing,
+    kwargs: workload and policy parameters of `specmoe.app.api.resolve` (acceptance, routing,
     prompt_len, output_len, draft_set, cache_fraction, ...).
     Returns {model, hardware, batch, best, best_by_policy, candidates, explanation, engine, notes}.
     """

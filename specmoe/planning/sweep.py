@@ -24,15 +24,17 @@ restarted sweep skips the done chunks and ends with the same file as an uninterr
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -40,9 +42,23 @@ from typing import Any
 
 import numpy as np
 import yaml
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from specmoe.errors import SpecMoEError, suggest
-from specmoe.policies import ANALYTIC, DRAFT_SETS, POLICIES, SPECULATIVE
+from specmoe.inputs.hardware import load_system
+from specmoe.inputs.models import load_model
+from specmoe.inputs.policies import ANALYTIC, DRAFT_SETS, POLICIES, SPECULATIVE, make_policy
+from specmoe.inputs.setup import resolve
+from specmoe.inputs.workload import Acceptance, Workload, parse_acceptance, parse_routing
+from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.sim import Simulator
 
 ENGINES = ("analytic", "sim")
 BACKENDS = ("local", "ray", "serial")
@@ -284,9 +300,6 @@ def load_grid(source: str | Path | dict, engine: str | None = None) -> Grid:
 
 def _check_names(grid: Grid) -> None:
     """Load every model, hardware, routing and acceptance once: unknown names fail here, not later."""
-    from specmoe.hardware import load_system
-    from specmoe.models import load_model
-    from specmoe.workload import parse_acceptance, parse_routing
 
     allowed = ANALYTIC if grid.engine == "analytic" else tuple(POLICIES)
     for p in grid.axes["policy"]:
@@ -332,10 +345,6 @@ def _check_names(grid: Grid) -> None:
 
 @lru_cache(maxsize=64)
 def _analytic(model: str, hardware: str, routing: str, prompt_len: int, output_len: int):
-    from specmoe.analytic import Analytic
-    from specmoe.hardware import load_system
-    from specmoe.models import load_model
-    from specmoe.workload import Workload, parse_routing
 
     wl = Workload(batch=1, prompt_len=prompt_len, output_len=output_len, routing=parse_routing(routing))
     return Analytic(load_model(model), load_system(hardware), wl)
@@ -343,13 +352,11 @@ def _analytic(model: str, hardware: str, routing: str, prompt_len: int, output_l
 
 @lru_cache(maxsize=256)
 def _acceptance(raw: str, draft_set: str):
-    from specmoe.workload import parse_acceptance
 
     return parse_acceptance(raw, draft_set)
 
 
 def _policy(g: dict, gamma: int = 0, n: int = 0):
-    from specmoe.policies import make_policy
 
     params = {k: g[k] for k in ("draft_set", "substitution", "spec_min_batch", "cache_fraction",
                                 "prefetch_hit_rate", "prefetch_precision", "expert_budget", "cutoff_layer",
@@ -420,9 +427,6 @@ def _run_analytic(g: dict, cols: dict) -> dict[str, np.ndarray]:
 
 
 def _run_sim(g: dict, cols: dict, sim: dict) -> dict[str, np.ndarray]:
-    from specmoe.api import resolve
-    from specmoe.sim import Simulator
-    from specmoe.workload import Acceptance
 
     n = len(cols["batch"])
     out = {k: np.full(n, np.nan) for k in RESULT_COLUMNS}
@@ -503,7 +507,6 @@ def write_table(table: dict[str, np.ndarray], out: str | Path) -> Path:
 
 
 def _write_csv(table: dict[str, np.ndarray], path: Path) -> None:
-    import csv
 
     keys = list(table)
     cols = [table[k].tolist() for k in keys]
@@ -540,7 +543,6 @@ def load_results(path: str | Path) -> dict[str, np.ndarray]:
             arr = t.column(name).to_numpy(zero_copy_only=False)
             out[name] = arr.astype(object) if arr.dtype.kind in "OU" else arr
         return out
-    import csv
 
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
@@ -588,7 +590,7 @@ class Manifest:
         self._write()
 
     def _write(self) -> None:
-        body = json.dumps({"schema": "specmoe.sweep/1", "fingerprint": self.fingerprint, "chunks": self.total,
+        body = json.dumps({"schema": "specmoe.planning.sweep/1", "fingerprint": self.fingerprint, "chunks": self.total,
                            "done": sorted(self.done)})
         _atomic_write(self.path, lambda p: p.write_text(body))
 
@@ -606,8 +608,6 @@ def _execute(tasks: list[tuple], backend: str, jobs: int, ray_address: str | Non
     if backend == "ray":
         yield from _execute_ray(tasks, ray_address)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: the progress bar runs a thread, and forking a threaded process can deadlock.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -684,52 +684,7 @@ def run_sweep(grid: Grid | str | Path | dict, out: str | Path | None = None, job
 
 
 def _progress(enabled: bool, console=None):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("configs"),
                     TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, console=console,
                     transient=False)
-
-
-# ---- CLI -----------------------------------------------------------------------------------------
-
-def cmd_sweep(args) -> int:
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    grid = load_grid(args.grid, args.engine)
-    groups, chunks = grid.chunks()
-    console.print(f"{grid.name}: {grid.size:,} configurations in {len(groups)} groups, {len(chunks)} chunks, "
-                  f"engine {grid.engine}, backend {args.backend}")
-    t0 = time.perf_counter()
-    try:
-        table = run_sweep(grid, args.output, jobs=args.jobs, backend=args.backend, progress=not args.quiet,
-                          fresh=args.fresh, ray_address=args.ray_address, console=console)
-    except KeyboardInterrupt:
-        console.print(f"interrupted: finished chunks are kept in {args.output}.parts; "
-                      "run the same command again to resume")
-        raise
-    dt = time.perf_counter() - t0
-    n = len(table.get("batch", ()))
-    console.print(f"wrote {args.output}: {n:,} rows in {dt:.1f} s ({n / max(dt, 1e-9):,.0f} configurations/s)")
-    return 0
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("sweep", help="run a grid of configurations (analytic or simulated) to CSV/Parquet")
-    p.add_argument("grid", help="grid YAML (axes: model, hardware, policy, batch, gamma, draft_experts, alpha, ...)")
-    p.add_argument("-o", "--output", required=True, help="results file: .csv or .parquet")
-    p.add_argument("--engine", choices=ENGINES, default=None, help="override the grid's engine")
-    p.add_argument("--backend", choices=BACKENDS, default="local", help="local process pool (default), ray or serial")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (local; default: CPU count)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
-    p.add_argument("--fresh", action="store_true", help="discard saved chunks of an earlier run")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_sweep)

@@ -1,4 +1,4 @@
-"""What each policy decides, as plans the simulator's processes execute (names as specmoe.policies).
+"""What each policy decides, as plans the simulator's processes execute (names as specmoe.inputs.policies).
 
 A policy sees the routed token counts of a pass (counts[l, e] tokens of MoE layer l on expert e)
 and returns a PassPlan: grouped GPU expert time per layer, which experts are fetched at the gate
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specmoe.sim.entities import PREFETCH, ExpertSlots
-from specmoe.workload import alpha_from_tau, expected_distinct
+from specmoe.inputs.workload import alpha_from_tau, expected_distinct
+from specmoe.predictors.sim.entities import PREFETCH, ExpertSlots
 
 
 @dataclass
