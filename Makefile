@@ -28,7 +28,7 @@ run: setup
 	$(VENV)/bin/specmoe plan --model mixtral-8x7b --hardware h100-pcie --html plan.html
 
 test: setup-dev
-	cd . && $(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
 
 clean:
