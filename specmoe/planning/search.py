@@ -28,13 +28,15 @@ from specmoe.inputs.policies import ANALYTIC, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.inputs.workload import Workload, tau
 from specmoe.predictors.analytic import Analytic
-from specmoe.predictors.prediction import summarize
+from specmoe.predictors.intervals import overlap
+from specmoe.predictors.prediction import intervals_for, summarize
 from specmoe.predictors.rounds import expected_rounds
 
 POLICY_PARAMS = ("draft_set", "substitution", "spec_min_batch", "cache_fraction", "prefetch_hit_rate",
                  "prefetch_precision", "expert_budget", "cutoff_layer", "draft_model_ratio")
+INTERVAL_KEYS = tuple(f"{k}_{q}" for k in ("tokens_per_s", "tpot_ms", "ttft_ms") for q in ("p10", "p50", "p90"))
 BEST_KEYS = ("policy", "gamma", "draft_experts", "tokens_per_s", "tpot_ms", "h2d_bytes_per_token",
-             "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration")
+             "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration", *INTERVAL_KEYS)
 SIM_MODES = ("auto", "sim", "analytic")
 
 
@@ -52,11 +54,12 @@ def draft_expert_grid(num_experts: int) -> list[int]:
 def _evaluate(setup: Setup, policy: Policy, gammas: np.ndarray, ns: np.ndarray) -> list[dict[str, Any]]:
     """Candidates of one policy over paired arrays γ, N (one vectorised analytic call)."""
     res = Analytic(setup.model, setup.system, setup.workload).evaluate(policy, gamma=gammas, draft_experts=ns)
+    iv = intervals_for(Setup(setup.model, setup.system, setup.workload, policy), gammas, ns)
     out = []
     for i in range(len(gammas)):
         s = Setup(setup.model, setup.system, setup.workload,
                   policy.with_(gamma=int(gammas[i]), draft_experts=int(ns[i])))
-        c = summarize(s, res, i)
+        c = summarize(s, res, i, iv)
         c["alpha"] = float(setup.workload.acceptance.alpha_for(int(ns[i])))
         out.append(c)
     return out
@@ -199,6 +202,8 @@ def _apply_static_batch(setup: Setup, candidates: list[dict]) -> None:
         c["steady_tokens_per_s"] = c["tokens_per_s"]
         if c["tokens_per_s"] is not None:
             c["tokens_per_s"] *= f
+            for q in ("p10", "p50", "p90"):
+                c[f"tokens_per_s_{q}"] *= f
 
 
 def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: Iterable[str] = ANALYTIC,
@@ -233,7 +238,9 @@ def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: 
            "best": {**{k: best[k] for k in BEST_KEYS}, "speculation": best["gamma"] > 0,
                     **({"sim_tokens_per_s": best["sim_tokens_per_s"]} if key != "tokens_per_s" else {})},
            "best_by_policy": best_by_policy(fitting), "candidates": candidates,
-           "calibrated": bool(base.system.calibration), "engine": engine, "notes": notes}
+           "calibrated": fitting[0]["calibrated"], "engine": engine, "notes": notes,
+           "evidence": fitting[0]["evidence"], "acceptance_source": base.workload.acceptance.source,
+           "verdict": verdict(best, fitting)}
     if explain:
         out["explanation"] = explain_choice(base, best, fitting)
     return out
@@ -244,8 +251,24 @@ def best_by_policy(candidates: list[dict[str, Any]]) -> dict[str, dict[str, Any]
     for c in candidates:
         cur = out.get(c["policy"])
         if cur is None or c["tokens_per_s"] > cur["tokens_per_s"]:
-            out[c["policy"]] = {k: c[k] for k in ("gamma", "draft_experts", "tokens_per_s", "tpot_ms")}
+            out[c["policy"]] = {k: c[k] for k in ("gamma", "draft_experts", "tokens_per_s", "tpot_ms",
+                                                  "tokens_per_s_p10", "tokens_per_s_p90")}
     return out
+
+
+def verdict(best: dict, fitting: list[dict]) -> dict[str, Any]:
+    """Clear winner, or too close to call: does the best option's p10–p90 band of tokens/s overlap
+    the band of the best option of any other policy? The rivals it overlaps are listed."""
+    rivals = {}
+    for c in fitting:
+        if c["policy"] != best["policy"] and c.get("tokens_per_s_p10") is not None:
+            if c["policy"] not in rivals or c["tokens_per_s"] > rivals[c["policy"]]["tokens_per_s"]:
+                rivals[c["policy"]] = c
+    close = [r for r in rivals.values() if overlap(best, r)]
+    brief = [{k: r[k] for k in ("policy", "gamma", "draft_experts", "tokens_per_s", "tokens_per_s_p10",
+                                 "tokens_per_s_p90")} for r in sorted(close, key=lambda r: -r["tokens_per_s"])]
+    return {"too_close_to_call": bool(close), "overlapping": brief,
+            "band": "p10-p90 of tokens/s, from the spreads of cost parameters and acceptance"}
 
 
 # ---- explanation ------------------------------------------------------------------------------

@@ -177,11 +177,12 @@ class Analytic:
         if policy.name not in ANALYTIC:
             raise SpecMoEError(f"policy={policy.name!r}: the analytic model covers {ANALYTIC}; use the simulator")
         w, m = self.workload, self.model
+        n_given = np.asarray(policy.draft_experts if draft_experts is None else draft_experts, dtype=float)
+        # α follows each configuration's own N (acceptance measured or shaped per draft-expert count)
         batch, gamma, n_draft, alpha = np.broadcast_arrays(
             np.asarray(w.batch if batch is None else batch, dtype=float),
-            np.asarray(policy.gamma if gamma is None else gamma, dtype=float),
-            np.asarray(policy.draft_experts if draft_experts is None else draft_experts, dtype=float),
-            np.asarray(w.acceptance.alpha_for(policy.draft_experts) if alpha is None else alpha, dtype=float))
+            np.asarray(policy.gamma if gamma is None else gamma, dtype=float), n_given,
+            np.asarray(w.acceptance.alpha_for(n_given) if alpha is None else alpha, dtype=float))
         _check_arrays(batch, gamma, n_draft, alpha, m.num_experts)
         if policy.name == "specmoe":
             return self._specmoe(policy, batch, gamma, n_draft, alpha, alpha_given=alpha is not None)
