@@ -147,7 +147,7 @@ def test_validate_with_the_true_parameters(runs, tmp_path):
 
 def test_validate_sees_a_wrong_profile(runs):
     """The datasheet profile (ideal roofline, no overheads) is far off: validation says so."""
-    res = validate(runs, H100, predictor="analytic")
+    res = validate(runs, load_system("h100-pcie", ideal=True), predictor="analytic")
     assert res["summary"]["other"]["median_abs_error_pct"] > 20.0
 
 
