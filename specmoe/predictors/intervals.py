@@ -93,6 +93,8 @@ def evaluate_intervals(model, system, workload, policy, batch=None, gamma=None, 
     a = acc.alpha_for(n) if alpha is None else np.asarray(alpha, dtype=float)
     spread = acc.alpha_spread if alpha_spread is None else alpha_spread
     a_draws = alpha_draws(np.ravel(a)[None, :] if np.ndim(a) else a, spread, d.alpha_z)
+    if alpha is None and acc.tau_table and not spread:   # a measured τ table: let it decide τ(γ)
+        a_draws = None
     an = Analytic(model, system, workload, costs=CostModel(model, system, d.params))
     shape = lambda x: None if x is None else np.ravel(np.asarray(x, dtype=float))[None, :]  # noqa: E731
     res: AnalyticResult = an.evaluate(policy, batch=shape(batch), gamma=shape(gamma),
