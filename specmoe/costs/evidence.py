@@ -10,6 +10,10 @@ Defaults are never the ideal roofline (DESIGN.md §5). For each CostParams field
    spreads its `efficiency_prior` gives, else CALIBRATED_SPREAD).
 `System.ideal` (CLI `--ideal`) skips all of it: the datasheet upper bound, spread 0.
 
+`model_error` (a prior key, not a cost parameter): the end-to-end error the parameters do not
+explain, as a multiplicative spread on the whole iteration time (a calibration's hold-out error of
+its iteration stage); 0 where none was measured.
+
 A spread is the standard deviation of log(parameter): the parameter's p10/p90 are
 value·exp(∓1.2816·spread). specmoe.predictors.intervals turns spreads into prediction intervals.
 """
@@ -52,6 +56,8 @@ class Evidence:
     sources: dict[str, str] = field(default_factory=dict)
     gpu: str = "ideal"          # where the GPU parameters came from, in words
     calibrated: bool = False    # a fitted profile (this system's, or its GPU's) is in use
+    model_error: float = 0.0    # σ of log(iteration time) not explained by the parameters
+    model_error_source: str = ""
 
     def summary(self) -> dict:
         return {"gpu": self.gpu, "calibrated": self.calibrated,
@@ -94,17 +100,29 @@ def _architecture(gpu_name: str) -> str | None:
     return next((a for a, names in ARCHITECTURES.items() if gpu_name in names), None)
 
 
+_MODEL_ERRORS: dict[Path, tuple[float, str]] = {}
+
+
 def _fitted_gpu_part(path: Path) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
     """GPU parameters of a calibrated profile: values, spreads (its priors, else the default)."""
     data = yaml.safe_load(path.read_text())
     eff = {k: float(v) for k, v in (data.get("efficiency") or {}).items() if k in GPU_PARAMS and v is not None}
     priors = data.get("efficiency_prior") or {}
+    if MODEL_ERROR in priors:
+        eff_err = Prior.model_validate(priors[MODEL_ERROR])
+        _MODEL_ERRORS[path] = (eff_err.spread, f"calibrated: {path.name}: {eff_err.source}")
     spreads = {k: float((priors.get(k) or {}).get("spread", CALIBRATED_SPREAD)) for k in eff}
     return eff, spreads, {k: f"calibrated: {path.name}" for k in eff}
 
 
+MODEL_ERROR = "model_error"
+
+
 def _apply(ev: dict, priors: dict[str, Prior] | None, what: str) -> None:
     for k, p in (priors or {}).items():
+        if k == MODEL_ERROR:
+            ev["model_error"], ev["model_error_source"] = p.spread, f"{what}: {p.source}"
+            continue
         ev["values"][k], ev["spreads"][k], ev["sources"][k] = p.value, p.spread, f"{what}: {p.source}"
 
 
@@ -132,13 +150,17 @@ def _gpu_evidence(system: System, ev: dict) -> None:
     ev["values"].update(vals)
     ev["spreads"].update(spreads)
     ev["sources"].update(srcs)
+    path = (own or _calibrated_gpus()[kin[0]])[0][1]
+    if path in _MODEL_ERRORS:
+        ev["model_error"], ev["model_error_source"] = _MODEL_ERRORS[path]
 
 
 def evidence_for(system: System) -> Evidence:
     """The evidence behind every cost parameter of `system` (see the module docstring)."""
     if system.ideal:
         return Evidence(gpu="ideal (datasheet roofline, --ideal)")
-    ev: dict = {"values": {}, "spreads": {}, "sources": {}, "gpu": "", "calibrated": False}
+    ev: dict = {"values": {}, "spreads": {}, "sources": {}, "gpu": "", "calibrated": False,
+                "model_error": 0.0, "model_error_source": ""}
     fitted = {k: v for k, v in (system.efficiency or {}).items() if v is not None}
     if system.calibration is None or not any(k in GPU_PARAMS for k in fitted):
         _gpu_evidence(system, ev)
@@ -160,4 +182,5 @@ def evidence_for(system: System) -> Evidence:
     for k, v in ev["values"].items():
         if v < 0:
             raise SpecMoEError(f"hardware {system.name}: {k}={v} must be >= 0 ({ev['sources'][k]})")
-    return Evidence(ev["values"], ev["spreads"], ev["sources"], ev["gpu"], ev["calibrated"])
+    return Evidence(ev["values"], ev["spreads"], ev["sources"], ev["gpu"], ev["calibrated"],
+                    ev["model_error"], ev["model_error_source"])

@@ -146,10 +146,14 @@ class Analytic:
         alpha_given = alpha is not None   # else the workload's acceptance decides τ(γ, N)
         n_given = np.asarray(policy.draft_experts if draft_experts is None else draft_experts, dtype=float)
         # α follows each configuration's own N (acceptance measured or shaped per draft-expert count)
-        batch, gamma, n_draft, alpha = np.broadcast_arrays(
+        batch, gamma, n_draft = np.broadcast_arrays(
             np.asarray(w.batch if batch is None else batch, dtype=float),
-            np.asarray(policy.gamma if gamma is None else gamma, dtype=float), n_given,
-            np.asarray(w.acceptance.alpha_for(n_given) if alpha is None else alpha, dtype=float))
+            np.asarray(policy.gamma if gamma is None else gamma, dtype=float), n_given)
+        # α is not broadcast with the rest: draws of α (intervals) add a leading axis that only τ
+        # needs, so expert counts are not recomputed per draw.
+        alpha = np.asarray(w.acceptance.alpha_for(n_given) if alpha is None else alpha, dtype=float)
+        if alpha.ndim <= batch.ndim:
+            alpha = np.broadcast_to(alpha, np.broadcast_shapes(alpha.shape, batch.shape))
         _check_arrays(batch, gamma, n_draft, alpha, m.num_experts)
         if policy.name == "specmoe":
             return self._specmoe(policy, batch, gamma, n_draft, alpha, alpha_given)

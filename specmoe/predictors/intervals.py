@@ -48,6 +48,7 @@ class Draws:
     params: CostParams
     alpha_z: np.ndarray          # standard-normal score per draw for α
     uncertain: tuple[str, ...]   # parameters that vary (spread > 0)
+    time_factor: np.ndarray      # [DRAWS, 1] multiplier of iteration time: unexplained model error
 
 
 def draws_for(system, alpha_spread: float = 0.0, draws: int = DRAWS) -> Draws:
@@ -55,7 +56,7 @@ def draws_for(system, alpha_spread: float = 0.0, draws: int = DRAWS) -> Draws:
     base = params_for(system)
     ev: Evidence = evidence_for(system) if not getattr(system, "ideal", False) else Evidence()
     uncertain = tuple(k for k in PARAM_NAMES if ev.spreads.get(k, 0.0) > 0 and getattr(base, k) is not None)
-    z = normal_scores(len(uncertain) + 1, draws)
+    z = normal_scores(len(uncertain) + 2, draws)
     changes: dict[str, Any] = {}
     for j, k in enumerate(uncertain):
         v = float(getattr(base, k))
@@ -63,7 +64,8 @@ def draws_for(system, alpha_spread: float = 0.0, draws: int = DRAWS) -> Draws:
         if k.endswith("_eff"):   # no efficiency above the physical peak (or above a fitted value > 1)
             x = np.minimum(x, max(1.0, v))
         changes[k] = x[:, None]
-    return Draws(replace(base, **changes), z[:, -1][:, None], uncertain)
+    factor = np.exp(ev.model_error * z[:, -2])[:, None]
+    return Draws(replace(base, **changes), z[:, -1][:, None], uncertain, factor)
 
 
 def alpha_draws(alpha, alpha_spread, z) -> np.ndarray:
@@ -101,8 +103,9 @@ def evaluate_intervals(model, system, workload, policy, batch=None, gamma=None, 
                                       draft_experts=shape(draft_experts), alpha=a_draws)
     out = {}
     for k in OUTPUTS:
-        samples = np.broadcast_to(getattr(res, k), np.broadcast_shapes(np.shape(getattr(res, k)), (draws, 1)))
-        out[k] = quantiles(samples)
+        v = getattr(res, k)
+        v = v / d.time_factor if k == "tokens_per_s" else v * d.time_factor
+        out[k] = quantiles(np.broadcast_to(v, np.broadcast_shapes(np.shape(v), (draws, 1))))
     return out
 
 
@@ -128,4 +131,5 @@ def provenance(system, acceptance) -> dict[str, Any]:
             "calibrated": ev.calibrated, "alpha_source": acceptance.source,
             "alpha_spread": acceptance.alpha_spread,
             "spreads": {k: ev.spreads[k] for k in sorted(ev.spreads) if ev.spreads[k] > 0},
+            "model_error": ev.model_error, "model_error_source": ev.model_error_source,
             "interval": f"p10/p50/p90 over {DRAWS} Latin-hypercube draws of the stated spreads"}
