@@ -103,3 +103,14 @@ def test_plan_reports_whether_the_best_is_too_close_to_call():
     assert v["too_close_to_call"] == bool(overlapping)
     assert {r["policy"] for r in v["overlapping"]} == overlapping
     assert p["acceptance_source"] and p["evidence"]["gpu_parameters"]
+
+
+def test_too_close_to_call_names_the_input_that_separates_the_options():
+    # RTX 4090, Mixtral, batch 32: cpu and specmoe overlap; α's prior spread (0.15) matters most
+    p = specmoe.plan(model="mixtral-8x7b", hardware="rtx-4090", batch=32, confirm="analytic")
+    v = p["verdict"]
+    assert v["too_close_to_call"]
+    sep = v["measure_to_separate"]
+    assert sep["input"] == "acceptance (alpha)"          # cpu does not speculate, specmoe does
+    assert {"link_eff", "cpu_compute_eff"} <= set(sep["effects_pct"])
+    assert sep["effects_pct"]["acceptance (alpha)"] == max(sep["effects_pct"].values())

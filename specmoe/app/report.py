@@ -86,6 +86,11 @@ def print_plan(plan: dict[str, Any], console: Console | None = None) -> None:
     if v.get("too_close_to_call"):
         rivals = ", ".join(f"{r['policy']} {_band(r, 'tokens_per_s')}" for r in v["overlapping"])
         console.print(f"[bold yellow]too close to call:[/] its p10–p90 band overlaps {rivals}")
+        sep = v.get("measure_to_separate") or {}
+        if sep.get("input"):
+            console.print(f"  to separate them, measure {sep['input']} first: {sep['why']}")
+        elif sep:
+            console.print(f"  {sep['why']}")
     elif v:
         console.print("clear winner: no other policy's p10–p90 band of tokens/s overlaps the best's")
     spec_best = max((c for c in plan["candidates"] if c["gamma"] and c["fits"]), default=None,
