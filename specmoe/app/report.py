@@ -154,7 +154,7 @@ DEFAULT_STUDY: dict[str, Any] = {
         "batch": {"start": 1, "stop": 512, "factor": 2},
         "gamma": {"start": 0, "stop": 12, "step": 1},
         "draft_experts": [1, 2, 4, 8],
-        "alpha": ["paper"],
+        "alpha": ["model"],   # each model's own default (published figure or stated prior)
     },
 }
 MAX_PAIRS = 6
