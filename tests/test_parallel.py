@@ -1,4 +1,5 @@
 """Multi-GPU expert parallelism and Speculative MoE: hand-computed small cases, analytic = sim."""
+
 import numpy as np
 import pytest
 
@@ -10,17 +11,35 @@ from specmoe.inputs.workload import Routing, Workload
 from specmoe.predictors.parallel import Parallel, ParallelModel, place
 from specmoe.predictors.sim.parallel import simulate_parallel
 
-H, DT = 64, 2.0   # hidden size, bytes per activation element
+H, DT = 64, 2.0  # hidden size, bytes per activation element
 
 
 def toy(experts=4, top_k=1, layers=2):
     return ModelSpec(
-        name="toy", family="qwen2_moe", num_layers=layers, moe_layer_ids=tuple(range(layers)),
-        hidden_size=H, num_heads=4, num_kv_heads=2, head_dim=16, attention="gqa", q_lora_rank=0,
-        kv_lora_rank=0, qk_nope_head_dim=0, qk_rope_head_dim=0, v_head_dim=0,
-        num_experts=experts, top_k=top_k, expert_intermediate_size=128, num_shared_experts=0,
-        shared_expert_intermediate_size=0, dense_intermediate_size=0, gated_ffn=True,
-        vocab_size=100, tie_embeddings=False)
+        name="toy",
+        family="qwen2_moe",
+        num_layers=layers,
+        moe_layer_ids=tuple(range(layers)),
+        hidden_size=H,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        attention="gqa",
+        q_lora_rank=0,
+        kv_lora_rank=0,
+        qk_nope_head_dim=0,
+        qk_rope_head_dim=0,
+        v_head_dim=0,
+        num_experts=experts,
+        top_k=top_k,
+        expert_intermediate_size=128,
+        num_shared_experts=0,
+        shared_expert_intermediate_size=0,
+        dense_intermediate_size=0,
+        gated_ffn=True,
+        vocab_size=100,
+        tie_embeddings=False,
+    )
 
 
 def two_gpus():
@@ -31,7 +50,7 @@ def test_two_gpus_uniform_bytes_by_hand():
     # 8 tokens, 4 per GPU; k=1 over 4 experts, 2 per GPU: half of a GPU's pairs are remote.
     pm = ParallelModel(toy(), two_gpus(), Workload(batch=8))
     r = pm.evaluate(Parallel(ep=2), [8])
-    sent_bytes = 2 * H * DT                                   # 2 remote pairs per GPU
+    sent_bytes = 2 * H * DT  # 2 remote pairs per GPU
     assert r.a2a_bytes_per_layer[0] == pytest.approx(2 * 2 * sent_bytes)  # 2 GPUs, dispatch+combine
     ic = pm.system.interconnect
     expected = 2 * (ic.latency_us * 1e-6 + sent_bytes / (ic.bw_gbps * 1e9))
@@ -64,10 +83,16 @@ def test_shuffle_with_top2_by_hand():
 
 
 def test_grouping_helps_only_with_shuffling():
-    pm = ParallelModel(toy(experts=8, top_k=2), load_system("hgx-h100x8", gpu_count=4),
-                       Workload(batch=64))
-    vol = {(s, c): pm.evaluate(Parallel(ep=4, shuffle=s, accuracy=0.8, colocation=c), [64])
-           .a2a_bytes_per_layer[0] for s in (False, True) for c in (None, 0.9)}
+    pm = ParallelModel(
+        toy(experts=8, top_k=2), load_system("hgx-h100x8", gpu_count=4), Workload(batch=64)
+    )
+    vol = {
+        (s, c): pm.evaluate(
+            Parallel(ep=4, shuffle=s, accuracy=0.8, colocation=c), [64]
+        ).a2a_bytes_per_layer[0]
+        for s in (False, True)
+        for c in (None, 0.9)
+    }
     assert vol[(False, None)] == pytest.approx(vol[(False, 0.9)])
     assert vol[(True, 0.9)] < vol[(True, None)] < vol[(False, None)]
 
@@ -130,7 +155,9 @@ CASES = [
 @pytest.mark.parametrize("hw,par", CASES)
 @pytest.mark.parametrize("routing", [Routing(), Routing(kind="zipf", zipf_s=1.2)])
 def test_simulator_matches_analytic_without_variance(hw, par, routing):
-    pm = ParallelModel(load_model("deepseek-v2-lite"), load_system(hw), Workload(batch=128, routing=routing))
+    pm = ParallelModel(
+        load_model("deepseek-v2-lite"), load_system(hw), Workload(batch=128, routing=routing)
+    )
     a = pm.evaluate(par, [128])
     s = simulate_parallel(pm, par, 128, steps=1)
     assert s.iteration_s == pytest.approx(a.iteration_s[0], rel=1e-9)
@@ -146,7 +173,9 @@ def test_simulator_matches_analytic_with_offloading():
 
 
 def test_sampled_routing_reproduces_expected_volume_and_costs_the_busiest_gpu():
-    pm = ParallelModel(load_model("deepseek-v2-lite"), load_system("hgx-h100x8"), Workload(batch=512))
+    pm = ParallelModel(
+        load_model("deepseek-v2-lite"), load_system("hgx-h100x8"), Workload(batch=512)
+    )
     par = Parallel(ep=8, shuffle=True, accuracy=0.6)
     a = pm.evaluate(par, [512])
     s = simulate_parallel(pm, par, 512, steps=2, sample=True, seed=1)
@@ -161,9 +190,13 @@ def test_multi_node_system_needs_a_network(tmp_path):
     f.write_text("gpu: h100-sxm\ngpu_count: 16\nnodes: 2\ninterconnect: nvlink4-h100\n")
     with pytest.raises(SpecMoEError, match="network"):
         load_system(str(f))
-    f.write_text("gpu: h100-sxm\ngpu_count: 12\nnodes: 8\ninterconnect: nvlink4-h100\nnetwork: net-200g\n")
+    f.write_text(
+        "gpu: h100-sxm\ngpu_count: 12\nnodes: 8\ninterconnect: nvlink4-h100\nnetwork: net-200g\n"
+    )
     with pytest.raises(SpecMoEError, match="multiple of nodes"):
         load_system(str(f))
-    f.write_text("gpu: h100-sxm\ngpu_count: 16\nnodes: 2\ninterconnect: nvlink4-h100\nnetwork: net-200g\n")
+    f.write_text(
+        "gpu: h100-sxm\ngpu_count: 16\nnodes: 2\ninterconnect: nvlink4-h100\nnetwork: net-200g\n"
+    )
     s = load_system(str(f))
     assert (s.gpus_per_node, s.network.bw_gbps, s.network.kind) == (8, 25.0, "network")

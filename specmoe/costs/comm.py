@@ -10,6 +10,7 @@ Parameters are the profiles' datasheet numbers and assumed latencies, η = 1: UN
 measured all-to-all / NCCL rows (aiconfigurator-core, imported into specmoe.trace/1 by the
 measured-kernels importer) exactly like the per-op parameters in `ops.CostParams`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class CommParams:
 
     intra_eff: float = 1.0
     net_eff: float = 1.0
-    intra_latency_us: float | None = None   # None = the interconnect profile's latency_us
+    intra_latency_us: float | None = None  # None = the interconnect profile's latency_us
     net_latency_us: float | None = None
 
 
@@ -40,8 +41,10 @@ class CommModel:
         self.gpus_per_node = system.gpus_per_node
         ic, net = system.interconnect, system.network
         if system.gpu_count > 1 and ic is None and self.gpus_per_node > 1:
-            raise SpecMoEError(f"hardware {system.name}: gpu_count={system.gpu_count} but no "
-                               "'interconnect' between its GPUs; add one (e.g. nvlink4-h100)")
+            raise SpecMoEError(
+                f"hardware {system.name}: gpu_count={system.gpu_count} but no "
+                "'interconnect' between its GPUs; add one (e.g. nvlink4-h100)"
+            )
         self.intra_bw = (ic.bw_gbps * GB * self.p.intra_eff) if ic else np.inf
         self.intra_lat = _lat(self.p.intra_latency_us, ic)
         self.net_bw = (net.bw_gbps * GB * self.p.net_eff) if net else np.inf

@@ -175,9 +175,11 @@ class System(BaseModel):
     @model_validator(mode="after")
     def _topology(self):
         if self.gpu_count % self.nodes:
-            raise ValueError(f"gpu_count = {self.gpu_count} must be a multiple of nodes = {self.nodes}")
+            raise ValueError(
+                f"gpu_count = {self.gpu_count} must be a multiple of nodes = {self.nodes}")
         if self.nodes > 1 and self.network is None:
-            raise ValueError(f"nodes = {self.nodes}: a multi-node system needs a 'network:' interconnect")
+            raise ValueError(
+                f"nodes = {self.nodes}: a multi-node system needs a 'network:' interconnect")
         return self
 
     @property

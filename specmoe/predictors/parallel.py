@@ -24,6 +24,7 @@ share of a token's pairs: ℓ = q · (1 + (k − 1) c) / k + (1 − q) · (basel
 Mispredicted tokens pay the ordinary all-to-all (the fallback transfer). Grouping alone, with
 tokens owned at random, does not change the expected locality: it pays through shuffling.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,13 +44,13 @@ PLACEMENTS = ("round_robin", "greedy")
 class Parallel:
     """Degrees and switches of one multi-GPU configuration."""
 
-    ep: int = 1                    # GPUs sharing one copy of the experts
-    tp: int = 1                    # tensor-parallel degree of attention and dense parts
-    overlap: bool = False          # all-to-all overlapped with compute (two micro-batches)
-    shuffle: bool = False          # speculative token shuffling
-    accuracy: float = 0.0          # q: share of tokens placed on their first expert's GPU
+    ep: int = 1  # GPUs sharing one copy of the experts
+    tp: int = 1  # tensor-parallel degree of attention and dense parts
+    overlap: bool = False  # all-to-all overlapped with compute (two micro-batches)
+    shuffle: bool = False  # speculative token shuffling
+    accuracy: float = 0.0  # q: share of tokens placed on their first expert's GPU
     colocation: float | None = None  # c (expert grouping); None = random placement's c0
-    placement: str = "round_robin"   # experts (hottest first) over GPUs: round_robin | greedy
+    placement: str = "round_robin"  # experts (hottest first) over GPUs: round_robin | greedy
 
     def check(self, gpus: int, model) -> None:
         for name, d in (("ep", self.ep), ("tp", self.tp)):
@@ -97,52 +98,59 @@ def place(probs: np.ndarray, ep: int, placement: str = "round_robin") -> np.ndar
 class Loads:
     """Per-GPU counts of one MoE layer in one EP group: arrays [configs, ep]."""
 
-    pairs: np.ndarray      # token-expert pairs computed on the GPU
-    distinct: np.ndarray   # distinct experts used on the GPU
-    missing: np.ndarray    # of them, not resident (fetched from host memory)
-    send: np.ndarray       # pairs the GPU sends in the dispatch (receives back in the combine)
-    recv: np.ndarray       # pairs the GPU receives in the dispatch
+    pairs: np.ndarray  # token-expert pairs computed on the GPU
+    distinct: np.ndarray  # distinct experts used on the GPU
+    missing: np.ndarray  # of them, not resident (fetched from host memory)
+    send: np.ndarray  # pairs the GPU sends in the dispatch (receives back in the combine)
+    recv: np.ndarray  # pairs the GPU receives in the dispatch
 
 
 @dataclass
 class ParallelResult:
     iteration_s: np.ndarray
     tokens_per_s: np.ndarray
-    layer_s: np.ndarray                 # one MoE layer, busiest GPU
-    a2a_s_per_layer: np.ndarray         # dispatch + combine
-    a2a_bytes_per_layer: np.ndarray     # all GPUs, dispatch + combine
-    imbalance: np.ndarray               # busiest GPU's pairs / mean pairs
-    gpu_memory_bytes: np.ndarray        # per GPU, all its experts resident
-    fits: np.ndarray                    # everything resident on every GPU
-    feasible: np.ndarray                # fits with on-demand offloading of experts
+    layer_s: np.ndarray  # one MoE layer, busiest GPU
+    a2a_s_per_layer: np.ndarray  # dispatch + combine
+    a2a_bytes_per_layer: np.ndarray  # all GPUs, dispatch + combine
+    imbalance: np.ndarray  # busiest GPU's pairs / mean pairs
+    gpu_memory_bytes: np.ndarray  # per GPU, all its experts resident
+    fits: np.ndarray  # everything resident on every GPU
+    feasible: np.ndarray  # fits with on-demand offloading of experts
     resident_per_gpu_layer: np.ndarray  # experts per layer resident on each GPU
 
 
 class ParallelModel:
     """Analytic multi-GPU model for one model × multi-GPU system × workload."""
 
-    def __init__(self, model, system, workload: Workload | None = None,
-                 costs: CostModel | None = None, comm: CommModel | None = None):
+    def __init__(
+        self,
+        model,
+        system,
+        workload: Workload | None = None,
+        costs: CostModel | None = None,
+        comm: CommModel | None = None,
+    ):
         self.model, self.system = model, system
         self.workload = workload or Workload()
         self.costs = costs or CostModel(model, system)
         self.comm = comm or CommModel(system)
         self.gpus = system.gpu_count
-        probs = self.workload.routing.inclusion_probs(model.num_experts, model.top_k,
-                                                      model.num_moe_layers)
+        probs = self.workload.routing.inclusion_probs(
+            model.num_experts, model.top_k, model.num_moe_layers
+        )
         rows, counts = np.unique(probs, axis=0, return_counts=True)
         self.rows, self.row_weights = rows, counts / counts.sum()
 
     # ---- per-GPU loads -----------------------------------------------------------------------
     def loads(self, par: Parallel, tokens, row: np.ndarray, resident) -> Loads:
-        """Expected loads for token counts `tokens` [n] and resident experts per GPU `resident` [n]."""
+        """Expected loads for token counts `tokens` [n], `resident` experts per GPU [n]."""
         m, G = self.model, self.gpus
         k, E = m.top_k, m.num_experts
         tokens = np.asarray(tokens, dtype=float)[:, None]
         t_grp = tokens * par.ep / G
         gpu_of = place(row, par.ep, par.placement)
-        onehot = np.eye(par.ep)[gpu_of]                                    # [E, ep]
-        share = row @ onehot                                               # P_g [ep]
+        onehot = np.eye(par.ep)[gpu_of]  # [E, ep]
+        share = row @ onehot  # P_g [ep]
         used = 1.0 - np.exp(t_grp[..., None] * np.log1p(-np.clip(row, 0, 1 - 1e-15)))  # [n,1,E]
         used = used[:, 0, :]
         distinct = used @ onehot
@@ -160,7 +168,7 @@ class ParallelModel:
         """Used experts beyond each GPU's `resident` hottest ones (probs sorted hottest first)."""
         out = np.zeros(used.shape[:1] + (ep,))
         for g in range(ep):
-            mine = used[:, gpu_of == g]                                    # hottest first
+            mine = used[:, gpu_of == g]  # hottest first
             rank = np.arange(mine.shape[1])[None, :]
             out[:, g] = np.sum(np.where(rank >= resident.reshape(-1, 1), mine, 0.0), axis=1)
         return out
@@ -171,16 +179,27 @@ class ParallelModel:
         m, c, ctx = self.model, self.costs, self.workload.mean_context
         dp = self.gpus // par.tp
         t, b = batch / dp, batch / dp
-        proj = c.gemm(t * m.attn_proj_flops_per_token / par.tp,
-                      m.attn_weight_bytes_per_layer / par.tp, t, kernels=2)
-        attn = proj + c.attention_scores(t / par.tp, b / par.tp, ctx) + 2 * c.kernel_t + c.layer_fixed()
+        proj = c.gemm(
+            t * m.attn_proj_flops_per_token / par.tp,
+            m.attn_weight_bytes_per_layer / par.tp,
+            t,
+            kernels=2,
+        )
+        attn = (
+            proj
+            + c.attention_scores(t / par.tp, b / par.tp, ctx)
+            + 2 * c.kernel_t
+            + c.layer_fixed()
+        )
         act = t * m.hidden_size * m.dtype_bytes
         return attn, self.comm.all_reduce(act, par.tp), self.comm.all_gather(act, par.tp)
 
     def expert_s(self, loads: Loads):
         """Per-GPU expert time: on-demand fetch of missing experts, then the grouped GEMM."""
         c = self.costs
-        return c.expert_fetch(loads.missing) + c.experts(loads.pairs, np.maximum(loads.distinct, 1e-9))
+        return c.expert_fetch(loads.missing) + c.experts(
+            loads.pairs, np.maximum(loads.distinct, 1e-9)
+        )
 
     def a2a_s(self, par: Parallel, loads: Loads):
         """Dispatch + combine on the busiest port (the combine mirrors the dispatch)."""
@@ -208,7 +227,8 @@ class ParallelModel:
         return base + experts, base
 
     def resident(self, par: Parallel, batch):
-        """Experts per layer each GPU keeps (all of its share if they fit; a staging layer kept free)."""
+        """Experts per layer each GPU keeps (all of its share if they fit; else as many as fit
+        beside one free staging layer)."""
         m = self.model
         per_gpu = math.ceil(m.num_experts / par.ep)
         total, base = self.memory(par, batch)
@@ -221,7 +241,9 @@ class ParallelModel:
     def evaluate(self, par: Parallel, batch=None) -> ParallelResult:
         m = self.model
         par.check(self.gpus, m)
-        batch = np.atleast_1d(np.asarray(self.workload.batch if batch is None else batch, dtype=float))
+        batch = np.atleast_1d(
+            np.asarray(self.workload.batch if batch is None else batch, dtype=float)
+        )
         if np.any(batch < 1):
             raise SpecMoEError(f"batch={batch.min():g}: must be >= 1")
         resident, fits, mem, free = self.resident(par, batch)
@@ -234,14 +256,21 @@ class ParallelModel:
             layer, a2a = layer + wgt * lay, a2a + wgt * a
             pairs_max = pairs_max + wgt * loads.pairs.max(axis=1)
             pairs_mean = pairs_mean + wgt * loads.pairs.mean(axis=1)
-            sent = (self.gpus / par.ep) * 2 * loads.send.sum(axis=1)   # dispatch + combine
+            sent = (self.gpus / par.ep) * 2 * loads.send.sum(axis=1)  # dispatch + combine
             volume = volume + wgt * sent * m.hidden_size * m.dtype_bytes
         iteration = m.num_moe_layers * layer + self._dense_rest(par, batch)
         return ParallelResult(
-            iteration_s=iteration, tokens_per_s=batch / iteration, layer_s=layer,
-            a2a_s_per_layer=a2a, a2a_bytes_per_layer=volume,
-            imbalance=pairs_max / np.maximum(pairs_mean, 1e-30), gpu_memory_bytes=mem,
-            fits=fits, feasible=free >= 0, resident_per_gpu_layer=resident)
+            iteration_s=iteration,
+            tokens_per_s=batch / iteration,
+            layer_s=layer,
+            a2a_s_per_layer=a2a,
+            a2a_bytes_per_layer=volume,
+            imbalance=pairs_max / np.maximum(pairs_mean, 1e-30),
+            gpu_memory_bytes=mem,
+            fits=fits,
+            feasible=free >= 0,
+            resident_per_gpu_layer=resident,
+        )
 
     def _dense_rest(self, par: Parallel, batch):
         """Dense (non-MoE) layers and the LM head, per GPU."""

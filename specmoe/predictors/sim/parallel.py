@@ -11,10 +11,11 @@ overlap: the layer ends when both have).
 
 Per-op times come from the same `costs` (`CostModel`, `CommModel`) and per-GPU loads as the
 analytic `ParallelModel`. Expected mode (sample=False) feeds the expected loads: it must agree
-with the analytic model. Sampled mode draws every token's experts (the simulator's RoutingSampler, exact
-inclusion probabilities) and owner per layer and step, so the busiest GPU's load varies around its mean and
-the max over GPUs exceeds the max of the means.
+with the analytic model. Sampled mode draws every token's experts (the simulator's
+RoutingSampler, exact inclusion probabilities) and owner per layer and step, so the busiest GPU's
+load varies around its mean and the max over GPUs exceeds the max of the means.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from specmoe.predictors.sim.routing import RoutingSampler
 class ParallelSimResult:
     iteration_s: float
     tokens_per_s: float
-    a2a_bytes_per_layer: float      # all GPUs, dispatch + combine, mean over layers and steps
+    a2a_bytes_per_layer: float  # all GPUs, dispatch + combine, mean over layers and steps
     busiest_pairs_per_layer: float  # mean over layers of the busiest GPU's token-expert pairs
     events: int
 
@@ -57,8 +58,10 @@ class ParallelSim:
     def __init__(self, pm: ParallelModel, par: Parallel, sample: bool = False, seed: int = 0):
         par.check(pm.gpus, pm.model)
         if sample and par.colocation is not None:
-            raise SpecMoEError("colocation: the sampled simulator draws experts independently; "
-                               "leave colocation unset (None) or use sample=False")
+            raise SpecMoEError(
+                "colocation: the sampled simulator draws experts independently; "
+                "leave colocation unset (None) or use sample=False"
+            )
         self.pm, self.par, self.sample = pm, par, sample
         self.rng = np.random.default_rng(seed)
         self.G, self.m = pm.gpus, pm.model
@@ -71,8 +74,10 @@ class ParallelSim:
     # ---- loads of one layer ------------------------------------------------------------------
     def _expected(self, batch, row, resident) -> Loads:
         loads = self.pm.loads(self.par, [batch], row, np.array([resident]))
-        idx = np.arange(self.G) % self.par.ep          # every EP group alike
-        return Loads(*(getattr(loads, f)[:, idx] for f in ("pairs", "distinct", "missing", "send", "recv")))
+        idx = np.arange(self.G) % self.par.ep  # every EP group alike
+        return Loads(
+            *(getattr(loads, f)[:, idx] for f in ("pairs", "distinct", "missing", "send", "recv"))
+        )
 
     def _sampled(self, batch, row, resident) -> Loads:
         m, par, G, rng = self.m, self.par, self.G, self.rng
@@ -82,14 +87,14 @@ class ParallelSim:
             self.samplers[key] = RoutingSampler(row[None, :], k, 0.0, T, rng)
         sampler = self.samplers[key]
         _, pats = sampler.sample(np.arange(T), 1)
-        experts = sampler.patterns[pats[0, :, 0]]                           # [T, k]
-        first = experts[:, 0]                                               # the predicted one
+        experts = sampler.patterns[pats[0, :, 0]]  # [T, k]
+        first = experts[:, 0]  # the predicted one
         gpu_of = place(row, ep, par.placement)
-        owner = np.arange(T) % G                                            # token owner GPU
+        owner = np.arange(T) % G  # token owner GPU
         group = owner // ep
         moved = rng.random(T) < par.q()
         owner = np.where(moved, group * ep + gpu_of[first], owner)
-        dest = group[:, None] * ep + gpu_of[experts]                        # [T, k] GPU of each pair
+        dest = group[:, None] * ep + gpu_of[experts]  # [T, k] GPU of each pair
         remote = dest != owner[:, None]
         pairs = np.bincount(dest.ravel(), minlength=G).astype(float)
         send = np.bincount(np.repeat(owner, k)[remote.ravel()], minlength=G).astype(float)
@@ -98,7 +103,7 @@ class ParallelSim:
         rank_on_gpu = np.zeros(E, dtype=int)
         for g in range(ep):
             mine = np.flatnonzero(gpu_of == g)
-            rank_on_gpu[mine] = np.arange(len(mine))                        # hottest first
+            rank_on_gpu[mine] = np.arange(len(mine))  # hottest first
         for grp in range(G // ep):
             sel = group == grp
             used = np.zeros((ep, E), dtype=bool)
@@ -138,27 +143,35 @@ class ParallelSim:
         send, recv = loads.send[0] * nbytes, loads.recv[0] * nbytes
 
         def compute_chain():
-            yield simpy.AllOf(env, [env.process(self._compute(g, attn_s + router_s)) for g in range(G)])
+            yield simpy.AllOf(
+                env, [env.process(self._compute(g, attn_s + router_s)) for g in range(G)]
+            )
             if not self.par.overlap:
                 yield from self._all_to_all(send, recv)
             yield simpy.AllOf(env, [env.process(self._compute(g, expert_s[g])) for g in range(G)])
 
         def comm_chain():
-            yield from self._all_to_all(send, recv)          # dispatch
-            yield from self._all_to_all(recv, send)          # combine
+            yield from self._all_to_all(send, recv)  # dispatch
+            yield from self._all_to_all(recv, send)  # combine
 
         if self.par.overlap:
             yield simpy.AllOf(env, [env.process(compute_chain()), env.process(comm_chain())])
         else:
             yield env.process(compute_chain())
-            yield from self._all_to_all(recv, send)          # combine
-        yield env.timeout(reduce_s + gather_s)               # TP all-reduce and all-gather
+            yield from self._all_to_all(recv, send)  # combine
+        yield env.timeout(reduce_s + gather_s)  # TP all-reduce and all-gather
 
     def _step(self, batch, resident, out):
         pm, m, par = self.pm, self.m, self.par
-        attn, reduce_s, gather_s = (float(np.ravel(x)[0]) for x in pm.nonmoe_layer_s(par, np.array([batch])))
+        attn, reduce_s, gather_s = (
+            float(np.ravel(x)[0]) for x in pm.nonmoe_layer_s(par, np.array([batch]))
+        )
         router = float(pm.costs.router_and_shared(batch / (self.G // par.tp)) / par.tp)
-        rows = pm.rows[np.repeat(np.arange(len(pm.rows)), np.round(pm.row_weights * m.num_moe_layers).astype(int))]
+        rows = pm.rows[
+            np.repeat(
+                np.arange(len(pm.rows)), np.round(pm.row_weights * m.num_moe_layers).astype(int)
+            )
+        ]
         for row in rows:
             loads = (self._sampled if self.sample else self._expected)(batch, row, resident)
             out["bytes"].append(2 * loads.send.sum() * m.hidden_size * m.dtype_bytes)
@@ -177,10 +190,21 @@ class ParallelSim:
         self.env.process(loop())
         self.env.run()
         it = self.env.now / steps
-        return ParallelSimResult(it, batch / it, float(np.mean(out["bytes"])),
-                                 float(np.mean(out["busiest"])), self.events)
+        return ParallelSimResult(
+            it,
+            batch / it,
+            float(np.mean(out["bytes"])),
+            float(np.mean(out["busiest"])),
+            self.events,
+        )
 
 
-def simulate_parallel(pm: ParallelModel, par: Parallel, batch: int, steps: int = 3,
-                      sample: bool = False, seed: int = 0) -> ParallelSimResult:
+def simulate_parallel(
+    pm: ParallelModel,
+    par: Parallel,
+    batch: int,
+    steps: int = 3,
+    sample: bool = False,
+    seed: int = 0,
+) -> ParallelSimResult:
     return ParallelSim(pm, par, sample, seed).run(batch, steps)
