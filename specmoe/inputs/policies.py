@@ -22,6 +22,8 @@ SPECULATIVE = ("specmoe", "spmoe", "moespec", "eagle")
 # Policies the analytic model covers; the simulator covers all of POLICIES.
 ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe")
 DRAFT_SETS = ("random", "hot", "hottemporal")
+# Policies that prefetch the next layer while this one runs: their staging is double-buffered.
+DOUBLE_BUFFERED = ("overlap", "fate")
 
 
 @dataclass(frozen=True)
