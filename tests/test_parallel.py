@@ -200,3 +200,14 @@ def test_multi_node_system_needs_a_network(tmp_path):
     )
     s = load_system(str(f))
     assert (s.gpus_per_node, s.network.bw_gbps, s.network.kind) == (8, 25.0, "network")
+
+
+def test_per_gpu_memory_by_hand():
+    m = load_model("deepseek-v2-lite")
+    pm = ParallelModel(m, two_gpus(), Workload(batch=8, prompt_len=512, output_len=256))
+    full, staged = pm.memory(Parallel(ep=2, tp=2), np.array([8.0]))
+    kv = 8 * (512 + 256 + 1) * m.kv_bytes_per_token / 2
+    work = 8 * (m.vocab_size * 4 / 2 + 8 * m.hidden_size * m.dtype_bytes)
+    base = m.resident_bytes / 2 + kv + work
+    assert full[0] == pytest.approx(base + m.num_moe_layers * 32 * m.expert_bytes)
+    assert staged[0] == pytest.approx(base + 32 * m.expert_bytes)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from specmoe.costs.comm import CommModel
+from specmoe.costs.memory import Memory
 from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.workload import Workload
@@ -134,6 +135,7 @@ class ParallelModel:
         self.workload = workload or Workload()
         self.costs = costs or CostModel(model, system)
         self.comm = comm or CommModel(system)
+        self.mem = Memory(model, system, self.workload)
         self.gpus = system.gpu_count
         probs = self.workload.routing.inclusion_probs(
             model.num_experts, model.top_k, model.num_moe_layers
@@ -217,24 +219,21 @@ class ParallelModel:
 
     # ---- memory ------------------------------------------------------------------------------
     def memory(self, par: Parallel, batch):
-        """Per-GPU bytes with all its experts resident, and the bytes besides experts."""
-        m, w = self.model, self.workload
-        dp = self.gpus // par.tp
-        kv = batch / dp * (w.prompt_len + w.output_len) * m.kv_bytes_per_token / par.tp
-        workspace = batch / dp * (m.vocab_size * 4 / par.tp + 8 * m.hidden_size * m.dtype_bytes)
-        base = m.resident_bytes / par.tp + kv + workspace
-        experts = m.num_moe_layers * math.ceil(m.num_experts / par.ep) * m.expert_bytes
-        return base + experts, base
+        """Per-GPU bytes with all its experts resident, and with none (one layer staged)."""
+        per_gpu = math.ceil(self.model.num_experts / par.ep)
+        b = np.asarray(batch, dtype=float) / (self.gpus // par.tp)
+        full = self.mem.bytes(b, 0.0, per_gpu, 0, tp=par.tp)
+        return full, self.mem.bytes(b, 0.0, 0, per_gpu, tp=par.tp)
 
     def resident(self, par: Parallel, batch):
-        """Experts per layer each GPU keeps (all of its share if they fit; else as many as fit
-        beside one free staging layer)."""
+        """Experts per layer each GPU keeps: all of its share if they fit, else as many as fit
+        beside one layer's staging slots (costs.memory's accounting, per GPU)."""
         m = self.model
         per_gpu = math.ceil(m.num_experts / par.ep)
-        total, base = self.memory(par, batch)
-        free = self.system.gpu.hbm_gb * 1e9 - base - per_gpu * m.expert_bytes
+        total, staged = self.memory(par, batch)
+        free = self.mem.capacity_bytes - staged
         slots = np.floor(np.maximum(free, 0) / (m.num_moe_layers * m.expert_bytes))
-        fits = total <= self.system.gpu.hbm_gb * 1e9
+        fits = total <= self.mem.capacity_bytes
         return np.where(fits, per_gpu, np.clip(slots, 0, per_gpu)).astype(int), fits, total, free
 
     # ---- the model -----------------------------------------------------------------------------
