@@ -31,7 +31,8 @@ class Memory:
         batch, gamma = np.asarray(batch, dtype=float), np.asarray(gamma, dtype=float)
         kv = batch * (w.prompt_len + w.output_len + gamma + 1) * m.kv_bytes_per_token / tp
         tokens = batch * (gamma + 1)
-        workspace = tokens * (m.vocab_size * 4 / tp + 8 * m.hidden_size * m.dtype_bytes)  # logits + acts
+        # fp32 logits (split tp ways) and activations
+        workspace = tokens * (m.vocab_size * 4 / tp + 8 * m.hidden_size * m.dtype_bytes)
         experts = (np.asarray(resident) * m.num_moe_layers + np.asarray(staging)) * m.expert_bytes
         return m.resident_bytes / tp + kv + workspace + experts
 
