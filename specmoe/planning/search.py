@@ -24,15 +24,15 @@ import numpy as np
 
 from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import ANALYTIC, Policy, make_policy
+from specmoe.inputs.policies import ANALYTIC, PARAMS, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.inputs.workload import Workload, tau
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.prediction import summarize
 from specmoe.predictors.rounds import expected_rounds
 
-POLICY_PARAMS = ("draft_set", "substitution", "spec_min_batch", "cache_fraction", "prefetch_hit_rate",
-                 "prefetch_precision", "expert_budget", "cutoff_layer", "draft_model_ratio")
+# Registry parameters the planner passes through unchanged (it searches γ and N itself).
+POLICY_PARAMS = tuple(k for k in PARAMS if k not in ("gamma", "draft_experts"))
 BEST_KEYS = ("policy", "gamma", "draft_experts", "tokens_per_s", "tpot_ms", "h2d_bytes_per_token",
              "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration")
 SIM_MODES = ("auto", "sim", "analytic")
