@@ -14,6 +14,7 @@ CPU only, a few seconds. All link costs are UNCALIBRATED datasheet bandwidths + 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -168,6 +169,7 @@ def main() -> int:
     ]
     slow = CommParams(intra_eff=0.25, net_eff=0.25, intra_latency_us=50.0, net_latency_us=50.0)
     headline(lines, m, q, c, comm_params=slow, batches=(256,))
+    lines += _measured_section()
     lines += [
         "## Simulator check",
         "",
@@ -181,6 +183,47 @@ def main() -> int:
     print(text)
     _write(OUT, text + _discussion())
     return 0
+
+
+def _measured_section() -> list[str]:
+    """q and c measured on the tiny MoE (experiments/measure_shuffle_accuracy.py), if present."""
+    path = Path(__file__).parent / "data" / "cpu" / "shuffle_tiny.json"
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    out = [
+        "## Prediction accuracy measured on the tiny MoE",
+        "",
+        f"From `{path.relative_to(Path(__file__).parent.parent)}` (written by "
+        "`experiments/measure_shuffle_accuracy.py`, CPU): the paper's two predictors (token id "
+        "-> top-1 expert; previous layer's top-1 -> this layer's top-1; the more confident "
+        f"wins) fitted on {doc['fit_windows']} held-out windows, scored on "
+        f"{doc['test_windows']} others ({doc['tokens_scored_per_layer']:,} tokens per layer), "
+        f"E={doc['num_experts']}, top-{doc['top_k']}, layers 1-{doc['layers'] - 1}. The last "
+        "two columns check the analytic model's locality formula against the measured share.",
+        "",
+        "| ep | placement | q | c | local share measured | formula | baseline 1/ep |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, r in doc["summary"].items():
+        ep, name = key.split("-")
+        out.append(
+            f"| {ep[2:]} | {name} | {r['q']:.3f} | {r['c']:.3f} | {r['local_measured']:.3f} "
+            f"| {r['local_formula']:.3f} | {1 / int(ep[2:]):.3f} |"
+        )
+    out += [
+        "",
+        "The formula (mispredicted tokens treated as placed at random) is within 0.01-0.03 of the "
+        "measured local share. For ep=2 the co-activation-maximising split found on the fit half "
+        "scores the same q and c as round-robin on the test half (probably the same split; the "
+        "split is not recorded).",
+        "",
+        "Eight experts make prediction easy (q 0.77-0.85); the paper's models have 64-128 "
+        "experts, where the same predictors are expected to do worse, so the headline tables "
+        "use q = 0.6 as an assumption, not this measurement.",
+        "",
+    ]
+    return out
 
 
 def _discussion() -> str:
@@ -241,7 +284,8 @@ latency on an 8-GPU server, and the local activation rate rising from about 25% 
 ## Not done
 
 - The all-to-all cost is uncalibrated (datasheet bandwidth, assumed latencies).
-- The prediction accuracy q was not measured on the shipped tiny model's routing.
+- q and c were measured only on the tiny MoE (8 experts, top-2; section above), not on the
+  paper's models; the headline tables assume q = 0.6, c = 0.5.
 - No Ray notebook for a multi-node sweep (time); `plan_parallel` evaluates every degree pair in
   milliseconds, so a Ray sweep would only map it over models x systems x batches.
 - Speculative decoding (γ, draft experts) is not combined with the multi-GPU model: one decode
