@@ -277,6 +277,11 @@ latency on an 8-GPU server, and the local activation rate rising from about 25% 
   q = 0.9 gains 1-4%. Grouping (raising c) is what makes shuffling pay. Grouping alone does
   nothing in the model because tokens are owned at random; the paper's request-level scheduling
   in attention-DP, which would give grouping an effect of its own, is not modelled.
+- **When the planner may choose the degrees** (`plan_parallel`, and the Ray notebook), on two
+  nodes it keeps EP inside a node (ep = 8, experts replicated per node) wherever memory allows
+  at large batches, and the shuffling gain shrinks to a few percent: avoiding the slow link
+  beats trimming its bytes. Speculative MoE's larger gains apply when EP must span the slow
+  link (experts too large for one node, or a baseline that fixes EP to all GPUs, as here).
 - Shuffled tokens could unbalance attention across GPUs; the paper's balanced co-clustering
   avoids it and the model assumes balance. Load imbalance of the experts under skewed routing is
   modelled (busiest GPU, expected loads; the sampled simulator adds the variance).
@@ -286,8 +291,8 @@ latency on an 8-GPU server, and the local activation rate rising from about 25% 
 - The all-to-all cost is uncalibrated (datasheet bandwidth, assumed latencies).
 - q and c were measured only on the tiny MoE (8 experts, top-2; section above), not on the
   paper's models; the headline tables assume q = 0.6, c = 0.5.
-- No Ray notebook for a multi-node sweep (time); `plan_parallel` evaluates every degree pair in
-  milliseconds, so a Ray sweep would only map it over models x systems x batches.
+- The Ray sweep (`experiments/multigpu_ray.ipynb`, 24 plans over models x systems x batches)
+  was executed once by hand on the CPU (local Ray, 2 CPUs, about 20 s); no test executes it.
 - Speculative decoding (γ, draft experts) is not combined with the multi-GPU model: one decode
   token per sequence per step.
 """
