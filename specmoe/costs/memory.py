@@ -22,16 +22,21 @@ class Memory:
         self.model, self.workload = model, workload
         self.capacity_bytes = system.gpu.hbm_gb * 1e9
 
-    def bytes(self, batch, gamma, resident, staging, lru=0):
+    def bytes(self, batch, gamma, resident, staging, lru=0, tp=1):
         """Bytes at batch B, draft length γ, `resident` experts per MoE layer, `staging` slots and
-        `lru` slots shared by all layers."""
+        `lru` slots shared by all layers.
+
+        tp > 1: one GPU of a tensor-parallel group (non-expert weights, KV heads and the logits
+        split tp ways); `batch` is then the sequences of its data-parallel group and `resident`
+        its own experts (expert parallelism)."""
         m, w = self.model, self.workload
         batch, gamma = np.asarray(batch, dtype=float), np.asarray(gamma, dtype=float)
-        kv = batch * (w.prompt_len + w.output_len + gamma + 1) * m.kv_bytes_per_token
+        kv = batch * (w.prompt_len + w.output_len + gamma + 1) * m.kv_bytes_per_token / tp
         tokens = batch * (gamma + 1)
-        workspace = tokens * (m.vocab_size * 4 + 8 * m.hidden_size * m.dtype_bytes)  # fp32 logits + acts
+        # fp32 logits (split tp ways) and activations
+        workspace = tokens * (m.vocab_size * 4 / tp + 8 * m.hidden_size * m.dtype_bytes)
         experts = (np.asarray(resident) * m.num_moe_layers + np.asarray(staging) + lru) * m.expert_bytes
-        return m.resident_bytes + kv + workspace + experts
+        return m.resident_bytes / tp + kv + workspace + experts
 
     def staging(self, missing_per_layer, resident, policy_name: str):
         """Slots for one layer's fetched experts: ⌈expected missing⌉, ×2 when double-buffered."""
