@@ -36,6 +36,17 @@ GPU_PARAMS = ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "attn_eff", "ke
 CARRY_OVER_SPREAD = 0.25
 # A calibrated profile whose fit did not record a spread: stated assumption, not a measurement.
 CALIBRATED_SPREAD = 0.10
+# A calibration's hold-out error per op class (calibration.holdout.mape, written by
+# specmoe.fit.calibrate) sets the spread of the parameters that class's time depends on; the
+# `iteration` stage's error is the end-to-end model error. MAPE ≈ 0.8σ for a normal error.
+HOLDOUT_CLASSES = {
+    "expert": ("gemm_compute_eff", "gemm_half_tokens", "expert_overhead_us", "hbm_eff"),
+    "attn": ("attn_eff", "kernel_overhead_us"),
+    "attn_scores": ("attn_eff",),
+    "h2d": ("link_eff", "transfer_setup_us", "pageable_eff"),
+    "iteration": ("layer_overhead_us", "model_error"),
+}
+MAPE_TO_SIGMA = 1.25
 BACKEND_ORDER = ("vllm", "sglang", "trtllm")
 # Architecture families for carrying a calibrated profile over to a GPU without one.
 ARCHITECTURES = {
@@ -103,16 +114,36 @@ def _architecture(gpu_name: str) -> str | None:
 _MODEL_ERRORS: dict[Path, tuple[float, str]] = {}
 
 
+def holdout_spreads(calibration: dict | None, where: str) -> dict[str, tuple[float, str]]:
+    """{param or 'model_error': (spread, source)} from a calibration's per-op-class hold-out MAPE."""
+    mape = ((calibration or {}).get("holdout") or {}).get("mape") or {}
+    out: dict[str, tuple[float, str]] = {}
+    for cls, params in HOLDOUT_CLASSES.items():
+        m = (mape.get(cls) or {}).get("mape")
+        if not isinstance(m, (int, float)):
+            continue
+        for p in params:
+            spread = MAPE_TO_SIGMA * float(m)
+            if spread > out.get(p, (0.0, ""))[0]:
+                out[p] = (spread, f"{where}: {MAPE_TO_SIGMA} x the {cls} op class hold-out MAPE "
+                                  f"{100 * m:.1f}% (calibration.holdout)")
+    return out
+
+
 def _fitted_gpu_part(path: Path) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
     """GPU parameters of a calibrated profile: values, spreads (its priors, else the default)."""
     data = yaml.safe_load(path.read_text())
     eff = {k: float(v) for k, v in (data.get("efficiency") or {}).items() if k in GPU_PARAMS and v is not None}
     priors = data.get("efficiency_prior") or {}
+    held = holdout_spreads(data.get("calibration"), f"calibrated: {path.name}")
     if MODEL_ERROR in priors:
         eff_err = Prior.model_validate(priors[MODEL_ERROR])
         _MODEL_ERRORS[path] = (eff_err.spread, f"calibrated: {path.name}: {eff_err.source}")
-    spreads = {k: float((priors.get(k) or {}).get("spread", CALIBRATED_SPREAD)) for k in eff}
-    return eff, spreads, {k: f"calibrated: {path.name}" for k in eff}
+    elif MODEL_ERROR in held:
+        _MODEL_ERRORS[path] = held[MODEL_ERROR]
+    spreads = {k: float((priors.get(k) or {}).get("spread", held.get(k, (CALIBRATED_SPREAD,))[0]))
+               for k in eff}
+    return eff, spreads, {k: held.get(k, (0, f"calibrated: {path.name}"))[1] for k in eff}
 
 
 MODEL_ERROR = "model_error"
@@ -169,16 +200,20 @@ def evidence_for(system: System) -> Evidence:
     _apply(ev, system.host.efficiency_prior, f"host {system.host.name}")
     _apply(ev, system.link.efficiency_prior, f"link {system.link.name}")
     _apply(ev, system.efficiency_prior, f"system {system.name}")
+    held = holdout_spreads(system.calibration, f"calibrated: {system.name}")
+    if MODEL_ERROR in held and not (system.efficiency_prior or {}).get(MODEL_ERROR):
+        ev["model_error"], ev["model_error_source"] = held[MODEL_ERROR]
     for k, v in fitted.items():
         ev["values"][k] = float(v)
         own = (system.efficiency_prior or {}).get(k)
-        default = CALIBRATED_SPREAD if system.calibration is not None else 0.0
-        ev["spreads"][k] = own.spread if own is not None else default
-        if system.calibration is not None:
-            ev["sources"][k] = f"calibrated: {system.name}"
-            ev["calibrated"] = True
+        if own is not None:
+            ev["spreads"][k] = own.spread
+        elif system.calibration is not None:
+            ev["spreads"][k], ev["sources"][k] = held.get(k, (CALIBRATED_SPREAD, f"calibrated: {system.name}"))
         else:
-            ev["sources"][k] = f"efficiency block of {system.name}"
+            ev["spreads"][k], ev["sources"][k] = 0.0, f"efficiency block of {system.name}"
+        if system.calibration is not None:
+            ev["calibrated"] = True
     for k, v in ev["values"].items():
         if v < 0:
             raise SpecMoEError(f"hardware {system.name}: {k}={v} must be >= 0 ({ev['sources'][k]})")
