@@ -59,6 +59,7 @@ from scipy.optimize import least_squares
 
 from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
+from specmoe.fileio import atomic_write_text
 from specmoe.fit.validate import predict_run
 from specmoe.inputs.hardware import System, load_system
 from specmoe.inputs.models import from_hf_config
@@ -768,5 +769,5 @@ def write_html(calib: Calibration, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     html = fig.to_html(include_plotlyjs="cdn", full_html=True)
     table = "<pre>" + markdown_tables(calib).replace("<", "&lt;") + "</pre>"
-    path.write_text(html.replace("</body>", table + "</body>"))
+    atomic_write_text(path, html.replace("</body>", table + "</body>"))
     return path

@@ -1,7 +1,7 @@
 """The one policy vocabulary: names and parameters shared by analytic model, simulator, engine and CLI."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from specmoe.errors import SpecMoEError, suggest
@@ -73,11 +73,27 @@ class Policy:
         return replace(self, **changes)
 
 
+def policy_parameters() -> tuple[str, ...]:
+    """Names of the parameters a Policy takes (besides its name)."""
+    return tuple(f.name for f in fields(Policy) if f.name != "name")
+
+
+def check_parameter_names(given, allowed, where: str) -> None:
+    """SpecMoEError naming the first unknown keyword and the closest allowed one."""
+    for key in given:
+        if key not in allowed:
+            raise SpecMoEError(f"{where}: unknown argument {key!r}{suggest(key, allowed)}; "
+                               f"allowed: {', '.join(allowed)}")
+
+
 def make_policy(name: str, **params: Any) -> Policy:
     """Validated Policy; unknown names and out-of-range parameters raise SpecMoEError."""
+    if not isinstance(name, str):
+        raise SpecMoEError(f"policy={name!r}: give a policy name ({', '.join(POLICIES)})")
     key = name.strip().lower()
     if key not in POLICIES:
         raise SpecMoEError(f"policy={name!r} is unknown; allowed: {', '.join(POLICIES)}{suggest(key, POLICIES)}")
+    check_parameter_names(params, policy_parameters(), f"policy {key}")
     p = Policy(name=key, **{k: v for k, v in params.items() if v is not None})
     validate_policy(p)
     return p

@@ -7,7 +7,14 @@ from typing import Any
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import System, load_system
 from specmoe.inputs.models import ModelSpec, load_model
-from specmoe.inputs.policies import SPECULATIVE, Policy, make_policy, validate_policy
+from specmoe.inputs.policies import (
+    SPECULATIVE,
+    Policy,
+    check_parameter_names,
+    make_policy,
+    policy_parameters,
+    validate_policy,
+)
 from specmoe.inputs.workload import Acceptance, Routing, Workload, parse_acceptance, parse_routing
 
 
@@ -34,7 +41,12 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
             draft_experts: int | None = None, acceptance: str | float | Acceptance | None = None,
             routing: str | Routing | None = None, prompt_len: int = 512, output_len: int = 256,
             **policy_params: Any) -> Setup:
-    """Turn names and numbers into validated objects; every error names the field."""
+    """Turn names and numbers into validated objects; every error names the field.
+
+    policy_params: further Policy parameters (draft_set, cache_fraction, prefetch_hit_rate, ...);
+    an unknown name raises SpecMoEError naming it and the closest known argument.
+    """
+    check_parameter_names(policy_params, resolve_arguments(), "resolve")
     spec = model if isinstance(model, ModelSpec) else load_model(model)
     system = hardware if isinstance(hardware, System) else load_system(hardware)
     if isinstance(policy, Policy):
@@ -53,3 +65,11 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
     rout = routing if isinstance(routing, Routing) else parse_routing(routing)
     wl = Workload(batch=batch, prompt_len=prompt_len, output_len=output_len, routing=rout, acceptance=acc)
     return Setup(spec, system, wl, pol)
+
+
+def resolve_arguments() -> tuple[str, ...]:
+    """Every keyword `resolve` (and so `specmoe.predict`) accepts."""
+    named = ("model", "hardware", "policy", "batch", "gamma", "draft_experts", "acceptance", "routing",
+             "prompt_len", "output_len")
+    return named + tuple(k for k in policy_parameters() if k not in named)
+

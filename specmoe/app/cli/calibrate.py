@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+from specmoe.app.cli.flags import output_path
 from specmoe.errors import SpecMoEError
+from specmoe.fileio import atomic_write_text
 from specmoe.fit.calibrate import (
     FitOptions,
     calibrate,
@@ -59,7 +60,8 @@ def _parse_fix(text: str) -> tuple[str, float | None]:
 
 
 def cmd_calibrate(args) -> int:
-    out = Path(args.out)
+    out = output_path(args.out, "--out", (".yaml", ".yml"))
+    output_path(args.html, "--html", (".html", ".htm"))
     name = args.name or out.stem
     if args.transfer_from:
         system = transfer(args.transfer_from, args.hardware, name)
@@ -99,10 +101,11 @@ def add_validate(sub) -> None:
 def cmd_validate(args) -> int:
     if not 0.0 <= args.quantile <= 1.0:
         raise SpecMoEError(f"--quantile={args.quantile}: allowed [0, 1]")
+    output_path(args.markdown, "--markdown")
     result = validate(args.traces, args.hardware, args.predictor, quantile=args.quantile)
     table = markdown_table(result)
     if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+        atomic_write_text(args.markdown, table + "\n")
     if args.json:
         print(json.dumps(result, indent=2, default=float))
     else:

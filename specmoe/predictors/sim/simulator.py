@@ -37,7 +37,12 @@ from specmoe.inputs.setup import resolve
 from specmoe.measure.trace import Header
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.sim.entities import DEMAND, PREFETCH, CopyEngine, Cpu, Meter, Recorder, Ssd
-from specmoe.predictors.sim.policies import POLICY_CLASSES, PassPlan, alpha_of, expected_distinct_mean
+from specmoe.predictors.sim.policies import (
+    POLICY_CLASSES,
+    PassPlan,
+    alpha_of,
+    expected_distinct_mean,
+)
 from specmoe.predictors.sim.result import SimResult, percentiles
 from specmoe.predictors.sim.routing import RoutingSampler, sample_accepted
 
