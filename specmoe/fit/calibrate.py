@@ -713,6 +713,28 @@ def params_table(calib: Calibration) -> list[dict[str, Any]]:
              "degenerate": v["degenerate"]} for n, v in p.items()]
 
 
+LARGE_HOLDOUT_PCT = 25.0   # hold-out MAPE above this: the fitted op times are not to be trusted
+
+
+def fit_warnings(calib: Calibration, large_pct: float = LARGE_HOLDOUT_PCT) -> list[str]:
+    """Plain warnings: parameters stuck at a bound of their range, and ops whose hold-out error is
+    large. Either means the traces did not determine the profile; its numbers are not measurements."""
+    out = []
+    params = calib.system.calibration["parameters"]
+    for name, v in params.items():
+        if v["at_bound"] and not v["degenerate"]:
+            lo, hi = v.get("bounds", (None, None))
+            side = "upper" if hi is not None and abs(v["value"] - hi) <= abs(v["value"] - (lo or 0)) else "lower"
+            out.append(f"{name} = {v['value']:.4g} sits at the {side} bound of its range {lo}..{hi}: "
+                       "the traces do not pin it down (fit traces of one kind, e.g. the GEMM and expert "
+                       "microbenchmarks of one run, or --fix it)")
+    for r in holdout_table(calib):
+        if r["holdout_mape_pct"] > large_pct:
+            out.append(f"{r['op']}: hold-out error {r['holdout_mape_pct']:.0f}% (over {large_pct:.0f}%): "
+                       "predictions of this op are not reliable")
+    return out
+
+
 def markdown_tables(calib: Calibration) -> str:
     lines = ["| op | points | hold-out MAPE % | hold-out max % | repeat noise (IQR/median) % |",
              "|---|---:|---:|---:|---:|"]
@@ -768,6 +790,7 @@ def write_html(calib: Calibration, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     html = fig.to_html(include_plotlyjs="cdn", full_html=True)
-    table = "<pre>" + markdown_tables(calib).replace("<", "&lt;") + "</pre>"
+    warn = "".join(f"<p style='color:#a00'>warning: {w.replace('<', '&lt;')}</p>" for w in fit_warnings(calib))
+    table = warn + "<pre>" + markdown_tables(calib).replace("<", "&lt;") + "</pre>"
     atomic_write_text(path, html.replace("</body>", table + "</body>"))
     return path

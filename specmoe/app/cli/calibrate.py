@@ -10,6 +10,7 @@ from specmoe.fileio import atomic_write_text
 from specmoe.fit.calibrate import (
     FitOptions,
     calibrate,
+    fit_warnings,
     holdout_table,
     markdown_tables,
     params_table,
@@ -44,7 +45,7 @@ def add_calibrate(sub) -> None:
     p.add_argument("--html", default=None, help="write an HTML report with parity plots here")
     p.add_argument("--transfer-from", default=None,
                    help="no fit: the --hardware target with this calibrated profile's efficiencies")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=cmd_calibrate)
     add_validate(sub)
 
@@ -76,12 +77,17 @@ def cmd_calibrate(args) -> int:
     save_system(calib.system, out)
     if args.html:
         write_html(calib, args.html)
+    warnings = fit_warnings(calib)
     if args.json:
-        print(json.dumps({"profile": str(out), "holdout": holdout_table(calib),
-                          "parameters": params_table(calib), "fixed": calib.fixed}, indent=2, default=float))
+        print(json.dumps({"profile": str(out), "holdout": holdout_table(calib), "parameters": params_table(calib),
+                          "fixed": calib.fixed, "warnings": warnings}, indent=2, default=float))
     else:
         print(f"wrote {out}" + (f" and {args.html}" if args.html else ""))
         print(markdown_tables(calib))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if warnings:
+        print("warning: see README, 'Which traces to calibrate with'", file=sys.stderr)
     return 0
 
 
@@ -94,7 +100,7 @@ def add_validate(sub) -> None:
     p.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     p.add_argument("--quantile", type=float, default=0.5,
                    help="quantile of each configuration's repeats (decode time) compared")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=cmd_validate)
 
 

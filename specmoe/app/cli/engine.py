@@ -372,7 +372,8 @@ def print_bench_table(results: Path, runs: list[dict]) -> None:
         t.add_row(r["policy"], str(r["batch"]), str(r["gamma"]), str(r["draft_experts"]),
                   f"{row['tokens_per_s']:,.1f}", f"{h2d / 1e9:,.3f}", f"{row.get('experts_fetched', 0):,}",
                   f"{row['tokens_per_verify']:.2f}" if row.get("speculative") else "-")
-    Console().print(t)
+    console = Console()
+    Console(width=max(console.width, 112)).print(t)   # headers stay on one line when piped
 
 
 def cmd_microbench(args) -> int:
