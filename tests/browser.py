@@ -72,7 +72,7 @@ def check_page(page: str | Path) -> dict:
         copy = Path(d) / "page.html"
         copy.write_text(probed, encoding="utf-8")
         proc = _run(["--virtual-time-budget=20000", "--dump-dom", copy.as_uri()])
-    m = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.S)
+    m = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.DOTALL)
     if m is None:
         return {"errors": [f"probe did not report (chromium exit {proc.returncode}): {proc.stderr[-500:]}"],
                 "figures": []}

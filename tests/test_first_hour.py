@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -226,17 +227,13 @@ def command_lines(draw):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=command_lines())
-def test_random_command_lines_never_raise(tmp_path, blocker, argv):
+def test_random_command_lines_never_raise(tmp_path, blocker, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)        # relative output paths land here, not in the repository
     argv = [a.format(missing=tmp_path / "missing.json", blocked=blocker / "x" / "y.html", tmp=tmp_path)
             for a in argv]
-    devnull = open(os.devnull, "w")
-    out, err = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = devnull
-    try:
-        code = cli_main.main(argv)
-    except SystemExit as exc:     # argparse: usage error (2) or --help (0)
-        code = exc.code
-    finally:
-        sys.stdout, sys.stderr = out, err
-        devnull.close()
+    with open(os.devnull, "w") as devnull, redirect_stdout(devnull), redirect_stderr(devnull):
+        try:
+            code = cli_main.main(argv)
+        except SystemExit as exc:     # argparse: usage error (2) or --help (0)
+            code = exc.code
     assert code in (0, 1, 2), (argv, code)

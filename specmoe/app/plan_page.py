@@ -127,7 +127,9 @@ def plan_figure(plan: dict[str, Any], max_lines: int = 8):
         x=[b["gamma"]], y=[b["tokens_per_s"]], mode="markers+text", name="recommended",
         marker={"symbol": "star", "size": 18, "color": "gold", "line": {"color": "black", "width": 1}},
         text=[f"best: {b['policy']}" + (f" γ={b['gamma']} N={b['draft_experts']}" if b["gamma"] else "")],
-        textposition="top right", hovertemplate="recommended: %{y:,.1f} tokens/s<extra></extra>"))
+        # the label sits on the side with room: left of a star at the right end of the axis
+        textposition="top left" if b["gamma"] >= (lo + hi) / 2 else "top right",
+        hovertemplate="recommended: %{y:,.1f} tokens/s<extra></extra>"))
     ys = [c["tokens_per_s"] for c in spec] + [c["tokens_per_s"] for _, c in others]
     log_y = bool(ys) and min(ys) > 0 and max(ys) / min(ys) > 8
     fig.update_layout(
