@@ -67,3 +67,12 @@ def test_a_broken_page_is_caught(tmp_path):
     result = browser.check_page(page)
     assert any("undefinedFunction" in e for e in result["errors"])
     assert result["figures"] and result["figures"][0]["drawn"] == 0
+
+
+def test_png_export_through_kaleido(tmp_path):
+    pytest.importorskip("kaleido", reason="kaleido not installed (pip install 'specmoe[png]')")
+    fig = report.throughput_vs_batch(run_sweep(GRID, backend="serial", progress=False), "mixtral-8x7b", "h100-pcie")
+    paths, note = report.export_png({"throughput": fig}, tmp_path / "png")
+    assert note == "" and len(paths) == 1
+    data = Path(paths[0]).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
