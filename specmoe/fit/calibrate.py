@@ -51,6 +51,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -763,8 +764,34 @@ def markdown_tables(calib: Calibration) -> str:
     return "\n".join(lines)
 
 
-def write_html(calib: Calibration, path: str | Path) -> Path:
-    """Parity plots (hold-out predicted vs measured, log-log) per stage, plus the tables."""
+def markdown_html(text: str) -> str:
+    """The Markdown of `markdown_tables` as HTML: pipe tables become tables, other lines paragraphs."""
+    out, rows = [], []
+
+    def flush():
+        if rows:
+            head, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+            out.append("<table><tr>" + "".join(f"<th>{html_escape(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{html_escape(c)}</td>" for c in r) + "</tr>"
+                                 for r in body) + "</table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{html_escape(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def write_html(calib: Calibration, path: str | Path, plotlyjs: str | bool = "cdn") -> Path:
+    """Parity plots (hold-out predicted vs measured, log-log) per stage, plus the tables.
+
+    plotlyjs: "cdn" links plotly.js (small files for committed reports; needs a network to view),
+    True embeds it (opens offline; what `specmoe calibrate --html` writes)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -785,12 +812,22 @@ def write_html(calib: Calibration, path: str | Path) -> Path:
         fig.update_xaxes(type="log", title="measured (µs)", row=1, col=col)
         fig.update_yaxes(type="log", title="predicted (µs)", row=1, col=col)
     dev = calib.system.calibration["device"].get("name")
-    fig.update_layout(title=f"specmoe calibration {calib.system.name} on {dev}: hold-out parity (±5% dotted)",
-                      height=520, width=560 * len(stages))
+    fig.update_layout(title=f"Calibration {calib.system.name} on {dev}<br><sup>hold-out: predicted against "
+                            "measured time per op configuration; solid = equal, dotted = ±5%</sup>",
+                      height=560, width=max(900, 560 * len(stages)), template="plotly_white")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    html = fig.to_html(include_plotlyjs="cdn", full_html=True)
-    warn = "".join(f"<p style='color:#a00'>warning: {w.replace('<', '&lt;')}</p>" for w in fit_warnings(calib))
-    table = warn + "<pre>" + markdown_tables(calib).replace("<", "&lt;") + "</pre>"
-    atomic_write_text(path, html.replace("</body>", table + "</body>"))
+    esc = html_escape
+    intro = ("<p>Each dot is one op configuration, left out of the fit and predicted by the parameters "
+             "fitted to the others (k-fold hold-out). Dots on the diagonal are predicted exactly; the "
+             "tables give the error per op and each fitted parameter with its uncertainty.</p>")
+    warn = "".join(f"<p style='color:#a00'>warning: {esc(w)}</p>" for w in fit_warnings(calib))
+    page = fig.to_html(include_plotlyjs=plotlyjs, full_html=True)
+    style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.45}"
+             "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:2px 8px}</style>")
+    page = page.replace("<head>", "<head><meta charset='utf-8'>" + style, 1)
+    page = page.replace("<body>", "<body><h1>" + esc(f"specmoe calibration: {calib.system.name}") + "</h1>"
+                        + intro + warn, 1)
+    table = markdown_html(markdown_tables(calib))
+    atomic_write_text(path, page.replace("</body>", table + "</body>"))
     return path

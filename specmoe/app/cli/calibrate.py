@@ -76,7 +76,7 @@ def cmd_calibrate(args) -> int:
     calib = calibrate(args.traces, args.hardware, name=name, opts=opts, command=command)
     save_system(calib.system, out)
     if args.html:
-        write_html(calib, args.html)
+        write_html(calib, args.html, plotlyjs=True)     # opens offline, as `report` does
     warnings = fit_warnings(calib)
     if args.json:
         print(json.dumps({"profile": str(out), "holdout": holdout_table(calib), "parameters": params_table(calib),
