@@ -183,7 +183,9 @@ def plan_html(plan: dict[str, Any], plotlyjs: str | bool = True) -> str:
              "<h2>What the numbers rest on</h2><ul>" + "".join(f"<li>{esc(x)}</li>" for x in basis if x) + "</ul>",
              "<h2>Throughput against draft length</h2>",
              ("<p>Each line is specmoe with N draft experts resident per layer; the other policies do not "
-             "speculate and appear as flat lines. The star marks the recommendation. Hover for values.</p>"),
+             "speculate and appear as flat lines. The star marks the recommendation. At γ = 0 nothing is "
+             "drafted, but the N draft experts still sit on the GPU and serve as resident experts, so the "
+             "γ = 0 value rises with N. Hover for values.</p>"),
              "<figure>" + plan_figure(plan).to_html(full_html=False, include_plotlyjs=plotlyjs) + "</figure>",
              _policy_table(plan)]
     title = f"specmoe plan: {plan['model']} on {plan['hardware']}"
