@@ -118,8 +118,8 @@ def test_a_closed_pipe_is_not_a_traceback():
 def test_api_unknown_argument_names_it_and_the_closest(monkeypatch):
     with pytest.raises(SpecMoEError, match=r"unknown argument 'gama' \(did you mean: gamma"):
         specmoe.predict(gama=5)
-    with pytest.raises(SpecMoEError, match=r"'cache_fractoin' \(did you mean: cache_fraction"):
-        specmoe.plan(cache_fractoin=0.5, confirm="analytic", gammas=range(2))
+    with pytest.raises(SpecMoEError, match=r"'resident_expert' \(did you mean: resident_experts"):
+        specmoe.plan(resident_expert=2, confirm="analytic", gammas=range(2))
     assert specmoe.predict(batch=8, draft_set="hot")["tokens_per_s"] > 0   # known names still pass
 
 
@@ -195,7 +195,8 @@ PATHS = st.sampled_from(["{blocked}", "{tmp}/out.html", "{tmp}/new/out.json", "{
 OUTPUT_FLAGS = {"--html", "--trace", "--chrome"}
 PREDICT_FLAGS = ["--model", "--hardware", "--host", "--link", "--batch", "--prompt-len", "--output-len",
                  "--acceptance", "--routing", "--policy", "--gamma", "--draft-experts", "--draft-set",
-                 "--cache-fraction", "--prefetch-precision", "--prefetch-hit-rate", "--spec-min-batch"]
+                 "--resident-experts", "--lru-slots", "--prefetch-precision", "--prefetch-hit-rate",
+                 "--spec-min-batch"]
 PLAN_FLAGS = PREDICT_FLAGS[:9] + ["--policies", "--html"]
 COMMANDS = {
     "predict": (["predict", "--json"], PREDICT_FLAGS),

@@ -42,7 +42,8 @@ def predict(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
     acceptance: α in [0, 1), "paper" (SpecMoE's published τ(γ, N); the default) or "measured:NAME".
     routing: "uniform" (default), "zipf:S" or "measured:NAME".
     policy_params: further Policy parameters: draft_set, substitution, spec_min_batch,
-        cache_fraction, prefetch_hit_rate, prefetch_precision (see specmoe.inputs.policies.Policy).
+        resident_experts, lru_slots, prefetch_hit_rate, prefetch_precision (see
+        specmoe.inputs.policies.Policy).
 
     Returns the prediction dict: tokens_per_s, tpot_ms, ttft_ms, iteration_ms, breakdown (seconds
     per iteration by part), h2d_bytes_per_token, gpu_memory_gb, fits (and reason when it does not),

@@ -19,6 +19,7 @@ from specmoe.app.cli.flags import (
     output_path,
     print_json,
 )
+from specmoe.app.cli.parallel import add_plan_parallel
 from specmoe.app.cli.report import add_report
 from specmoe.app.cli.simulate import add_simulate
 from specmoe.app.cli.sweep import add_sweep
@@ -138,7 +139,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="(list) print the names as JSON")
     p.set_defaults(func=cmd_models)
 
-    for adder in (add_simulate, add_calibrate, add_sweep, add_report):
+    for adder in (add_simulate, add_calibrate, add_sweep, add_report, add_plan_parallel):
         adder(sub)
     # The engine imports torch (seconds): load it only when asked for.
     if argv and argv[0] == "engine":
