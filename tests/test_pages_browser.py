@@ -38,7 +38,10 @@ def pages(tmp_path_factory):
                         events)
     table = run_sweep(GRID, backend="serial", progress=False)
     report.write_report(table, d / "report.html", trace=trace, title="specmoe report: test")
-    from test_calibrate import _events, _write       # synthetic microbenchmark traces of known parameters
+    from test_calibrate import (  # synthetic microbenchmark traces of known parameters
+        _events,
+        _write,
+    )
 
     micro = _write(d / "micro.jsonl.gz", _events(), noise=0.01)
     assert main(["calibrate", str(micro), "--hardware", "h100-pcie", "-o", str(d / "cal.yaml"),
