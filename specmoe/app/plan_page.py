@@ -138,8 +138,8 @@ def plan_figure(plan: dict[str, Any], max_lines: int = 8):
         yaxis_title="tokens/s" + (" (log scale)" if log_y else ""), template="plotly_white",
         legend={"title": {"text": "configuration"}}, height=560)
     if log_y:
-        fig.update_yaxes(type="log")
-    fig.update_xaxes(dtick=1 if hi - lo <= 16 else None)
+        fig.update_yaxes(type="log", dtick="D2")   # labels at 1, 2, 5 of each decade, not every digit
+    fig.update_xaxes(dtick=1 if hi - lo <= 16 else None, range=[lo - 0.5, hi + 0.5])   # no γ = -1 tick
     return fig
 
 
