@@ -36,12 +36,19 @@ from specmoe.inputs.policies import validate_policy
 from specmoe.inputs.setup import resolve
 from specmoe.measure.trace import Header
 from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.capacity import offered_load, requests_per_s
 from specmoe.predictors.sim.entities import DEMAND, PREFETCH, CopyEngine, Cpu, Meter, Recorder, Ssd
-from specmoe.predictors.sim.policies import POLICY_CLASSES, PassPlan, alpha_of, expected_distinct_mean
+from specmoe.predictors.sim.policies import (
+    POLICY_CLASSES,
+    PassPlan,
+    alpha_of,
+    expected_distinct_mean,
+)
 from specmoe.predictors.sim.result import SimResult, percentiles
 from specmoe.predictors.sim.routing import RoutingSampler, sample_accepted
 
 CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
+CAPACITY_ITERATIONS = 40   # offline iterations behind a serving run's capacity (~0.1 s for Mixtral)
 
 
 @dataclass(frozen=True)
@@ -362,6 +369,7 @@ class Simulator:
         n = len(times)
         self.req_arrival, self.req_first = times, np.full(n, np.nan)
         self.req_done = np.full(n, np.nan)
+        self.idle: list[tuple[float, float]] = []     # spans with nothing to run
         waiting: list[int] = []
         wake = [env.event()]
 
@@ -381,7 +389,9 @@ class Simulator:
         while done < n:
             if not running and not waiting:
                 wake[0] = env.event()
+                t_idle = env.now
                 yield wake[0]
+                self.idle.append((t_idle, env.now))
             new = [free.pop() for _ in range(min(len(free), len(waiting)))]
             if new:
                 for s in new:
@@ -463,6 +473,7 @@ class Simulator:
             ttft_ms, ttft_p = float(np.mean(ttft) * 1e3), percentiles(ttft * 1e3)
             requests = {"count": len(self.req_arrival), "completed": int(ok.sum()),
                         "first_arrival_s": float(self.req_arrival[0]), "last_done_s": float(np.nanmax(self.req_done))}
+            load = self._serving_load(span)
         else:
             tokens_all = tokens
             tput = tokens / span if span > 0 else 0.0
@@ -470,7 +481,7 @@ class Simulator:
             tpot_ms = span * w.batch / tokens * 1e3 if tokens else 0.0
             tpot_p = percentiles(tpot_all * 1e3)
             ttft_ms, ttft_p = self.ttft[0] * 1e3, percentiles(np.asarray(self.ttft) * 1e3)
-            requests = {}
+            requests, load = {}, {}
         bd = {k: v / iters if iters else 0.0 for k, v in self.bd.items() if k != "prefill" or serving}
         lookups = self.stats.lookups
         mem = self._memory()
@@ -489,9 +500,31 @@ class Simulator:
             breakdown=bd, gpu_memory_gb=mem / 1e9, gpu_capacity_gb=self.system.gpu.hbm_gb,
             fits=bool(mem <= self.system.gpu.hbm_gb * 1e9),
             resident_experts_per_layer=self.pol.resident_per_layer, calibrated=bool(self.system.calibration),
-            events=next(self.env._eid), wall_s=wall, requests=requests,
+            events=next(self.env._eid), wall_s=wall, requests=requests, load=load,
             trace_header=self._header() if self.rec is not None else None,
             trace_events=self.rec.events if self.rec is not None else None)
+
+    def _serving_load(self, span: float) -> dict[str, Any]:
+        """Arrival demand against capacity (specmoe.predictors.capacity), and how busy the server was.
+
+        Capacity comes from a short offline run of the same configuration: its steady-state
+        tokens/s at full batch and its prefill of B prompts at once (an upper bound, see capacity).
+        """
+        w, t = self.workload, self.req_arrival
+        first = float(t[0])
+        idle = sum(max(0.0, end - max(start, first)) for start, end in self.idle)
+        out: dict[str, Any] = {"engine_busy": 1.0 - idle / span if span > 0 else 0.0}
+        rate = self.serving.rate if self.serving.rate is not None else (
+            (len(t) - 1) / float(t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None)
+        ref = Simulator(self.setup, iterations=CAPACITY_ITERATIONS, seed=self.seed, options=self.options,
+                        params=self.costs.p).run()
+        if rate is None or not ref.fits or ref.tokens_per_s <= 0:
+            return {**out, "rate_rps": rate, "capacity_rps": None, "load": None, "overloaded": None}
+        cap = float(requests_per_s(ref.tokens_per_s, ref.ttft_ms / 1e3, w.batch, w.output_len))
+        return {**out, **offered_load(rate, cap), "demand_tokens_per_s": rate * w.output_len,
+                "capacity_tokens_per_s": cap * w.output_len,
+                "capacity_from": f"offline simulation at batch {w.batch} ({CAPACITY_ITERATIONS} iterations), "
+                                 f"prefill {w.batch} prompts at a time: an upper bound"}
 
     def _memory(self) -> float:
         """GPU bytes by the analytic model's accounting, with the staging high-water mark seen."""
