@@ -59,8 +59,8 @@ def test_capacity_formula_by_hand():
     assert offered_load(1.0, 2.0)["overloaded"] is False
 
 
-SERVE = dict(policy="ondemand", model="olmoe-1b-7b", batch=4, serving=True, requests=24, output_len=8,
-             prompt_len=64, seed=1)
+SERVE = {"policy": "ondemand", "model": "olmoe-1b-7b", "batch": 4, "serving": True, "requests": 24,
+         "output_len": 8, "prompt_len": 64, "seed": 1}
 
 
 @pytest.mark.parametrize("rate,overloaded", [(1000.0, True), (0.5, False)])
