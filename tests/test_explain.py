@@ -5,6 +5,7 @@ import json
 import pytest
 
 from specmoe.app.cli.main import main
+from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import load_system
 from specmoe.inputs.setup import resolve
 from specmoe.planning.explain import (
@@ -15,7 +16,7 @@ from specmoe.planning.explain import (
 )
 from specmoe.planning.search import search
 from specmoe.predictors.capacity import offered_load, replicas_for, requests_per_s
-from specmoe.predictors.sim import simulate
+from specmoe.predictors.sim import Simulator, simulate
 
 
 def _explain(model, system, policy, batch):
@@ -67,12 +68,21 @@ SERVE = {"policy": "ondemand", "model": "olmoe-1b-7b", "batch": 4, "serving": Tr
 def test_serving_flags_overload_from_demand_against_capacity(rate, overloaded):
     r = simulate(rate=rate, **SERVE)
     load = r.to_dict()["load"]
-    ref = simulate(**{**SERVE, "serving": False}, iterations=40)     # the capacity's reference run
-    cap = requests_per_s(ref.tokens_per_s, ref.ttft_ms / 1e3, 4, 8)
+    setup = resolve(**{k: v for k, v in SERVE.items() if k not in ("serving", "requests", "seed")})
+    tps, prefill_s = Simulator(setup, iterations=40, seed=1).steady_state()   # the capacity's reference
+    cap = requests_per_s(tps, prefill_s, 4, 8)
     assert load["capacity_rps"] == pytest.approx(cap)
     assert load["load"] == pytest.approx(rate / cap) and load["overloaded"] is overloaded
     assert load["demand_tokens_per_s"] == pytest.approx(rate * 8)
     assert 0.0 < load["engine_busy"] <= 1.0
+
+
+def test_capacity_reference_uses_warm_caches():
+    # Caching with the whole model resident: a cold prefill fetches every expert, a warm one none.
+    setup = resolve(policy="caching", model="olmoe-1b-7b", batch=4, prompt_len=64, output_len=8)
+    sim = Simulator(setup, iterations=10)
+    tps, warm_prefill_s = sim.steady_state()
+    assert sim.ttft[0] > 5 * warm_prefill_s and tps > 0
 
 
 def test_light_load_leaves_the_engine_idle_and_heavy_load_keeps_it_busy():
@@ -91,3 +101,14 @@ def test_cli_serving_reports_load_in_table_and_json(capsys):
     assert main(["simulate", "--policy", "ondemand", "--model", "olmoe-1b-7b", "--batch", "4",
                  "--iterations", "5", "--json"]) == 0
     assert "load" not in json.loads(capsys.readouterr().out)           # offline runs have no load
+
+
+def test_serving_warmup_requests_are_served_but_not_measured():
+    r = simulate(rate=50.0, warmup=5, **SERVE)
+    assert r.requests["completed"] == 24 and r.requests["measured"] == 19
+    cold = simulate(rate=50.0, **{**SERVE, "policy": "caching"})
+    warm = simulate(rate=50.0, warmup=4, **{**SERVE, "policy": "caching"})
+    # the first batch meets empty expert caches: leaving it out lowers the TTFT tail
+    assert warm.ttft_ms_percentiles["p99"] < cold.ttft_ms_percentiles["p99"]
+    with pytest.raises(SpecMoEError, match="warmup=24"):
+        simulate(rate=50.0, warmup=24, **SERVE)

@@ -6,6 +6,8 @@
     p["tokens_per_s"], p["breakdown"]
     plan = specmoe.plan(model="mixtral-8x7b", hardware="h100-pcie", batch=64)
     plan["best"]
+    slo = specmoe.plan(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms=100, ttft_ms=2000, rate=2)
+    slo["best"]["batch"], slo["replicas"]
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from specmoe.inputs.policies import ANALYTIC
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.planning.search import draft_expert_grid
 from specmoe.planning.search import plan as _plan
+from specmoe.planning.slo import plan_slo
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.prediction import summarize
 
@@ -41,11 +44,20 @@ def draft_expert_choices(num_experts: int) -> list[int]:
 
 def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie", batch: int = 64,
          policies: tuple[str, ...] = ANALYTIC, gammas=range(17), draft_experts=None,
+         tpot_ms: float | None = None, ttft_ms: float | None = None, rate: float | None = None,
          **kwargs: Any) -> dict[str, Any]:
     """Choose policy, γ (0 = no speculation) and N: analytic search, simulator confirmation where
     available, and an explanation (see `specmoe.planning.search.plan` for the options).
 
     Returns {best: {policy, gamma, draft_experts, tokens_per_s, ...}, best_by_policy, candidates, ...}.
+
+    With a service level (tpot_ms and/or ttft_ms, optionally rate in requests/s) the batch is
+    chosen too: the highest-throughput configuration whose p90 TPOT and TTFT meet the targets, and
+    with `rate` the GPUs (replicas) to serve it (`specmoe.planning.slo.plan_slo`; `batch` is then
+    not used, `max_batch` bounds the search).
     """
+    if tpot_ms is not None or ttft_ms is not None or rate is not None:
+        return plan_slo(model=model, hardware=hardware, tpot_ms=tpot_ms, ttft_ms=ttft_ms, rate=rate,
+                        policies=policies, gammas=gammas, draft_experts=draft_experts, **kwargs)
     return _plan(model=model, hardware=hardware, batch=batch, policies=policies, gammas=gammas,
                  draft_experts=draft_experts, **kwargs)

@@ -10,6 +10,12 @@ prefill_s / B of prefill time:
 
 Prefill batched B at a time is the cheapest a continuous-batching server can do, so this is an
 upper bound on what a replica sustains: demand above it is overload for certain.
+
+The same accounting gives the time per output token a request sees under continuous batching
+(prefill not chunked): over its life every other slot turns over once, so decoding is stalled by
+at least one full-batch prefill per request lifetime:
+
+    serving TPOT = decode TPOT + prefill_s / (output_len − 1)
 """
 from __future__ import annotations
 
@@ -27,6 +33,11 @@ def requests_per_s(tokens_per_s, prefill_s, batch, output_len: int):
         raise SpecMoEError("tokens_per_s: must be > 0 to give a capacity")
     per_request_s = (output_len - 1) / tps + np.asarray(prefill_s, dtype=float) / np.asarray(batch, dtype=float)
     return 1.0 / per_request_s
+
+
+def serving_tpot_ms(tpot_ms, prefill_ms, output_len: int):
+    """TPOT under continuous batching: decode TPOT plus one full-batch prefill per request lifetime."""
+    return np.asarray(tpot_ms, dtype=float) + np.asarray(prefill_ms, dtype=float) / max(output_len - 1, 1)
 
 
 def replicas_for(rate_rps: float, per_replica_rps) -> np.ndarray:

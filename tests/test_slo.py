@@ -1,0 +1,125 @@
+"""Service-level planning: the fastest configuration under TPOT/TTFT targets, and the GPU count."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import specmoe
+from specmoe.app.api import predict
+from specmoe.app.cli.main import main
+from specmoe.errors import SpecMoEError
+from specmoe.planning import slo
+from specmoe.planning.slo import plan_slo
+
+KW = {"model": "olmoe-1b-7b", "hardware": "h100-pcie", "prompt_len": 64, "output_len": 32}
+
+
+def _serving_tpot(p):
+    """TPOT with one full-batch prefill per request lifetime (output_len - 1 decoded tokens)."""
+    return p["tpot_ms"] + p["ttft_ms"] / (KW["output_len"] - 1)
+
+
+def _brute(policy, batches, gammas=(0,), ns=(0,), tpot_ms=None, ttft_ms=None):
+    """Every configuration through `predict`, one at a time: the fastest meeting the targets."""
+    rows = []
+    for b in batches:
+        for g in gammas:
+            for n in ns:
+                p = predict(policy=policy, batch=b, gamma=g, draft_experts=n, **KW)
+                if p["fits"] and (tpot_ms is None or _serving_tpot(p) <= tpot_ms) and \
+                        (ttft_ms is None or p["ttft_ms"] <= ttft_ms):
+                    rows.append(p)
+    return max(rows, key=lambda p: p["tokens_per_s"])
+
+
+def test_largest_batch_under_the_tpot_target_when_tpot_grows_with_batch():
+    batches = range(1, 65)
+    tpot = np.array([_serving_tpot(predict(policy="ondemand", batch=b, **KW)) for b in batches])
+    assert np.all(np.diff(tpot) > 0)                     # the premise: TPOT grows with batch
+    target = float(tpot[40])                             # batch 41 sits exactly on the target
+    p = plan_slo(tpot_ms=target, policies=("ondemand",), gammas=[0], max_batch=64, interval="point",
+                 confirm="analytic", **KW)
+    largest = int(np.flatnonzero(tpot <= target)[-1]) + 1
+    assert p["best"]["batch"] == largest == 41
+    assert p["best"]["batch"] == _brute("ondemand", batches, tpot_ms=target)["batch"]
+    assert p["best"]["tpot_ms_serving"] == pytest.approx(target) and p["bound"] == "point"
+    assert p["replicas"] is None and "confirmation" not in p
+
+
+def test_speculative_grid_matches_a_brute_force_loop():
+    target_tpot, target_ttft = 60.0, 212.0
+    p = plan_slo(tpot_ms=target_tpot, ttft_ms=target_ttft, policies=("specmoe",), gammas=[0, 2, 4],
+                 draft_experts=[1, 4], max_batch=12, interval="point", confirm="analytic", **KW)
+    brute = _brute("specmoe", range(1, 13), (0, 2, 4), (1, 4), target_tpot, target_ttft)
+    assert (p["best"]["batch"], p["best"]["gamma"], p["best"]["draft_experts"]) == \
+        (brute["batch"], brute["gamma"], brute["draft_experts"])
+    assert p["best"]["tokens_per_s"] == pytest.approx(brute["tokens_per_s"])
+
+
+def test_replicas_are_the_rate_over_one_replicas_request_rate():
+    rate = 50.0
+    p = plan_slo(tpot_ms=5.0, rate=rate, policies=("ondemand", "caching"), gammas=[0], max_batch=64,
+                 interval="point", confirm="analytic", **KW)
+    b = p["best"]
+    # A request: output_len - 1 decode tokens at the batch's tokens/s, plus 1/B of a batch prefill.
+    per_replica = 1.0 / ((KW["output_len"] - 1) / b["tokens_per_s"] + b["ttft_ms"] / 1e3 / b["batch"])
+    assert b["requests_per_s"] == pytest.approx(per_replica)
+    assert p["replicas"] == math.ceil(rate / per_replica) and p["objective"] == "requests_per_s"
+    for c in p["best_by_policy"].values():               # the choice has the most requests/s per GPU
+        assert c["requests_per_s"] <= b["requests_per_s"]
+
+
+def test_targets_use_the_p90_when_intervals_exist(monkeypatch):
+    def fake_intervals(model, system, workload, policy, batch, gamma, draft_experts):
+        # p90 = 2 × the point value: the choice must leave that margin
+        from specmoe.predictors.analytic import Analytic
+        r = Analytic(model, system, workload).evaluate(policy, batch=batch, gamma=gamma, draft_experts=draft_experts)
+        return {k: np.stack([getattr(r, k)] * 2 + [2 * getattr(r, k)]) for k in ("tpot_ms", "ttft_ms")}
+
+    monkeypatch.setattr(slo, "_intervals", lambda: fake_intervals)
+    tpot = np.array([_serving_tpot(predict(policy="ondemand", batch=b, **KW)) for b in range(1, 65)])
+    target = float(tpot[40])
+    p = plan_slo(tpot_ms=target, policies=("ondemand",), gammas=[0], max_batch=64, confirm="analytic", **KW)
+    assert p["bound"] == "p90"
+    assert p["best"]["batch"] == int(np.flatnonzero(2 * tpot <= target)[-1]) + 1 < 41
+    assert p["best"]["tpot_ms_bound"] == pytest.approx(2 * p["best"]["tpot_ms_serving"])
+
+
+def test_serving_simulator_confirms_the_choice_tightening_a_missed_target():
+    # Olmoe fully resident (caching): prefills of requests joining one at a time stall decoding more
+    # than the analytic bound's one full-batch prefill per request, so the first choice misses TPOT
+    # in the simulator and the second search, with the target lowered by the gap, is confirmed.
+    p = specmoe.plan(tpot_ms=5.0, ttft_ms=200.0, rate=200.0, policies=("caching",), gammas=[0], max_batch=16,
+                     interval="point", **KW)
+    c, rounds = p["confirmation"], p["rounds"]
+    assert c["ran"] and c["mode"] == "serving" and c["tries"][0]["replicas"] == p["replicas"] > 1
+    first = c["tries"][0]
+    assert first["rate_per_replica_rps"] == pytest.approx(200.0 / p["replicas"])
+    assert first["meets"] == (first["tpot_ms_p90"] <= 5.0 and first["ttft_ms_p90"] <= 200.0)
+    assert len(rounds) == 2 and not rounds[0]["meets"] and rounds[1]["meets"] and c["meets"]
+    assert rounds[1]["targets_used"]["tpot_ms"] < 5.0 and rounds[1]["batch"] < rounds[0]["batch"]
+    assert p["best"]["batch"] == rounds[1]["batch"] and c["replicas"] == c["tries"][-1]["replicas"]
+    last = c["tries"][-1]
+    assert last["tpot_ms_p90"] <= 5.0 and last["ttft_ms_p90"] <= 200.0
+
+
+def test_bad_targets_and_impossible_targets_raise():
+    with pytest.raises(SpecMoEError, match="tpot_ms, ttft_ms"):
+        plan_slo(**KW)
+    with pytest.raises(SpecMoEError, match="rate=-1"):
+        plan_slo(tpot_ms=10, rate=-1, **KW)
+    with pytest.raises(SpecMoEError, match="no configuration"):
+        plan_slo(tpot_ms=1e-6, confirm="analytic", max_batch=4, **KW)
+
+
+def test_cli_plan_with_targets(capsys):
+    argv = ["plan", "--model", "olmoe-1b-7b", "--prompt-len", "64", "--output-len", "32", "--tpot-ms", "5",
+            "--rate", "40", "--max-batch", "16", "--policies", "ondemand,caching", "--confirm", "analytic"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["replicas"] >= 1 and out["best"]["batch"] <= 16 and out["targets"]["tpot_ms"] == 5.0
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Service-level plan" in text and "GPUs for 40 requests/s" in text
+    assert main(["plan", "--tpot-ms", "5", "--html", "x.html"]) == 2
