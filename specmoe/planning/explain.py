@@ -38,7 +38,7 @@ def sensitivities(setup: Setup, candidate: dict) -> dict[str, float]:
     the draft rejections (speculating specmoe)."""
     pol = setup.policy.with_(name=candidate["policy"], gamma=candidate["gamma"],
                              draft_experts=candidate["draft_experts"])
-    alpha = float(setup.workload.acceptance.alpha_for(pol.draft_experts))
+    alpha = setup.workload.acceptance.alpha_at(pol.gamma, pol.draft_experts)
 
     def tps(an: Analytic, a: float | None = None) -> float:
         return float(an.evaluate(pol, alpha=a).tokens_per_s)

@@ -186,11 +186,8 @@ class Simulator:
         return self.ssd_s * self.costs.ssd_bw * self.costs.p.ssd_eff / self.model.expert_bytes
 
     def cache_slots(self) -> int:
-        """Experts per layer a cache holds, by the analytic model's rule (fraction or what fits)."""
-        b = np.asarray(float(self.workload.batch))
-        staging = min(self.E, math.ceil(expected_distinct_mean(self.probs, float(self.workload.batch))))
-        staging *= 2 if self.policy.name in ("overlap", "fate") else 1
-        return int(self._analytic.cache_slots(b, np.zeros(()), staging, self.policy))
+        """Experts per layer a cache holds: the one residency rule (costs.memory), as the analytic model."""
+        return int(self._analytic.cache_slots(np.asarray(float(self.workload.batch)), 0.0, self.policy))
 
     def draft_step_s(self, batch: int, context: float) -> float:
         """A separate draft model's step: draft_model_ratio × the target's compute for `batch`
@@ -560,8 +557,8 @@ class Simulator:
         """GPU bytes by the analytic model's accounting, with the staging high-water mark seen."""
         p, m = self.policy, self.model
         g = p.gamma if self.pol.speculative else 0
-        mem = float(self._analytic.memory(float(self.workload.batch), float(g), self.pol.resident_per_layer,
-                                           float(self.peak_layer_fetch)))
+        mem = float(self._analytic.mem.bytes(float(self.workload.batch), float(g), self.pol.resident_per_layer,
+                                             float(self.peak_layer_fetch)))
         if p.name in ("eagle", "spmoe", "moespec") and g > 0:
             mem += p.draft_model_ratio * m.resident_bytes       # the draft model's weights (estimate)
         return mem
