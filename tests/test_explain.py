@@ -50,6 +50,7 @@ def test_fixed_overheads_make_a_balanced_configuration():
     assert ex["limited_by"] == "balanced" and ex["balanced_below"] == BALANCED_BELOW
     assert any(line.startswith("balanced: no single resource gains 1.15×") for line in ex["summary"])
     assert sensitivities(setup, best) == ex["sensitivity"]
+    assert ex["pair_sensitivity"]["speedup"] < BALANCED_BELOW     # two doubled together: still little
 
 
 def test_capacity_formula_by_hand():

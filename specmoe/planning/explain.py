@@ -53,19 +53,35 @@ def sensitivities(setup: Setup, candidate: dict) -> dict[str, float]:
     return out
 
 
+SCALE_ARGS = {"pcie": "link", "hbm": "hbm", "compute": "compute", "host_cpu": "host"}
+
+
+def pair_speedup(setup: Setup, candidate: dict, sens: dict[str, float]) -> tuple[tuple[str, str], float] | None:
+    """The two resources with the largest single gains, doubled together, and that speed-up: in a
+    balanced configuration the time is shared between them (None when fewer than two apply)."""
+    top = sorted((k for k in sens if k in SCALE_ARGS), key=lambda k: -sens[k])[:2]
+    if len(top) < 2:
+        return None
+    pol = setup.policy.with_(name=candidate["policy"], gamma=candidate["gamma"],
+                             draft_experts=candidate["draft_experts"])
+    both = _scaled(setup, **{SCALE_ARGS[k]: 2.0 for k in top}).evaluate(pol).tokens_per_s
+    return (top[0], top[1]), float(both) / float(_scaled(setup).evaluate(pol).tokens_per_s)
+
+
 def limiting_resource(sens: dict[str, float], balanced_below: float = BALANCED_BELOW) -> str:
     """The key of `sens` with the largest speed-up, or "balanced" when none reaches `balanced_below`."""
     limit = max(sens, key=sens.get)
     return limit if sens[limit] >= balanced_below else "balanced"
 
 
-def limit_line(sens: dict[str, float], limit: str, balanced_below: float = BALANCED_BELOW) -> str:
+def limit_line(sens: dict[str, float], limit: str, pair=None, balanced_below: float = BALANCED_BELOW) -> str:
     """One sentence naming the limit and every sensitivity behind it."""
     gains = ", ".join(f"2× {k} → {v:.2f}×" if k != "acceptance" else f"half the rejections → {v:.2f}×"
                       for k, v in sens.items())
-    if limit == "balanced":
-        return f"balanced: no single resource gains {balanced_below:.2f}× when doubled ({gains})"
-    return f"limited by {LIMITS[limit]} ({gains})"
+    if limit != "balanced":
+        return f"limited by {LIMITS[limit]} ({gains})"
+    both = f"; 2× {pair[0][0]} and {pair[0][1]} together → {pair[1]:.2f}×" if pair else ""
+    return f"balanced: no single resource gains {balanced_below:.2f}× when doubled ({gains}{both})"
 
 
 def explain_choice(setup: Setup, best: dict, fitting: list[dict]) -> dict[str, Any]:
@@ -74,16 +90,20 @@ def explain_choice(setup: Setup, best: dict, fitting: list[dict]) -> dict[str, A
     shares = {k: v / it for k, v in best["breakdown"].items() if v > 0}
     sens = sensitivities(setup, best)
     limit = limiting_resource(sens)
+    pair = pair_speedup(setup, best, sens) if limit == "balanced" else None
     lines = [f"{best['policy']} " + (f"with γ={best['gamma']}, N={best['draft_experts']}" if best["gamma"]
                                        else "without speculation")
              + f": {best['tokens_per_s']:,.1f} tokens/s (analytic)",
              "time per iteration: " + ", ".join(f"{k} {v:.0%}" for k, v in
                                                   sorted(shares.items(), key=lambda kv: -kv[1])),
-             limit_line(sens, limit)]
+             limit_line(sens, limit, pair)]
     spec = speculation_verdict(setup, best, fitting)
     lines.append(spec["why"])
-    return {"time_shares": shares, "sensitivity": sens, "limited_by": limit,
-            "balanced_below": BALANCED_BELOW, "speculation": spec, "summary": lines}
+    out = {"time_shares": shares, "sensitivity": sens, "limited_by": limit,
+           "balanced_below": BALANCED_BELOW, "speculation": spec, "summary": lines}
+    if pair:
+        out["pair_sensitivity"] = {"resources": list(pair[0]), "speedup": pair[1]}
+    return out
 
 
 def speculation_verdict(setup: Setup, best: dict, fitting: list[dict]) -> dict[str, Any]:
