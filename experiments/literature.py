@@ -83,8 +83,9 @@ ROWS = [
 ]
 
 NOT_PREDICTED = [
-    ("Mixtral-offloading (Eliseev & Mazur, arXiv 2312.17238)", ("its published tokens/s use mixed quantisation "
-     "(HQQ 2-4-bit experts and attention); specmoe's model shapes have one weight dtype")),
+    ("Mixtral-offloading (Eliseev & Mazur, arXiv 2312.17238)", ("its figures are for mixed HQQ quantisation, "
+     "separate schemes for attention and experts (github.com/dvmazur/mixtral-offloading README); specmoe's "
+     "model shapes have one weight dtype")),
     (("DeepSpeed-MII / DeepSpeed ZeRO-Inference, Accelerate, vLLM cpu-offload (baselines in MoE-Infinity's and "
      "Fiddler's tables)"), "stream whole layers' weights, every expert included; no specmoe policy moves that"),
     ("MoE-Lightning (arXiv 2411.11217), HOBBIT, AdapMoE, ProMoE, SP-MoE, Pre-gated MoE",
