@@ -37,6 +37,12 @@ from specmoe.planning.search import POLICY_PARAMS, draft_expert_grid
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.capacity import replicas_for, requests_per_s, serving_tpot_ms
 
+try:   # prediction intervals (p10/p50/p90), where this version of the predictors has them
+    from specmoe.predictors import intervals as _iv
+    evaluate_intervals = _iv.evaluate_intervals
+except ImportError:
+    evaluate_intervals = None
+
 NOTE_LATENCY = ("TPOT includes prefill stalls under continuous batching (at least one full-batch prefill per "
                 "request lifetime); TTFT is the prefill of a full batch of prompts; queueing is checked by "
                 "the serving simulator")
@@ -66,10 +72,6 @@ class Grid:
 
 def _intervals():
     """`evaluate_intervals` when the predictors provide intervals, else None (point values)."""
-    try:
-        from specmoe.predictors.intervals import evaluate_intervals
-    except ImportError:
-        return None
     return evaluate_intervals
 
 

@@ -90,9 +90,6 @@ class Serving:
     warmup: int = 0
 
     def __post_init__(self):
-        n = self.requests if self.arrivals is None else len(self.arrivals)
-        if not 0 <= self.warmup < n:
-            raise SpecMoEError(f"warmup={self.warmup}: allowed 0..{n - 1} (fewer than the requests)")
         if self.arrivals is None:
             if self.rate is None or not self.rate > 0 or not math.isfinite(self.rate):
                 raise SpecMoEError(f"rate={self.rate}: serving needs an arrival rate > 0 requests/s "
@@ -103,6 +100,9 @@ class Serving:
             a = np.asarray(self.arrivals, dtype=float)
             if a.size == 0 or np.any(a < 0) or not np.all(np.isfinite(a)):
                 raise SpecMoEError("arrivals: give one or more finite arrival times >= 0 (seconds)")
+        n = self.requests if self.arrivals is None else len(self.arrivals)
+        if not 0 <= self.warmup < n:
+            raise SpecMoEError(f"warmup={self.warmup}: allowed 0..{n - 1} (fewer than the requests)")
 
     def times(self, rng: np.random.Generator) -> np.ndarray:
         if self.arrivals is not None:
