@@ -113,3 +113,12 @@ def test_serving_warmup_requests_are_served_but_not_measured():
     assert warm.ttft_ms_percentiles["p99"] < cold.ttft_ms_percentiles["p99"]
     with pytest.raises(SpecMoEError, match="warmup=24"):
         simulate(rate=50.0, warmup=24, **SERVE)
+
+
+def test_plan_html_states_the_limit():
+    from specmoe.app.report import plan_figure
+    from specmoe.planning.search import plan
+
+    p = plan(model="mixtral-8x7b", hardware=load_system("h100-pcie", link="pcie3-x16"), batch=16,
+             policies=("ondemand",), confirm="analytic")
+    assert "limited by PCIe" in plan_figure(p).layout.title.text

@@ -109,6 +109,8 @@ def test_bad_targets_and_impossible_targets_raise():
         plan_slo(**KW)
     with pytest.raises(SpecMoEError, match="rate=-1"):
         plan_slo(tpot_ms=10, rate=-1, **KW)
+    with pytest.raises(SpecMoEError, match="confirm='maybe'"):
+        plan_slo(tpot_ms=10, confirm="maybe", **KW)
     with pytest.raises(SpecMoEError, match="no configuration"):
         plan_slo(tpot_ms=1e-6, confirm="analytic", max_batch=4, **KW)
 

@@ -132,7 +132,9 @@ def plan_figure(plan: dict[str, Any], max_lines: int = 8):
     for name, c in plan["best_by_policy"].items():
         if name != "specmoe":
             fig.add_hline(y=c["tokens_per_s"], line_dash="dot", annotation_text=name)
-    fig.update_layout(title=f"{plan['model']} on {plan['hardware']}, batch {plan['batch']}",
+    lines = plan.get("explanation", {}).get("summary", [])[2:]     # limit / balanced, speculation verdict
+    subtitle = "".join(f"<br><sup>{_html.escape(line)}</sup>" for line in lines)
+    fig.update_layout(title=f"{plan['model']} on {plan['hardware']}, batch {plan['batch']}{subtitle}",
                       xaxis_title="draft length γ (0 = no speculation)", yaxis_title="tokens/s",
                       template="plotly_white")
     return fig

@@ -142,6 +142,8 @@ def plan_slo(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms: float | None =
     simulator saw beyond the analytic bound (up to MAX_ROUNDS searches; `rounds` lists them).
     """
     _check_targets(tpot_ms, ttft_ms, rate, max_batch)
+    if confirm not in ("auto", "sim", "analytic"):
+        raise SpecMoEError(f"confirm={confirm!r}: allowed auto, sim, analytic")
     bound = _bound(interval)
     params = {k: kwargs.pop(k) for k in list(kwargs) if k in POLICY_PARAMS and kwargs[k] is not None}
     base = resolve(model=model, hardware=hardware, batch=1, policy="ondemand", **params, **kwargs)
