@@ -11,16 +11,18 @@ installed; the point value otherwise, and the result says which) of TPOT and of 
 below the target. TPOT is the one a request sees under continuous batching: decode time per
 token plus the prefills that replace finishing requests (`capacity.serving_tpot_ms`). TTFT is
 the prefill of a full batch of prompts (the worst admission; queueing comes on top and is what
-the simulator checks). Among those that meet the targets and fit in GPU
-memory, the best has the most tokens/s per GPU; with a request rate R, the most requests/s per
-GPU (`specmoe.predictors.capacity`: decode plus prefill time per request), and the GPU count is
+the simulator checks). Among those that meet the targets and fit in GPU memory, the best has
+the most tokens/s per GPU; with a request rate R, the most requests/s per GPU
+(`specmoe.predictors.capacity`: decode plus prefill time per request), and the GPU count is
 replicas = ceil(R / requests_per_s per replica).
 
 Confirmation: the serving simulator runs the chosen configuration at R / replicas requests/s per
 replica (Poisson arrivals, continuous batching) and checks TPOT and TTFT p90 against the targets;
 when they miss, more replicas are tried (at least one more, or enough to bring the measured load
-to 0.9), up to `MAX_TRIES` runs. The first `batch` requests warm the caches and are not counted. Without a rate the
-simulator runs it offline (a full batch in steady state) and checks its mean TPOT and its prefill.
+to 0.9), up to `MAX_TRIES` runs; the first `batch` requests warm the caches and are not counted.
+When a target is still missed, the search runs again with it lowered by the simulator's gap (up
+to `MAX_ROUNDS` searches). Without a rate the simulator runs the choice offline (a full batch in
+steady state) and checks its mean serving TPOT and its prefill.
 """
 from __future__ import annotations
 
