@@ -236,6 +236,8 @@ def _tightened(out: dict, used: dict) -> dict | None:
         seen = last[f"{key}_p90"]
         if target is not None and seen > target:
             new[key] = min(used[key] - max(seen - b[bound], 0.0), 0.98 * used[key])
+            if new[key] <= 0:       # the simulator's gap exceeds the target: no search can close it
+                return None
     return new if new != used else None
 
 
