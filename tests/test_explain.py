@@ -61,6 +61,7 @@ def test_capacity_formula_by_hand():
     assert offered_load(1.0, 2.0)["overloaded"] is False
 
 
+LRU_ONLY = {"resident_experts": 0, "lru_slots": 16 * 64}   # olmoe: 16 MoE layers x 64 experts
 SERVE = {"policy": "ondemand", "model": "olmoe-1b-7b", "batch": 4, "serving": True, "requests": 24,
          "output_len": 8, "prompt_len": 64, "seed": 1}
 
@@ -79,8 +80,9 @@ def test_serving_flags_overload_from_demand_against_capacity(rate, overloaded):
 
 
 def test_capacity_reference_uses_warm_caches():
-    # Caching with the whole model resident: a cold prefill fetches every expert, a warm one none.
-    setup = resolve(policy="caching", model="olmoe-1b-7b", batch=4, prompt_len=64, output_len=8)
+    # An LRU cache as large as the model (no pinned experts): a cold prefill fetches every expert
+    # it needs, a warm one none.
+    setup = resolve(policy="caching", model="olmoe-1b-7b", batch=4, prompt_len=64, output_len=8, **LRU_ONLY)
     sim = Simulator(setup, iterations=10)
     tps, warm_prefill_s = sim.steady_state()
     assert sim.ttft[0] > 5 * warm_prefill_s and tps > 0
@@ -107,8 +109,8 @@ def test_cli_serving_reports_load_in_table_and_json(capsys):
 def test_serving_warmup_requests_are_served_but_not_measured():
     r = simulate(rate=50.0, warmup=5, **SERVE)
     assert r.requests["completed"] == 24 and r.requests["measured"] == 19
-    cold = simulate(rate=50.0, **{**SERVE, "policy": "caching"})
-    warm = simulate(rate=50.0, warmup=4, **{**SERVE, "policy": "caching"})
+    cold = simulate(rate=50.0, **{**SERVE, "policy": "caching", **LRU_ONLY})
+    warm = simulate(rate=50.0, warmup=4, **{**SERVE, "policy": "caching", **LRU_ONLY})
     # the first batch meets empty expert caches: leaving it out lowers the TTFT tail
     assert warm.ttft_ms_percentiles["p99"] < cold.ttft_ms_percentiles["p99"]
     with pytest.raises(SpecMoEError, match="warmup=24"):
