@@ -40,31 +40,71 @@ def print_prediction(p: dict[str, Any], console: Console | None = None) -> None:
     console.print(t)
     if not p["fits"]:
         console.print(f"[bold red]does not fit:[/] {p['reason']}")
-    if not p.get("calibrated"):
-        console.print("[dim]uncalibrated profile: ideal roofline efficiencies (an upper bound on speed)[/]")
+    _print_provenance(p, console)
+
+
+def _band(p: dict[str, Any], key: str, digits: int = 1) -> str:
+    """'p10–p90' of a predicted number, or '' where the prediction has no interval."""
+    lo, hi = p.get(f"{key}_p10"), p.get(f"{key}_p90")
+    return "" if lo is None or hi is None else f"{lo:,.{digits}f}–{hi:,.{digits}f}"
+
+
+def _print_provenance(p: dict[str, Any], console: Console) -> None:
+    """Interval, α and its source, and where the cost parameters come from."""
+    if p.get("tokens_per_s_p10") is not None:
+        console.print(f"tokens/s p10–p90: {_band(p, 'tokens_per_s')} · TPOT ms p10–p90: {_band(p, 'tpot_ms', 2)}"
+                      f" · TTFT ms p10–p90: {_band(p, 'ttft_ms', 0)}")
+    if p.get("gamma"):
+        console.print(f"[dim]α = {p['alpha']:.3f} ± {p.get('alpha_spread', 0.0):.3f}: {p.get('acceptance_source', '')}[/]")
+    ev = p.get("evidence") or {}
+    if ev.get("ideal"):
+        console.print("[dim]--ideal: datasheet roofline efficiencies (an upper bound on speed)[/]")
+    elif ev:
+        console.print(f"[dim]GPU parameters: {ev.get('gpu_parameters')}; host and link: published "
+                      f"measurements or stated priors (hwprofiles); {ev.get('interval')}[/]")
+        if ev.get("spreads"):
+            console.print("[dim]spreads (σ of log): " + ", ".join(f"{k} {v:.2f}" for k, v in ev["spreads"].items())
+                          + f"; α ± {ev.get('alpha_spread', 0.0):.2f}[/]")
 
 
 def print_plan(plan: dict[str, Any], console: Console | None = None) -> None:
     console = console or _console
     b = plan["best"]
     t = Table(title=f"Plan: {plan['model']} on {plan['hardware']}, batch {plan['batch']}")
-    for col in ("policy", "γ", "N", "tokens/s", "TPOT ms", "vs best"):
+    for col in ("policy", "γ", "N", "tokens/s", "p10–p90", "TPOT ms", "vs best"):
         t.add_column(col, justify="right" if col != "policy" else "left")
     for name, c in sorted(plan["best_by_policy"].items(), key=lambda kv: -kv[1]["tokens_per_s"]):
         t.add_row(name, str(c["gamma"]), str(c["draft_experts"]), _fmt(c["tokens_per_s"], 1),
-                  _fmt(c["tpot_ms"]), f"{c['tokens_per_s'] / b['tokens_per_s']:.2f}×")
+                  _band(c, "tokens_per_s"), _fmt(c["tpot_ms"]), f"{c['tokens_per_s'] / b['tokens_per_s']:.2f}×")
     console.print(t)
     spec = "off" if b["gamma"] == 0 else f"γ={b['gamma']}, N={b['draft_experts']}"
-    console.print(f"best: [bold]{b['policy']}[/] ({spec}) → {b['tokens_per_s']:,.1f} tokens/s, "
+    band = _band(b, "tokens_per_s")
+    console.print(f"best: [bold]{b['policy']}[/] ({spec}) → {b['tokens_per_s']:,.1f} tokens/s"
+                  + (f" (p10–p90 {band})" if band else "") + ", "
                   f"{b['h2d_bytes_per_token'] / 1e6:,.1f} MB over PCIe per token, {b['gpu_memory_gb']:.1f} GB GPU memory")
+    v = plan.get("verdict") or {}
+    if v.get("too_close_to_call"):
+        rivals = ", ".join(f"{r['policy']} {_band(r, 'tokens_per_s')}" for r in v["overlapping"])
+        console.print(f"[bold yellow]too close to call:[/] its p10–p90 band overlaps {rivals}")
+        sep = v.get("measure_to_separate") or {}
+        if sep.get("input"):
+            console.print(f"  to separate them, measure {sep['input']} first: {sep['why']}")
+        elif sep:
+            console.print(f"  {sep['why']}")
+    elif v:
+        console.print("clear winner: no other policy's p10–p90 band of tokens/s overlaps the best's")
+    spec_best = max((c for c in plan["candidates"] if c["gamma"] and c["fits"]), default=None,
+                    key=lambda c: c["tokens_per_s"])
+    if spec_best is not None:
+        console.print(f"[dim]α = {spec_best['alpha']:.3f} at N={spec_best['draft_experts']} (best speculative "
+                      f"option): {plan.get('acceptance_source', '')}[/]")
     for line in plan.get("explanation", {}).get("summary", [])[1:]:
         console.print(f"  {line}")
     for note in plan.get("notes", []):
         console.print(f"[dim]{note}[/]")
     if plan.get("html"):
         console.print(f"figure: {plan['html']}")
-    if not plan.get("calibrated"):
-        console.print("[dim]uncalibrated profile: ideal roofline efficiencies (an upper bound on speed)[/]")
+    _print_provenance({"evidence": plan.get("evidence")}, console)
 
 
 def print_slo_plan(plan: dict[str, Any], console: Console | None = None) -> None:
@@ -132,6 +172,18 @@ def plan_figure(plan: dict[str, Any], max_lines: int = 8):
     for name, c in plan["best_by_policy"].items():
         if name != "specmoe":
             fig.add_hline(y=c["tokens_per_s"], line_dash="dot", annotation_text=name)
+            if c.get("tokens_per_s_p10") is not None:   # the policy's p10–p90 band
+                fig.add_hrect(y0=c["tokens_per_s_p10"], y1=c["tokens_per_s_p90"], opacity=0.08, line_width=0)
+    b, v = plan["best"], plan.get("verdict") or {}
+    call = "too close to call" if v.get("too_close_to_call") else "clear winner"
+    band = (f" (p10–p90 {b['tokens_per_s_p10']:,.0f}–{b['tokens_per_s_p90']:,.0f})"
+            if b.get("tokens_per_s_p10") is not None else "")
+    fig.add_annotation(text=f"best: {b['policy']} {b['tokens_per_s']:,.0f} tok/s{band}, {call}<br>"
+                            f"α = {b['alpha']:.3f}: {plan.get('acceptance_source', '')[:140]}<br>"
+                            f"GPU parameters: {(plan.get('evidence') or {}).get('gpu_parameters', '')}",
+                       xref="paper", yref="paper", x=0, y=-0.25, showarrow=False, align="left",
+                       font={"size": 10})
+    fig.update_layout(margin={"b": 140})
     lines = plan.get("explanation", {}).get("summary", [])[2:]     # limit / balanced, speculation verdict
     subtitle = "".join(f"<br><sup>{_html.escape(line)}</sup>" for line in lines)
     fig.update_layout(title=f"{plan['model']} on {plan['hardware']}, batch {plan['batch']}{subtitle}",
@@ -153,7 +205,7 @@ DEFAULT_STUDY: dict[str, Any] = {
         "batch": {"start": 1, "stop": 512, "factor": 2},
         "gamma": {"start": 0, "stop": 12, "step": 1},
         "draft_experts": [1, 2, 4, 8],
-        "alpha": ["paper"],
+        "alpha": ["model"],   # each model's own default (published figure or stated prior)
     },
 }
 MAX_PAIRS = 6

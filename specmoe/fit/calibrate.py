@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, params_for
+from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, declared_params
 from specmoe.errors import SpecMoEError
 from specmoe.fit.validate import predict_run
 from specmoe.inputs.hardware import System, load_system
@@ -597,7 +597,7 @@ def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = No
     base_system = hardware if isinstance(hardware, System) else load_system(hardware)
     traces = load_traces(trace_paths)
     fix = dict(opts.fix)
-    base = replace(params_for(base_system), **{k: v for k, v in fix.items() if v is not None})
+    base = replace(declared_params(base_system), **{k: v for k, v in fix.items() if v is not None})
     op_sources = [t for t in traces if opts.op_traces in ("all", _kind(t))]
     points = collect_points(op_sources, opts.min_samples)
     if not points:

@@ -6,8 +6,8 @@
 
 Search: for each policy the analytic model evaluates every batch (concurrency) 1..max_batch,
 and for specmoe every γ × N of the planner's grid, in one vectorised call. A configuration meets
-the targets when the upper end of its interval (p90, `specmoe.predictors.intervals` where it is
-installed; the point value otherwise, and the result says which) of TPOT and of TTFT is at or
+the targets when the upper end of its interval (p90, `specmoe.predictors.intervals`; or the
+point value with interval="point", and the result says which) of TPOT and of TTFT is at or
 below the target. TPOT is the one a request sees under continuous batching: decode time per
 token plus the prefills that replace finishing requests (`capacity.serving_tpot_ms`). TTFT is
 the prefill of a full batch of prompts (the worst admission; queueing comes on top and is what
@@ -38,12 +38,7 @@ from specmoe.inputs.setup import Setup, resolve
 from specmoe.planning.search import POLICY_PARAMS, draft_expert_grid
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.capacity import replicas_for, requests_per_s, serving_tpot_ms
-
-try:   # prediction intervals (p10/p50/p90), where this version of the predictors has them
-    from specmoe.predictors import intervals as _iv
-    evaluate_intervals = _iv.evaluate_intervals
-except ImportError:
-    evaluate_intervals = None
+from specmoe.predictors.intervals import evaluate_intervals
 
 NOTE_LATENCY = ("TPOT includes prefill stalls under continuous batching (at least one full-batch prefill per "
                 "request lifetime); TTFT is the prefill of a full batch of prompts; queueing is checked by "
@@ -73,7 +68,7 @@ class Grid:
 
 
 def _intervals():
-    """`evaluate_intervals` when the predictors provide intervals, else None (point values)."""
+    """The interval predictor (p10/p50/p90 per configuration; one place to swap it in tests)."""
     return evaluate_intervals
 
 
@@ -138,7 +133,7 @@ def plan_slo(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms: float | None =
     exist) meet the targets; with `rate` (requests/s) the GPUs needed. kwargs: as `resolve`
     (prompt_len, output_len, acceptance, routing, policy parameters).
 
-    interval: "auto" (p90 where available), "p90" (required) or "point".
+    interval: "auto" or "p90" (the interval's upper end) or "point" (the point prediction).
     confirm: "auto" / "sim" (run the serving simulator on the choice) or "analytic" (do not).
     When the simulator misses a target, the search runs again with that target lowered by what the
     simulator saw beyond the analytic bound (up to MAX_ROUNDS searches; `rounds` lists them).
@@ -244,16 +239,13 @@ def _tightened(out: dict, used: dict) -> dict | None:
 def _bound(interval: str) -> str:
     if interval not in ("auto", "p90", "point"):
         raise SpecMoEError(f"interval={interval!r}: allowed auto, p90, point")
-    have = _intervals() is not None
-    if interval == "p90" and not have:
-        raise SpecMoEError("interval='p90': this installation has no prediction intervals (specmoe.predictors.intervals)")
-    return "p90" if (have and interval != "point") else "point"
+    return "point" if interval == "point" else "p90"
 
 
 def _bound_note(bound: str) -> str:
     if bound == "p90":
         return "targets compared with the p90 (upper end) of each configuration's TPOT and TTFT interval"
-    return "targets compared with point predictions (no intervals available): no margin for model error"
+    return "targets compared with point predictions (interval='point'): no margin for model error"
 
 
 def _nothing_meets(base: Setup, targets: dict, bound: str, max_batch: int) -> str:

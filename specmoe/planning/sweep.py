@@ -65,8 +65,9 @@ from specmoe.inputs.policies import (
 )
 from specmoe.inputs.policies import DEFAULTS as POLICY_DEFAULTS
 from specmoe.inputs.setup import resolve
-from specmoe.inputs.workload import Acceptance, Workload, parse_acceptance, parse_routing
+from specmoe.inputs.workload import Acceptance, Workload, check_routing, parse_acceptance, parse_routing
 from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.intervals import evaluate_intervals
 from specmoe.predictors.sim import Simulator
 
 ENGINES = ("analytic", "sim")
@@ -81,7 +82,7 @@ AXES = GROUP + INNER
 REQUIRED = ("model", "hardware", "policy", "batch")
 DEFAULTS: dict[str, tuple] = {
     "routing": ("uniform",), "prompt_len": (512,), "output_len": (256,), "gamma": (5,), "draft_experts": (2,),
-    "alpha": ("paper",), **{k: (POLICY_DEFAULTS[k],) for k in POLICY_AXES},
+    "alpha": ("model",), **{k: (POLICY_DEFAULTS[k],) for k in POLICY_AXES},
 }
 # Which policies use an axis; for the others it collapses to one empty value (no duplicate rows).
 USED_BY: dict[str, tuple[str, ...]] = {"alpha": SPECULATIVE, **{k: p.used_by for k, p in PARAMS.items()}}
@@ -151,8 +152,8 @@ def _check_value(key: str, v: Any) -> Any:
         return check_param(key, v, "grid axes.")
     if key == "alpha":
         if isinstance(v, str):
-            if v != "paper" and not v.startswith("measured:"):
-                raise _err(key, v, "must be a number in [0, 1), 'paper' or 'measured:NAME'")
+            if v not in ("paper", "model") and not v.startswith("measured:"):
+                raise _err(key, v, "must be a number in [0, 1), 'model', 'paper' or 'measured:NAME'")
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise _err(key, v, "is out of range (allowed [0, 1), 'paper' or 'measured:NAME')")
@@ -297,7 +298,7 @@ def _check_names(grid: Grid) -> None:
         if isinstance(a, str):
             for ds in grid.axes["draft_set"]:
                 try:
-                    parse_acceptance(a, ds)
+                    parse_acceptance(a, ds, model=None if a != "model" else _model(grid.axes["model"][0]))
                 except SpecMoEError as exc:
                     raise SpecMoEError(f"grid axes.alpha: {exc}") from None
     n_max = max(grid.axes["draft_experts"])
@@ -317,14 +318,21 @@ def _check_names(grid: Grid) -> None:
 @lru_cache(maxsize=64)
 def _analytic(model: str, hardware: str, routing: str, prompt_len: int, output_len: int):
 
-    wl = Workload(batch=1, prompt_len=prompt_len, output_len=output_len, routing=parse_routing(routing))
-    return Analytic(load_model(model), load_system(hardware), wl)
+    spec, rout = load_model(model), parse_routing(routing)
+    check_routing(rout, spec.num_experts, spec.name)
+    wl = Workload(batch=1, prompt_len=prompt_len, output_len=output_len, routing=rout)
+    return Analytic(spec, load_system(hardware), wl)
 
 
 @lru_cache(maxsize=256)
-def _acceptance(raw: str, draft_set: str):
+def _acceptance(raw: str, draft_set: str, model: str):
 
-    return parse_acceptance(raw, draft_set)
+    return parse_acceptance(raw, draft_set, model=_model(model))
+
+
+@lru_cache(maxsize=64)
+def _model(name: str):
+    return load_model(name)
 
 
 def _policy(g: dict, gamma: int = 0, n: int = 0):
@@ -341,14 +349,19 @@ def _inner_columns(g: dict, start: int, stop: int) -> dict[str, np.ndarray]:
         vals = np.array([0 if v is None else v for v in g[k]], dtype=np.int64)
         cols[k] = vals[ix]
     alpha, label = np.full(stop - start, np.nan), np.full(stop - start, "", dtype=object)
+    spread = np.zeros(stop - start)
     draft_set = g["draft_set"] or "hottemporal"
     for j, raw in enumerate(g["alpha"]):
         sel = idx[3] == j
         if raw is None:
             continue
         label[sel] = str(raw)
-        alpha[sel] = raw if not isinstance(raw, str) else _acceptance(raw, draft_set).alpha_for(cols["draft_experts"][sel])
-    cols["alpha"], cols["acceptance"] = alpha, label
+        if isinstance(raw, str):
+            acc = _acceptance(raw, draft_set, g["model"])
+            alpha[sel], spread[sel] = acc.alpha_for(cols["draft_experts"][sel]), acc.alpha_spread
+        else:
+            alpha[sel] = raw
+    cols["alpha"], cols["acceptance"], cols["alpha_spread"] = alpha, label, spread
     return cols
 
 
@@ -390,6 +403,12 @@ def _run_analytic(g: dict, cols: dict) -> dict[str, np.ndarray]:
            "resident_experts_per_layer": bcast(r.resident_experts_per_layer)}
     for k in BREAKDOWN:
         out[f"t_{k}_ms"] = bcast(r.breakdown.get(k, 0.0)) * 1e3
+    iv = evaluate_intervals(an.model, an.system, an.workload, pol, batch=cols["batch"],
+                            gamma=cols["gamma"] if spec else 0, draft_experts=cols["draft_experts"],
+                            alpha=alpha, alpha_spread=cols["alpha_spread"] if spec else 0.0)
+    for k, q in iv.items():
+        for j, name in enumerate(("p10", "p50", "p90")):
+            out[f"{k}_{name}"] = nan_unless_fit(q[j])
     return out
 
 

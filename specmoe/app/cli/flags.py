@@ -20,8 +20,12 @@ def add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> No
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per sequence")
     p.add_argument("--output-len", type=int, default=256, help="generated tokens per sequence")
     p.add_argument("--acceptance", default=None,
-                   help="α in [0,1), 'paper' (SpecMoE's published τ, default) or 'measured:NAME'")
-    p.add_argument("--routing", default=None, help="'uniform' (default), 'zipf:S' or 'measured:NAME'")
+                   help="α in [0,1), 'model' (default: the model's published figure, else a stated "
+                        "prior with its spread), 'paper' (SpecMoE's NLLB-MoE τ) or 'measured:NAME'")
+    p.add_argument("--routing", default=None,
+                   help="'uniform' (default), 'zipf:S' or 'measured:NAME[:resample]'")
+    p.add_argument("--ideal", action="store_true",
+                   help="datasheet roofline (an upper bound) instead of calibrated/published evidence")
     if with_policy:
         p.add_argument("--policy", default="specmoe", help="|".join(POLICIES))
         add_policy_flags(p)
@@ -51,7 +55,7 @@ def _policy_value(name: str, text: str, batch: int) -> Any:
 
 
 def _hardware(args):
-    return load_system(args.hardware, host=args.host, link=args.link)
+    return load_system(args.hardware, host=args.host, link=args.link, ideal=args.ideal)
 
 
 def config_kwargs(args, with_policy: bool = True) -> dict[str, Any]:
