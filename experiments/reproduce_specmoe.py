@@ -216,7 +216,7 @@ def gap_text(ana: dict, sim: dict | None, sens: dict[str, dict], picks: dict) ->
         f"{PAPER['bytes_vs_ondemand']}%).** In our model both policies are bound by PCIe at batch {BIG}. A "
         f"verification over {BIG}×{GAMMA + 1} positions needs nearly every expert, about the bytes of one OnDemand "
         f"step, and yields τ = {PAPER['tau_hottemporal']} tokens per sequence instead of 1. So the speed-up is "
-        "about τ less the drafting time. A fixed cost per forward pass that our model lacks (see above) would "
+        "about τ less the drafting time. A fixed cost per forward pass larger than our profile's (see above) would "
         f"lower the ratio, since SpecMoE runs {GAMMA + 1} passes per iteration to OnDemand's one. The published "
         "figures do not show whether that is the cause."),
         (f"- **Bytes growth from batch {SMALL} to {BIG}.** Under uniform routing OnDemand's growth is "
