@@ -117,10 +117,17 @@ def test_serving_warmup_requests_are_served_but_not_measured():
         simulate(rate=50.0, warmup=24, **SERVE)
 
 
-def test_plan_html_states_the_limit():
-    from specmoe.app.report import plan_figure
+def test_plan_page_states_the_limit_or_balanced(tmp_path):
+    from specmoe.app.plan_page import limit_sentences, write_plan_html
     from specmoe.planning.search import plan
 
     p = plan(model="mixtral-8x7b", hardware=load_system("h100-pcie", link="pcie3-x16"), batch=16,
              policies=("ondemand",), confirm="analytic")
-    assert "limited by PCIe" in plan_figure(p).layout.title.text
+    page = write_plan_html(p, tmp_path / "plan.html", plotlyjs=False).read_text()
+    assert "Limited by PCIe bandwidth" in page
+    balanced = {"explanation": {"sensitivity": {"pcie": 1.05, "hbm": 1.10}, "limited_by": "balanced",
+                                "balanced_below": 1.15,
+                                "pair_sensitivity": {"resources": ["hbm", "pcie"], "speedup": 1.9}}}
+    (line,) = limit_sentences(balanced)
+    assert line.startswith("Balanced: no single resource would make it 1.15× as fast")
+    assert "twice the GPU memory bandwidth and twice the PCIe bandwidth together: 1.90×" in line

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import typing
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from specmoe.errors import SpecMoEError, suggest
+from specmoe.fileio import atomic_write_text
 
 __all__ = [
     "GPU",
@@ -389,7 +389,7 @@ def load_system(name_or_path: str, host: str | None = None, link: str | None = N
             if not (root / "gpus" / f"{name}.yaml").is_file():
                 known = sorted(set(_names("systems") + _names("calibrated") + _names("gpus")))
                 raise SpecMoEError(f"unknown hardware {name_or_path!r}{suggest(name, known)}; "
-                                   "see list_hardware() or pass a YAML path")
+                                   "see `specmoe hardware list` or pass a profile YAML path")
             system = _system_from_gpu(load_gpu(name), str(root / "gpus" / f"{name}.yaml"))
     system = _override(system, host, link, gpu_count)
     return as_ideal(system) if ideal else system
@@ -465,14 +465,4 @@ def save_system(system: System, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = ("# specmoe hardware profile (written by specmoe.inputs.hardware.save_system)\n"
             + yaml.safe_dump(system_to_dict(system), sort_keys=False, allow_unicode=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)

@@ -5,10 +5,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.hardware import System, load_system
+from specmoe.inputs.hardware import System, as_ideal, load_system
 from specmoe.inputs.models import ModelSpec, load_model
-from specmoe.inputs.policies import SPECULATIVE, Policy, make_policy, validate_policy
-from specmoe.inputs.hardware import as_ideal
+from specmoe.inputs.policies import (
+    SPECULATIVE,
+    Policy,
+    check_parameter_names,
+    make_policy,
+    policy_parameters,
+    validate_policy,
+)
 from specmoe.inputs.workload import (
     Acceptance,
     Routing,
@@ -48,7 +54,11 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
     """Turn names and numbers into validated objects; every error names the field.
 
     acceptance None: the model's default (published figure, else a stated prior with its spread).
-    ideal: predict at the datasheet roofline (an upper bound) instead of the best evidence."""
+    ideal: predict at the datasheet roofline (an upper bound) instead of the best evidence.
+    policy_params: further Policy parameters (draft_set, resident_experts, prefetch_hit_rate, ...);
+    an unknown name raises SpecMoEError naming it and the closest known argument.
+    """
+    check_parameter_names(policy_params, resolve_arguments(), "resolve")
     spec = model if isinstance(model, ModelSpec) else load_model(model)
     system = hardware if isinstance(hardware, System) else load_system(hardware)
     if ideal:
@@ -74,3 +84,11 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
     check_routing(rout, spec.num_experts, spec.name)
     wl = Workload(batch=batch, prompt_len=prompt_len, output_len=output_len, routing=rout, acceptance=acc)
     return Setup(spec, system, wl, pol)
+
+
+def resolve_arguments() -> tuple[str, ...]:
+    """Every keyword `resolve` (and so `specmoe.predict`) accepts."""
+    named = ("model", "hardware", "policy", "batch", "gamma", "draft_experts", "acceptance", "routing",
+             "prompt_len", "output_len", "ideal")
+    return named + tuple(k for k in policy_parameters() if k not in named)
+

@@ -89,8 +89,8 @@ def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params
     lo, hi = ns[max(i - 1, 0)], ns[min(i + 1, len(ns) - 1)]
     # At most 8 more N, geometrically spaced, so a 128-expert model does not add 100 N values.
     extra = sorted({round(x) for x in np.geomspace(lo, hi, 10)} - {*ns, lo, hi})
-    if extra:
-        g2, n2 = _spec_grid([x for x in gammas if x > 0] or [0], extra)
+    if extra:   # every γ, 0 included, so each N's curve starts where the coarse ones do
+        g2, n2 = _spec_grid(gammas, extra)
         cands += _evaluate(setup, pol, g2, n2)
     return cands
 

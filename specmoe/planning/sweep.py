@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from rich.progress import (
 
 from specmoe.costs.ops import BREAKDOWN
 from specmoe.errors import SpecMoEError, suggest
+from specmoe.fileio import atomic_write
 from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
 from specmoe.inputs.policies import (
@@ -65,7 +65,13 @@ from specmoe.inputs.policies import (
 )
 from specmoe.inputs.policies import DEFAULTS as POLICY_DEFAULTS
 from specmoe.inputs.setup import resolve
-from specmoe.inputs.workload import Acceptance, Workload, check_routing, parse_acceptance, parse_routing
+from specmoe.inputs.workload import (
+    Acceptance,
+    Workload,
+    check_routing,
+    parse_acceptance,
+    parse_routing,
+)
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.intervals import evaluate_intervals
 from specmoe.predictors.sim import Simulator
@@ -441,20 +447,9 @@ def _run_chunk_task(args: tuple) -> tuple[int, dict[str, np.ndarray]]:
 
 # ---- results on disk ---------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _save_npz(path: Path, cols: dict[str, np.ndarray]) -> None:
     arrays = {k: (v.astype(str) if v.dtype == object else v) for k, v in cols.items()}
-    _atomic_write(path, lambda p: np.savez(p, **arrays))
+    atomic_write(path, lambda p: np.savez(p, **arrays))
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -463,7 +458,11 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     return {k: (v.astype(object) if v.dtype.kind == "U" else v) for k, v in cols.items()}
 
 
-def _format(out: Path) -> str:
+RESULT_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _format(out: Path, what: str = "output") -> str:
+    """csv or parquet, from the file name; `what` names the file in errors (output, results)."""
     suffix = out.suffix.lower()
     if suffix == ".csv":
         return "csv"
@@ -471,9 +470,13 @@ def _format(out: Path) -> str:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise SpecMoEError(f"output {out}: parquet needs pyarrow (pip install pyarrow) or use a .csv name") from None
+            raise SpecMoEError(f"{what} {out}: parquet needs pyarrow (pip install pyarrow) or use a .csv name") from None
         return "parquet"
-    raise SpecMoEError(f"output {out}: unknown format {suffix!r}; allowed .csv, .parquet")
+    hint = ""
+    if what == "results" and suffix in (".yaml", ".yml"):
+        hint = (f" ({out.name} looks like a grid: run `specmoe sweep {out} -o results.csv`, "
+                "then `specmoe report results.csv`)")
+    raise SpecMoEError(f"{what} {out}: unknown format {suffix!r}; allowed .csv, .parquet{hint}")
 
 
 def write_table(table: dict[str, np.ndarray], out: str | Path) -> Path:
@@ -486,9 +489,9 @@ def write_table(table: dict[str, np.ndarray], out: str | Path) -> Path:
         import pyarrow.parquet as pq
 
         tbl = pa.table({k: (v.tolist() if v.dtype == object else v) for k, v in table.items()})
-        _atomic_write(out, lambda p: pq.write_table(tbl, p))
+        atomic_write(out, lambda p: pq.write_table(tbl, p))
     else:
-        _atomic_write(out, lambda p: _write_csv(table, p))
+        atomic_write(out, lambda p: _write_csv(table, p))
     return out
 
 
@@ -520,21 +523,35 @@ def load_results(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise SpecMoEError(f"results {path}: no such file")
-    if _format(path) == "parquet":
-        import pyarrow.parquet as pq
+    fmt = _format(path, "results")
+    try:
+        return _read_parquet(path) if fmt == "parquet" else _read_csv(path)
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        if isinstance(exc, SpecMoEError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SpecMoEError(f"results {path}: not a readable {fmt} file ({first})") from None
 
-        t = pq.read_table(path)
-        out = {}
-        for name in t.column_names:
-            arr = t.column(name).to_numpy(zero_copy_only=False)
-            out[name] = arr.astype(object) if arr.dtype.kind in "OU" else arr
-        return out
 
+def _read_parquet(path: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    out = {}
+    for name in t.column_names:
+        arr = t.column(name).to_numpy(zero_copy_only=False)
+        out[name] = arr.astype(object) if arr.dtype.kind in "OU" else arr
+    return out
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
         raise SpecMoEError(f"results {path}: empty file")
     head, body = rows[0], rows[1:]
+    if any(len(r) != len(head) for r in body):
+        raise SpecMoEError(f"results {path}: rows of unequal length (not a sweep's CSV)")
     return {k: _column(k, [r[i] for r in body]) for i, k in enumerate(head)}
 
 
@@ -578,7 +595,7 @@ class Manifest:
     def _write(self) -> None:
         body = json.dumps({"schema": "specmoe.planning.sweep/1", "fingerprint": self.fingerprint, "chunks": self.total,
                            "done": sorted(self.done)})
-        _atomic_write(self.path, lambda p: p.write_text(body))
+        atomic_write(self.path, lambda p: p.write_text(body))
 
 
 def _tasks(grid: Grid, groups, chunks) -> list[tuple]:
