@@ -70,7 +70,8 @@ def draft_expert_choices(num_experts: int) -> list[int]:
 
 PLAN_ARGUMENTS = ("model", "hardware", "batch", "policies", "gammas", "draft_experts", "confirm",
                   "top", "static_batch", "acceptance", "routing", "prompt_len", "output_len",
-                  "tpot_ms", "ttft_ms", "rate", "max_batch", "interval", "seed", *POLICY_PARAMS)
+                  "tpot_ms", "ttft_ms", "rate", "max_batch", "interval", "seed", "ideal",
+                  "gpu_memory_utilization", *POLICY_PARAMS)
 
 
 def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie",
@@ -90,7 +91,8 @@ def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100
     confirm: "auto" (simulator where importable), "sim" (required) or "analytic" (no simulation).
     top: candidates the simulator confirms besides each policy's best.
     static_batch: the batch runs as one static batch (throughput counts its slowest sequence).
-    acceptance, routing, prompt_len, output_len, policy_params: as for `predict`.
+    acceptance, routing, prompt_len, output_len, ideal, gpu_memory_utilization, policy_params:
+    as for `predict`.
 
     Returns {model, hardware, batch, best: {policy, gamma, draft_experts, tokens_per_s, ...},
     best_by_policy, candidates, explanation, calibrated, engine, notes}.

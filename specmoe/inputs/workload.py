@@ -313,8 +313,12 @@ class Workload:
     output_len: int = 256
     routing: Routing = field(default_factory=Routing)
     acceptance: Acceptance = field(default_factory=lambda: published_acceptance("hottemporal"))
+    gpu_memory_utilization: float = 0.9    # share of HBM a plan may fill (vLLM's default)
 
     def __post_init__(self):
+        u = self.gpu_memory_utilization
+        if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0.0 < u <= 1.0:
+            raise SpecMoEError(f"gpu_memory_utilization={u!r}: allowed (0, 1]")
         for name in ("batch", "prompt_len", "output_len"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
@@ -327,6 +331,7 @@ class Workload:
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch, "prompt_len": self.prompt_len, "output_len": self.output_len,
+                "gpu_memory_utilization": self.gpu_memory_utilization,
                 "routing": {"kind": self.routing.kind, "zipf_s": self.routing.zipf_s,
                             "temporal_reuse": self.routing.temporal_reuse, "source": self.routing.source},
                 "acceptance": {"alpha": self.acceptance.alpha, "source": self.acceptance.source,

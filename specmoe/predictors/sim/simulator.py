@@ -498,8 +498,9 @@ class Simulator:
             cache_hit_rate=self.stats.hits / lookups if lookups else None,
             tokens_per_verification=float(np.mean(spec)) if spec else None,
             accepted_per_verification=float(np.mean(spec)) - 1.0 if spec else None,
-            breakdown=bd, gpu_memory_gb=mem / 1e9, gpu_capacity_gb=self.system.gpu.hbm_gb,
-            fits=bool(mem <= self.system.gpu.hbm_gb * 1e9),
+            breakdown=bd, gpu_memory_gb=mem / 1e9, gpu_capacity_gb=self._analytic.mem.capacity_bytes / 1e9,
+            gpu_hbm_gb=self.system.gpu.hbm_gb,
+            fits=bool(mem <= self._analytic.mem.capacity_bytes),
             resident_experts_per_layer=self.pol.resident_per_layer, calibrated=bool(self.system.calibration),
             events=next(self.env._eid), wall_s=wall, requests=requests, load=load,
             trace_header=self._header() if self.rec is not None else None,
@@ -545,7 +546,7 @@ class Simulator:
         return (float(np.sum(self.iter_tokens)) / busy if busy > 0 else 0.0), warm[0]
 
     def fits(self) -> bool:
-        return bool(self._memory() <= self.system.gpu.hbm_gb * 1e9)
+        return bool(self._memory() <= self._analytic.mem.capacity_bytes)
 
     def _memory(self) -> float:
         """GPU bytes by the analytic model's accounting, with the staging high-water mark seen."""
