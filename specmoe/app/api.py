@@ -14,7 +14,7 @@ from typing import Any
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import System
 from specmoe.inputs.models import ModelSpec
-from specmoe.inputs.policies import ANALYTIC
+from specmoe.inputs.policies import ANALYTIC, PLANNED
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.planning.search import draft_expert_grid
 from specmoe.planning.search import plan as _plan
@@ -40,7 +40,7 @@ def draft_expert_choices(num_experts: int) -> list[int]:
 
 
 def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie", batch: int = 64,
-         policies: tuple[str, ...] = ANALYTIC, gammas=range(17), draft_experts=None,
+         policies: tuple[str, ...] = PLANNED, gammas=range(17), draft_experts=None,
          **kwargs: Any) -> dict[str, Any]:
     """Choose policy, γ (0 = no speculation) and N: analytic search, simulator confirmation where
     available, and an explanation (see `specmoe.planning.search.plan` for the options).

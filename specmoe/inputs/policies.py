@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from specmoe.errors import SpecMoEError, suggest
+from specmoe.inputs.tree import check_tree
 
 # name -> (what moves, when; where it comes from). Order = how listings show them.
 POLICIES: dict[str, str] = {
@@ -20,7 +21,11 @@ POLICIES: dict[str, str] = {
 }
 SPECULATIVE = ("specmoe", "spmoe", "moespec", "eagle")
 # Policies the analytic model covers; the simulator covers all of POLICIES.
-ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe")
+ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe", "spmoe", "moespec", "fate", "eagle")
+# The planner's default candidates: every parameter they need has a measured or published value.
+# The separate-draft policies (spmoe, moespec, eagle) need the user's draft model: its cost
+# (draft_model_ratio) and its acceptance; fate needs a prediction hit rate. Ask for them by name.
+PLANNED = ("ondemand", "overlap", "caching", "cpu", "specmoe")
 DRAFT_SETS = ("random", "hot", "hottemporal")
 
 
@@ -47,6 +52,11 @@ class Policy:
     cutoff_layer: last layer that spmoe prefetches for (None = all).
     draft_model_ratio: separate draft model's per-token cost as a fraction of the target's
         resident compute (spmoe, eagle).
+    tree_width: draft-tree branching (speculative policies; 1 = a chain). Each branching node gets
+        tree_width children drawn without replacement (Recursive Speculative Decoding, Jeon et al.
+        2024, arXiv 2402.14160); gamma stays the tree's depth. See specmoe.inputs.tree.
+    tree_levels: how many levels (from the root) branch; deeper levels extend every leaf by one
+        token. None = every level (a full tree, RSD-C); 1 = tree_width chains from the root.
     """
 
     name: str = "ondemand"
@@ -61,6 +71,8 @@ class Policy:
     expert_budget: int | None = None
     cutoff_layer: int | None = None
     draft_model_ratio: float = 0.05
+    tree_width: int = 1
+    tree_levels: int | None = None
 
     @property
     def speculative(self) -> bool:
@@ -108,3 +120,11 @@ def validate_policy(p: Policy, num_experts: int | None = None, num_layers: int |
         raise SpecMoEError(f"cutoff_layer={p.cutoff_layer}: allowed 0..{num_layers or 'num_layers'}")
     if not 0.0 < p.draft_model_ratio <= 1.0:
         raise SpecMoEError(f"draft_model_ratio={p.draft_model_ratio}: allowed (0, 1]")
+    if not 1 <= p.tree_width <= 16:
+        raise SpecMoEError(f"tree_width={p.tree_width}: allowed 1..16 children per draft-tree node")
+    if p.tree_levels is not None and p.tree_levels < 0:
+        raise SpecMoEError(f"tree_levels={p.tree_levels}: must be >= 0 (None = every level)")
+    if p.tree_width > 1 and p.name not in SPECULATIVE:
+        raise SpecMoEError(f"tree_width={p.tree_width}: policy {p.name!r} does not draft; draft trees "
+                           f"need a speculative policy ({', '.join(SPECULATIVE)})")
+    check_tree(p.gamma, p.tree_width, p.tree_levels)

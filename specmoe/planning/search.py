@@ -24,7 +24,7 @@ import numpy as np
 
 from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import ANALYTIC, Policy, make_policy
+from specmoe.inputs.policies import ANALYTIC, PLANNED, SPECULATIVE, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.inputs.workload import Workload, tau
 from specmoe.predictors.analytic import Analytic
@@ -32,7 +32,8 @@ from specmoe.predictors.prediction import summarize
 from specmoe.predictors.rounds import expected_rounds
 
 POLICY_PARAMS = ("draft_set", "substitution", "spec_min_batch", "cache_fraction", "prefetch_hit_rate",
-                 "prefetch_precision", "expert_budget", "cutoff_layer", "draft_model_ratio")
+                 "prefetch_precision", "expert_budget", "cutoff_layer", "draft_model_ratio", "tree_width",
+                 "tree_levels")
 BEST_KEYS = ("policy", "gamma", "draft_experts", "tokens_per_s", "tpot_ms", "h2d_bytes_per_token",
              "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration")
 SIM_MODES = ("auto", "sim", "analytic")
@@ -69,6 +70,9 @@ def _spec_grid(gammas: Sequence[int], ns: Sequence[int]) -> tuple[np.ndarray, np
 
 def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params: dict) -> list[dict]:
     pol = make_policy(name, **params)
+    if name in SPECULATIVE and name != "specmoe":     # a separate draft model: γ only, no N
+        g = np.asarray(gammas, dtype=int)
+        return _evaluate(setup, pol, g, np.zeros_like(g))
     if name != "specmoe":
         return _evaluate(setup, pol, np.zeros(1, dtype=int), np.zeros(1, dtype=int))
     g, n = _spec_grid(gammas, ns)
@@ -88,7 +92,7 @@ def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params
     return cands
 
 
-def search(setup: Setup, policies: Iterable[str] = ANALYTIC, gammas: Iterable[int] = range(17),
+def search(setup: Setup, policies: Iterable[str] = PLANNED, gammas: Iterable[int] = range(17),
            draft_experts: Iterable[int] | None = None, refine: bool = True,
            policy_params: dict | None = None) -> list[dict[str, Any]]:
     """Every analytic candidate (dicts as `predict` returns) for the setup's model, system, workload."""
@@ -201,7 +205,7 @@ def _apply_static_batch(setup: Setup, candidates: list[dict]) -> None:
             c["tokens_per_s"] *= f
 
 
-def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: Iterable[str] = ANALYTIC,
+def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: Iterable[str] = PLANNED,
          gammas: Iterable[int] = range(17), draft_experts: Iterable[int] | None = None, confirm: str = "auto",
          top: int = 3, refine: bool = True, explain: bool = True, sim_options: dict | None = None,
          static_batch: bool = False, **kwargs: Any) -> dict[str, Any]:

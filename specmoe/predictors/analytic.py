@@ -12,6 +12,15 @@ NR(T, R) = U(T) − Σ_{e ∈ R} [1 − (1 − p_e)^T] needed experts that must 
   cpu               per layer max(GPU part, CPU part), each needed expert where it is cheaper
   specmoe           γ draft steps with N resident experts (no fetches) + one verification over
                     T = B(γ+1) fetching each needed expert once; B·τ(γ) tokens per iteration
+  eagle             γ steps of a separate draft model (draft_model_ratio × the target's resident
+                    compute) + an on-demand verification over B(γ+1) positions
+  spmoe             eagle, and while it drafts the draft gates' predicted experts (prefetch_hit_rate)
+                    of the MoE layers below cutoff_layer are copied, layer by layer: a max-plus
+                    recursion over layers with one copy engine, demand copies ahead of prefetches
+  moespec           eagle with an expert budget b per layer at verification: min(U(T), b) experts
+  fate              overlap's per-layer rule with a shallow-favouring cache (slots ∝ L − l)
+Draft trees (policy.tree_width > 1; specmoe.inputs.tree): draft level d runs over B·n_d tokens,
+verification over B·(1 + S) positions, τ from the per-level pass probabilities.
 """
 from __future__ import annotations
 
@@ -23,9 +32,11 @@ import numpy as np
 from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import ANALYTIC, Policy
-from specmoe.inputs.workload import Workload, tau
+from specmoe.inputs.tree import nodes_at, tree_size, tree_tau
+from specmoe.inputs.workload import Workload, alpha_from_tau, tau
 
 CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
+SEPARATE_DRAFT = ("eagle", "spmoe", "moespec")     # a separate draft model on the GPU
 
 
 class ExpertCounts:
@@ -44,6 +55,12 @@ class ExpertCounts:
         used = 1.0 - np.exp(uniq[:, None, None] * logq[None])                # [U, P, E]
         cum = np.concatenate([np.zeros(used.shape[:2] + (1,)), np.cumsum(used, axis=2)], axis=2)
         return np.einsum("upj,p->uj", cum, self.weights), inverse.reshape(tokens.shape)
+
+    def top_mass(self, n) -> np.ndarray:
+        """Layer-mean Σ of the n largest inclusion probabilities (tokens·mass: pairs they take)."""
+        cum = np.concatenate([np.zeros((len(self.probs), 1)), np.cumsum(self.probs, axis=1)], axis=1)
+        idx = np.clip(np.asarray(n, dtype=int), 0, self.num_experts)
+        return np.einsum("pj,p->j", cum, self.weights)[idx]
 
     def distinct_and_missing(self, tokens, resident, random_resident=False):
         """(U(T), NR(T, R)) for arrays T and R (resident experts per layer)."""
@@ -102,6 +119,8 @@ class Analytic:
         probs = self.workload.routing.inclusion_probs(m.num_experts, m.top_k, m.num_moe_layers)
         self.counts = ExpertCounts(probs)
         self.hbm_bytes = system.gpu.hbm_gb * 1e9
+        # A layer whose decoder layer has one before it can be prefetched while that one runs.
+        self._prefetchable = np.asarray(m.moe_layer_ids) > 0
 
     # ---- building blocks -----------------------------------------------------------------------
     def _nonexpert(self, tokens, batch, context):
@@ -117,22 +136,58 @@ class Analytic:
         m, c = self.model, self.costs
         L, k = m.num_moe_layers, m.top_k
         attn, dense = self._nonexpert(tokens, batch, context)
+        if policy.name == "fate":
+            return self._fate_forward(tokens, attn, dense, resident, policy)
         distinct, missing = self.counts.distinct_and_missing(tokens, resident, random_resident)
         compute = L * c.experts(tokens * k, distinct)
         fetch_one_layer = c.expert_fetch(missing)
         zeros = np.zeros_like(compute)
         if policy.name == "overlap":
-            h, prec = policy.prefetch_hit_rate, policy.prefetch_precision
-            prefetched = h * missing / prec            # right and wrong guesses both cross the link
-            per_layer_compute = (attn + dense + compute) / L
-            exposed = (np.maximum(c.expert_fetch(prefetched) - per_layer_compute, 0.0)
-                       + c.expert_fetch((1 - h) * missing))
-            h2d = (L - 1) * exposed + fetch_one_layer  # nothing runs before layer 0 to hide its fetch
-            fetched = (L - 1) * (prefetched + (1 - h) * missing) + missing
-            return Forward(attn, dense, compute, h2d, zeros, fetched)
+            exposed, fetched = self._prefetched_layer(missing, (attn + dense + compute) / L, policy)
+            n_pre = self._prefetchable.sum()            # nothing runs before layer 0 to hide its fetch
+            h2d = n_pre * exposed + (L - n_pre) * fetch_one_layer
+            return Forward(attn, dense, compute, h2d, zeros, n_pre * fetched + (L - n_pre) * missing)
         if policy.name == "cpu":
             return self._cpu_forward(tokens, attn, dense, distinct, missing)
         return Forward(attn, dense, compute, L * fetch_one_layer, zeros, L * missing)
+
+    def _prefetched_layer(self, missing, per_layer_compute, policy: Policy):
+        """One prefetchable layer under next-layer prediction: (exposed copy time, experts copied).
+        A share h of the needed experts was copied during the previous layer (with the wrong guesses,
+        1/precision as many); the rest are fetched once the gate has run."""
+        c = self.costs
+        h, prec = policy.prefetch_hit_rate, policy.prefetch_precision
+        prefetched = h * missing / prec            # right and wrong guesses both cross the link
+        exposed = (np.maximum(c.expert_fetch(prefetched) - per_layer_compute, 0.0)
+                   + c.expert_fetch((1 - h) * missing))
+        return exposed, prefetched + (1 - h) * missing
+
+    def _fate_forward(self, tokens, attn, dense, caps, policy: Policy) -> Forward:
+        """fate: overlap's rule per layer, with caps[..., l] cached experts in MoE layer l."""
+        m, c = self.model, self.costs
+        L = m.num_moe_layers
+        caps = np.broadcast_to(caps, np.shape(tokens) + (L,))
+        layers = [self.counts.distinct_and_missing(tokens, caps[..., l]) for l in range(L)]
+        distinct = layers[0][0]
+        compute = L * c.experts(tokens * m.top_k, distinct)
+        per_layer_compute = (attn + dense + compute) / L
+        h2d, fetched = np.zeros_like(compute), np.zeros_like(compute)
+        for l, (_, missing) in enumerate(layers):
+            if self._prefetchable[l]:
+                exposed, copied = self._prefetched_layer(missing, per_layer_compute, policy)
+            else:
+                exposed, copied = c.expert_fetch(missing), missing
+            h2d, fetched = h2d + exposed, fetched + copied
+        return Forward(attn, dense, compute, h2d, np.zeros_like(compute), fetched)
+
+    def fate_caps(self, per_layer_slots) -> np.ndarray:
+        """[..., L] cache slots per MoE layer: the same total as `per_layer_slots` in every layer,
+        split shallow-first (layer l's share ∝ L − l), as the simulator's fate cache."""
+        m = self.model
+        total = np.asarray(per_layer_slots, dtype=int) * m.num_moe_layers
+        uniq, inverse = np.unique(total, return_inverse=True)
+        table = np.stack([shallow_first(int(t), m.num_moe_layers, m.num_experts) for t in uniq])
+        return table[inverse.reshape(total.shape)]
 
     def _cpu_forward(self, tokens, attn, dense, distinct, missing) -> Forward:
         """Fiddler: a needed non-resident expert runs on the CPU when that beats fetching it.
@@ -185,47 +240,174 @@ class Analytic:
         _check_arrays(batch, gamma, n_draft, alpha, m.num_experts)
         if policy.name == "specmoe":
             return self._specmoe(policy, batch, gamma, n_draft, alpha, alpha_given=alpha is not None)
+        if policy.name in SEPARATE_DRAFT:
+            return self._separate_draft(policy, batch, gamma, n_draft, alpha, alpha_given=alpha is not None)
         return self._single_pass(policy, batch)
 
     def _single_pass(self, policy: Policy, batch) -> AnalyticResult:
         m, ctx = self.model, self.workload.mean_context
         zero = np.zeros_like(batch)
         staging = np.minimum(m.num_experts, np.ceil(self.counts.distinct_and_missing(batch, 0)[0]))
-        staging = staging * (2 if policy.name == "overlap" else 1)
-        if policy.name in ("caching", "cpu"):
+        staging = staging * (2 if policy.name in ("overlap", "fate") else 1)
+        if policy.name in ("caching", "cpu", "fate"):
             resident = self.cache_slots(batch, zero, staging, policy)
         else:
             resident = np.zeros(batch.shape, dtype=int)
-        fwd = self._forward(batch, batch, ctx, resident, policy)
+        placed = self.fate_caps(resident) if policy.name == "fate" else resident
+        fwd = self._forward(batch, batch, ctx, placed, policy)
         parts = _parts(fwd, zero)
         return self._result(batch, zero, fwd.total, batch, parts, fwd.fetched_experts,
-                            self.memory(batch, zero, resident, staging), resident, policy)
+                            self.memory(batch, zero, resident, staging), resident, policy, placed)
+
+    # ---- speculation ---------------------------------------------------------------------------
+    def _gate(self, policy, batch, gamma):
+        """γ where speculation runs (γ > 0 and batch >= spec_min_batch), else 0."""
+        return np.where((gamma > 0) & (batch >= policy.spec_min_batch), gamma, 0.0)
+
+    def _taus(self, policy, g, n_draft, alpha, alpha_given):
+        """Tokens per verification: the workload's τ(γ, N) for a chain, the tree's otherwise."""
+        acc = self.workload.acceptance
+        if policy.tree_width == 1:
+            taus = tau(alpha, g) if alpha_given else acc.tau(g, n_draft)
+        else:
+            if not alpha_given and acc.tau_table and policy.gamma > 0:
+                alpha = alpha_from_tau(float(acc.tau(policy.gamma, policy.draft_experts)), policy.gamma)
+            taus = tree_tau(alpha, g, policy.tree_width, policy.tree_levels)
+        return np.where(g > 0, taus, 1.0)
+
+    @staticmethod
+    def _over_levels(g, policy: Policy, step):
+        """Σ_{d=0..γ−1} step(n_d): drafting level d+1 runs over the n_d nodes of level d."""
+        if policy.tree_width == 1:
+            return g * step(1.0)
+        total = np.zeros_like(g)
+        for d in range(int(np.max(g, initial=0))):
+            n = nodes_at(d, policy.tree_width, policy.tree_levels)
+            total = total + np.where(d < g, step(n), 0.0)
+        return total
+
+    def _resident_pass(self, tokens, batch, context):
+        """One target pass over `tokens` as if every weight were in HBM (a draft model's yardstick)."""
+        m = self.model
+        attn, dense = self._nonexpert(tokens, batch, context)
+        distinct = np.minimum(m.num_experts, self.counts.distinct_and_missing(tokens, 0)[0])
+        return attn + dense + m.num_moe_layers * self.costs.experts(tokens * m.top_k, distinct)
+
+    def _separate_draft(self, policy, batch, gamma, n_draft, alpha, alpha_given) -> AnalyticResult:
+        """eagle, spmoe, moespec: a separate draft model on the GPU, the target verifies."""
+        m, ctx = self.model, self.workload.mean_context
+        g = self._gate(policy, batch, gamma)
+        step = lambda n: policy.draft_model_ratio * self._resident_pass(batch * n, batch, ctx)  # noqa: E731
+        draft_s = self._over_levels(g, policy, step)
+        size = tree_size(g, policy.tree_width, policy.tree_levels)
+        tokens = batch * (1.0 + size)
+        if policy.name == "spmoe":
+            total, parts, fetched, staging = self._spmoe_verify(tokens, batch, ctx, policy, draft_s, g > 0)
+        else:
+            budget = policy.expert_budget if policy.name == "moespec" else None
+            fwd = self._budget_forward(tokens, batch, ctx, budget)
+            total, parts, fetched = draft_s + fwd.total, _parts(fwd, draft_s), fwd.fetched_experts
+            staging = np.ceil(fetched / m.num_moe_layers)
+        taus = self._taus(policy, g, n_draft, alpha, alpha_given)
+        zero = np.zeros(batch.shape, dtype=int)
+        mem = self.memory(batch, size, zero, staging)
+        mem = mem + np.where(g > 0, policy.draft_model_ratio * m.resident_bytes, 0.0)   # draft weights
+        return self._result(batch, g, total, batch * taus, parts, fetched, mem, zero, policy)
+
+    def _budget_forward(self, tokens, batch, context, budget) -> Forward:
+        """Verification fetching on demand; with an expert budget b (moespec) only the b experts
+        with the most tokens per layer run: min(U(T), b) experts, and the token-expert pairs they
+        keep are at least T·k·b/U(T) (equal loads) and T·Σ_{top b} p (large T)."""
+        m, c = self.model, self.costs
+        L, k = m.num_moe_layers, m.top_k
+        attn, dense = self._nonexpert(tokens, batch, context)
+        distinct, _ = self.counts.distinct_and_missing(tokens, 0)
+        pairs = tokens * k
+        if budget is not None:
+            kept_share = np.maximum(self.counts.top_mass(budget) / k,
+                                    np.minimum(1.0, budget / np.maximum(distinct, 1e-9)))
+            distinct = np.minimum(distinct, budget)
+            pairs = pairs * np.minimum(kept_share, 1.0)
+        compute = L * c.experts(pairs, distinct)
+        zeros = np.zeros_like(compute)
+        return Forward(attn, dense, compute, L * c.expert_fetch(distinct), zeros, L * distinct)
+
+    def _spmoe_verify(self, tokens, batch, context, policy, draft_s, spec):
+        """spmoe's verification with the experts prefetched during drafting.
+
+        The copy engine starts the prefetch (h·NR experts of each MoE layer below the cutoff, in
+        layer order) with the draft; verification of a layer waits for its gate, its demand copies
+        (the (1 − h)·NR not predicted; they overtake prefetches still queued, delaying them) and its
+        prefetch. Per layer: g = t + attention + gate; prefetch done F = (l+1)·p·f + shift
+        (+ the layer's demand if the prefetch was not done by g); t = max(g + d·f, F) + experts.
+        Exact up to one expert copy per preemption (a copy in flight finishes first)."""
+        m, c = self.model, self.costs
+        L, k = m.num_moe_layers, m.top_k
+        attn_l = c.attention_block(tokens, batch, context) + c.layer_fixed()
+        gate = c.router_and_shared(tokens)
+        dense_l = c.dense_ffn(tokens) if m.num_layers > L else 0.0
+        distinct, missing = self.counts.distinct_and_missing(tokens, 0)
+        experts = c.experts(tokens * k, distinct)
+        f = c.expert_fetch(1)
+        ids = np.asarray(m.moe_layer_ids)
+        cut = L if policy.cutoff_layer is None else int(np.sum(ids < policy.cutoff_layer))
+        pre = np.where(spec, policy.prefetch_hit_rate * missing, 0.0)   # per prefetched layer
+        queue_end = cut * pre * f
+        t, shift, stall = np.array(draft_s, dtype=float), np.zeros_like(missing), np.zeros_like(missing)
+        moe = set(ids.tolist())
+        layer = 0
+        for i in range(m.num_layers):
+            if i not in moe:
+                t = t + attn_l + dense_l
+                continue
+            demand = missing - pre if layer < cut else missing
+            g = t + attn_l + gate
+            if layer < cut:
+                done = (layer + 1) * pre * f + shift
+                done = np.where(done > g, done + demand * f, done)
+            else:
+                done = np.zeros_like(g)
+            shift = shift + np.where(queue_end + shift > g, demand * f, 0.0)
+            ready = np.maximum(g + demand * f, done)
+            stall = stall + ready - g
+            t = ready + experts
+            layer += 1
+        t = t + c.lm_head(tokens)
+        attn = m.num_layers * attn_l
+        dense = L * gate + c.lm_head(tokens) + (m.num_layers - L) * dense_l
+        parts = {"attention": attn, "dense": dense, "expert_compute": L * experts, "h2d": stall,
+                 "cpu_expert": np.zeros_like(stall), "draft": np.asarray(draft_s, dtype=float)}
+        staging = np.ceil(cut * pre + missing)
+        return t, parts, L * missing, staging
 
     def _specmoe(self, policy, batch, gamma, n_draft, alpha, alpha_given) -> AnalyticResult:
-        m, w, ctx = self.model, self.workload, self.workload.mean_context
-        spec = (gamma > 0) & (batch >= policy.spec_min_batch)
-        g = np.where(spec, gamma, 0.0)
+        m, ctx = self.model, self.workload.mean_context
+        g = self._gate(policy, batch, gamma)
         resident = n_draft.astype(int)
         random_set = policy.draft_set == "random"
-        # Draft: γ steps over B tokens, every token served by the N resident experts (substitution).
-        d_attn, d_dense = self._nonexpert(batch, batch, ctx)
-        d_distinct = np.minimum(n_draft, self.counts.distinct_and_missing(batch, 0)[0])
-        d_expert = m.num_moe_layers * self.costs.experts(batch * m.top_k, np.maximum(d_distinct, 1.0))
-        draft_s = g * (d_attn + d_dense + d_expert)
-        # Verify: one pass over B(γ+1) positions, each needed non-resident expert fetched once.
-        tokens = batch * (g + 1.0)
+
+        def step(n):   # a draft level over B·n tokens, served by the N resident experts (substitution)
+            d_attn, d_dense = self._nonexpert(batch * n, batch, ctx)
+            d_distinct = np.minimum(n_draft, self.counts.distinct_and_missing(batch * n, 0)[0])
+            return d_attn + d_dense + m.num_moe_layers * self.costs.experts(
+                batch * n * m.top_k, np.maximum(d_distinct, 1.0))
+
+        draft_s = self._over_levels(g, policy, step)
+        # Verify: one pass over B(1 + S) positions, each needed non-resident expert fetched once.
+        size = tree_size(g, policy.tree_width, policy.tree_levels)
+        tokens = batch * (1.0 + size)
         fwd = self._forward(tokens, batch, ctx, resident, policy.with_(name="ondemand"), random_set)
-        taus = w.acceptance.tau(g, n_draft) if not alpha_given else _tau(alpha, g)
-        taus = np.where(spec, taus, 1.0)
+        taus = self._taus(policy, g, n_draft, alpha, alpha_given)
         staging = np.minimum(m.num_experts - resident, np.ceil(fwd.fetched_experts / m.num_moe_layers))
-        mem = self.memory(batch, g, resident, staging)
+        mem = self.memory(batch, size, resident, staging)
         return self._result(batch, g, draft_s + fwd.total, batch * taus, _parts(fwd, draft_s),
                             fwd.fetched_experts, mem, resident, policy)
 
-    def _result(self, batch, gamma, iteration_s, tokens_per_iter, parts, fetched, mem, resident, policy):
+    def _result(self, batch, gamma, iteration_s, tokens_per_iter, parts, fetched, mem, resident, policy,
+                placed=None):
         m, _w = self.model, self.workload
         h2d_bytes = fetched * m.expert_bytes
-        ttft = self._prefill_s(batch, resident, policy)
+        ttft = self._prefill_s(batch, resident if placed is None else placed, policy)
         tpot = iteration_s / (tokens_per_iter / batch)
         return AnalyticResult(
             iteration_s=iteration_s, tokens_per_iteration=tokens_per_iter,
@@ -238,18 +420,31 @@ class Analytic:
         """TTFT: one forward over all prompt tokens (mean context half the prompt)."""
         w = self.workload
         tokens = batch * w.prompt_len
+        speculative = policy.name == "specmoe" or policy.name in SEPARATE_DRAFT
         fwd = self._forward(tokens, batch, w.prompt_len / 2.0, resident,
-                            policy.with_(name="ondemand") if policy.name == "specmoe" else policy)
+                            policy.with_(name="ondemand") if speculative else policy)
         return fwd.total
+
+
+def shallow_first(total: int, layers: int, per_layer_max: int) -> np.ndarray:
+    """Split `total` cache slots over layers with weights L − l, none above per_layer_max (fate)."""
+    w = np.arange(layers, 0, -1, dtype=float)
+    cap = np.zeros(layers, dtype=int)
+    left = min(total, layers * per_layer_max)
+    while left > 0:
+        room = cap < per_layer_max
+        share = np.floor(left * w * room / (w * room).sum()).astype(int)
+        if share.sum() == 0:                    # hand out the remainder one by one, shallow first
+            share = np.zeros(layers, dtype=int)
+            share[np.flatnonzero(room)[:left]] = 1
+        cap = np.minimum(cap + share, per_layer_max)
+        left = min(total, layers * per_layer_max) - cap.sum()
+    return cap
 
 
 def _parts(fwd: Forward, draft_s) -> dict[str, np.ndarray]:
     return {"attention": fwd.attention, "dense": fwd.dense, "expert_compute": fwd.expert_compute,
             "h2d": fwd.h2d, "cpu_expert": fwd.cpu_expert, "draft": np.asarray(draft_s, dtype=float)}
-
-
-def _tau(alpha, gamma):
-    return tau(alpha, gamma)
 
 
 def _check_arrays(batch, gamma, n_draft, alpha, num_experts):

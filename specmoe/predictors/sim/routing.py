@@ -132,3 +132,20 @@ def sample_accepted(rng: np.random.Generator, alpha: float, gamma: int, n: int) 
     if gamma <= 0:
         return np.zeros(n, dtype=np.int64)
     return np.minimum(rng.geometric(1.0 - alpha, size=n) - 1, gamma)
+
+
+def tree_layout(gamma: int, width: int = 1, levels: int | None = None) -> np.ndarray:
+    """Positions of a draft tree per sequence, level by level: offsets[d] is the first position of
+    depth d (d = 0 the pending token), offsets[γ+1] the total 1 + S (specmoe.inputs.tree)."""
+    lv = gamma if levels is None else min(gamma, levels)
+    nodes = [width ** min(d, lv) for d in range(gamma + 1)]
+    return np.concatenate([[0], np.cumsum(nodes)]).astype(np.int64)
+
+
+def sample_accepted_levels(rng: np.random.Generator, level_pass: np.ndarray, n: int) -> np.ndarray:
+    """Accepted depth per sequence when level d is passed with probability level_pass[d−1], until
+    the first level that fails (a draft tree under recursive rejection sampling)."""
+    if len(level_pass) == 0:
+        return np.zeros(n, dtype=np.int64)
+    ok = rng.random((n, len(level_pass))) < np.asarray(level_pass)[None, :]
+    return np.cumprod(ok, axis=1).sum(axis=1).astype(np.int64)

@@ -34,12 +34,14 @@ from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import validate_policy
 from specmoe.inputs.setup import resolve
+from specmoe.inputs.tree import level_probs, tree_size
 from specmoe.measure.trace import Header
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.sim.entities import DEMAND, PREFETCH, CopyEngine, Cpu, Meter, Recorder, Ssd
 from specmoe.predictors.sim.policies import POLICY_CLASSES, PassPlan, alpha_of, expected_distinct_mean
 from specmoe.predictors.sim.result import SimResult, percentiles
-from specmoe.predictors.sim.routing import RoutingSampler, sample_accepted
+from specmoe.predictors.sim.routing import (RoutingSampler, sample_accepted, sample_accepted_levels,
+                                            tree_layout)
 
 CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 
@@ -177,14 +179,14 @@ class Simulator:
         staging *= 2 if self.policy.name in ("overlap", "fate") else 1
         return int(self._analytic.cache_slots(b, np.zeros(()), staging, self.policy))
 
-    def draft_step_s(self, batch: int, context: float) -> float:
-        """A separate draft model's step: draft_model_ratio × the target's compute for `batch`
-        tokens as if all its weights were resident."""
-        attn, gate, dense, lm = self._head_costs(batch, batch, context)
+    def draft_step_s(self, tokens: int, batch: int, context: float) -> float:
+        """A separate draft model's step over `tokens` positions of `batch` sequences:
+        draft_model_ratio × the target's compute for them as if all its weights were resident."""
+        attn, gate, dense, lm = self._head_costs(tokens, batch, context)
         m = self.model
-        u = min(self.E, expected_distinct_mean(self.probs, batch))
+        u = min(self.E, expected_distinct_mean(self.probs, tokens))
         target = (m.num_layers * attn + self.L * gate + m.num_dense_layers * dense + lm
-                  + self.L * float(self.costs.experts(batch * self.k, u)))
+                  + self.L * float(self.costs.experts(tokens * self.k, u)))
         return self.policy.draft_model_ratio * target
 
     def _head_costs(self, tokens, batch, context):
@@ -312,12 +314,20 @@ class Simulator:
         """One decode iteration of the sequences in `slots`; returns tokens produced per sequence."""
         B = len(slots)
         g = self.pol.gamma_for(B)
-        counts, pats = self.sampler.sample(slots, g + 1)
+        p = self.policy
+        offsets = tree_layout(g, p.tree_width, p.tree_levels)      # a chain: 0, 1, ..., γ+1
+        counts, pats = self.sampler.sample(slots, int(offsets[-1]))
         if g > 0:
-            yield from self.pol.draft(counts, B, context)
+            # Draft level d+1 runs over the nodes of depth d: their routed tokens, summed.
+            by_level = np.add.reduceat(counts, offsets[:-1], axis=1)
+            yield from self.pol.draft(by_level, B, context, np.diff(offsets))
             verify = counts.sum(axis=1)
-            yield from self.forward(self.pol.plan(verify, "verify", B * (g + 1), B, context))
-            accepted = sample_accepted(self.accept_rng, self.pol.alpha, g, B)
+            yield from self.forward(self.pol.plan(verify, "verify", B * int(offsets[-1]), B, context))
+            if p.tree_width == 1:
+                accepted = sample_accepted(self.accept_rng, self.pol.alpha, g, B)
+            else:
+                passes = level_probs(self.pol.alpha, g, p.tree_width, p.tree_levels)
+                accepted = sample_accepted_levels(self.accept_rng, passes, B)
             self.pol.after(verify, "verify")
             if self.rec is not None:
                 self.rec.span("accept", "accept", self.env.now, 0.0, "gpu", step=self.step,
@@ -326,7 +336,7 @@ class Simulator:
             yield from self.forward(self.pol.plan(counts[:, 0, :], "decode", B, B, context))
             accepted = np.zeros(B, dtype=np.int64)
             self.pol.after(counts[:, 0, :], "decode")
-        self.sampler.commit(slots, pats, accepted)
+        self.sampler.commit(slots, pats, offsets[accepted])   # the accepted node's level (its first)
         self.step += 1
         return accepted + 1, g
 
@@ -497,7 +507,8 @@ class Simulator:
         """GPU bytes by the analytic model's accounting, with the staging high-water mark seen."""
         p, m = self.policy, self.model
         g = p.gamma if self.pol.speculative else 0
-        mem = float(self._analytic.memory(float(self.workload.batch), float(g), self.pol.resident_per_layer,
+        positions = float(tree_size(g, p.tree_width, p.tree_levels))
+        mem = float(self._analytic.memory(float(self.workload.batch), positions, self.pol.resident_per_layer,
                                            float(self.peak_layer_fetch)))
         if p.name in ("eagle", "spmoe", "moespec") and g > 0:
             mem += p.draft_model_ratio * m.resident_bytes       # the draft model's weights (estimate)
