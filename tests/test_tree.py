@@ -64,14 +64,14 @@ def test_verification_covers_the_whole_tree():
 
 
 @pytest.mark.parametrize("kw", [
-    dict(policy="specmoe", draft_experts=2, tree_width=2),
+    dict(policy="specmoe", draft_experts=2, tree_width=3),
     dict(policy="specmoe", draft_experts=1, tree_width=3, tree_levels=1),
-    dict(policy="eagle", tree_width=2),
+    dict(policy="eagle", tree_width=3),
     dict(policy="spmoe", tree_width=2),
 ])
 def test_tree_agrees_with_the_simulator_where_exact(kw):
     fixed = Routing(kind="empirical", probs=((1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),), source="test")
-    setup = resolve(batch=16, gamma=3, routing=fixed, acceptance=Acceptance(0.0), **kw)
+    setup = resolve(batch=128, gamma=3, routing=fixed, acceptance=Acceptance(0.0), **kw)
     sim = Simulator(setup, iterations=8, seed=0).run()
     an = Analytic(setup.model, setup.system, setup.workload).evaluate(setup.policy)
     assert sim.tokens_per_s == pytest.approx(float(an.tokens_per_s), rel=0.01)
