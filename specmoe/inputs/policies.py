@@ -1,7 +1,10 @@
-"""The one policy vocabulary: names and parameters shared by analytic model, simulator, engine and CLI."""
+"""The policy registry: every policy's name and every parameter's default, range, help and users,
+declared once. CLI flags (app.cli.flags), sweep axes (planning.sweep), the planner's pass-through
+parameters and validation are generated from it; each predictor and the engine declare which of
+these policies they implement (tests/test_registry.py holds them to it)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from specmoe.errors import SpecMoEError, suggest
@@ -27,52 +30,82 @@ ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe", "spmoe", "moespe
 # (draft_model_ratio) and its acceptance; fate needs a prediction hit rate. Ask for them by name.
 PLANNED = ("ondemand", "overlap", "caching", "cpu", "specmoe")
 DRAFT_SETS = ("random", "hot", "hottemporal")
+# Policies that prefetch the next layer while this one runs: their staging is double-buffered.
+DOUBLE_BUFFERED = ("overlap", "fate")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One policy parameter: its kind, range and help. `optional`: None means "decided for you"."""
+
+    help: str
+    used_by: tuple[str, ...]
+    kind: str = "float"                 # int | float | bool | choice
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False               # (lo, hi] instead of [lo, hi]
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+
+    def allowed(self) -> str:
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        if self.kind == "bool":
+            return "true or false"
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        rng = f"{'(' if self.lo_open else '['}{lo}, {hi}]"
+        return (f"whole numbers in {rng}" if self.kind == "int" else rng) + (" or none" if self.optional else "")
+
+
+def _p(default, **meta):
+    return field(default=default, metadata={"param": Param(**meta)})
 
 
 @dataclass(frozen=True)
 class Policy:
-    """A policy and its parameters. Fields a policy does not use are ignored by it.
-
-    gamma: draft tokens per verification (0 = no speculation).
-    draft_experts: N experts per MoE layer resident for drafting (specmoe).
-    draft_set: how the N are chosen: random, hot (most used overall), hottemporal (most used in
-        the last verification, free because they were just fetched).
-    substitution: route a draft token whose expert is not resident to the most similar resident one.
-    spec_min_batch: speculation off below this batch size (specmoe).
-    cache_fraction: fraction of experts per layer pinned resident (caching, fate); None = as many
-        as fit in GPU memory.
-    prefetch_hit_rate: share of the next layer's needed experts that were fetched ahead (overlap,
-        spmoe, fate); the rest are fetched on demand. Default 1.0 = an oracle, not a measurement.
-        Measured for the engine's overlap prediction on the tiny MoE (experiments/measure_prefetch.py,
-        specmoe/data/tiny/prefetch.json): `workload.measured_prefetch_hit_rate("tiny", batch)`,
-        CLI `--prefetch-hit-rate measured:tiny`.
-    prefetch_precision: share of prefetched experts that were needed; wrong prefetches still cross
-        the link (1.0 = none wasted; the tiny MoE's overlap prediction measured 0.79 at batch 1).
-    expert_budget: experts per layer verified per step (moespec); None = no budget.
-    cutoff_layer: last layer that spmoe prefetches for (None = all).
-    draft_model_ratio: separate draft model's per-token cost as a fraction of the target's
-        resident compute (spmoe, eagle).
-    tree_width: draft-tree branching (speculative policies; 1 = a chain). Each branching node gets
-        tree_width children drawn without replacement (Recursive Speculative Decoding, Jeon et al.
-        2024, arXiv 2402.14160); gamma stays the tree's depth. See specmoe.inputs.tree.
-    tree_levels: how many levels (from the root) branch; deeper levels extend every leaf by one
-        token. None = every level (a full tree, RSD-C); 1 = tree_width chains from the root.
-    """
+    """A policy and its parameters (see PARAMS for each one's range and help). Fields a policy
+    does not use are ignored by it. prefetch_hit_rate's default 1.0 is an oracle, not a
+    measurement: the tiny MoE's overlap prediction measured 0.794 at batch 1 (`measured:tiny`)."""
 
     name: str = "ondemand"
-    gamma: int = 0
-    draft_experts: int = 0
-    draft_set: str = "hottemporal"
-    substitution: bool = True
-    spec_min_batch: int = 1
-    cache_fraction: float | None = None
-    prefetch_hit_rate: float = 1.0
-    prefetch_precision: float = 1.0
-    expert_budget: int | None = None
-    cutoff_layer: int | None = None
-    draft_model_ratio: float = 0.05
-    tree_width: int = 1
-    tree_levels: int | None = None
+    gamma: int = _p(0, kind="int", lo=0, hi=64, used_by=SPECULATIVE,
+                    help="draft tokens per verification (0 = no speculation)")
+    draft_experts: int = _p(0, kind="int", lo=0, used_by=("specmoe",),
+                            help="N experts per MoE layer kept resident for drafting")
+    draft_set: str = _p("hottemporal", kind="choice", choices=DRAFT_SETS, used_by=SPECULATIVE,
+                        help="how the N draft experts are chosen: random, hot (most used overall), "
+                             "hottemporal (most used in the last verification)")
+    substitution: bool = _p(True, kind="bool", used_by=("specmoe",),
+                            help="route a draft token whose expert is not resident to the most "
+                                 "similar resident one")
+    spec_min_batch: int = _p(1, kind="int", lo=1, used_by=SPECULATIVE,
+                             help="speculation off below this batch size")
+    cache_fraction: float | None = _p(None, lo=0.0, hi=1.0, optional=True,
+                                      used_by=("caching", "cpu", "fate"),
+                                      help="fraction of each layer's experts kept resident "
+                                           "(none: as many as fit in GPU memory)")
+    prefetch_hit_rate: float = _p(1.0, lo=0.0, hi=1.0, used_by=("overlap", "spmoe", "fate"),
+                                  help="share of the next layer's needed experts fetched ahead "
+                                       "(1.0 = an oracle; measured:NAME for a measurement)")
+    prefetch_precision: float = _p(1.0, lo=0.0, hi=1.0, lo_open=True, used_by=("overlap",),
+                                   help="share of prefetched experts that were needed; wrong "
+                                        "prefetches still cross the link")
+    expert_budget: int | None = _p(None, kind="int", lo=1, optional=True, used_by=("moespec",),
+                                   help="experts per layer verified per step (none: no budget)")
+    cutoff_layer: int | None = _p(None, kind="int", lo=0, optional=True, used_by=("spmoe",),
+                                  help="last layer spmoe prefetches for (none: all)")
+    draft_model_ratio: float = _p(0.05, lo=0.0, hi=1.0, lo_open=True,
+                                  used_by=("eagle", "spmoe", "moespec"),
+                                  help="a separate draft model's cost per token as a fraction of "
+                                       "the target's resident compute")
+    tree_width: int = _p(1, kind="int", lo=1, hi=16, used_by=SPECULATIVE,
+                         help="draft-tree branching: children drawn without replacement per node "
+                              "(RSD, arXiv 2402.14160); 1 = a chain, gamma = the tree's depth")
+    tree_levels: int | None = _p(None, kind="int", lo=0, optional=True, used_by=SPECULATIVE,
+                                 help="levels from the root that branch; deeper ones extend each "
+                                      "leaf by one token (none: every level, RSD-C; 1: tree_width "
+                                      "chains)")
 
     @property
     def speculative(self) -> bool:
@@ -85,45 +118,61 @@ class Policy:
         return replace(self, **changes)
 
 
+PARAMS: dict[str, Param] = {f.name: f.metadata["param"] for f in fields(Policy) if "param" in f.metadata}
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Policy) if f.name in PARAMS}
+
+
+def check_param(name: str, value: Any, where: str = "") -> Any:
+    """A parameter value checked against the registry; the error names field, value and range."""
+    if name not in PARAMS:
+        raise SpecMoEError(f"{where}{name}: unknown policy parameter; allowed: {', '.join(PARAMS)}"
+                           f"{suggest(name, PARAMS)}")
+    spec = PARAMS[name]
+    bad = SpecMoEError(f"{where}{name}={value!r}: allowed {spec.allowed()}")
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "auto")):
+        if spec.optional:
+            return None
+        raise bad
+    if spec.kind == "choice":
+        if not isinstance(value, str) or value.strip().lower() not in spec.choices:
+            raise bad
+        return value.strip().lower()
+    if spec.kind == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad
+    if spec.kind == "int" and not float(value).is_integer():
+        raise bad
+    low_ok = spec.lo is None or (value > spec.lo if spec.lo_open else value >= spec.lo)
+    if not low_ok or (spec.hi is not None and value > spec.hi):
+        raise bad
+    return int(value) if spec.kind == "int" else float(value)
+
+
 def make_policy(name: str, **params: Any) -> Policy:
     """Validated Policy; unknown names and out-of-range parameters raise SpecMoEError."""
     key = name.strip().lower()
     if key not in POLICIES:
         raise SpecMoEError(f"policy={name!r} is unknown; allowed: {', '.join(POLICIES)}{suggest(key, POLICIES)}")
-    p = Policy(name=key, **{k: v for k, v in params.items() if v is not None})
+    p = Policy(name=key, **{k: check_param(k, v) for k, v in params.items() if v is not None})
     validate_policy(p)
     return p
 
 
 def validate_policy(p: Policy, num_experts: int | None = None, num_layers: int | None = None) -> None:
-    if p.gamma < 0 or p.gamma > 64:
-        raise SpecMoEError(f"gamma={p.gamma}: allowed 0..64 draft tokens per verification")
-    if p.draft_experts < 0:
-        raise SpecMoEError(f"draft_experts={p.draft_experts}: must be >= 0")
+    """Every parameter in its registry range, plus the checks that need the model's shape."""
+    for k in PARAMS:
+        check_param(k, getattr(p, k))
     if num_experts is not None and p.draft_experts > num_experts:
         raise SpecMoEError(f"draft_experts={p.draft_experts}: the model has only {num_experts} experts per layer")
     if p.name == "specmoe" and p.gamma > 0 and p.draft_experts < 1:
         raise SpecMoEError("draft_experts=0: specmoe drafts with at least 1 resident expert per layer")
-    if p.draft_set not in DRAFT_SETS:
-        raise SpecMoEError(f"draft_set={p.draft_set!r}: allowed {DRAFT_SETS}")
-    if p.spec_min_batch < 1:
-        raise SpecMoEError(f"spec_min_batch={p.spec_min_batch}: must be >= 1")
-    if p.cache_fraction is not None and not 0.0 <= p.cache_fraction <= 1.0:
-        raise SpecMoEError(f"cache_fraction={p.cache_fraction}: allowed [0, 1]")
-    if not 0.0 <= p.prefetch_hit_rate <= 1.0:
-        raise SpecMoEError(f"prefetch_hit_rate={p.prefetch_hit_rate}: allowed [0, 1]")
-    if not 0.0 < p.prefetch_precision <= 1.0:
-        raise SpecMoEError(f"prefetch_precision={p.prefetch_precision}: allowed (0, 1]")
-    if p.expert_budget is not None and p.expert_budget < 1:
-        raise SpecMoEError(f"expert_budget={p.expert_budget}: must be >= 1")
-    if p.cutoff_layer is not None and (p.cutoff_layer < 0 or (num_layers and p.cutoff_layer > num_layers)):
-        raise SpecMoEError(f"cutoff_layer={p.cutoff_layer}: allowed 0..{num_layers or 'num_layers'}")
-    if not 0.0 < p.draft_model_ratio <= 1.0:
-        raise SpecMoEError(f"draft_model_ratio={p.draft_model_ratio}: allowed (0, 1]")
-    if not 1 <= p.tree_width <= 16:
-        raise SpecMoEError(f"tree_width={p.tree_width}: allowed 1..16 children per draft-tree node")
-    if p.tree_levels is not None and p.tree_levels < 0:
-        raise SpecMoEError(f"tree_levels={p.tree_levels}: must be >= 0 (None = every level)")
+    if p.cutoff_layer is not None and num_layers and p.cutoff_layer > num_layers:
+        raise SpecMoEError(f"cutoff_layer={p.cutoff_layer}: allowed 0..{num_layers}")
     if p.tree_width > 1 and p.name not in SPECULATIVE:
         raise SpecMoEError(f"tree_width={p.tree_width}: policy {p.name!r} does not draft; draft trees "
                            f"need a speculative policy ({', '.join(SPECULATIVE)})")

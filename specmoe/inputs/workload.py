@@ -53,6 +53,42 @@ def expected_distinct(p: np.ndarray, n) -> np.ndarray:
     return (1.0 - np.exp(np.multiply.outer(n, logq))).sum(axis=-1)
 
 
+class ExpertCounts:
+    """Expected distinct and non-resident experts per layer, memoised over unique token counts."""
+
+    def __init__(self, probs: np.ndarray):
+        # Layers with the same sorted profile share one row, weighted by how many there are.
+        rows, counts = np.unique(np.sort(probs, axis=1)[:, ::-1], axis=0, return_counts=True)
+        self.probs, self.weights = rows, counts / counts.sum()
+        self.num_experts = probs.shape[1]
+
+    def _cum(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Layer-mean cumulative Σ_{e<j}[1 − (1 − p_e)^T] for j = 0..E, per unique T."""
+        uniq, inverse = np.unique(tokens, return_inverse=True)
+        logq = np.log1p(-np.clip(self.probs, 0.0, 1.0 - 1e-15))            # [P, E]
+        used = 1.0 - np.exp(uniq[:, None, None] * logq[None])                # [U, P, E]
+        cum = np.concatenate([np.zeros(used.shape[:2] + (1,)), np.cumsum(used, axis=2)], axis=2)
+        return np.einsum("upj,p->uj", cum, self.weights), inverse.reshape(tokens.shape)
+
+    def top_mass(self, n) -> np.ndarray:
+        """Layer-mean Σ of the n largest inclusion probabilities (tokens·mass: pairs they take)."""
+        cum = np.concatenate([np.zeros((len(self.probs), 1)), np.cumsum(self.probs, axis=1)], axis=1)
+        idx = np.clip(np.asarray(n, dtype=int), 0, self.num_experts)
+        return np.einsum("pj,p->j", cum, self.weights)[idx]
+
+    def distinct_and_missing(self, tokens, resident, random_resident=False):
+        """(U(T), NR(T, R)) for arrays T and R (resident experts per layer)."""
+        tokens = np.asarray(tokens, dtype=float)
+        resident = np.broadcast_to(np.asarray(resident), tokens.shape).astype(int)
+        cum, idx = self._cum(tokens)
+        distinct = cum[idx, -1]
+        if random_resident:
+            missing = distinct * (1.0 - resident / self.num_experts)
+        else:
+            missing = distinct - cum[idx, np.clip(resident, 0, self.num_experts)]
+        return distinct, np.maximum(missing, 0.0)
+
+
 def _water_fill(weights: np.ndarray, total: float) -> np.ndarray:
     """Scale weights to sum to `total` with every entry ≤ 1 (an expert is used at most once per token)."""
     w = np.asarray(weights, dtype=float)
@@ -153,11 +189,21 @@ class Acceptance:
         return np.interp(n, xs, ys)
 
     def tau(self, gamma, draft_experts=0) -> np.ndarray:
+        """The one acceptance function: expected tokens per verification τ(γ, N) (vectorised).
+
+        A measured τ table (per γ) wins; else i.i.d. α for the draft set this Acceptance was made
+        for (α per N where measured per N)."""
         g = np.asarray(gamma)
         if self.tau_table:
             xs, ys = zip(*sorted(self.tau_table))
             return np.interp(g, (0, *xs), (1.0, *ys))
         return tau(self.alpha_for(draft_experts), g)
+
+    def alpha_at(self, gamma: int, draft_experts: int = 0) -> float:
+        """Per-token α consistent with τ(γ, N): what a sampler draws accepted tokens with."""
+        if self.tau_table and gamma > 0:
+            return alpha_from_tau(float(self.tau(gamma, draft_experts)), int(gamma))
+        return float(self.alpha_for(draft_experts))
 
 
 def published_acceptance(draft_set: str = "hottemporal") -> Acceptance:

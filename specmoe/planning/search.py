@@ -24,16 +24,15 @@ import numpy as np
 
 from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import ANALYTIC, PLANNED, SPECULATIVE, Policy, make_policy
+from specmoe.inputs.policies import ANALYTIC, PARAMS, PLANNED, SPECULATIVE, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.inputs.workload import Workload, tau
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.prediction import summarize
 from specmoe.predictors.rounds import expected_rounds
 
-POLICY_PARAMS = ("draft_set", "substitution", "spec_min_batch", "cache_fraction", "prefetch_hit_rate",
-                 "prefetch_precision", "expert_budget", "cutoff_layer", "draft_model_ratio", "tree_width",
-                 "tree_levels")
+# Registry parameters the planner passes through unchanged (it searches γ and N itself).
+POLICY_PARAMS = tuple(k for k in PARAMS if k not in ("gamma", "draft_experts"))
 BEST_KEYS = ("policy", "gamma", "draft_experts", "tokens_per_s", "tpot_ms", "h2d_bytes_per_token",
              "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration")
 SIM_MODES = ("auto", "sim", "analytic")
@@ -58,7 +57,7 @@ def _evaluate(setup: Setup, policy: Policy, gammas: np.ndarray, ns: np.ndarray) 
         s = Setup(setup.model, setup.system, setup.workload,
                   policy.with_(gamma=int(gammas[i]), draft_experts=int(ns[i])))
         c = summarize(s, res, i)
-        c["alpha"] = float(setup.workload.acceptance.alpha_for(int(ns[i])))
+        c["alpha"] = setup.workload.acceptance.alpha_at(int(gammas[i]), int(ns[i]))
         out.append(c)
     return out
 
@@ -184,7 +183,7 @@ def static_batch_factor(setup: Setup, candidate: dict, reps: int = 1000) -> floa
         return 1.0
 
     wl = setup.workload
-    alpha = float(wl.acceptance.alpha_for(candidate["draft_experts"]))
+    alpha = wl.acceptance.alpha_at(candidate["gamma"], candidate["draft_experts"])
     tau = candidate["tokens_per_iteration"] / candidate["batch"]
     steady = (wl.output_len - 1) / tau
     return steady / _rounds(candidate["batch"], candidate["gamma"], round(alpha, 4), wl.output_len, reps)
@@ -273,7 +272,7 @@ def sensitivities(setup: Setup, candidate: dict) -> dict[str, float]:
     """Speed-up of `candidate` from 2× link, 2× HBM, 2× FLOP/s, and half the draft rejections."""
     pol = make_policy(candidate["policy"]).with_(**{k: getattr(setup.policy, k) for k in POLICY_PARAMS})
     pol = pol.with_(gamma=candidate["gamma"], draft_experts=candidate["draft_experts"])
-    alpha = float(setup.workload.acceptance.alpha_for(pol.draft_experts))
+    alpha = setup.workload.acceptance.alpha_at(pol.gamma, pol.draft_experts)
 
     def tps(an: Analytic, a: float | None = None) -> float:
         return float(an.evaluate(pol, alpha=a).tokens_per_s)

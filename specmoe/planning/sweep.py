@@ -54,7 +54,15 @@ from rich.progress import (
 from specmoe.errors import SpecMoEError, suggest
 from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
-from specmoe.inputs.policies import ANALYTIC, DRAFT_SETS, POLICIES, SPECULATIVE, make_policy
+from specmoe.inputs.policies import (
+    ANALYTIC,
+    PARAMS,
+    POLICIES,
+    SPECULATIVE,
+    check_param,
+    make_policy,
+)
+from specmoe.inputs.policies import DEFAULTS as POLICY_DEFAULTS
 from specmoe.inputs.setup import resolve
 from specmoe.inputs.workload import Acceptance, Workload, parse_acceptance, parse_routing
 from specmoe.predictors.analytic import Analytic
@@ -65,25 +73,17 @@ BACKENDS = ("local", "ray", "serial")
 TOP_KEYS = ("name", "engine", "axes", "chunk_size", "sim", "description")
 SIM_KEYS = ("iterations", "seed")
 INNER = ("batch", "gamma", "draft_experts", "alpha")
-GROUP = ("model", "hardware", "policy", "routing", "prompt_len", "output_len", "draft_set", "substitution",
-         "spec_min_batch", "cache_fraction", "prefetch_hit_rate", "prefetch_precision", "expert_budget",
-         "cutoff_layer", "draft_model_ratio")
+# Policy parameters come from the registry (inputs.policies): its defaults, ranges and users.
+POLICY_AXES = tuple(k for k in PARAMS if k not in INNER)
+GROUP = ("model", "hardware", "policy", "routing", "prompt_len", "output_len", *POLICY_AXES)
 AXES = GROUP + INNER
 REQUIRED = ("model", "hardware", "policy", "batch")
 DEFAULTS: dict[str, tuple] = {
     "routing": ("uniform",), "prompt_len": (512,), "output_len": (256,), "gamma": (5,), "draft_experts": (2,),
-    "alpha": ("paper",), "draft_set": ("hottemporal",), "substitution": (True,), "spec_min_batch": (1,),
-    "cache_fraction": (None,), "prefetch_hit_rate": (1.0,), "prefetch_precision": (1.0,), "expert_budget": (None,), "cutoff_layer": (None,),
-    "draft_model_ratio": (0.05,),
+    "alpha": ("paper",), **{k: (POLICY_DEFAULTS[k],) for k in POLICY_AXES},
 }
 # Which policies use an axis; for the others it collapses to one empty value (no duplicate rows).
-USED_BY: dict[str, tuple[str, ...]] = {
-    "gamma": SPECULATIVE, "alpha": SPECULATIVE, "draft_set": SPECULATIVE, "spec_min_batch": SPECULATIVE,
-    "draft_experts": ("specmoe",), "substitution": ("specmoe",),
-    "cache_fraction": ("caching", "cpu", "fate"), "prefetch_hit_rate": ("overlap", "spmoe", "fate"),
-    "prefetch_precision": ("overlap",),
-    "expert_budget": ("moespec",), "cutoff_layer": ("spmoe",), "draft_model_ratio": ("eagle", "spmoe", "moespec"),
-}
+USED_BY: dict[str, tuple[str, ...]] = {"alpha": SPECULATIVE, **{k: p.used_by for k, p in PARAMS.items()}}
 DEFAULT_CHUNK = {"analytic": 20_000, "sim": 4}
 RESULT_COLUMNS = ("tokens_per_s", "tpot_ms", "ttft_ms", "iteration_ms", "tokens_per_iteration",
                   "h2d_bytes_per_token", "h2d_bytes_per_iteration", "gpu_memory_gb", "fits",
@@ -139,28 +139,16 @@ def _whole(key: str, v: Any, lo: int, hi: int | None = None) -> int:
     return int(v)
 
 
-def _fraction(key: str, v: Any, closed: bool = True) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _err(key, v, "must be a number")
-    if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
-        raise _err(key, v, "is out of range (allowed [0, 1" + ("]" if closed else ")") + ")")
-    return float(v)
-
-
 def _check_value(key: str, v: Any) -> Any:
     """One axis value, checked and normalised (names stay strings; loading happens in _check_names)."""
     if key in ("model", "hardware", "policy", "routing"):
         if not isinstance(v, str) or not v:
             raise _err(key, v, "must be a name (a string)")
         return v.strip().lower() if key == "policy" else v
-    if key in ("batch", "prompt_len", "output_len", "spec_min_batch"):
+    if key in ("batch", "prompt_len", "output_len"):
         return _whole(key, v, 1)
-    if key == "gamma":
-        return _whole(key, v, 0, 64)
-    if key in ("draft_experts", "cutoff_layer"):
-        return None if v is None and key == "cutoff_layer" else _whole(key, v, 0)
-    if key == "expert_budget":
-        return None if v is None else _whole(key, v, 1)
+    if key in PARAMS:
+        return check_param(key, v, "grid axes.")
     if key == "alpha":
         if isinstance(v, str):
             if v != "paper" and not v.startswith("measured:"):
@@ -169,23 +157,6 @@ def _check_value(key: str, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise _err(key, v, "is out of range (allowed [0, 1), 'paper' or 'measured:NAME')")
         return float(v)
-    if key == "cache_fraction":
-        return None if v in (None, "auto") else _fraction(key, v)
-    if key == "prefetch_hit_rate":
-        return _fraction(key, v)
-    if key in ("draft_model_ratio", "prefetch_precision"):
-        f = _fraction(key, v)
-        if f == 0:
-            raise _err(key, v, "is out of range (allowed (0, 1])")
-        return f
-    if key == "draft_set":
-        if v not in DRAFT_SETS:
-            raise _err(key, v, f"is unknown (allowed {DRAFT_SETS})")
-        return v
-    if key == "substitution":
-        if not isinstance(v, bool):
-            raise _err(key, v, "must be true or false")
-        return v
     raise AssertionError(key)
 
 
@@ -358,10 +329,7 @@ def _acceptance(raw: str, draft_set: str):
 
 def _policy(g: dict, gamma: int = 0, n: int = 0):
 
-    params = {k: g[k] for k in ("draft_set", "substitution", "spec_min_batch", "cache_fraction",
-                                "prefetch_hit_rate", "prefetch_precision", "expert_budget", "cutoff_layer",
-                                "draft_model_ratio")
-              if g[k] is not None}
+    params = {k: g[k] for k in POLICY_AXES if g[k] is not None}
     return make_policy(g["policy"], gamma=gamma, draft_experts=n, **params)
 
 
@@ -392,8 +360,7 @@ def run_chunk(g: dict, start: int, stop: int, engine: str = "analytic", sim: dic
     out: dict[str, np.ndarray] = {"engine": np.full(n, engine, dtype=object)}
     for k in GROUP:
         v = g[k]
-        if k in ("cache_fraction", "prefetch_hit_rate", "prefetch_precision", "draft_model_ratio", "expert_budget", "cutoff_layer",
-                 "spec_min_batch", "substitution"):
+        if k in POLICY_AXES and PARAMS[k].kind != "choice":
             out[k] = np.full(n, np.nan if v is None else float(v))
         elif k in ("prompt_len", "output_len"):
             out[k] = np.full(n, v, dtype=np.int64)

@@ -29,50 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from specmoe.costs.memory import Memory
 from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import ANALYTIC, Policy
 from specmoe.inputs.tree import nodes_at, tree_size, tree_tau
-from specmoe.inputs.workload import Workload, alpha_from_tau, tau
+from specmoe.inputs.workload import ExpertCounts, Workload, tau
 
 CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 SEPARATE_DRAFT = ("eagle", "spmoe", "moespec")     # a separate draft model on the GPU
-
-
-class ExpertCounts:
-    """Expected distinct and non-resident experts per layer, memoised over unique token counts."""
-
-    def __init__(self, probs: np.ndarray):
-        # Layers with the same sorted profile share one row, weighted by how many there are.
-        rows, counts = np.unique(np.sort(probs, axis=1)[:, ::-1], axis=0, return_counts=True)
-        self.probs, self.weights = rows, counts / counts.sum()
-        self.num_experts = probs.shape[1]
-
-    def _cum(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Layer-mean cumulative Σ_{e<j}[1 − (1 − p_e)^T] for j = 0..E, per unique T."""
-        uniq, inverse = np.unique(tokens, return_inverse=True)
-        logq = np.log1p(-np.clip(self.probs, 0.0, 1.0 - 1e-15))            # [P, E]
-        used = 1.0 - np.exp(uniq[:, None, None] * logq[None])                # [U, P, E]
-        cum = np.concatenate([np.zeros(used.shape[:2] + (1,)), np.cumsum(used, axis=2)], axis=2)
-        return np.einsum("upj,p->uj", cum, self.weights), inverse.reshape(tokens.shape)
-
-    def top_mass(self, n) -> np.ndarray:
-        """Layer-mean Σ of the n largest inclusion probabilities (tokens·mass: pairs they take)."""
-        cum = np.concatenate([np.zeros((len(self.probs), 1)), np.cumsum(self.probs, axis=1)], axis=1)
-        idx = np.clip(np.asarray(n, dtype=int), 0, self.num_experts)
-        return np.einsum("pj,p->j", cum, self.weights)[idx]
-
-    def distinct_and_missing(self, tokens, resident, random_resident=False):
-        """(U(T), NR(T, R)) for arrays T and R (resident experts per layer)."""
-        tokens = np.asarray(tokens, dtype=float)
-        resident = np.broadcast_to(np.asarray(resident), tokens.shape).astype(int)
-        cum, idx = self._cum(tokens)
-        distinct = cum[idx, -1]
-        if random_resident:
-            missing = distinct * (1.0 - resident / self.num_experts)
-        else:
-            missing = distinct - cum[idx, np.clip(resident, 0, self.num_experts)]
-        return distinct, np.maximum(missing, 0.0)
 
 
 @dataclass
@@ -118,7 +83,7 @@ class Analytic:
         m = model
         probs = self.workload.routing.inclusion_probs(m.num_experts, m.top_k, m.num_moe_layers)
         self.counts = ExpertCounts(probs)
-        self.hbm_bytes = system.gpu.hbm_gb * 1e9
+        self.mem = Memory(model, system, self.workload)
         # A layer whose decoder layer has one before it can be prefetched while that one runs.
         self._prefetchable = np.asarray(m.moe_layer_ids) > 0
 
@@ -189,6 +154,7 @@ class Analytic:
         table = np.stack([shallow_first(int(t), m.num_moe_layers, m.num_experts) for t in uniq])
         return table[inverse.reshape(total.shape)]
 
+
     def _cpu_forward(self, tokens, attn, dense, distinct, missing) -> Forward:
         """Fiddler: a needed non-resident expert runs on the CPU when that beats fetching it.
 
@@ -206,25 +172,12 @@ class Analytic:
         cpu_exposed = np.maximum(n_cpu * c.cpu_expert(per_expert) - (fetch + gpu_compute), 0.0)
         return Forward(attn, dense, L * gpu_compute, L * fetch, L * cpu_exposed, L * (missing - n_cpu))
 
-    # ---- memory --------------------------------------------------------------------------------
-    def memory(self, batch, gamma, resident, staging):
-        m, w = self.model, self.workload
-        kv = batch * (w.prompt_len + w.output_len + gamma + 1) * m.kv_bytes_per_token
-        tokens = batch * (gamma + 1)
-        workspace = tokens * (m.vocab_size * 4 + 8 * m.hidden_size * m.dtype_bytes)  # fp32 logits + activations
-        # Resident experts live in every MoE layer; staging slots hold one layer's fetches at a time.
-        experts = (resident * m.num_moe_layers + staging) * m.expert_bytes
-        return m.resident_bytes + kv + workspace + experts
-
-    def cache_slots(self, batch, gamma, staging, policy: Policy):
-        """Experts per layer a cache holds: the policy's fraction, or as many as fit in HBM."""
-        m = self.model
-        E = m.num_experts
+    # ---- residency ------------------------------------------------------------------------------
+    def cache_slots(self, batch, gamma, policy: Policy):
+        """Experts per layer a cache holds: the policy's fraction, or as many as fit (costs.memory)."""
         if policy.cache_fraction is not None:
-            return np.full(np.shape(batch), round(policy.cache_fraction * E))
-        free = self.hbm_bytes - self.memory(batch, gamma, 0, staging)
-        slots = np.floor(np.maximum(free, 0.0) / (m.expert_bytes * m.num_moe_layers))
-        return np.clip(slots, 0, E).astype(int)
+            return np.full(np.shape(batch), round(policy.cache_fraction * self.model.num_experts))
+        return self.mem.max_resident(batch, gamma, self.counts, policy.name)
 
     # ---- the model -------------------------------------------------------------------------------
     def evaluate(self, policy: Policy, batch=None, gamma=None, draft_experts=None, alpha=None) -> AnalyticResult:
@@ -232,6 +185,7 @@ class Analytic:
         if policy.name not in ANALYTIC:
             raise SpecMoEError(f"policy={policy.name!r}: the analytic model covers {ANALYTIC}; use the simulator")
         w, m = self.workload, self.model
+        alpha_given = alpha is not None   # else the workload's acceptance decides τ(γ, N)
         batch, gamma, n_draft, alpha = np.broadcast_arrays(
             np.asarray(w.batch if batch is None else batch, dtype=float),
             np.asarray(policy.gamma if gamma is None else gamma, dtype=float),
@@ -239,26 +193,25 @@ class Analytic:
             np.asarray(w.acceptance.alpha_for(policy.draft_experts) if alpha is None else alpha, dtype=float))
         _check_arrays(batch, gamma, n_draft, alpha, m.num_experts)
         if policy.name == "specmoe":
-            return self._specmoe(policy, batch, gamma, n_draft, alpha, alpha_given=alpha is not None)
+            return self._specmoe(policy, batch, gamma, n_draft, alpha, alpha_given)
         if policy.name in SEPARATE_DRAFT:
-            return self._separate_draft(policy, batch, gamma, n_draft, alpha, alpha_given=alpha is not None)
+            return self._separate_draft(policy, batch, gamma, n_draft, alpha, alpha_given)
         return self._single_pass(policy, batch)
 
     def _single_pass(self, policy: Policy, batch) -> AnalyticResult:
-        m, ctx = self.model, self.workload.mean_context
+        ctx = self.workload.mean_context
         zero = np.zeros_like(batch)
-        staging = np.minimum(m.num_experts, np.ceil(self.counts.distinct_and_missing(batch, 0)[0]))
-        staging = staging * (2 if policy.name in ("overlap", "fate") else 1)
         if policy.name in ("caching", "cpu", "fate"):
-            resident = self.cache_slots(batch, zero, staging, policy)
+            resident = self.cache_slots(batch, zero, policy)
         else:
             resident = np.zeros(batch.shape, dtype=int)
+        missing = self.counts.distinct_and_missing(batch, resident)[1]
+        staging = self.mem.staging(missing, resident, policy.name)
         placed = self.fate_caps(resident) if policy.name == "fate" else resident
         fwd = self._forward(batch, batch, ctx, placed, policy)
         parts = _parts(fwd, zero)
         return self._result(batch, zero, fwd.total, batch, parts, fwd.fetched_experts,
-                            self.memory(batch, zero, resident, staging), resident, policy, placed)
-
+                            self.mem.bytes(batch, zero, resident, staging), resident, policy, placed)
     # ---- speculation ---------------------------------------------------------------------------
     def _gate(self, policy, batch, gamma):
         """γ where speculation runs (γ > 0 and batch >= spec_min_batch), else 0."""
@@ -270,8 +223,8 @@ class Analytic:
         if policy.tree_width == 1:
             taus = tau(alpha, g) if alpha_given else acc.tau(g, n_draft)
         else:
-            if not alpha_given and acc.tau_table and policy.gamma > 0:
-                alpha = alpha_from_tau(float(acc.tau(policy.gamma, policy.draft_experts)), policy.gamma)
+            if not alpha_given and acc.tau_table:
+                alpha = acc.alpha_at(policy.gamma, policy.draft_experts)
             taus = tree_tau(alpha, g, policy.tree_width, policy.tree_levels)
         return np.where(g > 0, taus, 1.0)
 
@@ -307,10 +260,10 @@ class Analytic:
             budget = policy.expert_budget if policy.name == "moespec" else None
             fwd = self._budget_forward(tokens, batch, ctx, budget)
             total, parts, fetched = draft_s + fwd.total, _parts(fwd, draft_s), fwd.fetched_experts
-            staging = np.ceil(fetched / m.num_moe_layers)
+            staging = self.mem.staging(fetched / m.num_moe_layers, 0, policy.name)
         taus = self._taus(policy, g, n_draft, alpha, alpha_given)
         zero = np.zeros(batch.shape, dtype=int)
-        mem = self.memory(batch, size, zero, staging)
+        mem = self.mem.bytes(batch, size, zero, staging)
         mem = mem + np.where(g > 0, policy.draft_model_ratio * m.resident_bytes, 0.0)   # draft weights
         return self._result(batch, g, total, batch * taus, parts, fetched, mem, zero, policy)
 
@@ -377,8 +330,11 @@ class Analytic:
         dense = L * gate + c.lm_head(tokens) + (m.num_layers - L) * dense_l
         parts = {"attention": attn, "dense": dense, "expert_compute": L * experts, "h2d": stall,
                  "cpu_expert": np.zeros_like(stall), "draft": np.asarray(draft_s, dtype=float)}
+        # Prefetched layers wait in HBM for verification, plus one layer's demand copies.
+        # (more than one layer's worth: costs.memory's one-layer staging rule does not cover it)
         staging = np.ceil(cut * pre + missing)
         return t, parts, L * missing, staging
+
 
     def _specmoe(self, policy, batch, gamma, n_draft, alpha, alpha_given) -> AnalyticResult:
         m, ctx = self.model, self.workload.mean_context
@@ -398,8 +354,8 @@ class Analytic:
         tokens = batch * (1.0 + size)
         fwd = self._forward(tokens, batch, ctx, resident, policy.with_(name="ondemand"), random_set)
         taus = self._taus(policy, g, n_draft, alpha, alpha_given)
-        staging = np.minimum(m.num_experts - resident, np.ceil(fwd.fetched_experts / m.num_moe_layers))
-        mem = self.memory(batch, size, resident, staging)
+        staging = self.mem.staging(fwd.fetched_experts / m.num_moe_layers, resident, policy.name)
+        mem = self.mem.bytes(batch, size, resident, staging)
         return self._result(batch, g, draft_s + fwd.total, batch * taus, _parts(fwd, draft_s),
                             fwd.fetched_experts, mem, resident, policy)
 
@@ -413,7 +369,7 @@ class Analytic:
             iteration_s=iteration_s, tokens_per_iteration=tokens_per_iter,
             tokens_per_s=tokens_per_iter / iteration_s, tpot_ms=tpot * 1e3, ttft_ms=ttft * 1e3,
             h2d_bytes_per_iteration=h2d_bytes, h2d_bytes_per_token=h2d_bytes / tokens_per_iter,
-            gpu_memory_bytes=mem, fits=mem <= self.hbm_bytes, resident_experts_per_layer=resident,
+            gpu_memory_bytes=mem, fits=mem <= self.mem.capacity_bytes, resident_experts_per_layer=resident,
             breakdown=parts)
 
     def _prefill_s(self, batch, resident, policy):
@@ -440,6 +396,8 @@ def shallow_first(total: int, layers: int, per_layer_max: int) -> np.ndarray:
         cap = np.minimum(cap + share, per_layer_max)
         left = min(total, layers * per_layer_max) - cap.sum()
     return cap
+
+
 
 
 def _parts(fwd: Forward, draft_s) -> dict[str, np.ndarray]:

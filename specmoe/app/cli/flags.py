@@ -5,7 +5,9 @@ import argparse
 import json
 from typing import Any
 
+from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import load_system
+from specmoe.inputs.policies import DEFAULTS, PARAMS, POLICIES, check_param
 from specmoe.inputs.workload import parse_prefetch_hit_rate
 
 
@@ -21,21 +23,31 @@ def add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> No
                    help="α in [0,1), 'paper' (SpecMoE's published τ, default) or 'measured:NAME'")
     p.add_argument("--routing", default=None, help="'uniform' (default), 'zipf:S' or 'measured:NAME'")
     if with_policy:
-        p.add_argument("--policy", default="specmoe", help="ondemand|overlap|caching|cpu|specmoe|...")
-        p.add_argument("--gamma", type=int, default=None, help="draft tokens per verification (0 = off)")
-        p.add_argument("--draft-experts", type=int, default=None, help="N resident draft experts per layer")
-        p.add_argument("--draft-set", default=None, help="random|hot|hottemporal")
-        p.add_argument("--cache-fraction", type=float, default=None, help="experts pinned per layer (caching)")
-        p.add_argument("--prefetch-precision", type=float, default=None,
-                       help="share of prefetched experts that were needed (overlap; 1 = no waste)")
-        p.add_argument("--prefetch-hit-rate", default=None,
-                       help="share of next-layer experts prefetched right (overlap, spmoe, fate): "
-                            "a number in [0,1] (default 1.0, an oracle) or 'measured:NAME'")
-        p.add_argument("--spec-min-batch", type=int, default=None, help="speculation off below this batch")
+        p.add_argument("--policy", default="specmoe", help="|".join(POLICIES))
+        add_policy_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-POLICY_FLAGS = ("draft_set", "cache_fraction", "prefetch_hit_rate", "prefetch_precision", "spec_min_batch")
+def add_policy_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per registry parameter (inputs.policies.PARAMS): its help, range and users."""
+    for name, spec in PARAMS.items():
+        extra = " or 'measured:NAME'" if name == "prefetch_hit_rate" else ""
+        p.add_argument("--" + name.replace("_", "-"), default=None, metavar=spec.kind.upper(),
+                       help=f"{spec.help} [{spec.allowed()}{extra}; default {DEFAULTS[name]}; "
+                            f"used by {', '.join(spec.used_by)}]")
+
+
+def _policy_value(name: str, text: str, batch: int) -> Any:
+    """A flag's text as the registry's type; errors name the flag."""
+    flag = "--" + name.replace("_", "-")
+    if name == "prefetch_hit_rate":
+        return parse_prefetch_hit_rate(text, batch, flag)
+    kind = PARAMS[name].kind
+    try:
+        none = text.strip().lower() in ("none", "auto")
+        return check_param(name, text if none else {"int": int, "float": float}.get(kind, str)(text))
+    except (ValueError, SpecMoEError):
+        raise SpecMoEError(f"{flag}={text}: allowed {PARAMS[name].allowed()}") from None
 
 
 def _hardware(args):
@@ -46,11 +58,9 @@ def config_kwargs(args, with_policy: bool = True) -> dict[str, Any]:
     kw = {"model": args.model, "hardware": _hardware(args), "batch": args.batch, "prompt_len": args.prompt_len,
               "output_len": args.output_len, "acceptance": args.acceptance, "routing": args.routing}
     if with_policy:
-        kw.update(policy=args.policy, gamma=args.gamma, draft_experts=args.draft_experts)
-        kw.update({k: getattr(args, k) for k in POLICY_FLAGS if getattr(args, k) is not None})
-        if args.prefetch_hit_rate is not None:
-            kw["prefetch_hit_rate"] = parse_prefetch_hit_rate(args.prefetch_hit_rate, args.batch,
-                                                              "--prefetch-hit-rate")
+        kw["policy"] = args.policy
+        kw.update({k: _policy_value(k, getattr(args, k), args.batch)
+                   for k in PARAMS if getattr(args, k) is not None})
     return kw
 
 

@@ -11,16 +11,10 @@ from specmoe.app.cli.flags import add_config_flags, config_kwargs, print_json
 from specmoe.app.report import print_prediction
 from specmoe.predictors.sim import simulate
 
-EXTRA_POLICY_FLAGS = ("expert_budget", "cutoff_layer", "draft_model_ratio")
-
 
 def add_simulate(subparsers) -> None:
     p = subparsers.add_parser("simulate", help="discrete-event simulation of one configuration (every policy)")
     add_config_flags(p)
-    p.add_argument("--expert-budget", type=int, default=None, help="experts verified per layer (moespec)")
-    p.add_argument("--cutoff-layer", type=int, default=None, help="last layer spmoe prefetches for")
-    p.add_argument("--draft-model-ratio", type=float, default=None,
-                   help="separate draft model's cost per token / target's resident compute (spmoe, moespec, eagle)")
     p.add_argument("--iterations", type=int, default=200, help="decode iterations (offline mode)")
     p.add_argument("--seed", type=int, default=0, help="seed of the routing and acceptance sampler")
     p.add_argument("--trace", default=None, metavar="PATH", help="write a specmoe.trace/1 trace (.jsonl or .jsonl.gz)")
@@ -34,7 +28,6 @@ def add_simulate(subparsers) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
 
     kw = config_kwargs(args)
-    kw.update({k: getattr(args, k) for k in EXTRA_POLICY_FLAGS if getattr(args, k) is not None})
     res = simulate(iterations=args.iterations, seed=args.seed, trace=bool(args.trace or args.chrome),
                    serving=args.serving, rate=args.rate, requests=args.requests, **kw)
     out = res.to_dict()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specmoe.inputs.workload import alpha_from_tau, expected_distinct
+from specmoe.inputs.workload import expected_distinct
 from specmoe.predictors.analytic import shallow_first
 from specmoe.predictors.sim.entities import PREFETCH, ExpertSlots
 
@@ -283,11 +283,8 @@ POLICY_CLASSES = {"ondemand": SimPolicy, "overlap": Overlap, "caching": Caching,
 
 
 def alpha_of(workload, policy) -> float:
-    """Per-token acceptance the sampler uses: α, or α solved from a measured τ(γ) table."""
-    acc = workload.acceptance
-    if acc.tau_table and policy.gamma > 0:
-        return alpha_from_tau(float(acc.tau(policy.gamma, policy.draft_experts)), policy.gamma)
-    return float(acc.alpha_for(policy.draft_experts))
+    """Per-token acceptance the sampler uses (workload.Acceptance.alpha_at)."""
+    return workload.acceptance.alpha_at(policy.gamma, policy.draft_experts)
 
 
 def expected_distinct_mean(probs: np.ndarray, tokens) -> float:

@@ -38,7 +38,12 @@ from specmoe.inputs.tree import level_probs, tree_size
 from specmoe.measure.trace import Header
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.sim.entities import DEMAND, PREFETCH, CopyEngine, Cpu, Meter, Recorder, Ssd
-from specmoe.predictors.sim.policies import POLICY_CLASSES, PassPlan, alpha_of, expected_distinct_mean
+from specmoe.predictors.sim.policies import (
+    POLICY_CLASSES,
+    PassPlan,
+    alpha_of,
+    expected_distinct_mean,
+)
 from specmoe.predictors.sim.result import SimResult, percentiles
 from specmoe.predictors.sim.routing import (RoutingSampler, sample_accepted, sample_accepted_levels,
                                             tree_layout)
@@ -173,11 +178,8 @@ class Simulator:
         return self.ssd_s * self.costs.ssd_bw * self.costs.p.ssd_eff / self.model.expert_bytes
 
     def cache_slots(self) -> int:
-        """Experts per layer a cache holds, by the analytic model's rule (fraction or what fits)."""
-        b = np.asarray(float(self.workload.batch))
-        staging = min(self.E, math.ceil(expected_distinct_mean(self.probs, float(self.workload.batch))))
-        staging *= 2 if self.policy.name in ("overlap", "fate") else 1
-        return int(self._analytic.cache_slots(b, np.zeros(()), staging, self.policy))
+        """Experts per layer a cache holds: the one residency rule (costs.memory), as the analytic model."""
+        return int(self._analytic.cache_slots(np.asarray(float(self.workload.batch)), 0.0, self.policy))
 
     def draft_step_s(self, tokens: int, batch: int, context: float) -> float:
         """A separate draft model's step over `tokens` positions of `batch` sequences:
@@ -508,8 +510,8 @@ class Simulator:
         p, m = self.policy, self.model
         g = p.gamma if self.pol.speculative else 0
         positions = float(tree_size(g, p.tree_width, p.tree_levels))
-        mem = float(self._analytic.memory(float(self.workload.batch), positions, self.pol.resident_per_layer,
-                                           float(self.peak_layer_fetch)))
+        mem = float(self._analytic.mem.bytes(float(self.workload.batch), positions, self.pol.resident_per_layer,
+                                             float(self.peak_layer_fetch)))
         if p.name in ("eagle", "spmoe", "moespec") and g > 0:
             mem += p.draft_model_ratio * m.resident_bytes       # the draft model's weights (estimate)
         return mem
