@@ -83,28 +83,49 @@ class Analytic:
         m = model
         probs = self.workload.routing.inclusion_probs(m.num_experts, m.top_k, m.num_moe_layers)
         self.counts = ExpertCounts(probs)
+        # Token-expert pairs per token: top_k, less the tokens that skip the experts (Duo-LLM).
+        self.k_eff = float(probs.sum(axis=1).mean())
+        big, self.small_share = self.workload.routing.module_shares(m.num_moe_layers)
         self.mem = Memory(model, system, self.workload)
         # A layer whose decoder layer has one before it can be prefetched while that one runs.
         self._prefetchable = np.asarray(m.moe_layer_ids) > 0
 
     # ---- building blocks -----------------------------------------------------------------------
+    def _experts_s(self, tokens, distinct, cap=None, pair_share=1.0):
+        """Grouped expert time of all MoE layers for `tokens` tokens. Layers are alike (the mean
+        profile's U(T) = `distinct`) unless Duo-LLM shares make them differ: then each layer
+        profile pays for its own pairs and experts (a skipped layer computes nothing)."""
+        L, c = self.model.num_moe_layers, self.costs
+        if not self.workload.routing.adaptive:
+            return L * c.experts(tokens * self.k_eff * pair_share, distinct)
+        per = self.counts.distinct_by_profile(tokens)                       # [P, ...]
+        if cap is not None:
+            per = np.minimum(per, cap)
+        ks = self.counts.probs.sum(axis=1)
+        return L * sum(w * c.experts(tokens * k * pair_share, np.maximum(d, 1e-9))
+                       for w, k, d in zip(self.counts.weights, ks, per))
+
     def _nonexpert(self, tokens, batch, context):
         """Attention and dense parts of one forward pass over `tokens` tokens of `batch` sequences."""
         m, c = self.model, self.costs
         attn = m.num_layers * (c.attention_block(tokens, batch, context) + c.layer_fixed())
         dense = m.num_moe_layers * c.router_and_shared(tokens) + c.lm_head(tokens)
+        ratio = self.workload.routing.small_module_ratio
+        if ratio > 0 and self.small_share.any():     # Duo-LLM: tokens on the small module, per layer
+            tokens = np.asarray(tokens, dtype=float)
+            dense = dense + sum(c.small_module(tokens * s, ratio) for s in self.small_share)
         if m.num_layers > m.num_moe_layers:
             dense = dense + (m.num_layers - m.num_moe_layers) * c.dense_ffn(tokens)
         return attn, dense
 
     def _forward(self, tokens, batch, context, resident, policy: Policy, random_resident=False) -> Forward:
         m, c = self.model, self.costs
-        L, k = m.num_moe_layers, m.top_k
+        L, k = m.num_moe_layers, self.k_eff
         attn, dense = self._nonexpert(tokens, batch, context)
         if policy.name == "fate":
             return self._fate_forward(tokens, attn, dense, resident, policy)
         distinct, missing = self.counts.distinct_and_missing(tokens, resident, random_resident)
-        compute = L * c.experts(tokens * k, distinct)
+        compute = self._experts_s(tokens, distinct)
         fetch_one_layer = c.expert_fetch(missing)
         zeros = np.zeros_like(compute)
         if policy.name == "overlap":
@@ -134,7 +155,7 @@ class Analytic:
         caps = np.broadcast_to(caps, np.shape(tokens) + (L,))
         layers = [self.counts.distinct_and_missing(tokens, caps[..., l]) for l in range(L)]
         distinct = layers[0][0]
-        compute = L * c.experts(tokens * m.top_k, distinct)
+        compute = self._experts_s(tokens, distinct)
         per_layer_compute = (attn + dense + compute) / L
         h2d, fetched = np.zeros_like(compute), np.zeros_like(compute)
         for l, (_, missing) in enumerate(layers):
@@ -163,11 +184,11 @@ class Analytic:
         """
         m, c = self.model, self.costs
         L = m.num_moe_layers
-        per_expert = tokens * m.top_k / np.maximum(distinct, 1e-9)
+        per_expert = tokens * self.k_eff / np.maximum(distinct, 1e-9)
         on_cpu = c.cpu_expert(per_expert) < c.expert_fetch(1)
         n_cpu = np.where(on_cpu, missing, 0.0)
         gpu_share = 1.0 - n_cpu / np.maximum(distinct, 1e-9)
-        gpu_compute = c.experts(tokens * m.top_k * gpu_share, distinct - n_cpu)
+        gpu_compute = c.experts(tokens * self.k_eff * gpu_share, distinct - n_cpu)
         fetch = c.expert_fetch(missing - n_cpu)
         cpu_exposed = np.maximum(n_cpu * c.cpu_expert(per_expert) - (fetch + gpu_compute), 0.0)
         return Forward(attn, dense, L * gpu_compute, L * fetch, L * cpu_exposed, L * (missing - n_cpu))
@@ -244,7 +265,7 @@ class Analytic:
         m = self.model
         attn, dense = self._nonexpert(tokens, batch, context)
         distinct = np.minimum(m.num_experts, self.counts.distinct_and_missing(tokens, 0)[0])
-        return attn + dense + m.num_moe_layers * self.costs.experts(tokens * m.top_k, distinct)
+        return attn + dense + self._experts_s(tokens, distinct, cap=m.num_experts)
 
     def _separate_draft(self, policy, batch, gamma, n_draft, alpha, alpha_given) -> AnalyticResult:
         """eagle, spmoe, moespec: a separate draft model on the GPU, the target verifies."""
@@ -272,16 +293,18 @@ class Analytic:
         with the most tokens per layer run: min(U(T), b) experts, and the token-expert pairs they
         keep are at least T·k·b/U(T) (equal loads) and T·Σ_{top b} p (large T)."""
         m, c = self.model, self.costs
-        L, k = m.num_moe_layers, m.top_k
+        L, k = m.num_moe_layers, self.k_eff
         attn, dense = self._nonexpert(tokens, batch, context)
         distinct, _ = self.counts.distinct_and_missing(tokens, 0)
-        pairs = tokens * k
+        share, cap = 1.0, None
         if budget is not None:
-            kept_share = np.maximum(self.counts.top_mass(budget) / k,
-                                    np.minimum(1.0, budget / np.maximum(distinct, 1e-9)))
-            distinct = np.minimum(distinct, budget)
-            pairs = pairs * np.minimum(kept_share, 1.0)
-        compute = L * c.experts(pairs, distinct)
+            share = np.minimum(1.0, np.maximum(self.counts.top_mass(budget) / k,
+                                               np.minimum(1.0, budget / np.maximum(distinct, 1e-9))))
+            distinct, cap = np.minimum(distinct, budget), budget
+            if self.workload.routing.adaptive:        # the budget binds per layer profile
+                per = np.minimum(self.counts.distinct_by_profile(tokens), budget)
+                distinct = np.tensordot(self.counts.weights, per, axes=1)
+        compute = self._experts_s(tokens, distinct, cap=cap, pair_share=share)
         zeros = np.zeros_like(compute)
         return Forward(attn, dense, compute, L * c.expert_fetch(distinct), zeros, L * distinct)
 
@@ -295,12 +318,12 @@ class Analytic:
         (+ the layer's demand if the prefetch was not done by g); t = max(g + d·f, F) + experts.
         Exact up to one expert copy per preemption (a copy in flight finishes first)."""
         m, c = self.model, self.costs
-        L, k = m.num_moe_layers, m.top_k
+        L, k = m.num_moe_layers, self.k_eff
         attn_l = c.attention_block(tokens, batch, context) + c.layer_fixed()
         gate = c.router_and_shared(tokens)
         dense_l = c.dense_ffn(tokens) if m.num_layers > L else 0.0
         distinct, missing = self.counts.distinct_and_missing(tokens, 0)
-        experts = c.experts(tokens * k, distinct)
+        experts = self._experts_s(tokens, distinct) / L       # layers alike in the recursion
         f = c.expert_fetch(1)
         ids = np.asarray(m.moe_layer_ids)
         cut = L if policy.cutoff_layer is None else int(np.sum(ids < policy.cutoff_layer))
@@ -345,8 +368,7 @@ class Analytic:
         def step(n):   # a draft level over B·n tokens, served by the N resident experts (substitution)
             d_attn, d_dense = self._nonexpert(batch * n, batch, ctx)
             d_distinct = np.minimum(n_draft, self.counts.distinct_and_missing(batch * n, 0)[0])
-            return d_attn + d_dense + m.num_moe_layers * self.costs.experts(
-                batch * n * m.top_k, np.maximum(d_distinct, 1.0))
+            return d_attn + d_dense + self._experts_s(batch * n, np.maximum(d_distinct, 1.0), cap=n_draft)
 
         draft_s = self._over_levels(g, policy, step)
         # Verify: one pass over B(1 + S) positions, each needed non-resident expert fetched once.

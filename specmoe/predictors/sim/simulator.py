@@ -146,8 +146,11 @@ class Simulator:
         self.stats = Stats()
         self.staged = self.peak_layer_fetch = 0
         self.step = 0
-        self.sampler = RoutingSampler(self.probs, self.k, self.workload.routing.temporal_reuse,
-                                      self.workload.batch, self.route_rng, self.options.pattern_orders)
+        routing = self.workload.routing
+        big = routing.module_shares(self.L)[0] if routing.adaptive else None
+        self.sampler = RoutingSampler(routing.selection_probs(self.E, self.k, self.L), self.k,
+                                      routing.temporal_reuse, self.workload.batch, self.route_rng,
+                                      self.options.pattern_orders, big_share=big)
         self.pol = POLICY_CLASSES[self.policy.name](self)
         self._head_key, self._head = None, None
         self.bd = dict.fromkeys(CATEGORIES + ("prefill",), 0.0)
@@ -188,15 +191,19 @@ class Simulator:
         m = self.model
         u = min(self.E, expected_distinct_mean(self.probs, tokens))
         target = (m.num_layers * attn + self.L * gate + m.num_dense_layers * dense + lm
-                  + self.L * float(self.costs.experts(tokens * self.k, u)))
+                  + self.L * float(self.costs.experts(tokens * self._analytic.k_eff, u)))
         return self.policy.draft_model_ratio * target
 
     def _head_costs(self, tokens, batch, context):
         key = (tokens, batch, context)
         if key != self._head_key:
             c = self.costs
+            # Duo-LLM's small modules run beside the router: their layer mean joins the gate's time.
+            r = self.workload.routing
+            small = (sum(float(c.small_module(tokens * sh, r.small_module_ratio))
+                         for sh in self._analytic.small_share) / self.L if r.small_module_ratio else 0.0)
             self._head = (float(c.attention_block(tokens, batch, context) + c.layer_fixed()),
-                          float(c.router_and_shared(tokens)),
+                          float(c.router_and_shared(tokens)) + small,
                           float(c.dense_ffn(tokens)) if self.model.num_dense_layers else 0.0,
                           float(c.lm_head(tokens)))
             self._head_key = key
