@@ -27,6 +27,7 @@ from specmoe.engine.speculative import (
     sample,
     verify,
 )
+from specmoe.engine.tree import tree_round
 from specmoe.engine.tracer import NullTracer, device_fingerprint
 from specmoe.engine.weights import Weights, load_weights, random_model
 
@@ -276,6 +277,8 @@ class _Run:
         self.pending = nxt
 
     def _round(self) -> None:
+        if self.e.policy.tree_width > 1:
+            return tree_round(self)
         e, B, g = self.e, self.B, self.gamma
         active = [len(o) < self.max_new for o in self.out]
         self._phase("draft")
