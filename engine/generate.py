@@ -27,8 +27,8 @@ from specmoe.engine.speculative import (
     sample,
     verify,
 )
-from specmoe.engine.tree import tree_round
 from specmoe.engine.tracer import NullTracer, device_fingerprint
+from specmoe.engine.tree import tree_round
 from specmoe.engine.weights import Weights, load_weights, random_model
 
 from specmoe.errors import SpecMoEError

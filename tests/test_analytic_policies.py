@@ -28,16 +28,16 @@ def _both(iterations=10, **kw):
 # Tolerance: 1% on tokens/s and bytes (the simulator's copy engine is exact to one expert copy,
 # and its decode contexts are sampled per iteration around the analytic model's mean context).
 @pytest.mark.parametrize("kw", [
-    dict(policy="eagle", gamma=4),
-    dict(policy="moespec", gamma=4, expert_budget=1),
-    dict(policy="moespec", gamma=4),                          # no budget: eagle
-    dict(policy="spmoe", gamma=4),                            # everything prefetched while drafting
-    dict(policy="spmoe", gamma=4, cutoff_layer=8),            # layers 8.. on demand
-    dict(policy="spmoe", gamma=4, prefetch_hit_rate=0.0),     # nothing predicted: eagle
-    dict(policy="spmoe", gamma=4, draft_model_ratio=1.0),     # a draft as slow as the target
-    dict(policy="fate", gamma=0, cache_fraction=0.25),
-    dict(policy="fate", gamma=0, cache_fraction=0.125),
-    dict(policy="fate", gamma=0),                             # as many slots as fit
+    {"policy": "eagle", "gamma": 4},
+    {"policy": "moespec", "gamma": 4, "expert_budget": 1},
+    {"policy": "moespec", "gamma": 4},                          # no budget: eagle
+    {"policy": "spmoe", "gamma": 4},                            # everything prefetched while drafting
+    {"policy": "spmoe", "gamma": 4, "cutoff_layer": 8},            # layers 8.. on demand
+    {"policy": "spmoe", "gamma": 4, "prefetch_hit_rate": 0.0},     # nothing predicted: eagle
+    {"policy": "spmoe", "gamma": 4, "draft_model_ratio": 1.0},     # a draft as slow as the target
+    {"policy": "fate", "gamma": 0, "cache_fraction": 0.25},
+    {"policy": "fate", "gamma": 0, "cache_fraction": 0.125},
+    {"policy": "fate", "gamma": 0},                             # as many slots as fit
 ], ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
 def test_agrees_with_the_simulator_where_exact(kw):
     _, sim, an = _both(batch=16, routing=FIXED, acceptance=A0, **kw)

@@ -64,10 +64,10 @@ def test_verification_covers_the_whole_tree():
 
 
 @pytest.mark.parametrize("kw", [
-    dict(policy="specmoe", draft_experts=2, tree_width=3),
-    dict(policy="specmoe", draft_experts=1, tree_width=3, tree_levels=1),
-    dict(policy="eagle", tree_width=3),
-    dict(policy="spmoe", tree_width=2),
+    {"policy": "specmoe", "draft_experts": 2, "tree_width": 3},
+    {"policy": "specmoe", "draft_experts": 1, "tree_width": 3, "tree_levels": 1},
+    {"policy": "eagle", "tree_width": 3},
+    {"policy": "spmoe", "tree_width": 2},
 ])
 def test_tree_agrees_with_the_simulator_where_exact(kw):
     fixed = Routing(kind="empirical", probs=((1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),), source="test")
@@ -88,9 +88,9 @@ def test_simulated_tree_acceptance_matches_the_formula():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(policy="ondemand", tree_width=2), "tree_width=2"),
-    (dict(policy="eagle", gamma=16, tree_width=4), "draft tokens per sequence"),
-    (dict(policy="specmoe", tree_width=0), "tree_width=0"),
+    ({"policy": "ondemand", "tree_width": 2}, "tree_width=2"),
+    ({"policy": "eagle", "gamma": 16, "tree_width": 4}, "draft tokens per sequence"),
+    ({"policy": "specmoe", "tree_width": 0}, "tree_width=0"),
 ])
 def test_bad_trees_name_the_field(kw, match):
     with pytest.raises(SpecMoEError, match=match):

@@ -80,9 +80,9 @@ ALTERNATING = Routing(kind="empirical", probs=FIXED, big_share=(1.0, 0.0), small
 
 
 @pytest.mark.parametrize("kw", [
-    dict(policy="ondemand"), dict(policy="caching", cache_fraction=0.125),
-    dict(policy="specmoe", gamma=3, draft_experts=1), dict(policy="eagle", gamma=3),
-    dict(policy="moespec", gamma=3, expert_budget=1), dict(policy="spmoe", gamma=3),
+    {"policy": "ondemand"}, {"policy": "caching", "cache_fraction": 0.125},
+    {"policy": "specmoe", "gamma": 3, "draft_experts": 1}, {"policy": "eagle", "gamma": 3},
+    {"policy": "moespec", "gamma": 3, "expert_budget": 1}, {"policy": "spmoe", "gamma": 3},
 ], ids=lambda kw: kw["policy"])
 def test_duo_agrees_with_the_simulator_where_exact(kw):
     setup = resolve(batch=16, routing=ALTERNATING, acceptance=Acceptance(0.0), **kw)

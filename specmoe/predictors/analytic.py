@@ -85,7 +85,7 @@ class Analytic:
         self.counts = ExpertCounts(probs)
         # Token-expert pairs per token: top_k, less the tokens that skip the experts (Duo-LLM).
         self.k_eff = float(probs.sum(axis=1).mean())
-        big, self.small_share = self.workload.routing.module_shares(m.num_moe_layers)
+        self.small_share = self.workload.routing.module_shares(m.num_moe_layers)[1]
         self.mem = Memory(model, system, self.workload)
         # A layer whose decoder layer has one before it can be prefetched while that one runs.
         self._prefetchable = np.asarray(m.moe_layer_ids) > 0
@@ -120,7 +120,7 @@ class Analytic:
 
     def _forward(self, tokens, batch, context, resident, policy: Policy, random_resident=False) -> Forward:
         m, c = self.model, self.costs
-        L, k = m.num_moe_layers, self.k_eff
+        L = m.num_moe_layers
         attn, dense = self._nonexpert(tokens, batch, context)
         if policy.name == "fate":
             return self._fate_forward(tokens, attn, dense, resident, policy)
@@ -271,7 +271,7 @@ class Analytic:
         """eagle, spmoe, moespec: a separate draft model on the GPU, the target verifies."""
         m, ctx = self.model, self.workload.mean_context
         g = self._gate(policy, batch, gamma)
-        step = lambda n: policy.draft_model_ratio * self._resident_pass(batch * n, batch, ctx)  # noqa: E731
+        step = lambda n: policy.draft_model_ratio * self._resident_pass(batch * n, batch, ctx)
         draft_s = self._over_levels(g, policy, step)
         size = tree_size(g, policy.tree_width, policy.tree_levels)
         tokens = batch * (1.0 + size)
@@ -318,7 +318,7 @@ class Analytic:
         (+ the layer's demand if the prefetch was not done by g); t = max(g + d·f, F) + experts.
         Exact up to one expert copy per preemption (a copy in flight finishes first)."""
         m, c = self.model, self.costs
-        L, k = m.num_moe_layers, self.k_eff
+        L = m.num_moe_layers
         attn_l = c.attention_block(tokens, batch, context) + c.layer_fixed()
         gate = c.router_and_shared(tokens)
         dense_l = c.dense_ffn(tokens) if m.num_layers > L else 0.0

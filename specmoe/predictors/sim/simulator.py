@@ -45,8 +45,12 @@ from specmoe.predictors.sim.policies import (
     expected_distinct_mean,
 )
 from specmoe.predictors.sim.result import SimResult, percentiles
-from specmoe.predictors.sim.routing import (RoutingSampler, sample_accepted, sample_accepted_levels,
-                                            tree_layout)
+from specmoe.predictors.sim.routing import (
+    RoutingSampler,
+    sample_accepted,
+    sample_accepted_levels,
+    tree_layout,
+)
 
 CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 
