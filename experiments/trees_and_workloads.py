@@ -244,8 +244,8 @@ def section_tree_engine(n_prompts: int) -> list[str]:
             "draws: greedy trees take the draft's top-k, and a runner-up is right only when the argmax "
             "was wrong in a particular way; at T = 1 recursive rejection sampling's residual excludes "
             "the rejected token, which helps the next candidate, but not as much as a fresh, independent "
-            "chance. Treat the analytic tree τ as an upper estimate unless a measured τ for the shape "
-            "replaces it (an Acceptance τ table measured with that tree)."), ""]
+            "chance. Treat the analytic tree τ as an upper estimate; a per-shape measured τ (this table's "
+            "method) is the way to plan a tree for a given model."), ""]
     return out
 
 
