@@ -127,7 +127,7 @@ for row in "${GRID[@]}"; do ARGS+=(--grid "$row"); done
 log "end-to-end runs: ${GRID[*]} x $REPEATS repeats"
 status=0
 timeout 360 "$PY" experiments/engine_runs.py --out "$OUT/traces/e2e" "${ARGS[@]}" \
-    --preset "$PRESET" --layers "$LAYERS" --device "$DEVICE" --draft-experts 2 --cache-fraction 0.25 \
+    --preset "$PRESET" --layers "$LAYERS" --device "$DEVICE" --draft-experts 2 --resident-experts 2 \
     --synthetic-acceptance 0.7 --prompt-len "$PROMPT" --max-new-tokens "$MAX_NEW" \
     --repeats "$REPEATS" 2>&1 | tee -a "$OUT/logs/e2e.log" || status=$?
 [[ $status -eq 0 ]] || log "end-to-end runs stopped early (status $status); run again to resume"

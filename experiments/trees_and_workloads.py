@@ -75,7 +75,7 @@ def section_policies(iterations: int) -> list[str]:
            "routing sends every token to experts 0 and 1 with α = 0 (no variance: the analytic model "
            "is exact there); `zipf:1.0` samples routing and acceptance (published SpecMoE α)."), ""]
     cases = [("eagle", {}), ("spmoe", {}), ("spmoe", {"prefetch_hit_rate": 0.7}), ("spmoe", {"cutoff_layer": 8}),
-             ("moespec", {"expert_budget": 1}), ("moespec", {"expert_budget": 4}), ("fate", {"cache_fraction": 0.25}),
+             ("moespec", {"expert_budget": 1}), ("moespec", {"expert_budget": 4}), ("fate", {"resident_experts": 2}),
              ("fate", {"prefetch_hit_rate": 0.8})]
     rows, worst = [], {"fixed": 0.0, "zipf:1.0": 0.0}
     for routing, rname in ((FIXED, "fixed"), (ZIPF, "zipf:1.0")):
@@ -320,15 +320,15 @@ def section_rice(iterations: int) -> list[str]:
                 alpha = float(np.interp(cov_meta[2] + shift, [cov_meta[n] for n in ns], [alpha_hot[n] for n in ns]))
                 wl = Workload(batch=16, routing=r, acceptance=Acceptance(min(alpha, 0.9999)))
                 an = Analytic(model, sysm, wl)
-                ca = an.evaluate(make_policy("caching", cache_fraction=0.25))
+                ca = an.evaluate(make_policy("caching", resident_experts=2))
                 sp = an.evaluate(make_policy("specmoe", gamma=4, draft_experts=2, draft_set="hot"))
-                setup = resolve(model=MODEL, hardware=HW, policy="caching", batch=16, routing=r, cache_fraction=0.25)
+                setup = resolve(model=MODEL, hardware=HW, policy="caching", batch=16, routing=r, resident_experts=2)
                 sim = Simulator(setup, iterations=iterations, seed=0).run()
                 rows.append([base_name, f"{ranks}", factor, skew, u, sim.cache_hit_rate,
                              float(ca.h2d_bytes_per_token) / 1e9, sim.h2d_bytes_per_token / 1e9, cov,
                              alpha if base_name == "measured:tiny" else f"{alpha:.4g} (held)",
                              float(sp.tokens_per_s)])
-    out += table(["routing", "boosted ranks", "factor", "max/mean p", "U(16)", "sim cache hit (25%)",
+    out += table(["routing", "boosted ranks", "factor", "max/mean p", "U(16)", "sim cache hit (2 pinned)",
                   "caching GB/token", "sim GB/token", "hot-2 coverage", "α (tiny, via coverage)",
                   "specmoe tok/s (hot N=2, γ=4)"], rows)
     out += [("RICE's headline (higher reasoning accuracy, fewer 'thinking' tokens) is about output "

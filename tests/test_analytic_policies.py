@@ -35,8 +35,8 @@ def _both(iterations=10, **kw):
     {"policy": "spmoe", "gamma": 4, "cutoff_layer": 8},            # layers 8.. on demand
     {"policy": "spmoe", "gamma": 4, "prefetch_hit_rate": 0.0},     # nothing predicted: eagle
     {"policy": "spmoe", "gamma": 4, "draft_model_ratio": 1.0},     # a draft as slow as the target
-    {"policy": "fate", "gamma": 0, "cache_fraction": 0.25},
-    {"policy": "fate", "gamma": 0, "cache_fraction": 0.125},
+    {"policy": "fate", "gamma": 0, "resident_experts": 2},
+    {"policy": "fate", "gamma": 0, "resident_experts": 1},
     {"policy": "fate", "gamma": 0},                             # as many slots as fit
 ], ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
 def test_agrees_with_the_simulator_where_exact(kw):
@@ -87,12 +87,12 @@ def test_fate_fetches_what_the_shallow_first_cache_misses():
     the shallow layers, where a third slot is wasted, so deep layers fetch."""
     wl = Workload(batch=4, routing=FIXED, acceptance=A0)
     an = Analytic(MIXTRAL, resolve().system, wl)
-    r = an.evaluate(make_policy("fate", cache_fraction=0.25))
+    r = an.evaluate(make_policy("fate", resident_experts=2))
     caps = shallow_first(2 * L, L, 8)
     missing = np.maximum(0, 2 - caps).sum()
     assert caps[0] > 2 and missing > 0
     assert float(r.h2d_bytes_per_iteration) == pytest.approx(missing * MIXTRAL.expert_bytes)
-    even = an.evaluate(make_policy("caching", cache_fraction=0.25))
+    even = an.evaluate(make_policy("caching", resident_experts=2))
     assert float(even.h2d_bytes_per_iteration) == 0.0
 
 

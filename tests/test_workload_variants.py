@@ -33,7 +33,7 @@ def test_rice_on_the_hot_experts_cuts_caching_bytes():
     """Boosting the two most used experts concentrates routing: fewer distinct experts, more hits."""
     base = Routing(kind="zipf", zipf_s=0.8)
     steered = Routing(kind="zipf", zipf_s=0.8, boost_experts=(0, 1), boost_factor=4.0)
-    pol = make_policy("caching", cache_fraction=0.25)
+    pol = make_policy("caching", resident_experts=2)
     b = [float(Analytic(MIXTRAL, H100, Workload(batch=8, routing=r)).evaluate(pol).h2d_bytes_per_token)
          for r in (base, steered)]
     assert b[1] < b[0]
@@ -80,7 +80,7 @@ ALTERNATING = Routing(kind="empirical", probs=FIXED, big_share=(1.0, 0.0), small
 
 
 @pytest.mark.parametrize("kw", [
-    {"policy": "ondemand"}, {"policy": "caching", "cache_fraction": 0.125},
+    {"policy": "ondemand"}, {"policy": "caching", "resident_experts": 1},
     {"policy": "specmoe", "gamma": 3, "draft_experts": 1}, {"policy": "eagle", "gamma": 3},
     {"policy": "moespec", "gamma": 3, "expert_budget": 1}, {"policy": "spmoe", "gamma": 3},
 ], ids=lambda kw: kw["policy"])

@@ -32,11 +32,10 @@ import numpy as np
 from specmoe.costs.memory import Memory
 from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import ANALYTIC, Policy
+from specmoe.inputs.policies import ANALYTIC, LRU_POLICIES, Policy
 from specmoe.inputs.tree import nodes_at, tree_size, tree_tau
 from specmoe.inputs.workload import ExpertCounts, Workload, tau
 
-CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 SEPARATE_DRAFT = ("eagle", "spmoe", "moespec")     # a separate draft model on the GPU
 
 
@@ -125,6 +124,8 @@ class Analytic:
         if policy.name == "fate":
             return self._fate_forward(tokens, attn, dense, resident, policy)
         distinct, missing = self.counts.distinct_and_missing(tokens, resident, random_resident)
+        if policy.lru_slots and policy.name in LRU_POLICIES:
+            missing = self.counts.missing_with_lru(tokens, resident, policy.lru_slots, L)
         compute = self._experts_s(tokens, distinct)
         fetch_one_layer = c.expert_fetch(missing)
         zeros = np.zeros_like(compute)
@@ -149,11 +150,16 @@ class Analytic:
         return exposed, prefetched + (1 - h) * missing
 
     def _fate_forward(self, tokens, attn, dense, caps, policy: Policy) -> Forward:
-        """fate: overlap's rule per layer, with caps[..., l] cached experts in MoE layer l."""
+        """fate: overlap's rule per layer, with caps[..., l] pinned experts in MoE layer l. With
+        lru_slots, each layer's misses come from the shared-LRU approximation as if every layer
+        pinned that layer's count (an approximation: the layers' pins differ)."""
         m, c = self.model, self.costs
         L = m.num_moe_layers
         caps = np.broadcast_to(caps, np.shape(tokens) + (L,))
         layers = [self.counts.distinct_and_missing(tokens, caps[..., l]) for l in range(L)]
+        if policy.lru_slots:
+            layers = [(d, self.counts.missing_with_lru(tokens, caps[..., l], policy.lru_slots, L))
+                      for l, (d, _) in enumerate(layers)]
         distinct = layers[0][0]
         compute = self._experts_s(tokens, distinct)
         per_layer_compute = (attn + dense + compute) / L
@@ -195,10 +201,14 @@ class Analytic:
 
     # ---- residency ------------------------------------------------------------------------------
     def cache_slots(self, batch, gamma, policy: Policy):
-        """Experts per layer a cache holds: the policy's fraction, or as many as fit (costs.memory)."""
-        if policy.cache_fraction is not None:
-            return np.full(np.shape(batch), round(policy.cache_fraction * self.model.num_experts))
-        return self.mem.max_resident(batch, gamma, self.counts, policy.name)
+        """Experts per layer pinned resident: the policy's count, or as many as fit (costs.memory)."""
+        if policy.resident_experts is not None:
+            return np.full(np.shape(batch), min(policy.resident_experts, self.model.num_experts))
+        return self.mem.max_resident(batch, gamma, self.counts, policy.name, lru=self._lru(policy))
+
+    @staticmethod
+    def _lru(policy: Policy) -> int:
+        return policy.lru_slots if policy.name in LRU_POLICIES else 0
 
     # ---- the model -------------------------------------------------------------------------------
     def evaluate(self, policy: Policy, batch=None, gamma=None, draft_experts=None, alpha=None) -> AnalyticResult:
@@ -226,13 +236,12 @@ class Analytic:
             resident = self.cache_slots(batch, zero, policy)
         else:
             resident = np.zeros(batch.shape, dtype=int)
-        missing = self.counts.distinct_and_missing(batch, resident)[1]
-        staging = self.mem.staging(missing, resident, policy.name)
         placed = self.fate_caps(resident) if policy.name == "fate" else resident
         fwd = self._forward(batch, batch, ctx, placed, policy)
-        parts = _parts(fwd, zero)
-        return self._result(batch, zero, fwd.total, batch, parts, fwd.fetched_experts,
-                            self.mem.bytes(batch, zero, resident, staging), resident, policy, placed)
+        staging = self.mem.staging(fwd.fetched_experts / self.model.num_moe_layers, resident, policy.name)
+        mem = self.mem.bytes(batch, zero, resident, staging, self._lru(policy))
+        return self._result(batch, zero, fwd.total, batch, _parts(fwd, zero), fwd.fetched_experts,
+                            mem, resident, policy, placed)
     # ---- speculation ---------------------------------------------------------------------------
     def _gate(self, policy, batch, gamma):
         """γ where speculation runs (γ > 0 and batch >= spec_min_batch), else 0."""
