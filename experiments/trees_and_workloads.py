@@ -332,12 +332,13 @@ def section_rice(iterations: int) -> list[str]:
                   "caching GB/token", "sim GB/token", "hot-2 coverage", "α (tiny, via coverage)",
                   "specmoe tok/s (hot N=2, γ=4)"], rows)
     out += [("RICE's headline (higher reasoning accuracy, fewer 'thinking' tokens) is about output "
-            "quality and length; neither is something this model can reproduce, and the paper gives no "
-            "systems figures. From its setup (two experts up-weighted) the model predicts: load skew "
+            "quality and length (its abstract reports accuracy and reasoning efficiency, not serving "
+            "cost); neither is something this model can reproduce. From its setup (two experts up-weighted) the model predicts: load skew "
             "rises, fewer distinct experts per batch, a higher cache hit rate and fewer bytes, and a "
             "hot draft set covers more of the routed pairs, so self-drafting acceptance rises, "
             "most when the boosted experts are the ones already resident; boosting mid-ranked experts "
-            "first flattens the top of the profile (small factors) before concentrating it. α is read "
+            "of a skewed profile (the Zipf rows) first flattens its top (small factors) before "
+            "concentrating it. α is read "
             "off the tiny MoE's measured α(N) against its measured hot-set coverage(N) (ASSUMPTION: α "
             "depends on the draft set only through coverage), so only the `measured:tiny` rows map "
             "coverage to α; the Zipf rows hold α at the tiny base value and show the bytes effect alone."), ""]

@@ -95,3 +95,17 @@ def test_simulated_tree_acceptance_matches_the_formula():
 def test_bad_trees_name_the_field(kw, match):
     with pytest.raises(SpecMoEError, match=match):
         make_policy(**{"name": kw.pop("policy"), **kw})
+
+
+def test_sweep_axes_reach_trees_and_routing_modifiers():
+    from specmoe.planning.sweep import run_sweep
+    grid = {"name": "t", "engine": "analytic", "axes": {
+        "model": ["mixtral-8x7b"], "hardware": ["h100-pcie"], "policy": ["specmoe"], "batch": [4],
+        "gamma": [3], "draft_experts": [2], "tree_width": [1, 2], "alpha": [0.6],
+        "routing": ["zipf:1.0", "zipf:1.0+rice:0,1@4"]}}
+    t = run_sweep(grid, jobs=1)
+    for w, per_seq in zip(t["tree_width"], t["tokens_per_iteration"] / 4, strict=True):
+        assert per_seq == pytest.approx(float(tree_tau(0.6, 3, int(w))))
+    chain = t["tree_width"] == 1
+    by_routing = dict(zip(t["routing"][chain], t["h2d_bytes_per_token"][chain], strict=True))
+    assert by_routing["zipf:1.0+rice:0,1@4"] < by_routing["zipf:1.0"]
