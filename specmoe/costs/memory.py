@@ -49,7 +49,15 @@ class Memory:
         # fp32 logits (split tp ways) and activations
         workspace = tokens * (m.vocab_size * 4 / tp + 8 * m.hidden_size * m.dtype_bytes)
         experts = (np.asarray(resident) * m.num_moe_layers + np.asarray(staging) + lru) * m.expert_bytes
-        return m.resident_bytes / tp + kv + workspace + experts
+        return m.resident_bytes / tp + kv + workspace + experts + self.small_module_bytes
+
+    @property
+    def small_module_bytes(self) -> float:
+        """Duo-LLM's small FFN per MoE layer, resident (workload.Routing.small_module_ratio)."""
+        r = self.workload.routing
+        if not (r.small_share and r.small_module_ratio):
+            return 0.0
+        return self.model.num_moe_layers * r.small_module_ratio * self.model.expert_bytes
 
     def staging(self, missing_per_layer, resident, policy_name: str):
         """Slots for one layer's fetched experts: ⌈expected missing⌉, ×2 when double-buffered."""
