@@ -6,7 +6,8 @@
     p["tokens_per_s"], p["breakdown"]
     plan = specmoe.plan(model="mixtral-8x7b", hardware="h100-pcie", batch=64)
     plan["best"]
-    slo = specmoe.plan(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms=100, ttft_ms=2000, rate=2)
+    slo = specmoe.plan(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms=100, ttft_ms=2000,
+                       rate=2)
     slo["best"]["batch"], slo["replicas"]
 """
 from __future__ import annotations
@@ -107,11 +108,28 @@ def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100
     check_parameter_names(policy_params, PLAN_ARGUMENTS, "plan")
     if tpot_ms is not None or ttft_ms is not None or rate is not None:
         if static_batch:
-            raise SpecMoEError("static_batch: not available with service-level targets (tpot_ms, ttft_ms, rate)")
-        return plan_slo(model=model, hardware=hardware, tpot_ms=tpot_ms, ttft_ms=ttft_ms, rate=rate,
-                        policies=policies, gammas=gammas, draft_experts=draft_experts, max_batch=max_batch,
-                        confirm=confirm, interval=interval, seed=seed, acceptance=acceptance,
-                        routing=routing, prompt_len=prompt_len, output_len=output_len, **policy_params)
+            raise SpecMoEError(
+                "static_batch: not available with service-level targets (tpot_ms, ttft_ms, rate)"
+            )
+        return plan_slo(
+            model=model,
+            hardware=hardware,
+            tpot_ms=tpot_ms,
+            ttft_ms=ttft_ms,
+            rate=rate,
+            policies=policies,
+            gammas=gammas,
+            draft_experts=draft_experts,
+            max_batch=max_batch,
+            confirm=confirm,
+            interval=interval,
+            seed=seed,
+            acceptance=acceptance,
+            routing=routing,
+            prompt_len=prompt_len,
+            output_len=output_len,
+            **policy_params,
+        )
     return _plan(model=model, hardware=hardware, batch=batch, policies=policies, gammas=gammas,
                  draft_experts=draft_experts, confirm=confirm, top=top, static_batch=static_batch,
                  acceptance=acceptance, routing=routing, prompt_len=prompt_len,

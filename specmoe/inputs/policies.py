@@ -16,7 +16,8 @@ POLICIES: dict[str, str] = {
     "overlap": "prefetch the next layer's predicted experts during this layer (MoE-Overlap)",
     "caching": "pin the hottest fraction of experts resident, LRU for the rest (MoE-Caching)",
     "cpu": "compute a non-resident expert on the host CPU where cheaper than fetching (Fiddler)",
-    "specmoe": "self-draft with N resident experts + substitution; verify fetching each expert once",
+    "specmoe": "self-draft with N resident experts + substitution; "
+               "verify fetching each expert once",
     "spmoe": "separate draft model whose gates predict experts; prefetch up to a cutoff layer",
     "moespec": "verification-time expert budget: drop low-weight experts of long-tail tokens",
     "fate": "cross-layer gate prediction, prefetch next layer, shallow-favouring cache",
@@ -57,7 +58,9 @@ class Param:
         lo = "-inf" if self.lo is None else f"{self.lo:g}"
         hi = "inf" if self.hi is None else f"{self.hi:g}"
         rng = f"{'(' if self.lo_open else '['}{lo}, {hi}]"
-        return (f"whole numbers in {rng}" if self.kind == "int" else rng) + (" or none" if self.optional else "")
+        return (f"whole numbers in {rng}" if self.kind == "int" else rng) + (
+            " or none" if self.optional else ""
+        )
 
 
 def _p(default, **meta):
@@ -123,7 +126,9 @@ class Policy:
         return replace(self, **changes)
 
 
-PARAMS: dict[str, Param] = {f.name: f.metadata["param"] for f in fields(Policy) if "param" in f.metadata}
+PARAMS: dict[str, Param] = {
+    f.name: f.metadata["param"] for f in fields(Policy) if "param" in f.metadata
+}
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Policy) if f.name in PARAMS}
 
 
@@ -177,23 +182,33 @@ def make_policy(name: str, **params: Any) -> Policy:
         raise SpecMoEError(f"policy={name!r}: give a policy name ({', '.join(POLICIES)})")
     key = name.strip().lower()
     if key not in POLICIES:
-        raise SpecMoEError(f"policy={name!r} is unknown; allowed: {', '.join(POLICIES)}{suggest(key, POLICIES)}")
+        raise SpecMoEError(
+            f"policy={name!r} is unknown; allowed: {', '.join(POLICIES)}{suggest(key, POLICIES)}"
+        )
     p = Policy(name=key, **{k: check_param(k, v) for k, v in params.items() if v is not None})
     validate_policy(p)
     return p
 
 
-def validate_policy(p: Policy, num_experts: int | None = None, num_layers: int | None = None) -> None:
+def validate_policy(
+    p: Policy, num_experts: int | None = None, num_layers: int | None = None
+) -> None:
     """Every parameter in its registry range, plus the checks that need the model's shape."""
     for k in PARAMS:
         check_param(k, getattr(p, k))
     if num_experts is not None and p.draft_experts > num_experts:
-        raise SpecMoEError(f"draft_experts={p.draft_experts}: the model has only {num_experts} experts per layer")
+        raise SpecMoEError(
+            f"draft_experts={p.draft_experts}: the model has only {num_experts} experts per layer"
+        )
     if p.name == "specmoe" and p.gamma > 0 and p.draft_experts < 1:
-        raise SpecMoEError("draft_experts=0: specmoe drafts with at least 1 resident expert per layer")
+        raise SpecMoEError(
+            "draft_experts=0: specmoe drafts with at least 1 resident expert per layer"
+        )
     if p.cutoff_layer is not None and num_layers and p.cutoff_layer > num_layers:
         raise SpecMoEError(f"cutoff_layer={p.cutoff_layer}: allowed 0..{num_layers}")
     if p.tree_width > 1 and p.name not in SPECULATIVE:
-        raise SpecMoEError(f"tree_width={p.tree_width}: policy {p.name!r} does not draft; draft trees "
-                           f"need a speculative policy ({', '.join(SPECULATIVE)})")
+        raise SpecMoEError(
+            f"tree_width={p.tree_width}: policy {p.name!r} does not draft; draft trees "
+            f"need a speculative policy ({', '.join(SPECULATIVE)})"
+        )
     check_tree(p.gamma, p.tree_width, p.tree_levels)

@@ -36,14 +36,22 @@ class Setup:
     policy: Policy
 
     def echo(self) -> dict[str, Any]:
-        return {"model": self.model.name, "hardware": self.system.name, "policy": self.policy.name,
-                "batch": self.workload.batch, "gamma": self.policy.gamma,
-                "draft_experts": self.policy.draft_experts, "prompt_len": self.workload.prompt_len,
-                "output_len": self.workload.output_len, "alpha": self.workload.acceptance.alpha,
-                "alpha_spread": self.workload.acceptance.alpha_spread,
-                "acceptance_source": self.workload.acceptance.source,
-                "routing": self.workload.routing.kind, "routing_source": self.workload.routing.source,
-                "ideal": self.system.ideal}
+        return {
+            "model": self.model.name,
+            "hardware": self.system.name,
+            "policy": self.policy.name,
+            "batch": self.workload.batch,
+            "gamma": self.policy.gamma,
+            "draft_experts": self.policy.draft_experts,
+            "prompt_len": self.workload.prompt_len,
+            "output_len": self.workload.output_len,
+            "alpha": self.workload.acceptance.alpha,
+            "alpha_spread": self.workload.acceptance.alpha_spread,
+            "acceptance_source": self.workload.acceptance.source,
+            "routing": self.workload.routing.kind,
+            "routing_source": self.workload.routing.source,
+            "ideal": self.system.ideal,
+        }
 
 
 def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie",
@@ -75,8 +83,10 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
                           **policy_params)
     validate_policy(pol, spec.num_experts, spec.num_layers)
     if pol.gamma > 0 and pol.name not in SPECULATIVE:
-        raise SpecMoEError(f"gamma={pol.gamma}: policy {pol.name!r} does not speculate; use gamma 0 "
-                           f"or a speculative policy ({', '.join(SPECULATIVE)})")
+        raise SpecMoEError(
+            f"gamma={pol.gamma}: policy {pol.name!r} does not speculate; use gamma 0 "
+            f"or a speculative policy ({', '.join(SPECULATIVE)})"
+        )
     acc = (acceptance if isinstance(acceptance, Acceptance)
            else parse_acceptance(acceptance, pol.draft_set, model=spec))
     if routing is None:
@@ -84,14 +94,32 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
     else:
         rout = routing if isinstance(routing, Routing) else parse_routing(routing)
     check_routing(rout, spec.num_experts, spec.name)
-    wl = Workload(batch=batch, prompt_len=prompt_len, output_len=output_len, routing=rout, acceptance=acc,
-                  gpu_memory_utilization=gpu_memory_utilization)
+    wl = Workload(
+        batch=batch,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        routing=rout,
+        acceptance=acc,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )
     return Setup(spec, system, wl, pol)
 
 
 def resolve_arguments() -> tuple[str, ...]:
     """Every keyword `resolve` (and so `specmoe.predict`) accepts."""
-    named = ("model", "hardware", "policy", "batch", "gamma", "draft_experts", "acceptance", "routing",
-             "prompt_len", "output_len", "ideal", "gpu_memory_utilization")
+    named = (
+        "model",
+        "hardware",
+        "policy",
+        "batch",
+        "gamma",
+        "draft_experts",
+        "acceptance",
+        "routing",
+        "prompt_len",
+        "output_len",
+        "ideal",
+        "gpu_memory_utilization",
+    )
     return named + tuple(k for k in policy_parameters() if k not in named)
 

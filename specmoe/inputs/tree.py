@@ -85,5 +85,7 @@ def level_probs(alpha: float, gamma: int, width: int = 1, levels: int | None = N
 def check_tree(gamma: int, width: int, levels: int | None) -> None:
     size = float(tree_size(gamma, width, levels))
     if size > MAX_TREE_NODES:
-        raise SpecMoEError(f"tree_width={width}, tree_levels={levels}, gamma={gamma}: {size:.0f} draft "
-                           f"tokens per sequence; allowed <= {MAX_TREE_NODES} (lower tree_levels or gamma)")
+        raise SpecMoEError(
+            f"tree_width={width}, tree_levels={levels}, gamma={gamma}: {size:.0f} draft "
+            f"tokens per sequence; allowed <= {MAX_TREE_NODES} (lower tree_levels or gamma)"
+        )

@@ -48,7 +48,8 @@ def alpha_from_tau(tau_value: float, gamma: int) -> float:
 
 
 def _used(p: np.ndarray, n) -> np.ndarray:
-    """1 − (1 − p_e)^n: the chance that n independent tokens use expert e, shape n.shape + p.shape."""
+    """1 − (1 − p_e)^n: the chance that n independent tokens use expert e, shape n.shape +
+    p.shape."""
     logq = np.log1p(-np.clip(p, 0.0, 1.0 - 1e-15))
     return 1.0 - np.exp(np.multiply.outer(np.asarray(n, dtype=float), logq))
 
@@ -93,7 +94,9 @@ class ExpertCounts:
 
     def top_mass(self, n) -> np.ndarray:
         """Layer-mean Σ of the n largest inclusion probabilities (tokens·mass: pairs they take)."""
-        cum = np.concatenate([np.zeros((len(self.probs), 1)), np.cumsum(self.probs, axis=1)], axis=1)
+        cum = np.concatenate(
+            [np.zeros((len(self.probs), 1)), np.cumsum(self.probs, axis=1)], axis=1
+        )
         idx = np.clip(np.asarray(n, dtype=int), 0, self.num_experts)
         return np.einsum("pj,p->j", cum, self.weights)[idx]
 
@@ -141,7 +144,8 @@ class ExpertCounts:
 
 
 def _water_fill(weights: np.ndarray, total: float) -> np.ndarray:
-    """Scale weights to sum to `total` with every entry ≤ 1 (an expert is used at most once per token)."""
+    """Scale weights to sum to `total` with every entry ≤ 1 (an expert is used at most once per
+    token)."""
     w = np.asarray(weights, dtype=float)
     p = np.zeros_like(w)
     free = np.ones(w.shape, dtype=bool)
@@ -165,7 +169,8 @@ class Routing:
     """How tokens choose experts. `probs` ([L, E], each row sums to top_k) for kind='empirical'.
 
     temporal_reuse: fraction of a step's experts reused at the next step beyond chance (0 = none);
-    used by the simulator's routing sampler, and a source name says where a measured value came from.
+    used by the simulator's routing sampler, and a source name says where a measured value came
+    from.
 
     Expert steering (RICE, Wang et al. 2025, arXiv 2505.14681: reinforce two "cognitive experts"):
     boost_experts are ranks (0 = the most used) in each layer's profile whose routing weight is
@@ -202,7 +207,9 @@ class Routing:
         if not 0.0 <= self.temporal_reuse <= 1.0:
             raise SpecMoEError(f"temporal_reuse={self.temporal_reuse}: allowed [0, 1]")
         if self.kind == "empirical" and self.probs is None:
-            raise SpecMoEError("routing kind='empirical' needs probs (per-layer inclusion probabilities)")
+            raise SpecMoEError(
+                "routing kind='empirical' needs probs (per-layer inclusion probabilities)"
+            )
         if not self.boost_factor > 0:
             raise SpecMoEError(f"boost_factor={self.boost_factor}: must be > 0 (1 = no steering)")
         if any(r < 0 for r in self.boost_experts):
@@ -212,9 +219,13 @@ class Routing:
                 raise SpecMoEError(f"{name}={getattr(self, name)}: every share must lie in [0, 1]")
         big, small = self.module_shares(max(len(self.big_share), len(self.small_share), 1))
         if np.any(big + small > 1.0 + 1e-12):
-            raise SpecMoEError(f"big_share + small_share > 1 in some layer ({self.big_share}, {self.small_share})")
+            raise SpecMoEError(
+                f"big_share + small_share > 1 in some layer ({self.big_share}, {self.small_share})"
+            )
         if not 0.0 <= self.small_module_ratio <= 1.0:
-            raise SpecMoEError(f"small_module_ratio={self.small_module_ratio}: allowed [0, 1] (of one expert)")
+            raise SpecMoEError(
+                f"small_module_ratio={self.small_module_ratio}: allowed [0, 1] (of one expert)"
+            )
 
     @property
     def adaptive(self) -> bool:
@@ -223,21 +234,28 @@ class Routing:
     def module_shares(self, num_layers: int) -> tuple[np.ndarray, np.ndarray]:
         """(big, small) shares of tokens per MoE layer (Duo-LLM); (1, 0) when not adaptive."""
         def cycled(v, default):
-            return np.resize(np.asarray(v, dtype=float), num_layers) if v else np.full(num_layers, default)
+            return (
+                np.resize(np.asarray(v, dtype=float), num_layers)
+                if v
+                else np.full(num_layers, default)
+            )
         big = cycled(self.big_share, 1.0 if not self.big_share and not self.small_share else 0.0)
         if self.small_share and not self.big_share:
             big = 1.0 - cycled(self.small_share, 0.0)
         return big, cycled(self.small_share, 0.0)
 
     def selection_probs(self, num_experts: int, top_k: int, num_layers: int) -> np.ndarray:
-        """p[l, e] of a token that takes the routed experts (rows sum to top_k), sorted descending."""
+        """p[l, e] of a token that takes the routed experts (rows sum to top_k), sorted
+        descending."""
         if self.kind == "uniform":
             rows = np.tile(np.full(num_experts, top_k / num_experts), (num_layers, 1))
         elif self.kind == "zipf":
             ranks = np.arange(1, num_experts + 1, dtype=float)
             rows = np.tile(_water_fill(ranks ** -self.zipf_s, top_k), (num_layers, 1))
         else:
-            rows = _resample_empirical(np.asarray(self.probs, dtype=float), num_experts, top_k, num_layers)
+            rows = _resample_empirical(
+                np.asarray(self.probs, dtype=float), num_experts, top_k, num_layers
+            )
         return self._boost(rows, top_k) if self.boost_experts and self.boost_factor != 1.0 else rows
 
     def _boost(self, rows: np.ndarray, top_k: int) -> np.ndarray:
@@ -256,7 +274,9 @@ class Routing:
         return rows * self.module_shares(num_layers)[0][:, None] if self.adaptive else rows
 
 
-def _resample_empirical(probs: np.ndarray, num_experts: int, top_k: int, num_layers: int) -> np.ndarray:
+def _resample_empirical(
+    probs: np.ndarray, num_experts: int, top_k: int, num_layers: int
+) -> np.ndarray:
     """Map measured per-layer probabilities onto another model's E, k and L by quantile shape.
 
     The sorted share profile is interpolated onto E points, then water-filled to sum to k; layers
@@ -321,11 +341,16 @@ class Acceptance:
 
 
 def published_acceptance(draft_set: str = "hottemporal") -> Acceptance:
-    """α solved from SpecMoE's published τ at γ = 10 (NLLB-MoE translation; a high-acceptance task)."""
+    """α solved from SpecMoE's published τ at γ = 10 (NLLB-MoE translation; a high-acceptance
+    task)."""
     if draft_set not in PUBLISHED_TAU_GAMMA10:
         raise SpecMoEError(f"draft_set={draft_set!r}: allowed {tuple(PUBLISHED_TAU_GAMMA10)}")
     a = alpha_from_tau(PUBLISHED_TAU_GAMMA10[draft_set], 10)
-    return Acceptance(alpha=a, source=f"SpecMoE arXiv 2604.10152, NLLB-MoE, tau(10)={PUBLISHED_TAU_GAMMA10[draft_set]} ({draft_set})")
+    return Acceptance(
+        alpha=a,
+        source=f"SpecMoE arXiv 2604.10152, NLLB-MoE, "
+               f"tau(10)={PUBLISHED_TAU_GAMMA10[draft_set]} ({draft_set})",
+    )
 
 
 # ---- acceptance per model: published figures, else a stated prior -------------------------------
@@ -335,7 +360,8 @@ ALPHA_CAP = 0.999   # a draft never equals the target for certain (α < 1 keeps 
 
 @cache
 def published_acceptance_table() -> dict:
-    """specmoe/data/acceptance_published.yaml: published figures per model and method, and the prior."""
+    """specmoe/data/acceptance_published.yaml: published figures per model and method, and the
+    prior."""
     path = resources.files("specmoe") / "data" / "acceptance_published.yaml"
     return yaml.safe_load(path.read_text())
 
@@ -351,7 +377,8 @@ def _tiny_curve(draft_set: str) -> tuple[np.ndarray, np.ndarray]:
 def shaped_alpha(alpha_ref: float, ref_fraction: float, fractions, draft_set: str) -> np.ndarray:
     """α at draft fractions N/E, through α_ref at ref_fraction, shaped like the tiny-model curve.
 
-    The rejection rate 1 − α scales with the tiny curve's: 1 − α(f) = (1 − α_ref)·(1 − s(f))/(1 − s(f_ref)),
+    The rejection rate 1 − α scales with the tiny curve's:
+    1 − α(f) = (1 − α_ref)·(1 − s(f))/(1 − s(f_ref)),
     so α stays in [0, 1) and reaches the cap where all experts draft (the draft is the model)."""
     xs, ys = _tiny_curve(draft_set)
     s = np.interp(np.asarray(fractions, dtype=float), xs, ys)
@@ -361,12 +388,17 @@ def shaped_alpha(alpha_ref: float, ref_fraction: float, fractions, draft_set: st
 
 def _entry_for(model_name: str) -> dict | None:
     entries = published_acceptance_table().get("entries", [])
-    return next((e for e in entries if e.get("model") == model_name and e.get("used_as_default")), None)
+    return next(
+        (e for e in entries if e.get("model") == model_name and e.get("used_as_default")), None
+    )
 
 
-def default_acceptance(model_name: str, num_experts: int, draft_set: str = "hottemporal") -> Acceptance:
+def default_acceptance(
+    model_name: str, num_experts: int, draft_set: str = "hottemporal"
+) -> Acceptance:
     """The model's default acceptance for self-drafting: its published figure where one exists
-    (α solved from τ, shaped over N by the tiny-model curve), else the stated prior with its spread."""
+    (α solved from τ, shaped over N by the tiny-model curve), else the stated prior with its
+    spread."""
     table = published_acceptance_table()
     entry = _entry_for(model_name)
     prior = table["prior"]
@@ -374,8 +406,10 @@ def default_acceptance(model_name: str, num_experts: int, draft_set: str = "hott
         tau_v = entry["tau"][draft_set] if isinstance(entry["tau"], dict) else entry["tau"]
         a_ref = alpha_from_tau(float(tau_v), int(entry["gamma"]))
         ref_n, spread = int(entry.get("draft_experts", 1)), float(entry.get("alpha_spread", 0.0))
-        source = (f"{entry['source']}: tau({entry['gamma']}) = {tau_v} ({draft_set}) -> alpha = {a_ref:.3f} "
-                  f"at N = {ref_n}; other N shaped by the tiny MoE's measured curve")
+        source = (
+            f"{entry['source']}: tau({entry['gamma']}) = {tau_v} ({draft_set}) -> alpha = "
+            f"{a_ref:.3f} at N = {ref_n}; other N shaped by the tiny MoE's measured curve"
+        )
     else:
         a_ref, spread = float(prior["alpha"]), float(prior["alpha_spread"])
         ref_n = max(1, round(prior["reference_draft_fraction"] * num_experts))
@@ -388,7 +422,8 @@ def default_acceptance(model_name: str, num_experts: int, draft_set: str = "hott
 
 @dataclass(frozen=True)
 class Workload:
-    """What is served: batch of sequences, prompt and output lengths (tokens), routing, acceptance."""
+    """What is served: batch of sequences, prompt and output lengths (tokens), routing,
+    acceptance."""
 
     batch: int = 1
     prompt_len: int = 512
@@ -412,17 +447,28 @@ class Workload:
         return self.prompt_len + self.output_len / 2.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "prompt_len": self.prompt_len, "output_len": self.output_len,
-                "gpu_memory_utilization": self.gpu_memory_utilization,
-                "routing": {"kind": self.routing.kind, "zipf_s": self.routing.zipf_s,
-                            "boost_experts": list(self.routing.boost_experts),
-                            "boost_factor": self.routing.boost_factor,
-                            "big_share": list(self.routing.big_share),
-                            "small_share": list(self.routing.small_share),
-                            "small_module_ratio": self.routing.small_module_ratio,
-                            "temporal_reuse": self.routing.temporal_reuse, "source": self.routing.source},
-                "acceptance": {"alpha": self.acceptance.alpha, "source": self.acceptance.source,
-                               "tau_table": self.acceptance.tau_table}}
+        return {
+            "batch": self.batch,
+            "prompt_len": self.prompt_len,
+            "output_len": self.output_len,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "routing": {
+                "kind": self.routing.kind,
+                "zipf_s": self.routing.zipf_s,
+                "boost_experts": list(self.routing.boost_experts),
+                "boost_factor": self.routing.boost_factor,
+                "big_share": list(self.routing.big_share),
+                "small_share": list(self.routing.small_share),
+                "small_module_ratio": self.routing.small_module_ratio,
+                "temporal_reuse": self.routing.temporal_reuse,
+                "source": self.routing.source,
+            },
+            "acceptance": {
+                "alpha": self.acceptance.alpha,
+                "source": self.acceptance.source,
+                "tau_table": self.acceptance.tau_table,
+            },
+        }
 
 
 # ---- measured data shipped with the package (specmoe/data/<name>/) ------------------------------
@@ -438,7 +484,9 @@ def _load_data_json(name: str, file: str) -> dict:
 DEFAULT_ROUTING_SOURCE = (
     "uniform: no published per-model expert-load histogram or reuse rate with numbers was found to "
     "attribute (Liang et al. 2025, arXiv 2505.16056, measure local routing consistency of 20 MoE "
-    "models as SRP/SCH scores, not as inclusion probabilities); give --routing zipf:S or measured:NAME")
+    "models as SRP/SCH scores, not as inclusion probabilities); "
+    "give --routing zipf:S or measured:NAME"
+)
 
 
 def default_routing(model_name: str) -> Routing:
@@ -454,9 +502,11 @@ def check_routing(routing: Routing, num_experts: int, model_name: str) -> None:
     measured_e = len(routing.probs[0]) if routing.probs else 0
     if measured_e != num_experts:
         raise SpecMoEError(
-            f"routing={routing.source or 'empirical'!r}: measured over {measured_e} experts per layer, "
-            f"but {model_name} has {num_experts}; pass '{routing.source or 'measured:NAME'}:resample' "
-            "to map its sorted load profile onto this model explicitly")
+            f"routing={routing.source or 'empirical'!r}: measured over {measured_e} experts per "
+            f"layer, but {model_name} has {num_experts}; pass "
+            f"'{routing.source or 'measured:NAME'}:resample' to map its sorted load profile onto "
+            "this model explicitly"
+        )
 
 
 def measured_routing(name: str, resample: bool = False) -> Routing:
@@ -476,12 +526,18 @@ def measured_acceptance(name: str, draft_set: str = "hottemporal") -> Acceptance
     try:
         per_n = d["alpha_by_draft_experts"][draft_set]
     except KeyError:
-        raise SpecMoEError(f"measured acceptance {name!r}: no entry for draft_set={draft_set!r}") from None
+        raise SpecMoEError(
+            f"measured acceptance {name!r}: no entry for draft_set={draft_set!r}"
+        ) from None
     pairs = tuple(sorted((int(n), float(a)) for n, a in per_n.items()))
-    return Acceptance(alpha=pairs[-1][1], alpha_by_draft_experts=pairs, source=f"measured:{name}:{draft_set}")
+    return Acceptance(
+        alpha=pairs[-1][1], alpha_by_draft_experts=pairs, source=f"measured:{name}:{draft_set}"
+    )
 
 
-def parse_acceptance(text: str | float | None, draft_set: str = "hottemporal", model=None) -> Acceptance:
+def parse_acceptance(
+    text: str | float | None, draft_set: str = "hottemporal", model=None
+) -> Acceptance:
     """CLI form: a number α in [0, 1), 'model' (the model's default: published figure or stated
     prior; also what None means when a model is given), 'paper' (SpecMoE's NLLB-MoE τ, for every N),
     or 'measured:NAME'. `model`: a ModelSpec (name, num_experts) for the per-model default."""
@@ -496,15 +552,18 @@ def parse_acceptance(text: str | float | None, draft_set: str = "hottemporal", m
     try:
         a = float(text)
     except ValueError:
-        raise SpecMoEError(f"acceptance={text!r}: give α in [0, 1), 'model', 'paper' or 'measured:NAME'") from None
+        raise SpecMoEError(
+            f"acceptance={text!r}: give α in [0, 1), 'model', 'paper' or 'measured:NAME'"
+        ) from None
     return Acceptance(alpha=a, source="user")
 
 
 def measured_prefetch_hit_rate(name: str, batch: int | None = None) -> float:
     """Overlap's next-layer prediction measured on a real model (specmoe/data/<name>/prefetch.json):
-    the share of needed next-layer experts prefetched. batch=None: the file's primary value (batch 1,
-    the per-token prediction); else the value of the largest measured batch <= batch (the smallest
-    measured one below it): a larger batch unions more tokens' predictions, so this errs low."""
+    the share of needed next-layer experts prefetched. batch=None: the file's primary value
+    (batch 1, the per-token prediction); else the value of the largest measured batch <= batch
+    (the smallest measured one below it): a larger batch unions more tokens' predictions, so this
+    errs low."""
     d = _load_data_json(name, "prefetch.json")
     if batch is None:
         h = d.get("prefetch_hit_rate")
@@ -532,7 +591,9 @@ def parse_prefetch_hit_rate(text: str | float | None, batch: int | None = None,
     try:
         h = float(text)
     except ValueError:
-        raise SpecMoEError(f"{field}={text!r}: give a number in [0, 1] or 'measured:NAME'") from None
+        raise SpecMoEError(
+            f"{field}={text!r}: give a number in [0, 1] or 'measured:NAME'"
+        ) from None
     if not 0.0 <= h <= 1.0:
         raise SpecMoEError(f"{field}={text!r}: allowed [0, 1] or 'measured:NAME'")
     return h
@@ -575,11 +636,15 @@ def _parse_base_routing(base: str, text: str | None) -> Routing:
         try:
             return Routing(kind="zipf", zipf_s=float(s))
         except ValueError:
-            raise SpecMoEError(f"routing={text!r}: zipf exponent must be a number (e.g. zipf:1.2)") from None
+            raise SpecMoEError(
+                f"routing={text!r}: zipf exponent must be a number (e.g. zipf:1.2)"
+            ) from None
     if base.startswith("measured:"):
         _, name, opt = (base.split(":", 2) + [""])[:3]
         if opt not in ("", "resample"):
-            raise SpecMoEError(f"routing={text!r}: allowed 'measured:NAME' or 'measured:NAME:resample'")
+            raise SpecMoEError(
+                f"routing={text!r}: allowed 'measured:NAME' or 'measured:NAME:resample'"
+            )
         return measured_routing(name, resample=opt == "resample")
     raise SpecMoEError(f"routing={text!r}: allowed 'uniform', 'zipf:S', 'measured:NAME[:resample]' "
                        "(+ modifiers)")

@@ -40,9 +40,11 @@ from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.capacity import replicas_for, requests_per_s, serving_tpot_ms
 from specmoe.predictors.intervals import evaluate_intervals
 
-NOTE_LATENCY = ("TPOT includes prefill stalls under continuous batching (at least one full-batch prefill per "
-                "request lifetime); TTFT is the prefill of a full batch of prompts; queueing is checked by "
-                "the serving simulator")
+NOTE_LATENCY = (
+    "TPOT includes prefill stalls under continuous batching (at least one full-batch prefill per "
+    "request lifetime); TTFT is the prefill of a full batch of prompts; queueing is checked by "
+    "the serving simulator"
+)
 MAX_TRIES = 4                 # serving simulations per confirmation (each adds replicas)
 MAX_ROUNDS = 3                # searches, each with targets tightened by what the simulator saw
 CONFIRM_REQUESTS = (48, 384)  # serving confirmation: 3 × batch requests, within these bounds
@@ -77,8 +79,12 @@ def evaluate_grid(setup: Setup, name: str, batches: np.ndarray, gammas: Iterable
     """Every (batch, γ, N) of one policy in one analytic call (γ = N = 0 for a plain policy)."""
     pol = make_policy(name, **params)
     if name == "specmoe":
-        b, g, n = (a.ravel() for a in np.meshgrid(batches, np.asarray(list(gammas)), np.asarray(list(ns)),
-                                                  indexing="ij"))
+        b, g, n = (
+            a.ravel()
+            for a in np.meshgrid(
+                batches, np.asarray(list(gammas)), np.asarray(list(ns)), indexing="ij"
+            )
+        )
     else:
         b, g, n = batches, np.zeros_like(batches), np.zeros_like(batches)
     m, sysm, wl = setup.model, setup.system, setup.workload
@@ -106,12 +112,19 @@ def _meets(grid: Grid, tpot_ms: float | None, ttft_ms: float | None) -> np.ndarr
 
 
 def _row(grid: Grid, i: int) -> dict[str, Any]:
-    return {"policy": grid.policy, "batch": int(grid.batch[i]), "gamma": int(grid.gamma[i]),
-            "draft_experts": int(grid.draft_experts[i]), "tokens_per_s": float(grid.tokens_per_s[i]),
-            "tpot_ms": float(grid.tpot_ms[i]), "ttft_ms": float(grid.ttft_ms[i]),
-            "tpot_ms_serving": float(grid.tpot_ms_serving[i]),
-            "tpot_ms_bound": float(grid.tpot_ms_bound[i]), "ttft_ms_bound": float(grid.ttft_ms_bound[i]),
-            "requests_per_s": float(grid.requests_per_s[i])}
+    return {
+        "policy": grid.policy,
+        "batch": int(grid.batch[i]),
+        "gamma": int(grid.gamma[i]),
+        "draft_experts": int(grid.draft_experts[i]),
+        "tokens_per_s": float(grid.tokens_per_s[i]),
+        "tpot_ms": float(grid.tpot_ms[i]),
+        "ttft_ms": float(grid.ttft_ms[i]),
+        "tpot_ms_serving": float(grid.tpot_ms_serving[i]),
+        "tpot_ms_bound": float(grid.tpot_ms_bound[i]),
+        "ttft_ms_bound": float(grid.ttft_ms_bound[i]),
+        "requests_per_s": float(grid.requests_per_s[i]),
+    }
 
 
 def _check_targets(tpot_ms, ttft_ms, rate, max_batch) -> None:
@@ -124,11 +137,21 @@ def _check_targets(tpot_ms, ttft_ms, rate, max_batch) -> None:
         raise SpecMoEError(f"max_batch={max_batch}: must be >= 1")
 
 
-def plan_slo(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms: float | None = None,
-             ttft_ms: float | None = None, rate: float | None = None,
-             policies: Iterable[str] = PLANNED, gammas: Iterable[int] = range(17),
-             draft_experts: Iterable[int] | None = None, max_batch: int = 512, confirm: str = "auto",
-             interval: str = "auto", seed: int = 0, **kwargs: Any) -> dict[str, Any]:
+def plan_slo(
+    model="mixtral-8x7b",
+    hardware="h100-pcie",
+    tpot_ms: float | None = None,
+    ttft_ms: float | None = None,
+    rate: float | None = None,
+    policies: Iterable[str] = PLANNED,
+    gammas: Iterable[int] = range(17),
+    draft_experts: Iterable[int] | None = None,
+    max_batch: int = 512,
+    confirm: str = "auto",
+    interval: str = "auto",
+    seed: int = 0,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """The configuration with the highest throughput whose TPOT and TTFT (p90 where intervals
     exist) meet the targets; with `rate` (requests/s) the GPUs needed. kwargs: as `resolve`
     (prompt_len, output_len, acceptance, routing, policy parameters).
@@ -142,10 +165,16 @@ def plan_slo(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms: float | None =
     if confirm not in ("auto", "sim", "analytic"):
         raise SpecMoEError(f"confirm={confirm!r}: allowed auto, sim, analytic")
     bound = _bound(interval)
-    params = {k: kwargs.pop(k) for k in list(kwargs) if k in POLICY_PARAMS and kwargs[k] is not None}
+    params = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in POLICY_PARAMS and kwargs[k] is not None
+    }
     base = resolve(model=model, hardware=hardware, batch=1, policy="ondemand", **params, **kwargs)
     gs = sorted({int(g) for g in gammas})
-    ns = sorted({int(n) for n in draft_experts}) if draft_experts else draft_expert_grid(base.model.num_experts)
+    ns = (
+        sorted({int(n) for n in draft_experts})
+        if draft_experts
+        else draft_expert_grid(base.model.num_experts)
+    )
     space = Space(base, tuple(policies), np.arange(1, int(max_batch) + 1), gs, ns, params, bound,
                   "requests_per_s" if rate is not None else "tokens_per_s")
     targets = {"tpot_ms": tpot_ms, "ttft_ms": ttft_ms, "rate_rps": rate}
@@ -185,14 +214,22 @@ class Space:
 
 
 def _choose(space: Space, targets: dict, used: dict) -> dict[str, Any]:
-    """The best configuration meeting the `used` targets (the user's, or tightened by the simulator)."""
+    """The best configuration meeting the `used` targets (the user's, or tightened by the
+    simulator)."""
     best, by_policy, searched, feasible = None, {}, 0, 0
     key = space.objective
     for name in space.policies:
         if name not in ANALYTIC:
             raise SpecMoEError(f"policy={name!r}: the service-level search covers {ANALYTIC}")
-        grid = evaluate_grid(space.base, name, space.batches, space.gammas, space.draft_experts, space.params,
-                             space.bound)
+        grid = evaluate_grid(
+            space.base,
+            name,
+            space.batches,
+            space.gammas,
+            space.draft_experts,
+            space.params,
+            space.bound,
+        )
         ok = _meets(grid, used["tpot_ms"], used["ttft_ms"])
         searched, feasible = searched + ok.size, feasible + int(ok.sum())
         if ok.any():
@@ -204,27 +241,49 @@ def _choose(space: Space, targets: dict, used: dict) -> dict[str, Any]:
     if best is None:
         raise SpecMoEError(_nothing_meets(base, used, space.bound, int(space.batches[-1])))
     rate = targets["rate_rps"]
-    return {"model": base.model.name, "hardware": base.system.name, "targets": targets,
-            "targets_used": used, "bound": space.bound, "objective": key, "best": best,
-            "best_by_policy": by_policy, "searched": searched, "feasible": feasible,
-            "output_len": base.workload.output_len, "acceptance_source": base.workload.acceptance.source,
-            "replicas": int(replicas_for(rate, best["requests_per_s"])) if rate is not None else None,
-            "notes": [_bound_note(space.bound), NOTE_LATENCY]}
+    return {
+        "model": base.model.name,
+        "hardware": base.system.name,
+        "targets": targets,
+        "targets_used": used,
+        "bound": space.bound,
+        "objective": key,
+        "best": best,
+        "best_by_policy": by_policy,
+        "searched": searched,
+        "feasible": feasible,
+        "output_len": base.workload.output_len,
+        "acceptance_source": base.workload.acceptance.source,
+        "replicas": int(replicas_for(rate, best["requests_per_s"])) if rate is not None else None,
+        "notes": [_bound_note(space.bound), NOTE_LATENCY],
+    }
 
 
 def _round(out: dict, used: dict) -> dict[str, Any]:
     b, c = out["best"], out["confirmation"]
-    return {"targets_used": dict(used), "policy": b["policy"], "batch": b["batch"], "gamma": b["gamma"],
-            "draft_experts": b["draft_experts"], "replicas": c.get("replicas"), "meets": c["meets"]}
+    return {
+        "targets_used": dict(used),
+        "policy": b["policy"],
+        "batch": b["batch"],
+        "gamma": b["gamma"],
+        "draft_experts": b["draft_experts"],
+        "replicas": c.get("replicas"),
+        "meets": c["meets"],
+    }
 
 
 def _tightened(out: dict, used: dict) -> dict | None:
     """Targets for the next round after the simulator missed: each target the last (least loaded)
-    try missed, lowered by what the simulator saw beyond the analytic bound; None when nothing to do."""
+    try missed, lowered by what the simulator saw beyond the analytic bound; None when nothing to
+    do."""
     c, b = out["confirmation"], out["best"]
     if not c.get("ran") or c["meets"]:
         return None
-    last = c["tries"][-1] if c["mode"] == "serving" else {"tpot_ms_p90": c["tpot_ms"], "ttft_ms_p90": c["ttft_ms"]}
+    last = (
+        c["tries"][-1]
+        if c["mode"] == "serving"
+        else {"tpot_ms_p90": c["tpot_ms"], "ttft_ms_p90": c["ttft_ms"]}
+    )
     new = dict(used)
     for key, bound in (("tpot_ms", "tpot_ms_bound"), ("ttft_ms", "ttft_ms_bound")):
         target = out["targets"][key]
@@ -244,14 +303,19 @@ def _bound(interval: str) -> str:
 
 def _bound_note(bound: str) -> str:
     if bound == "p90":
-        return "targets compared with the p90 (upper end) of each configuration's TPOT and TTFT interval"
+        return (
+            "targets compared with the p90 (upper end) of each configuration's "
+            "TPOT and TTFT interval"
+        )
     return "targets compared with point predictions (interval='point'): no margin for model error"
 
 
 def _nothing_meets(base: Setup, targets: dict, bound: str, max_batch: int) -> str:
-    return (f"no configuration of {base.model.name} on {base.system.name} (batch 1..{max_batch}, "
-            f"{bound} values) meets tpot_ms<={targets['tpot_ms']} and ttft_ms<={targets['ttft_ms']}; "
-            "relax a target, shorten the prompt, or choose faster hardware")
+    return (
+        f"no configuration of {base.model.name} on {base.system.name} (batch 1..{max_batch}, "
+        f"{bound} values) meets tpot_ms<={targets['tpot_ms']} and ttft_ms<={targets['ttft_ms']}; "
+        "relax a target, shorten the prompt, or choose faster hardware"
+    )
 
 
 # ---- confirmation by the serving simulator ---------------------------------------------------
@@ -274,11 +338,19 @@ def confirm_choice(base: Setup, best: dict, targets: dict, replicas: int | None,
         sim = Simulator(s, iterations=40, seed=seed)
         tps, warm_prefill_s = sim.steady_state()
         ttft = sim.ttft[0] * 1e3
-        tpot = float(serving_tpot_ms(best["batch"] / tps * 1e3, warm_prefill_s * 1e3, s.workload.output_len))
-        return {"ran": True, "mode": "offline", "tpot_ms": tpot, "ttft_ms": ttft, "tokens_per_s": tps,
-                "meets": _ok(tpot, ttft, targets),
-                "compared": "simulated mean TPOT of a full batch with one warm full-batch prefill per request "
-                            "lifetime, and the (cold) prefill of a full batch"}
+        tpot = float(
+            serving_tpot_ms(best["batch"] / tps * 1e3, warm_prefill_s * 1e3, s.workload.output_len)
+        )
+        return {
+            "ran": True,
+            "mode": "offline",
+            "tpot_ms": tpot,
+            "ttft_ms": ttft,
+            "tokens_per_s": tps,
+            "meets": _ok(tpot, ttft, targets),
+            "compared": "simulated mean TPOT of a full batch with one warm full-batch prefill per "
+                        "request lifetime, and the (cold) prefill of a full batch",
+        }
     n = int(np.clip(3 * best["batch"], *CONFIRM_REQUESTS))
     warmup = min(best["batch"], n // 3)
     tries, k = [], replicas
@@ -287,15 +359,30 @@ def confirm_choice(base: Setup, best: dict, targets: dict, replicas: int | None,
         r = Simulator(s, seed=seed, serving=Serving(rate=per, requests=n, warmup=warmup)).run()
         tpot, ttft = r.tpot_ms_percentiles["p90"], r.ttft_ms_percentiles["p90"]
         load = r.load.get("load")
-        tries.append({"replicas": k, "rate_per_replica_rps": per, "tpot_ms_p90": tpot, "ttft_ms_p90": ttft,
-                      "load": load, "meets": _ok(tpot, ttft, targets)})
+        tries.append(
+            {
+                "replicas": k,
+                "rate_per_replica_rps": per,
+                "tpot_ms_p90": tpot,
+                "ttft_ms_p90": ttft,
+                "load": load,
+                "meets": _ok(tpot, ttft, targets),
+            }
+        )
         if tries[-1]["meets"]:
             break
         k = max(k + 1, int(np.ceil(k * load / TARGET_LOAD)) if load else k + 1)
     last = tries[-1]
-    return {"ran": True, "mode": "serving", "requests": n, "warmup": warmup, "tries": tries, "meets": last["meets"],
-            "replicas": last["replicas"] if last["meets"] else None,
-            "compared": "simulated per-request TPOT p90 and TTFT p90 (queueing included)"}
+    return {
+        "ran": True,
+        "mode": "serving",
+        "requests": n,
+        "warmup": warmup,
+        "tries": tries,
+        "meets": last["meets"],
+        "replicas": last["replicas"] if last["meets"] else None,
+        "compared": "simulated per-request TPOT p90 and TTFT p90 (queueing included)",
+    }
 
 
 def _ok(tpot, ttft, targets) -> bool:

@@ -87,11 +87,19 @@ GROUP = ("model", "hardware", "policy", "routing", "prompt_len", "output_len", *
 AXES = GROUP + INNER
 REQUIRED = ("model", "hardware", "policy", "batch")
 DEFAULTS: dict[str, tuple] = {
-    "routing": ("uniform",), "prompt_len": (512,), "output_len": (256,), "gamma": (5,), "draft_experts": (2,),
-    "alpha": ("model",), **{k: (POLICY_DEFAULTS[k],) for k in POLICY_AXES},
+    "routing": ("uniform",),
+    "prompt_len": (512,),
+    "output_len": (256,),
+    "gamma": (5,),
+    "draft_experts": (2,),
+    "alpha": ("model",),
+    **{k: (POLICY_DEFAULTS[k],) for k in POLICY_AXES},
 }
 # Which policies use an axis; for the others it collapses to one empty value (no duplicate rows).
-USED_BY: dict[str, tuple[str, ...]] = {"alpha": SPECULATIVE, **{k: p.used_by for k, p in PARAMS.items()}}
+USED_BY: dict[str, tuple[str, ...]] = {
+    "alpha": SPECULATIVE,
+    **{k: p.used_by for k, p in PARAMS.items()},
+}
 DEFAULT_CHUNK = {"analytic": 20_000, "sim": 4}
 RESULT_COLUMNS = ("tokens_per_s", "tpot_ms", "ttft_ms", "iteration_ms", "tokens_per_iteration",
                   "h2d_bytes_per_token", "h2d_bytes_per_iteration", "gpu_memory_gb", "fits",
@@ -112,8 +120,10 @@ def _expand(key: str, raw: Any) -> list:
     if isinstance(raw, dict):
         extra = sorted(set(raw) - {"start", "stop", "step", "factor"})
         if extra or not {"start", "stop"} <= set(raw) or ("step" in raw) == ("factor" in raw):
-            raise SpecMoEError(f"grid axes.{key}: a range is {{start, stop, step}} or {{start, stop, factor}}; "
-                               f"got keys {sorted(raw)}")
+            raise SpecMoEError(
+                f"grid axes.{key}: a range is {{start, stop, step}} or {{start, stop, factor}}; "
+                f"got keys {sorted(raw)}"
+            )
         start, stop = raw["start"], raw["stop"]
         if "step" in raw:
             step = raw["step"]
@@ -147,7 +157,8 @@ def _whole(key: str, v: Any, lo: int, hi: int | None = None) -> int:
 
 
 def _check_value(key: str, v: Any) -> Any:
-    """One axis value, checked and normalised (names stay strings; loading happens in _check_names)."""
+    """One axis value, checked and normalised (names stay strings; loading happens in
+    _check_names)."""
     if key in ("model", "hardware", "policy", "routing"):
         if not isinstance(v, str) or not v:
             raise _err(key, v, "must be a name (a string)")
@@ -159,7 +170,9 @@ def _check_value(key: str, v: Any) -> Any:
     if key == "alpha":
         if isinstance(v, str):
             if v not in ("paper", "model") and not v.startswith("measured:"):
-                raise _err(key, v, "must be a number in [0, 1), 'model', 'paper' or 'measured:NAME'")
+                raise _err(
+                    key, v, "must be a number in [0, 1), 'model', 'paper' or 'measured:NAME'"
+                )
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise _err(key, v, "is out of range (allowed [0, 1), 'paper' or 'measured:NAME')")
@@ -186,11 +199,16 @@ class Grid:
     sim: dict[str, Any] = field(default_factory=dict)
 
     def groups(self) -> list[dict[str, Any]]:
-        """Group dicts: group-axis values plus the inner axes, collapsed where the policy ignores them."""
+        """Group dicts: group-axis values plus the inner axes, collapsed where the policy ignores
+        them."""
         out = []
         for combo in itertools.product(*(self.axes[k] for k in GROUP)):
             g = dict(zip(GROUP, combo))
-            if any(g[k] != self.axes[k][0] for k in GROUP if k in USED_BY and g["policy"] not in USED_BY[k]):
+            if any(
+                g[k] != self.axes[k][0]
+                for k in GROUP
+                if k in USED_BY and g["policy"] not in USED_BY[k]
+            ):
                 continue    # an ignored axis: keep its first value only, written as empty
             for k in GROUP:
                 if k in USED_BY and g["policy"] not in USED_BY[k]:
@@ -214,8 +232,16 @@ class Grid:
         return sum(group_size(g) for g in self.groups())
 
     def fingerprint(self) -> str:
-        body = json.dumps({"axes": {k: list(v) for k, v in self.axes.items()}, "engine": self.engine,
-                           "chunk_size": self.chunk_size, "sim": self.sim}, sort_keys=True, default=str)
+        body = json.dumps(
+            {
+                "axes": {k: list(v) for k, v in self.axes.items()},
+                "engine": self.engine,
+                "chunk_size": self.chunk_size,
+                "sim": self.sim,
+            },
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -240,7 +266,9 @@ def load_grid(source: str | Path | dict, engine: str | None = None) -> Grid:
         raise SpecMoEError("grid: the top level must be a mapping with an 'axes' key")
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
-        raise SpecMoEError(f"grid: unknown key {unknown[0]!r}; allowed {TOP_KEYS}{suggest(unknown[0], TOP_KEYS)}")
+        raise SpecMoEError(
+            f"grid: unknown key {unknown[0]!r}; allowed {TOP_KEYS}{suggest(unknown[0], TOP_KEYS)}"
+        )
     engine = engine or data.get("engine", "analytic")
     if engine not in ENGINES:
         raise SpecMoEError(f"grid engine={engine!r}: allowed {ENGINES}")
@@ -249,7 +277,9 @@ def load_grid(source: str | Path | dict, engine: str | None = None) -> Grid:
         raise SpecMoEError("grid axes: missing or empty; give at least " + ", ".join(REQUIRED))
     bad = sorted(set(axes_raw) - set(AXES))
     if bad:
-        raise SpecMoEError(f"grid axes: unknown key {bad[0]!r}; allowed {AXES}{suggest(bad[0], AXES)}")
+        raise SpecMoEError(
+            f"grid axes: unknown key {bad[0]!r}; allowed {AXES}{suggest(bad[0], AXES)}"
+        )
     missing = [k for k in REQUIRED if k not in axes_raw]
     if missing:
         raise SpecMoEError(f"grid axes.{missing[0]}: required (axes {REQUIRED} have no default)")
@@ -271,19 +301,30 @@ def load_grid(source: str | Path | dict, engine: str | None = None) -> Grid:
     chunk = data.get("chunk_size", DEFAULT_CHUNK[engine])
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise SpecMoEError(f"grid chunk_size={chunk!r}: must be a whole number >= 1")
-    grid = Grid(name=str(data.get("name", name)), axes=axes, engine=engine, chunk_size=chunk, sim=dict(sim))
+    grid = Grid(
+        name=str(data.get("name", name)), axes=axes, engine=engine, chunk_size=chunk, sim=dict(sim)
+    )
     _check_names(grid)
     return grid
 
 
 def _check_names(grid: Grid) -> None:
-    """Load every model, hardware, routing and acceptance once: unknown names fail here, not later."""
+    """Load every model, hardware, routing and acceptance once: unknown names fail here, not
+    later."""
 
     allowed = ANALYTIC if grid.engine == "analytic" else tuple(POLICIES)
     for p in grid.axes["policy"]:
         if p not in allowed:
-            hint = " (the simulator covers every policy: engine: sim)" if p in POLICIES else suggest(p, allowed)
-            raise _err("policy", p, f"is not available with engine {grid.engine!r}; allowed {allowed}{hint}")
+            hint = (
+                " (the simulator covers every policy: engine: sim)"
+                if p in POLICIES
+                else suggest(p, allowed)
+            )
+            raise _err(
+                "policy",
+                p,
+                f"is not available with engine {grid.engine!r}; allowed {allowed}{hint}",
+            )
     models = {}
     for m in grid.axes["model"]:
         try:
@@ -304,19 +345,35 @@ def _check_names(grid: Grid) -> None:
         if isinstance(a, str):
             for ds in grid.axes["draft_set"]:
                 try:
-                    parse_acceptance(a, ds, model=None if a != "model" else _model(grid.axes["model"][0]))
+                    parse_acceptance(
+                        a, ds, model=None if a != "model" else _model(grid.axes["model"][0])
+                    )
                 except SpecMoEError as exc:
                     raise SpecMoEError(f"grid axes.alpha: {exc}") from None
     n_max = max(grid.axes["draft_experts"])
     for name, spec in models.items():
         if n_max > spec.num_experts:
-            raise _err("draft_experts", n_max, f"exceeds the {spec.num_experts} experts per layer of model {name}")
+            raise _err(
+                "draft_experts",
+                n_max,
+                f"exceeds the {spec.num_experts} experts per layer of model {name}",
+            )
         for c in grid.axes["cutoff_layer"]:
             if c is not None and c > spec.num_layers:
-                raise _err("cutoff_layer", c, f"exceeds the {spec.num_layers} layers of model {name}")
-    if "specmoe" in grid.axes["policy"] and 0 in grid.axes["draft_experts"] and max(grid.axes["gamma"]) > 0:
-        raise _err("draft_experts", 0, "is not allowed with gamma > 0 for specmoe (it drafts with >= 1 resident "
-                   "expert per layer)")
+                raise _err(
+                    "cutoff_layer", c, f"exceeds the {spec.num_layers} layers of model {name}"
+                )
+    if (
+        "specmoe" in grid.axes["policy"]
+        and 0 in grid.axes["draft_experts"]
+        and max(grid.axes["gamma"]) > 0
+    ):
+        raise _err(
+            "draft_experts",
+            0,
+            "is not allowed with gamma > 0 for specmoe (it drafts with >= 1 resident "
+            "expert per layer)",
+        )
 
 
 # ---- evaluating one chunk ----------------------------------------------------------------------
@@ -371,7 +428,9 @@ def _inner_columns(g: dict, start: int, stop: int) -> dict[str, np.ndarray]:
     return cols
 
 
-def run_chunk(g: dict, start: int, stop: int, engine: str = "analytic", sim: dict | None = None) -> dict[str, np.ndarray]:
+def run_chunk(
+    g: dict, start: int, stop: int, engine: str = "analytic", sim: dict | None = None
+) -> dict[str, np.ndarray]:
     """Evaluate configurations start..stop of group g; returns columns (numpy arrays)."""
     cols = _inner_columns(g, start, stop)
     n = stop - start
@@ -426,12 +485,26 @@ def _run_sim(g: dict, cols: dict, sim: dict) -> dict[str, np.ndarray]:
     out["fits"] = np.zeros(n, dtype=bool)
     spec = g["policy"] in SPECULATIVE
     for i in range(n):
-        acc = Acceptance(alpha=float(cols["alpha"][i]), source=cols["acceptance"][i]) if spec else None
-        setup = resolve(model=g["model"], hardware=g["hardware"], policy=_policy(g, int(cols["gamma"][i]) if spec else 0,
-                                                                                 int(cols["draft_experts"][i])),
-                        batch=int(cols["batch"][i]), acceptance=acc, routing=g["routing"],
-                        prompt_len=g["prompt_len"], output_len=g["output_len"])
-        d = Simulator(setup, iterations=sim.get("iterations", 60), seed=sim.get("seed", 0)).run().to_dict()
+        acc = (
+            Acceptance(alpha=float(cols["alpha"][i]), source=cols["acceptance"][i])
+            if spec
+            else None
+        )
+        setup = resolve(
+            model=g["model"],
+            hardware=g["hardware"],
+            policy=_policy(g, int(cols["gamma"][i]) if spec else 0, int(cols["draft_experts"][i])),
+            batch=int(cols["batch"][i]),
+            acceptance=acc,
+            routing=g["routing"],
+            prompt_len=g["prompt_len"],
+            output_len=g["output_len"],
+        )
+        d = (
+            Simulator(setup, iterations=sim.get("iterations", 60), seed=sim.get("seed", 0))
+            .run()
+            .to_dict()
+        )
         for k in RESULT_COLUMNS:
             v = d.get(k)
             out[k][i] = np.nan if v is None else v
@@ -470,7 +543,9 @@ def _format(out: Path, what: str = "output") -> str:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise SpecMoEError(f"{what} {out}: parquet needs pyarrow (pip install pyarrow) or use a .csv name") from None
+            raise SpecMoEError(
+                f"{what} {out}: parquet needs pyarrow (pip install pyarrow) or use a .csv name"
+            ) from None
         return "parquet"
     hint = ""
     if what == "results" and suffix in (".yaml", ".yml"):
@@ -578,8 +653,10 @@ class Manifest:
         if self.path.exists():
             data = json.loads(self.path.read_text())
             if data.get("fingerprint") != fingerprint or data.get("chunks") != total:
-                raise SpecMoEError(f"{parts} holds chunks of a different grid (fingerprint "
-                                   f"{data.get('fingerprint')} vs {fingerprint}); use --fresh to start over")
+                raise SpecMoEError(
+                    f"{parts} holds chunks of a different grid (fingerprint "
+                    f"{data.get('fingerprint')} vs {fingerprint}); use --fresh to start over"
+                )
             self.done = {i for i in data.get("done", []) if self.chunk_path(i).exists()}
         self.fingerprint, self.total = fingerprint, total
         self._write()
@@ -593,8 +670,14 @@ class Manifest:
         self._write()
 
     def _write(self) -> None:
-        body = json.dumps({"schema": "specmoe.planning.sweep/1", "fingerprint": self.fingerprint, "chunks": self.total,
-                           "done": sorted(self.done)})
+        body = json.dumps(
+            {
+                "schema": "specmoe.planning.sweep/1",
+                "fingerprint": self.fingerprint,
+                "chunks": self.total,
+                "done": sorted(self.done),
+            }
+        )
         atomic_write(self.path, lambda p: p.write_text(body))
 
 
@@ -613,7 +696,9 @@ def _execute(tasks: list[tuple], backend: str, jobs: int, ray_address: str | Non
         return
 
     # spawn, not fork: the progress bar runs a thread, and forking a threaded process can deadlock.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         futures = [pool.submit(_run_chunk_task, t) for t in tasks]
         try:
             for f in as_completed(futures):
@@ -629,7 +714,9 @@ def _execute_ray(tasks: list[tuple], address: str | None):
     except ImportError:
         raise SpecMoEError("--backend ray needs ray (pip install 'specmoe[ray]')") from None
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
+        )
     remote = ray.remote(_run_chunk_task)
     pending = [remote.remote(t) for t in tasks]
     try:
@@ -641,10 +728,18 @@ def _execute_ray(tasks: list[tuple], address: str | None):
             ray.cancel(ref)
 
 
-def run_sweep(grid: Grid | str | Path | dict, out: str | Path | None = None, jobs: int | None = None,
-              backend: str = "local", engine: str | None = None, progress: bool = True, fresh: bool = False,
-              on_chunk: Callable[[int, int, int], None] | None = None, ray_address: str | None = None,
-              console=None) -> dict[str, np.ndarray]:
+def run_sweep(
+    grid: Grid | str | Path | dict,
+    out: str | Path | None = None,
+    jobs: int | None = None,
+    backend: str = "local",
+    engine: str | None = None,
+    progress: bool = True,
+    fresh: bool = False,
+    on_chunk: Callable[[int, int, int], None] | None = None,
+    ray_address: str | None = None,
+    console=None,
+) -> dict[str, np.ndarray]:
     """Run a grid; return its columns and, with `out`, write them (resumable: see the module doc).
 
     on_chunk(chunk_id, chunks_done, chunks_total) is called after each chunk is saved (tests use it
@@ -654,7 +749,10 @@ def run_sweep(grid: Grid | str | Path | dict, out: str | Path | None = None, job
         raise SpecMoEError(f"backend={backend!r}: allowed {BACKENDS}")
     grid = grid if isinstance(grid, Grid) else load_grid(grid, engine)
     if engine and engine != grid.engine:
-        raise SpecMoEError(f"engine={engine!r} differs from the loaded grid's {grid.engine!r}: pass the grid as a path")
+        raise SpecMoEError(
+            f"engine={engine!r} differs from the loaded grid's {grid.engine!r}: "
+            "pass the grid as a path"
+        )
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1:
         raise SpecMoEError(f"jobs={jobs}: must be >= 1")
@@ -662,7 +760,9 @@ def run_sweep(grid: Grid | str | Path | dict, out: str | Path | None = None, job
     if out is not None:
         _format(out)
     groups, chunks = grid.chunks()
-    manifest = Manifest(Path(f"{out}.parts"), grid.fingerprint(), len(chunks), fresh) if out else None
+    manifest = (
+        Manifest(Path(f"{out}.parts"), grid.fingerprint(), len(chunks), fresh) if out else None
+    )
     done = manifest.done if manifest else set()
     results: dict[int, dict[str, np.ndarray]] = {}
     todo = [c for c in chunks if c.id not in done]
@@ -688,6 +788,14 @@ def run_sweep(grid: Grid | str | Path | dict, out: str | Path | None = None, job
 
 def _progress(enabled: bool, console=None):
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("configs"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, console=console,
-                    transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("configs"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        console=console,
+        transient=False,
+    )

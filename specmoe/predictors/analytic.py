@@ -14,9 +14,10 @@ NR(T, R) = U(T) − Σ_{e ∈ R} [1 − (1 − p_e)^T] needed experts that must 
                     T = B(γ+1) fetching each needed expert once; B·τ(γ) tokens per iteration
   eagle             γ steps of a separate draft model (draft_model_ratio × the target's resident
                     compute) + an on-demand verification over B(γ+1) positions
-  spmoe             eagle, and while it drafts the draft gates' predicted experts (prefetch_hit_rate)
-                    of the MoE layers below cutoff_layer are copied, layer by layer: a max-plus
-                    recursion over layers with one copy engine, demand copies ahead of prefetches
+  spmoe             eagle, and while it drafts the draft gates' predicted experts
+                    (prefetch_hit_rate) of the MoE layers below cutoff_layer are copied, layer by
+                    layer: a max-plus recursion over layers with one copy engine, demand copies
+                    ahead of prefetches
   moespec           eagle with an expert budget b per layer at verification: min(U(T), b) experts
   fate              overlap's per-layer rule with a shallow-favouring cache (slots ∝ L − l)
 Draft trees (policy.tree_width > 1; specmoe.inputs.tree): draft level d runs over B·n_d tokens,
@@ -75,7 +76,9 @@ class AnalyticResult:
 class Analytic:
     """Analytic predictor for one model × system × workload (batch and α may vary per config)."""
 
-    def __init__(self, model, system, workload: Workload | None = None, costs: CostModel | None = None):
+    def __init__(
+        self, model, system, workload: Workload | None = None, costs: CostModel | None = None
+    ):
         self.model, self.system = model, system
         self.workload = workload or Workload()
         self.costs = costs or CostModel(model, system)
@@ -105,19 +108,23 @@ class Analytic:
                        for w, k, d in zip(self.counts.weights, ks, per))
 
     def _nonexpert(self, tokens, batch, context):
-        """Attention and dense parts of one forward pass over `tokens` tokens of `batch` sequences."""
+        """Attention and dense parts of one forward pass over `tokens` tokens of `batch`
+        sequences."""
         m, c = self.model, self.costs
         attn = m.num_layers * (c.attention_block(tokens, batch, context) + c.layer_fixed())
         dense = m.num_moe_layers * c.router_and_shared(tokens) + c.lm_head(tokens)
         ratio = self.workload.routing.small_module_ratio
-        if ratio > 0 and self.small_share.any():     # Duo-LLM: tokens on the small module, per layer
+        # Duo-LLM: tokens on the small module, per layer
+        if ratio > 0 and self.small_share.any():
             tokens = np.asarray(tokens, dtype=float)
             dense = dense + sum(c.small_module(tokens * s, ratio) for s in self.small_share)
         if m.num_layers > m.num_moe_layers:
             dense = dense + (m.num_layers - m.num_moe_layers) * c.dense_ffn(tokens)
         return attn, dense
 
-    def _forward(self, tokens, batch, context, resident, policy: Policy, random_resident=False) -> Forward:
+    def _forward(
+        self, tokens, batch, context, resident, policy: Policy, random_resident=False
+    ) -> Forward:
         m, c = self.model, self.costs
         L = m.num_moe_layers
         attn, dense = self._nonexpert(tokens, batch, context)
@@ -131,17 +138,20 @@ class Analytic:
         zeros = np.zeros_like(compute)
         if policy.name == "overlap":
             exposed, fetched = self._prefetched_layer(missing, (attn + dense + compute) / L, policy)
-            n_pre = self._prefetchable.sum()            # nothing runs before layer 0 to hide its fetch
+            # nothing runs before layer 0 to hide its fetch
+            n_pre = self._prefetchable.sum()
             h2d = n_pre * exposed + (L - n_pre) * fetch_one_layer
-            return Forward(attn, dense, compute, h2d, zeros, n_pre * fetched + (L - n_pre) * missing)
+            return Forward(
+                attn, dense, compute, h2d, zeros, n_pre * fetched + (L - n_pre) * missing
+            )
         if policy.name == "cpu":
             return self._cpu_forward(tokens, attn, dense, distinct, missing)
         return Forward(attn, dense, compute, L * fetch_one_layer, zeros, L * missing)
 
     def _prefetched_layer(self, missing, per_layer_compute, policy: Policy):
         """One prefetchable layer under next-layer prediction: (exposed copy time, experts copied).
-        A share h of the needed experts was copied during the previous layer (with the wrong guesses,
-        1/precision as many); the rest are fetched once the gate has run."""
+        A share h of the needed experts was copied during the previous layer (with the wrong
+        guesses, 1/precision as many); the rest are fetched once the gate has run."""
         c = self.costs
         h, prec = policy.prefetch_hit_rate, policy.prefetch_precision
         prefetched = h * missing / prec            # right and wrong guesses both cross the link
@@ -183,7 +193,8 @@ class Analytic:
 
 
     def _cpu_forward(self, tokens, attn, dense, distinct, missing) -> Forward:
-        """Fiddler: a layer's needed non-resident experts run on the CPU when that beats fetching them.
+        """Fiddler: a layer's needed non-resident experts run on the CPU when that beats fetching
+        them.
 
         GPU (fetch, then compute) and CPU work on a layer's experts at once; the layer pays the
         slower of the two, so only CPU time beyond the GPU part shows as `cpu_expert`. Every
@@ -203,13 +214,16 @@ class Analytic:
 
         fetched, on_cpu = layer(0.0 * missing), layer(missing)
         use_cpu = sum(on_cpu) < sum(fetched)
-        gpu_compute, fetch, cpu_exposed = (np.where(use_cpu, a, b) for a, b in zip(on_cpu, fetched, strict=True))
+        gpu_compute, fetch, cpu_exposed = (
+            np.where(use_cpu, a, b) for a, b in zip(on_cpu, fetched, strict=True)
+        )
         n_fetched = np.where(use_cpu, 0.0, missing)
         return Forward(attn, dense, L * gpu_compute, L * fetch, L * cpu_exposed, L * n_fetched)
 
     # ---- residency ------------------------------------------------------------------------------
     def cache_slots(self, batch, gamma, policy: Policy):
-        """Experts per layer pinned resident: the policy's count, or as many as fit (costs.memory)."""
+        """Experts per layer pinned resident: the policy's count, or as many as fit
+        (costs.memory)."""
         if policy.resident_experts is not None:
             return np.full(np.shape(batch), min(policy.resident_experts, self.model.num_experts))
         return self.mem.max_resident(batch, gamma, self.counts, policy.name, lru=self._lru(policy))
@@ -219,14 +233,22 @@ class Analytic:
         return policy.lru_slots if policy.name in LRU_POLICIES else 0
 
     # ---- the model -------------------------------------------------------------------------------
-    def evaluate(self, policy: Policy, batch=None, gamma=None, draft_experts=None, alpha=None) -> AnalyticResult:
-        """Evaluate `policy` over broadcast arrays of batch, γ, N and α (defaults: the policy/workload)."""
+    def evaluate(
+        self, policy: Policy, batch=None, gamma=None, draft_experts=None, alpha=None
+    ) -> AnalyticResult:
+        """Evaluate `policy` over broadcast arrays of batch, γ, N and α (defaults: the
+        policy/workload)."""
         if policy.name not in ANALYTIC:
-            raise SpecMoEError(f"policy={policy.name!r}: the analytic model covers {ANALYTIC}; use the simulator")
+            raise SpecMoEError(
+                f"policy={policy.name!r}: the analytic model covers {ANALYTIC}; use the simulator"
+            )
         w, m = self.workload, self.model
-        alpha_given = alpha is not None   # else the workload's acceptance decides τ(γ, N)
-        n_given = np.asarray(policy.draft_experts if draft_experts is None else draft_experts, dtype=float)
-        # α follows each configuration's own N (acceptance measured or shaped per draft-expert count)
+        alpha_given = alpha is not None  # else the workload's acceptance decides τ(γ, N)
+        n_given = np.asarray(
+            policy.draft_experts if draft_experts is None else draft_experts, dtype=float
+        )
+        # α follows each configuration's own N (acceptance measured or shaped per draft-expert
+        # count)
         batch, gamma, n_draft = np.broadcast_arrays(
             np.asarray(w.batch if batch is None else batch, dtype=float),
             np.asarray(policy.gamma if gamma is None else gamma, dtype=float), n_given)
@@ -251,7 +273,9 @@ class Analytic:
             resident = np.zeros(batch.shape, dtype=int)
         placed = self.fate_caps(resident) if policy.name == "fate" else resident
         fwd = self._forward(batch, batch, ctx, placed, policy)
-        staging = self.mem.staging(fwd.fetched_experts / self.model.num_moe_layers, resident, policy.name)
+        staging = self.mem.staging(
+            fwd.fetched_experts / self.model.num_moe_layers, resident, policy.name
+        )
         mem = self.mem.bytes(batch, zero, resident, staging, self._lru(policy))
         return self._result(batch, zero, fwd.total, batch, _parts(fwd, zero), fwd.fetched_experts,
                             mem, resident, policy, placed)
@@ -283,7 +307,8 @@ class Analytic:
         return total
 
     def _resident_pass(self, tokens, batch, context):
-        """One target pass over `tokens` as if every weight were in HBM (a draft model's yardstick)."""
+        """One target pass over `tokens` as if every weight were in HBM (a draft model's
+        yardstick)."""
         m = self.model
         attn, dense = self._nonexpert(tokens, batch, context)
         distinct = np.minimum(m.num_experts, self.counts.distinct_and_missing(tokens, 0)[0])
@@ -298,7 +323,9 @@ class Analytic:
         size = tree_size(g, policy.tree_width, policy.tree_levels)
         tokens = batch * (1.0 + size)
         if policy.name == "spmoe":
-            total, parts, fetched, staging = self._spmoe_verify(tokens, batch, ctx, policy, draft_s, g > 0)
+            total, parts, fetched, staging = self._spmoe_verify(
+                tokens, batch, ctx, policy, draft_s, g > 0
+            )
         else:
             budget = policy.expert_budget if policy.name == "moespec" else None
             fwd = self._budget_forward(tokens, batch, ctx, budget)
@@ -307,7 +334,8 @@ class Analytic:
         taus = self._taus(policy, g, n_draft, alpha, alpha_given)
         zero = np.zeros(batch.shape, dtype=int)
         mem = self.mem.bytes(batch, size, zero, staging)
-        mem = mem + np.where(g > 0, policy.draft_model_ratio * m.resident_bytes, 0.0)   # draft weights
+        # draft weights
+        mem = mem + np.where(g > 0, policy.draft_model_ratio * m.resident_bytes, 0.0)
         return self._result(batch, g, total, batch * taus, parts, fetched, mem, zero, policy)
 
     def _budget_forward(self, tokens, batch, context, budget) -> Forward:
@@ -320,8 +348,13 @@ class Analytic:
         distinct, _ = self.counts.distinct_and_missing(tokens, 0)
         share, cap = 1.0, None
         if budget is not None:
-            share = np.minimum(1.0, np.maximum(self.counts.top_mass(budget) / k,
-                                               np.minimum(1.0, budget / np.maximum(distinct, 1e-9))))
+            share = np.minimum(
+                1.0,
+                np.maximum(
+                    self.counts.top_mass(budget) / k,
+                    np.minimum(1.0, budget / np.maximum(distinct, 1e-9)),
+                ),
+            )
             distinct, cap = np.minimum(distinct, budget), budget
             if self.workload.routing.adaptive:        # the budget binds per layer profile
                 per = np.minimum(self.counts.distinct_by_profile(tokens), budget)
@@ -351,7 +384,11 @@ class Analytic:
         cut = L if policy.cutoff_layer is None else int(np.sum(ids < policy.cutoff_layer))
         pre = np.where(spec, policy.prefetch_hit_rate * missing, 0.0)   # per prefetched layer
         queue_end = cut * pre * f
-        t, shift, stall = np.array(draft_s, dtype=float), np.zeros_like(missing), np.zeros_like(missing)
+        t, shift, stall = (
+            np.array(draft_s, dtype=float),
+            np.zeros_like(missing),
+            np.zeros_like(missing),
+        )
         moe = set(ids.tolist())
         layer = 0
         for i in range(m.num_layers):
@@ -387,10 +424,15 @@ class Analytic:
         resident = n_draft.astype(int)
         random_set = policy.draft_set == "random"
 
-        def step(n):   # a draft level over B·n tokens, served by the N resident experts (substitution)
+        # a draft level over B·n tokens, served by the N resident experts (substitution)
+        def step(n):
             d_attn, d_dense = self._nonexpert(batch * n, batch, ctx)
             d_distinct = np.minimum(n_draft, self.counts.distinct_and_missing(batch * n, 0)[0])
-            return d_attn + d_dense + self._experts_s(batch * n, np.maximum(d_distinct, 1.0), cap=n_draft)
+            return (
+                d_attn
+                + d_dense
+                + self._experts_s(batch * n, np.maximum(d_distinct, 1.0), cap=n_draft)
+            )
 
         draft_s = self._over_levels(g, policy, step)
         # Verify: one pass over B(1 + S) positions, each needed non-resident expert fetched once.
@@ -403,18 +445,36 @@ class Analytic:
         return self._result(batch, g, draft_s + fwd.total, batch * taus, _parts(fwd, draft_s),
                             fwd.fetched_experts, mem, resident, policy)
 
-    def _result(self, batch, gamma, iteration_s, tokens_per_iter, parts, fetched, mem, resident, policy,
-                placed=None):
+    def _result(
+        self,
+        batch,
+        gamma,
+        iteration_s,
+        tokens_per_iter,
+        parts,
+        fetched,
+        mem,
+        resident,
+        policy,
+        placed=None,
+    ):
         m, _w = self.model, self.workload
         h2d_bytes = fetched * m.expert_bytes
         ttft = self._prefill_s(batch, resident if placed is None else placed, policy)
         tpot = iteration_s / (tokens_per_iter / batch)
         return AnalyticResult(
-            iteration_s=iteration_s, tokens_per_iteration=tokens_per_iter,
-            tokens_per_s=tokens_per_iter / iteration_s, tpot_ms=tpot * 1e3, ttft_ms=ttft * 1e3,
-            h2d_bytes_per_iteration=h2d_bytes, h2d_bytes_per_token=h2d_bytes / tokens_per_iter,
-            gpu_memory_bytes=mem, fits=mem <= self.mem.capacity_bytes, resident_experts_per_layer=resident,
-            breakdown=parts)
+            iteration_s=iteration_s,
+            tokens_per_iteration=tokens_per_iter,
+            tokens_per_s=tokens_per_iter / iteration_s,
+            tpot_ms=tpot * 1e3,
+            ttft_ms=ttft * 1e3,
+            h2d_bytes_per_iteration=h2d_bytes,
+            h2d_bytes_per_token=h2d_bytes / tokens_per_iter,
+            gpu_memory_bytes=mem,
+            fits=mem <= self.mem.capacity_bytes,
+            resident_experts_per_layer=resident,
+            breakdown=parts,
+        )
 
     def _prefill_s(self, batch, resident, policy):
         """TTFT: one forward over all prompt tokens (mean context half the prompt)."""
@@ -453,18 +513,32 @@ def _check_arrays(batch, gamma, n_draft, alpha, num_experts):
     checks = [
         (batch < 1, "batch", "must be >= 1"),
         ((gamma < 0) | (gamma > 64), "gamma", "allowed 0..64"),
-        ((n_draft < 0) | (n_draft > num_experts), "draft_experts", f"allowed 0..{num_experts} (experts per layer)"),
+        (
+            (n_draft < 0) | (n_draft > num_experts),
+            "draft_experts",
+            f"allowed 0..{num_experts} (experts per layer)",
+        ),
         ((alpha < 0) | (alpha >= 1), "alpha", "allowed [0, 1)"),
     ]
     for bad, name, allowed in checks:
         if np.any(bad):
-            value = {"batch": batch, "gamma": gamma, "draft_experts": n_draft, "alpha": alpha}[name][bad].flat[0]
+            value = {"batch": batch, "gamma": gamma, "draft_experts": n_draft, "alpha": alpha}[
+                name
+            ][bad].flat[0]
             raise SpecMoEError(f"{name}={value:g}: {allowed}")
 
 
 def to_rows(result: AnalyticResult) -> list[dict[str, Any]]:
     """Per-configuration dicts of the scalar outputs (for tables and CSV)."""
-    keys = ("iteration_s", "tokens_per_s", "tpot_ms", "ttft_ms", "h2d_bytes_per_token", "gpu_memory_bytes", "fits")
+    keys = (
+        "iteration_s",
+        "tokens_per_s",
+        "tpot_ms",
+        "ttft_ms",
+        "h2d_bytes_per_token",
+        "gpu_memory_bytes",
+        "fits",
+    )
     n = np.size(result.iteration_s)
     cols = {k: np.ravel(getattr(result, k)) for k in keys}
     return [{k: cols[k][i].item() for k in keys} for i in range(n)]

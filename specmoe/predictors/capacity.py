@@ -31,13 +31,18 @@ def requests_per_s(tokens_per_s, prefill_s, batch, output_len: int):
     tps = np.asarray(tokens_per_s, dtype=float)
     if np.any(tps <= 0):
         raise SpecMoEError("tokens_per_s: must be > 0 to give a capacity")
-    per_request_s = (output_len - 1) / tps + np.asarray(prefill_s, dtype=float) / np.asarray(batch, dtype=float)
+    per_request_s = (output_len - 1) / tps + np.asarray(prefill_s, dtype=float) / np.asarray(
+        batch, dtype=float
+    )
     return 1.0 / per_request_s
 
 
 def serving_tpot_ms(tpot_ms, prefill_ms, output_len: int):
-    """TPOT under continuous batching: decode TPOT plus one full-batch prefill per request lifetime."""
-    return np.asarray(tpot_ms, dtype=float) + np.asarray(prefill_ms, dtype=float) / max(output_len - 1, 1)
+    """TPOT under continuous batching: decode TPOT plus one full-batch prefill per request
+    lifetime."""
+    return np.asarray(tpot_ms, dtype=float) + np.asarray(prefill_ms, dtype=float) / max(
+        output_len - 1, 1
+    )
 
 
 def replicas_for(rate_rps: float, per_replica_rps) -> np.ndarray:

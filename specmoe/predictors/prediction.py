@@ -1,4 +1,5 @@
-"""The one Prediction form every predictor returns to callers: a JSON-ready dict per configuration."""
+"""The one Prediction form every predictor returns to callers: a JSON-ready dict per
+configuration."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,7 +15,9 @@ from specmoe.predictors.intervals import evaluate_intervals, interval_block, pro
 GB = 1e9  # reports use GB = 1e9 bytes, as the datasheets do
 
 
-def intervals_for(setup: Setup, gamma=None, draft_experts=None, batch=None) -> dict[str, np.ndarray]:
+def intervals_for(
+    setup: Setup, gamma=None, draft_experts=None, batch=None
+) -> dict[str, np.ndarray]:
     """p10/p50/p90 arrays ([3, n]) of the setup's policy over configurations (intervals module)."""
     return evaluate_intervals(setup.model, setup.system, setup.workload, setup.policy, batch=batch,
                               gamma=gamma, draft_experts=draft_experts)
@@ -55,6 +58,8 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
     out["evidence"] = provenance(setup.system, setup.workload.acceptance)
     if not fits:
         cap = Memory(setup.model, setup.system, setup.workload)
-        out["reason"] = (f"needs {need:.1f} GB of GPU memory; {setup.system.name} allows "
-                         f"{cap.explain_capacity()} (model resident {setup.model.resident_bytes / GB:.1f} GB)")
+        out["reason"] = (
+            f"needs {need:.1f} GB of GPU memory; {setup.system.name} allows "
+            f"{cap.explain_capacity()} (model resident {setup.model.resident_bytes / GB:.1f} GB)"
+        )
     return out

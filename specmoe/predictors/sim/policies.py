@@ -1,4 +1,5 @@
-"""What each policy decides, as plans the simulator's processes execute (names as specmoe.inputs.policies).
+"""What each policy decides, as plans the simulator's processes execute (names as
+specmoe.inputs.policies).
 
 A policy sees the routed token counts of a pass (counts[l, e] tokens of MoE layer l on expert e)
 and returns a PassPlan: grouped GPU expert time per layer, which experts are fetched at the gate
@@ -56,7 +57,9 @@ class SimPolicy:
         return self.slots.per_layer
 
     # ---- one target pass ------------------------------------------------------------------------
-    def plan(self, counts: np.ndarray, phase: str, tokens: int, batch: int, context: float) -> PassPlan:
+    def plan(
+        self, counts: np.ndarray, phase: str, tokens: int, batch: int, context: float
+    ) -> PassPlan:
         needed = counts > 0
         miss = self._lookup(needed)
         return PassPlan(phase, tokens, batch, context, self._expert_s(counts, needed),
@@ -145,13 +148,25 @@ class Cpu(SimPolicy):
         on_cpu = miss & (cpu_s < s.fetch_s)
         gpu = needed & ~on_cpu
         fetch = miss & ~on_cpu
-        plan = PassPlan(phase, tokens, batch, context, self._expert_s(np.where(gpu, counts, 0), gpu),
-                        fetch.sum(axis=1), fetch)
+        plan = PassPlan(
+            phase,
+            tokens,
+            batch,
+            context,
+            self._expert_s(np.where(gpu, counts, 0), gpu),
+            fetch.sum(axis=1),
+            fetch,
+        )
         plan.cpu = {}
         for l in np.flatnonzero(on_cpu.any(axis=1)):
             ids = np.flatnonzero(on_cpu[l])
             toks = counts[l, ids]
-            plan.cpu[int(l)] = (cpu_s[l, ids].tolist(), toks, ids, float(toks.sum()) * s.act_bytes_per_token)
+            plan.cpu[int(l)] = (
+                cpu_s[l, ids].tolist(),
+                toks,
+                ids,
+                float(toks.sum()) * s.act_bytes_per_token,
+            )
         return plan
 
 
@@ -189,7 +204,11 @@ class SpecMoE(SimPolicy):
         return slots
 
     def after(self, counts, phase):
-        if phase == "verify" and self.policy.draft_set == "hottemporal" and self.policy.draft_experts:
+        if (
+            phase == "verify"
+            and self.policy.draft_set == "hottemporal"
+            and self.policy.draft_experts
+        ):
             score = counts + 0.5 * self.slots.resident           # ties keep the current set
             self.slots.set_resident(hot_mask(score, self.policy.draft_experts))
 
@@ -203,15 +222,23 @@ class SpecMoE(SimPolicy):
         res = self.slots.resident
         kept = steps * res[:, None, :]
         if self.policy.substitution:
-            ids = np.sort(np.argsort(~res, axis=1, kind="stable")[:, :self.policy.draft_experts], axis=1)
-            target = np.take_along_axis(ids, self._affinity % ids.shape[1], axis=1)    # [L, E]
-            key = (np.arange(s.L)[:, None, None] * g + np.arange(g)[None, :, None]) * s.E + target[:, None, :]
+            ids = np.sort(
+                np.argsort(~res, axis=1, kind="stable")[:, : self.policy.draft_experts], axis=1
+            )
+            target = np.take_along_axis(ids, self._affinity % ids.shape[1], axis=1)  # [L, E]
+            key = (np.arange(s.L)[:, None, None] * g + np.arange(g)[None, :, None]) * s.E + target[
+                :, None, :
+            ]
             moved = np.where(res[:, None, :], 0, steps)
-            kept = kept + np.bincount(key.ravel(), weights=moved.ravel(), minlength=kept.size).reshape(kept.shape)
+            kept = kept + np.bincount(
+                key.ravel(), weights=moved.ravel(), minlength=kept.size
+            ).reshape(kept.shape)
         expert_s = s.costs.experts(kept.sum(axis=2), (kept > 0).sum(axis=2))     # [L, γ]
         zeros = np.zeros(s.L, dtype=int)
         for j in range(g):
-            yield from s.forward(PassPlan("draft", batch * int(nodes[j]), batch, context, expert_s[:, j], zeros))
+            yield from s.forward(
+                PassPlan("draft", batch * int(nodes[j]), batch, context, expert_s[:, j], zeros)
+            )
 
 
 class Eagle(SimPolicy):
@@ -238,11 +265,18 @@ class SpMoE(Eagle):
         needed = counts.sum(axis=1) > 0
         h = self.policy.prefetch_hit_rate
         hit = s.rng.random(needed.shape) < h if h < 1.0 else np.ones_like(needed)
-        cutoff = s.L if self.policy.cutoff_layer is None else int(np.sum(s.moe_layer_ids < self.policy.cutoff_layer))
+        cutoff = (
+            s.L
+            if self.policy.cutoff_layer is None
+            else int(np.sum(s.moe_layer_ids < self.policy.cutoff_layer))
+        )
         pre = needed & hit & ~self.slots.resident
         pre[cutoff:] = False
-        self._pending = {l: (s.fetch(int(pre[l].sum()), PREFETCH, "draft", l, pre[l]), int(pre[l].sum()))
-                         for l in range(s.L) if pre[l].any()}
+        self._pending = {
+            l: (s.fetch(int(pre[l].sum()), PREFETCH, "draft", l, pre[l]), int(pre[l].sum()))
+            for l in range(s.L)
+            if pre[l].any()
+        }
         self._pre = pre
         yield from super().draft(counts, batch, context, nodes)
 
@@ -273,8 +307,17 @@ class MoESpec(Eagle):
         return self.sim.alpha * (1.0 - self.sim.options.moespec_acceptance_penalty)
 
 
-POLICY_CLASSES = {"ondemand": SimPolicy, "overlap": Overlap, "caching": Caching, "cpu": Cpu,
-                  "specmoe": SpecMoE, "spmoe": SpMoE, "moespec": MoESpec, "fate": Fate, "eagle": Eagle}
+POLICY_CLASSES = {
+    "ondemand": SimPolicy,
+    "overlap": Overlap,
+    "caching": Caching,
+    "cpu": Cpu,
+    "specmoe": SpecMoE,
+    "spmoe": SpMoE,
+    "moespec": MoESpec,
+    "fate": Fate,
+    "eagle": Eagle,
+}
 
 
 def alpha_of(workload, policy) -> float:

@@ -36,7 +36,9 @@ def _alias(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keep, alias
 
 
-def _patterns(p: np.ndarray, k: int, orders: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _patterns(
+    p: np.ndarray, k: int, orders: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """k-sets of experts and their probabilities from `orders` random-order systematic designs."""
     E = len(p)
     pats = np.tile(np.arange(k), (orders * E, 1))
@@ -94,7 +96,8 @@ class RoutingSampler:
         return np.where(x - i < self.keep[flat], flat, self.alias[flat])
 
     def reset(self, slots) -> None:
-        """New sequences in `slots`: their last routing is a fresh draw (the prompt's last token)."""
+        """New sequences in `slots`: their last routing is a fresh draw (the prompt's last
+        token)."""
         slots = np.asarray(slots)
         if slots.size:
             self.state[:, slots] = self._fresh((self.L, slots.size))
@@ -111,8 +114,10 @@ class RoutingSampler:
             chain = np.concatenate([self.state[:, slots, None], pats], axis=2)     # [L, B, P+1]
             src = np.maximum.accumulate(np.where(keep, 0, np.arange(1, P + 1)), axis=2)
             pats = np.take_along_axis(chain, src, axis=2)
-        ids = self.patterns[pats]                                                   # [L, B, P, k]
-        key = (np.arange(self.L)[:, None, None, None] * P + np.arange(P)[None, None, :, None]) * self.E
+        ids = self.patterns[pats]  # [L, B, P, k]
+        key = (
+            np.arange(self.L)[:, None, None, None] * P + np.arange(P)[None, None, :, None]
+        ) * self.E
         weights = None
         if self.big is not None:                     # tokens that skip the experts count for none
             takes = self.rng.random((self.L, B, P)) < self.big[:, None, None]
@@ -132,11 +137,14 @@ class RoutingSampler:
         ids = self.patterns.reshape(-1, self.K, self.k)[self.layer_table]           # [L, K, k]
         key = np.arange(self.L)[:, None, None] * self.E + ids
         w = np.broadcast_to(n[:, :, None], ids.shape)
-        return np.bincount(key.ravel(), weights=w.ravel(), minlength=self.L * self.E).reshape(self.L, self.E)
+        return np.bincount(key.ravel(), weights=w.ravel(), minlength=self.L * self.E).reshape(
+            self.L, self.E
+        )
 
 
 def sample_accepted(rng: np.random.Generator, alpha: float, gamma: int, n: int) -> np.ndarray:
-    """Draft tokens accepted per sequence: each accepted with probability α until the first rejection."""
+    """Draft tokens accepted per sequence: each accepted with probability α until the first
+    rejection."""
     if gamma <= 0:
         return np.zeros(n, dtype=np.int64)
     return np.minimum(rng.geometric(1.0 - alpha, size=n) - 1, gamma)
