@@ -164,7 +164,15 @@ class Engine:
         run = _Run(self, B, max_new_tokens, temperature, seed, gamma, alpha, ctl, gmax)
         run.prefill(prompts)
         run.decode_all()
+        self._check_kernels()
         return run.result(record_routing)
+
+    def _check_kernels(self) -> None:
+        """After a run (the first one is the warm-up): every kernel meant to run on Triton did,
+        else SpecMoEError; the trace header records the kernels active after the run."""
+        active = ops.require_kernels(self.device, self.cfg.torch_dtype)
+        if self.tracer.enabled:
+            self.tracer.header.setdefault("engine", {})["kernels"] = active
 
     def _check(self, prompts, max_new_tokens, temperature, alpha) -> None:
         if not prompts or not all(isinstance(p, (list, tuple)) and p for p in prompts):
@@ -192,7 +200,7 @@ class Engine:
             "policy": self.policy.to_dict(),
             "synthetic_acceptance": alpha,
             "engine": {"expert_slots": self.store.n_slots, "expert_bytes": self.cfg.expert_bytes,
-                       "kernels": ops.active_kernels(),
+                       "kernels_at_start": ops.active_kernels(),
                        "draft_model": self.draft.cfg.to_dict() if self.draft else None},
         }
 
@@ -331,4 +339,4 @@ class _Run:
         st.weight_bytes_h2d, st.experts_fetched = store.weight_bytes_h2d, store.experts_fetched
         st.prefetched, st.hits, st.misses = store.prefetched, store.hits, store.misses
         st.policy_counters = self.e.provider.stats()
-        return GenerationResult(toks, st, self.e.provider.record if record_routing else None)
+        return GenerationResult(toks, st, self.e.provider.routing_record() if record_routing else None)

@@ -53,7 +53,8 @@ class Tracer(NullTracer):
 
     def reset(self) -> None:
         self._pending: list[tuple[Any, Any, dict]] = []
-        self._events: list[dict] = []
+        self._events: list[dict] = []   # raw fields (tensors unresolved)
+        self._done: list[dict] = []     # schema events
         if self.cuda:
             self._base = torch.cuda.Event(enable_timing=True)
             self._base.record()
@@ -76,7 +77,7 @@ class Tracer(NullTracer):
         else:
             t = time.perf_counter()
             ts = (token - self._t0) * 1e6
-            self._events.append(event(name, cat, ts, (t - token) * 1e6, **fields))
+            self._events.append(dict(name=name, cat=cat, ts=ts, dur=(t - token) * 1e6, **fields))
 
     @contextmanager
     def span(self, name: str, cat: str, **fields: Any) -> Iterator[None]:
@@ -91,15 +92,18 @@ class Tracer(NullTracer):
         self.end(self.begin(), name, cat, **fields)
 
     def events(self) -> list[dict]:
-        """All events in time order (on CUDA this waits for the recorded work once)."""
+        """All events in time order (on CUDA this waits for the recorded work once). Field values
+        that are tensors (counts the engine computed on the device, so as not to stall) are read
+        here, once."""
         if self._pending:
             torch.cuda.synchronize()
             for a, b, f in self._pending:
-                name, cat = f.pop("name"), f.pop("cat")
-                self._events.append(event(name, cat, self._base.elapsed_time(a) * 1e3,
-                                          a.elapsed_time(b) * 1e3, **f))
+                self._events.append(dict(f, ts=self._base.elapsed_time(a) * 1e3,
+                                         dur=a.elapsed_time(b) * 1e3))
             self._pending = []
-        return sorted(self._events, key=lambda e: e["ts_us"])
+        self._done.extend(_resolve(f) for f in self._events)
+        self._events = []
+        return sorted(self._done, key=lambda e: e["ts_us"])
 
     def write(self, path: str | Path) -> Path:
         head = dict(self.header)
@@ -107,6 +111,12 @@ class Tracer(NullTracer):
                      model=head.pop("model", None), workload=head.pop("workload", {}),
                      policy=head.pop("policy", {}), extra=head)
         return write_trace(path, hdr, self.events())
+
+
+def _resolve(f: dict) -> dict:
+    f = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in f.items()}
+    name, cat, ts, dur = f.pop("name"), f.pop("cat"), f.pop("ts"), f.pop("dur")
+    return event(name, cat, ts, dur, **f)
 
 
 def device_fingerprint(device: str | torch.device = "cpu") -> dict[str, Any]:
