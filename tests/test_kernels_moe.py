@@ -59,16 +59,21 @@ def tol(dtype):
 # ----------------------------------------------------------------------------- alignment
 
 
+@pytest.mark.parametrize("parallel", [None, True], ids=["auto", "parallel"])
 @pytest.mark.parametrize("T,k,E,bs,drop", [(1, 2, 8, 16, ()), (24, 2, 8, 16, (1,)),
                                             (7, 3, 5, 4, (0, 4)), (40, 8, 128, 16, (5,)),
-                                            (5, 1, 3, 1, ()), (0, 2, 4, 16, ())])
-def test_align_matches_reference(T, k, E, bs, drop):
+                                            (5, 1, 3, 1, ()), (0, 2, 4, 16, ()),
+                                            (600, 2, 8, 16, (1,)), (300, 8, 128, 16, (5, 9))])
+def test_align_matches_reference(T, k, E, bs, drop, parallel):
+    """Both implementations (the one-program kernel at decode sizes, the multi-program one past
+    PARALLEL_MIN_CHUNKS chunks: the last two cases take it by default) give the reference's
+    output, order within each expert included."""
     g = torch.Generator().manual_seed(T + E)
     ids = routing(T, E, k, g)
     slot = torch.randperm(E, generator=g).to(torch.int32)
     slot[list(drop)] = -1
     slot = slot.to(DEV)
-    a = moe_align_block_size(ids, bs, E, slot)
+    a = moe_align_block_size(ids, bs, E, slot, parallel=parallel)
     r = moe_align_block_size_reference(ids, bs, E, slot)
     for f in FIELDS:
         assert torch.equal(getattr(a, f), getattr(r, f)), f
