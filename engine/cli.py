@@ -43,7 +43,7 @@ def add_engine_commands(subparsers) -> argparse.ArgumentParser:
     mb = sub.add_parser("microbench", help="GEMM, expert, attention, copy, CPU-expert timings")
     mb.add_argument("--device", default="cpu")
     mb.add_argument("--out", required=True, help="trace path (.jsonl or .jsonl.gz)")
-    mb.add_argument("--kinds", default="gemm,expert,attn,h2d,d2h,cpu_expert")
+    mb.add_argument("--kinds", default="gemm,moe,expert,attn,h2d,d2h,cpu_expert")
     mb.add_argument("--quick", action="store_true", help="tiny shapes (tests, CPU)")
     mb.add_argument("--dtype", default="bfloat16")
     mb.add_argument("--reps", type=int)
