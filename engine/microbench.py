@@ -276,3 +276,29 @@ def run_microbench(out: str | Path, device: str = "cpu", kinds: Iterable[str] | 
                                     "kv_heads": kv_heads, "head_dim": head_dim,
                                     "experts": experts, "top_k": top_k},
                          "kernels": ops.active_kernels()})
+
+
+def main(argv=None) -> int:
+    """python -m specmoe.engine.microbench OUT [--kinds ...] (needs only torch): for campaigns on
+    machines without the core's dependencies; `specmoe engine microbench` is the same with the
+    catalog's shapes."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="engine microbenchmarks -> one trace")
+    ap.add_argument("out")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--kinds", default=None, help=f"comma-separated, of {','.join(KINDS)}")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--reps", type=int, default=None, help="samples per configuration")
+    ap.add_argument("--launches", type=int, default=None, help="back-to-back calls per sample")
+    a = ap.parse_args(argv)
+    t = time.perf_counter()
+    path = run_microbench(a.out, device=a.device, quick=a.quick, dtype=a.dtype, reps=a.reps,
+                          kinds=a.kinds.split(",") if a.kinds else None, launches=a.launches)
+    print(f"wrote {path} in {time.perf_counter() - t:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -86,6 +86,8 @@ def parse_args(argv=None):
     ap.add_argument("--peak-gbps", type=float, default=None,
                     help="override the detected device's HBM bandwidth")
     ap.add_argument("--hardware", help="system name for specmoe.hardware.load_system")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated, of {','.join(MOE_MODELS)} (default all)")
     ap.add_argument("--tokens-per-expert", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--reps", type=int, default=None, help="timed calls per case")
@@ -165,6 +167,15 @@ class Bench:
               flush=True)
 
 
+def _pick(models: dict, names: str | None) -> dict:
+    if not names:
+        return models
+    bad = set(names.split(",")) - set(models)
+    if bad:
+        raise SystemExit(f"--models: unknown {sorted(bad)}; allowed: {', '.join(models)}")
+    return {n: models[n] for n in names.split(",")}
+
+
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
@@ -173,7 +184,7 @@ def bench_moe(b: Bench):
     from specmoe.kernels.fused_moe import fused_moe, fused_moe_reference
 
     torch = b.torch
-    models = TINY_MOE if b.args.tiny else MOE_MODELS
+    models = TINY_MOE if b.args.tiny else _pick(MOE_MODELS, b.args.models)
     tpes = [1, 4] if b.args.tiny else [int(v) for v in b.args.tokens_per_expert.split(",")]
     g = torch.Generator(device="cpu").manual_seed(0)
     for name, (D, Fi, E, k) in models.items():
@@ -240,7 +251,7 @@ def bench_attention(b: Bench):
     from specmoe.kernels.attention import attention, attention_reference
 
     torch = b.torch
-    models = TINY_ATTN if b.args.tiny else ATTN_MODELS
+    models = TINY_ATTN if b.args.tiny else _pick(ATTN_MODELS, b.args.models)
     grid = [(2, 40, 1), (2, 40, 3)] if b.args.tiny else [
         (B, ctx, Q) for B in (1, 8, 32) for ctx in (1024, 4096) for Q in (1, 5)]
     for name, (H, Hkv, Dh) in models.items():
