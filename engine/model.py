@@ -91,7 +91,7 @@ class Transformer:
 
     def _attention(self, l, h, cache, pos, lens, span, mask, cos, sin, phase) -> torch.Tensor:
         cfg, w, p = self.cfg, self.w, f"layers.{l}."
-        tok = self.tracer.begin()
+        tok = self.tracer.begin(name="attn")
         B, T, _ = h.shape
         x = ops.rms_norm(h, w[p + "attn_norm"], cfg.rms_eps)
         q = _linear(x, w[p + "wq"], w.get(p + "bq")).view(B, T, cfg.heads, cfg.head_dim)
@@ -116,10 +116,10 @@ class Transformer:
         B, T, H = h.shape
         x = ops.rms_norm(h, w[p + "mlp_norm"], cfg.rms_eps).reshape(B * T, H)
         xs = x if keep is None else x[keep]
-        tok = self.tracer.begin()
+        tok = self.tracer.begin(name="gate")
         weights, ids = ops.route(xs @ self.gates[l].t(), cfg.top_k, cfg.norm_topk_prob)
         self.tracer.end(tok, "gate", "gate", layer=l, phase=phase, tokens=xs.shape[0])
-        tok = self.tracer.begin()
+        tok = self.tracer.begin()  # composite: fetches, waits, host work
         y = self.experts.moe(l, xs, ids, weights, phase)
         if cfg.shared_expert_ffn:
             shared = ops.expert_ffn(xs, w[p + "shared_w13"], w[p + "shared_w2"])

@@ -43,7 +43,7 @@ def run_slots(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, slot_of
     tracer = tracer or NullTracer()
     fused = ops.fused_moe_kernel(x)
     if fused is not None:
-        tok = tracer.begin()
+        tok = tracer.begin(name="fused_moe")
         y = fused(x.contiguous(), w13, w2, weights.float().contiguous(), ids.contiguous(), slot_of,
                   check_values=False)
         if tracer.enabled:
@@ -59,7 +59,7 @@ def run_slots(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, slot_of
         rows, pos = (slot_ids == s).nonzero(as_tuple=True)
         if rows.numel() == 0:
             continue
-        tok = tracer.begin()
+        tok = tracer.begin(name="expert")
         out = ops.expert_ffn(x[rows], w13[s], w2[s])
         y.index_add_(0, rows, (out * weights[rows, pos, None]).to(x.dtype))
         if tracer.enabled:

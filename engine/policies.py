@@ -231,7 +231,7 @@ class CpuOffload(Caching):
         y = torch.zeros_like(x)
         for e in experts:
             rows, pos = (ids == e).nonzero(as_tuple=True)
-            tok = self.tracer.begin()
+            tok = self.tracer.begin(name="cpu_expert")
             xh = x[rows].cpu()
             row = buf[e]
             out = (torch.nn.functional.silu(xh @ row[: i * h].view(i, h).t())

@@ -43,3 +43,21 @@ def test_moe_and_attention_events_are_calibration_points(tmp_path):
     assert cats == {"moe", "attn_scores"}
     moe_pts = sorted(p.args for p in pts if p.cat == "moe")
     assert moe_pts == sorted((e["tokens"] * 2.0, float(e["experts"])) for e in moe)
+
+
+def test_head_start_covers_the_hosts_enqueue_time_on_an_idle_stream():
+    """A span opened on an idle stream sleeps the device as long as the host took to enqueue that
+    span before (moving average, capped), so its begin event fires when the work is queued."""
+    from specmoe.engine.tracer import HeadStart
+
+    slept = []
+    h = HeadStart(slept.append, cap_us=300.0, weight=0.5)
+    assert h.before("attn", idle=True) == 0.0 and slept == []   # nothing known yet
+    h.after("attn", 100.0)
+    assert h.before("attn", idle=False) == 0.0                  # a busy stream needs none
+    assert h.before("attn", idle=True) == 100.0 and slept == [100.0]
+    h.after("attn", 200.0)
+    assert h.before("attn", idle=True) == 150.0                 # moving average
+    h.after("gate", 5000.0)
+    assert h.before("gate", idle=True) == 300.0                 # capped
+    assert slept == [100.0, 150.0, 300.0]
