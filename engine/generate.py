@@ -31,7 +31,7 @@ from specmoe.engine.tracer import NullTracer, device_fingerprint
 from specmoe.engine.weights import Weights, load_weights, random_model
 
 from specmoe.errors import SpecMoEError
-from specmoe.policies import Policy, validate_policy
+from specmoe.inputs.policies import Policy, validate_policy
 
 
 @dataclass
@@ -145,7 +145,7 @@ class Engine:
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, synthetic_acceptance: float | None = None,
                  record_routing: bool = False, gamma_controller=None) -> GenerationResult:
-        """`gamma_controller` (e.g. specmoe.planner.GammaController): γ is its `.gamma` at start and
+        """`gamma_controller` (e.g. specmoe.planning.search.GammaController): γ is its `.gamma` at start and
         whatever its `.observe(accepted, drafted)` returns after each round, within its `.gammas`."""
         self._check(prompts, max_new_tokens, temperature, synthetic_acceptance)
         B = len(prompts)

@@ -2,7 +2,7 @@
 
 They time the ops the engine itself runs on this device, at the shapes of the public measured
 tables (aiconfigurator-style: fused MoE by tokens and experts, GEMM m/n/k, decode attention batch
-x context), so engine rows and imported public rows compare row for row:
+x context), so engine rows and imported public rows compare row for row (specmoe.fit.calibrate fits them):
   gemm        x[m, k] @ W[n, k]^T as the engine's dense layers, shape [m, n, k]
   moe         the engine's MoE compute over slots (moe.run_slots: the Triton fused_moe on CUDA,
               per-expert torch elsewhere), tokens T, experts (distinct, with tokens), top_k,
@@ -31,7 +31,7 @@ from specmoe.engine import ops
 from specmoe.engine.tracer import device_fingerprint
 
 from specmoe.errors import SpecMoEError
-from specmoe.trace import Header, event, write_trace
+from specmoe.measure.trace import Header, event, write_trace
 
 KINDS = ("gemm", "moe", "expert", "attn", "h2d", "d2h", "cpu_expert")
 CUDA_KINDS = ("gemm", "moe", "attn", "h2d", "d2h", "cpu_expert")  # what a GPU engine runs

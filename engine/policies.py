@@ -4,7 +4,7 @@ Every provider follows one path per MoE layer (OnDemand.moe):
   route ids -> split needed experts into device / host -> acquire device ones (fetch misses) ->
   hook (overlap prefetches the next layer) -> compute -> release (free, cache or pin).
 Policies differ only in the split, the hook and what they keep. Names and parameters are those of
-specmoe.policies.Policy; `prefetch_hit_rate` is an input of the models, here it is measured.
+specmoe.inputs.policies.Policy; `prefetch_hit_rate` is an input of the models, here it is measured.
 
 Host synchronisation: a policy that fetches must know which experts the router chose, so its
 layer reads the routing once (`_read_routing`; Overlap's next-layer prediction rides along in the
@@ -27,7 +27,7 @@ from specmoe.engine.moe import run_slots, upload_table
 from specmoe.engine.tracer import NullTracer
 
 from specmoe.errors import SpecMoEError
-from specmoe.policies import Policy
+from specmoe.inputs.policies import Policy
 
 ENGINE_POLICIES = ("ondemand", "overlap", "caching", "cpu", "specmoe", "eagle")
 DEFAULT_CACHE_FRACTION = 0.1  # "pin e.g. the top 10%" when Policy.cache_fraction is None

@@ -11,7 +11,8 @@ weights of the experts that received tokens, x and out; intermediates excluded),
 roofline fraction is against the ideal; each row also gives the HBM fraction (achieved bytes/s
 over the HBM peak). Peaks: the GPU's name selects its hwprofiles/gpus file (GPU_PROFILES; the
 datasheet's dense bf16 and HBM bandwidth, read without pyyaml or pydantic, so this runs where only
-torch, triton and numpy are installed); --peak-tflops/--peak-gbps override, --hardware NAME reads a specmoe profile.
+torch, triton and numpy are installed); --peak-tflops/--peak-gbps override, --hardware NAME reads
+specmoe.inputs.hardware.load_system.
 A GPU not in the table needs --peak-* (no silent H100 default: an H200 row would be inflated
 1.43x). On a GPU, times come from CUDA events around each call with L2 flushed before it; on a
 CPU (only with --tiny, under TRITON_INTERPRET=1) from time.perf_counter, which measures the
@@ -85,7 +86,7 @@ def parse_args(argv=None):
                     help="override the detected device's dense bf16 peak")
     ap.add_argument("--peak-gbps", type=float, default=None,
                     help="override the detected device's HBM bandwidth")
-    ap.add_argument("--hardware", help="system name for specmoe.hardware.load_system")
+    ap.add_argument("--hardware", help="system name for specmoe.inputs.hardware.load_system")
     ap.add_argument("--models", default=None,
                     help=f"comma-separated, of {','.join(MOE_MODELS)} (default all)")
     ap.add_argument("--tokens-per-expert", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
@@ -109,9 +110,9 @@ def _peaks(args, device_name: str | None = None) -> tuple[float, float, str]:
         return (args.peak_tflops if args.peak_tflops is not None else tflops,
                 args.peak_gbps if args.peak_gbps is not None else gbps, source)
     try:
-        from specmoe.hardware import load_system
+        from specmoe.inputs.hardware import load_system
     except ImportError as exc:
-        raise SystemExit(f"--hardware: specmoe.hardware.load_system is not available ({exc})"
+        raise SystemExit(f"--hardware: specmoe.inputs.hardware.load_system is not available ({exc})"
                          ) from exc
     from specmoe.errors import SpecMoEError
 

@@ -87,7 +87,7 @@ def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 
     from specmoe.engine.generate import Engine
     from specmoe.engine.tracer import Tracer
 
-    from specmoe.policies import make_policy
+    from specmoe.inputs.policies import make_policy
 
     name, batch, gamma = run["policy"], run["batch"], run["gamma"]
     kw = {"cache_fraction": cache_fraction} if name in ("caching", "cpu") else {}

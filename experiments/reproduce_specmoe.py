@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specmoe.analytic import Analytic
-from specmoe.api import Setup, resolve
-from specmoe.planner import plan
+from specmoe.inputs.setup import Setup, resolve
+from specmoe.planning.search import plan
+from specmoe.predictors.analytic import Analytic
 
 HERE = Path(__file__).resolve().parent
 MODEL, HARDWARE = "nllb-moe-54b", "specmoe-paper-h100"
@@ -63,7 +63,7 @@ def analytic(s: Setup) -> dict:
 
 
 def simulated(s: Setup, iterations: int = 40) -> dict:
-    from specmoe.sim import Simulator
+    from specmoe.predictors.sim import Simulator
 
     r = Simulator(s, iterations=iterations, seed=0).run()
     return {"tokens_per_s": r.tokens_per_s, "bytes_per_token": r.h2d_bytes_per_token,
@@ -270,7 +270,7 @@ def main() -> None:
     if not args.no_sim:
         try:
             sim = measure(simulated)
-            sim_note = ("Simulated: specmoe.sim, 40 decode iterations, seed 0, same cost model with sampled routing, "
+            sim_note = ("Simulated: specmoe.predictors.sim, 40 decode iterations, seed 0, same cost model with sampled routing, "
                         "acceptance and (for Caching) an LRU cache beyond the pinned experts.")
         except ImportError as exc:
             sim_note = f"Simulated column not available: {exc}."

@@ -3,13 +3,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specmoe.analytic import Analytic
-from specmoe.costs import CostModel
+from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.hardware import load_system
-from specmoe.models import load_model
-from specmoe.policies import ANALYTIC, make_policy
-from specmoe.workload import Acceptance, Routing, Workload
+from specmoe.inputs.hardware import load_system
+from specmoe.inputs.models import load_model
+from specmoe.inputs.policies import ANALYTIC, make_policy
+from specmoe.inputs.workload import Acceptance, Routing, Workload
+from specmoe.predictors.analytic import Analytic
 
 MIXTRAL = load_model("mixtral-8x7b")
 H100 = load_system("h100-pcie")

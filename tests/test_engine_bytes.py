@@ -11,8 +11,8 @@ from specmoe.engine.tracer import Tracer
 from specmoe.engine.weights import random_model
 
 from specmoe.errors import SpecMoEError
-from specmoe.policies import make_policy
-from specmoe.trace import read_trace
+from specmoe.inputs.policies import make_policy
+from specmoe.measure.trace import read_trace
 
 CFG = MoEConfig(hidden=32, layers=3, heads=4, kv_heads=2, head_dim=8, experts=8, top_k=2,
                 expert_ffn=32, vocab=64, max_seq_len=48, max_batch=4, dtype="float32")

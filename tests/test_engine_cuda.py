@@ -8,8 +8,8 @@ from specmoe.engine.microbench import run_microbench
 from specmoe.engine.tracer import Tracer
 from specmoe.engine.weights import random_model
 
-from specmoe.policies import make_policy
-from specmoe.trace import read_trace
+from specmoe.inputs.policies import make_policy
+from specmoe.measure.trace import read_trace
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -4,11 +4,11 @@ import itertools
 import numpy as np
 import pytest
 
-from specmoe import planner
-from specmoe.api import resolve
 from specmoe.errors import SpecMoEError
-from specmoe.planner import GammaController, compare_with_measured, plan, search
-from specmoe.workload import Acceptance, Routing, Workload
+from specmoe.inputs.setup import resolve
+from specmoe.inputs.workload import Acceptance, Routing, Workload
+from specmoe.planning import search as planner
+from specmoe.planning.search import GammaController, compare_with_measured, plan, search
 
 CASES = list(itertools.product(
     [("mixtral-8x7b", "h100-pcie"), ("qwen3-30b-a3b", "l40s"), ("nllb-moe-54b", "specmoe-paper-h100"),

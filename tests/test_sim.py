@@ -3,12 +3,12 @@ bad input, result keys."""
 import pytest
 
 import specmoe
-from specmoe.analytic import Analytic
-from specmoe.api import resolve
 from specmoe.errors import SpecMoEError
-from specmoe.policies import POLICIES
-from specmoe.sim import SimOptions, Simulator, simulate
-from specmoe.workload import Acceptance, Routing
+from specmoe.inputs.policies import POLICIES
+from specmoe.inputs.setup import resolve
+from specmoe.inputs.workload import Acceptance, Routing
+from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.sim import SimOptions, Simulator, simulate
 
 # Every token of every layer uses experts 0 and 1: distinct experts are exactly 2, no variance.
 FIXED = Routing(kind="empirical", probs=((1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),), source="test")
@@ -129,7 +129,7 @@ def test_result_has_predict_keys_plus_events():
 
 
 def test_ssd_share_is_read_before_each_copy():
-    from specmoe.hardware import load_system
+    from specmoe.inputs.hardware import load_system
 
     system = load_system("h100-pcie", host="workstation-ddr5")     # 96 GB DRAM: part of 8x22B on SSD
     setup = resolve(model="mixtral-8x22b", hardware=system, policy="ondemand", batch=2, routing=FIXED)
@@ -148,11 +148,11 @@ def test_temporal_reuse_helps_the_lru_cache():
 
 
 def test_workload_system_and_calibrated_params():
-    from specmoe.costs import CostModel, CostParams
-    from specmoe.hardware import load_system
-    from specmoe.models import load_model
-    from specmoe.policies import make_policy
-    from specmoe.workload import Workload
+    from specmoe.costs.ops import CostModel, CostParams
+    from specmoe.inputs.hardware import load_system
+    from specmoe.inputs.models import load_model
+    from specmoe.inputs.policies import make_policy
+    from specmoe.inputs.workload import Workload
 
     system, model = load_system("h100-pcie"), load_model("mixtral-8x7b")
     wl = Workload(batch=8, prompt_len=128, output_len=64, routing=FIXED, acceptance=Acceptance(alpha=0.0))

@@ -6,13 +6,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specmoe.calibrate import FitOptions, calibrate
-from specmoe.cli import main
-from specmoe.costs import params_for
+from specmoe.app.cli.main import main
+from specmoe.costs.ops import params_for
 from specmoe.errors import SpecMoEError
-from specmoe.hardware import load_system, save_system
-from specmoe.trace import write_trace
-from specmoe.validate import expected_rounds, predict_run, read_run, validate
+from specmoe.fit.calibrate import FitOptions, calibrate
+from specmoe.fit.validate import predict_run, validate
+from specmoe.inputs.hardware import load_system, save_system
+from specmoe.measure.ingest import read_run
+from specmoe.measure.trace import write_trace
+from specmoe.predictors.rounds import expected_rounds
 
 H100 = load_system("h100-pcie")
 DEVICE = {"type": "cuda", "name": "NVIDIA H100 PCIe", "capability": "9.0", "memory_bytes": 85e9}
@@ -51,7 +53,7 @@ def _e2e(path, batch, policy=None, params=TRUE, noise=0.0, seed=0, alpha=0.7, **
 
 
 def _profile(tmp_path, params=TRUE, device=DEVICE):
-    from specmoe.calibrate import device_identity
+    from specmoe.measure.ingest import device_identity
 
     sys_ = H100.model_copy(update={
         "name": "h100-true", "efficiency": {k: v for k, v in params.to_dict().items() if v is not None},
@@ -116,7 +118,7 @@ def test_measured_acceptance_when_not_synthetic(tmp_path):
            {"name": "accept", "cat": "accept", "ts_us": 6, "dur_us": 0, "accepted": [0, None]}]
     write_trace(p, h, evs)
     run = read_run(p)
-    from specmoe.workload import tau
+    from specmoe.inputs.workload import tau
     assert run.alpha_source.startswith("measured")
     assert float(tau(run.alpha, 3)) == pytest.approx(1 + 4 / 3, rel=1e-6)
 
