@@ -166,7 +166,7 @@ def engine_cuda_matches_cpu(ctx) -> str:
     from specmoe.engine.generate import Engine
     from specmoe.engine.weights import random_model
 
-    from specmoe.policies import make_policy
+    from specmoe.inputs.policies import make_policy
 
     if ctx["dev"] != "cuda":
         raise Skip("needs CUDA (the CPU is the reference)")
@@ -191,7 +191,7 @@ def engine_runs_kernels_and_no_draft_sync(ctx) -> str:
     from specmoe.engine.tracer import Tracer
     from specmoe.engine.weights import random_model
 
-    from specmoe.policies import make_policy
+    from specmoe.inputs.policies import make_policy
 
     if ctx["dev"] != "cuda":
         raise Skip("needs CUDA (tests/test_engine_syncs.py counts host reads on the CPU)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from specmoe.trace import read_trace
+from specmoe.measure.trace import read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 

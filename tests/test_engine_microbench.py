@@ -2,8 +2,8 @@
 import torch
 from specmoe.engine import microbench as mb
 
-from specmoe.calibrate import collect_points
-from specmoe.trace import read_trace
+from specmoe.fit.calibrate import collect_points
+from specmoe.measure.trace import read_trace
 
 
 def test_rotation_exceeds_twice_l2(monkeypatch):

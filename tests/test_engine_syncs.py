@@ -12,7 +12,7 @@ from specmoe.engine.generate import Engine
 from specmoe.engine.tracer import Tracer
 from specmoe.engine.weights import random_model
 
-from specmoe.policies import make_policy
+from specmoe.inputs.policies import make_policy
 
 CFG = MoEConfig(hidden=32, layers=3, heads=4, kv_heads=2, head_dim=8, experts=8, top_k=2,
                 expert_ffn=32, vocab=64, max_seq_len=48, max_batch=4)
