@@ -72,7 +72,9 @@ class Transformer:
         if int(pos.max()) >= cache.seq_len:
             raise SpecMoEError(f"position {int(pos.max())} beyond max_seq_len={cache.seq_len}")
         span = int(pos.max()) + 1
-        pos_d = pos.to(self.device, non_blocking=True)
+        # staged through pinned memory: a pageable copy would first wait for the stream to drain
+        pos_d = (pos.pin_memory() if self.device.type == "cuda" else pos).to(self.device,
+                                                                             non_blocking=True)
         lens = pos_d[:, 0].contiguous()
         mask = (torch.arange(span, device=self.device)[None, None, None, :] <= pos_d[:, None, :, None])
         cos, sin = self.cos[pos_d][:, :, None, :], self.sin[pos_d][:, :, None, :]
