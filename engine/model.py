@@ -75,11 +75,18 @@ class Transformer:
         # staged through pinned memory: a pageable copy would first wait for the stream to drain
         pos_d = (pos.pin_memory() if self.device.type == "cuda" else pos).to(self.device,
                                                                              non_blocking=True)
+        keep = None if valid is None else valid.flatten().nonzero().squeeze(1).to(self.device)
+        return self.forward_at(tokens.to(self.device), pos_d, span, cache, phase, keep)
+
+    def forward_at(self, tokens: torch.Tensor, pos_d: torch.Tensor, span: int, cache: KVCache,
+                   phase: str, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The device part of forward: tokens [B, T] and positions pos_d [B, T] on the device,
+        span an upper bound of max(pos) + 1 (the torch path's mask width). Reads nothing back,
+        so it can be captured in a CUDA graph (graphs.DraftGraph)."""
         lens = pos_d[:, 0].contiguous()
         mask = (torch.arange(span, device=self.device)[None, None, None, :] <= pos_d[:, None, :, None])
         cos, sin = self.cos[pos_d][:, :, None, :], self.sin[pos_d][:, :, None, :]
-        keep = None if valid is None else valid.flatten().nonzero().squeeze(1).to(self.device)
-        h = self.w["embed"][tokens.to(self.device)]
+        h = self.w["embed"][tokens]
         for l in range(self.cfg.layers):
             h = h + self._attention(l, h, cache, pos_d, lens, span, mask, cos, sin, phase)
             h = h + self._moe(l, h, keep, phase)

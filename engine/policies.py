@@ -45,6 +45,8 @@ class OnDemand:
         self.record: list[dict] | None = None
         self.step = 0
         self.counters: Counter = Counter()
+        self.device_counters: dict[str, torch.Tensor] = {}  # accumulated on the device
+        self.in_graph = False  # set by graphs.DraftGraph while it captures (it does the waits)
 
     @staticmethod
     def slots_needed(policy: Policy, cfg: MoEConfig) -> int:
@@ -54,7 +56,8 @@ class OnDemand:
         self.store.reset()
         self.record = [] if record else None
         self.counters = Counter()
-        self.device_counters: dict[str, torch.Tensor] = {}
+        for t in self.device_counters.values():  # zeroed in place: a CUDA graph may hold them
+            t.zero_()
         self.setup()
 
     def setup(self) -> None:
@@ -280,11 +283,14 @@ class SpecMoE(OnDemand):
 
     def setup_tables(self) -> None:
         self._tables: dict[int, tuple[frozenset, list[int], torch.Tensor, list[int]]] = {}
+        if not hasattr(self, "_static"):
+            self._static: dict[int, torch.Tensor] = {}
 
     def draft_tables(self, layer: int, device: torch.device):
         """(serve, device tables [2, E] int32: slot serving each expert | 1 if resident, slots).
         Rebuilt only when the layer's draft set changed (after a verification), so the γ draft
-        steps in between upload nothing."""
+        steps in between upload nothing. The device tables live in one buffer per layer, updated
+        in place, so a captured draft step (graphs.DraftGraph) sees the current ones."""
         resident = self.store.pinned_experts(layer)
         key = frozenset((e, self.store.lookup(layer, e)) for e in resident)
         cached = self._tables.get(layer)
@@ -294,7 +300,12 @@ class SpecMoE(OnDemand):
             slot = [self.store.lookup(layer, e) if e >= 0 else -1 for e in serve]
             is_res = [int(e in resident) for e in range(self.cfg.experts)]
             dev = upload_table(slot + is_res, device).view(2, self.cfg.experts)
-            cached = (key, serve, dev, sorted({s for s in slot if s >= 0}))
+            static = self._static.get(layer)
+            if static is None or static.device != dev.device:
+                static = self._static[layer] = dev
+            else:
+                static.copy_(dev)
+            cached = (key, serve, static, sorted({s for s in slot if s >= 0}))
             self._tables[layer] = cached
         return cached[1:]
 
@@ -307,9 +318,13 @@ class SpecMoE(OnDemand):
                                     serve=serve, resident=sorted(self.store.resident(layer))))
         self.counters["draft_pairs"] += ids.numel()
         off = (tables[1].long()[ids] == 0).sum()  # pairs whose expert is not resident, on device
-        prev = self.device_counters.get("substituted")
-        self.device_counters["substituted"] = off if prev is None else prev + off
-        self.store.wait(slots)
+        acc = self.device_counters.get("substituted")
+        if acc is None:
+            self.device_counters["substituted"] = off.clone()
+        else:
+            acc.add_(off)  # in place: a captured draft step keeps counting on replay
+        if not self.in_graph:
+            self.store.wait(slots)
         return run_slots(x, ids, weights, tables[0], slots, self.store.w13, self.store.w2,
                          self.tracer, layer, phase)
 

@@ -109,3 +109,22 @@ def test_cuda_draft_layers_and_attention_never_sync():
     assert hot.count("moe") > 0 and hot.count("_attention") > 0
     assert {k.split("@")[0] for k in tracer.header["engine"]["kernels"]} == {
         "rmsnorm", "attention", "fused_moe"}
+
+
+def test_cuda_graph_draft_gives_the_eager_tokens():
+    """A captured self-draft step drafts what the eager one does (fp32: no near-tie flips from
+    the attention's different split counts), counts the same, and was not dropped to eager."""
+    import warnings
+
+    cfg = CFG.with_(dtype="float32", hidden=128, expert_ffn=256, experts=16, max_batch=8)
+    w = random_model(cfg, seed=2, pin=True)
+    pol = make_policy("specmoe", gamma=3, draft_experts=4)
+    prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9], [10]] * 2
+    eager = Engine(w, pol, device="cuda", cuda_graphs=False).generate(prompts, 12)
+    eng = Engine(w, pol, device="cuda", cuda_graphs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a capture that falls back warns
+        res = eng.generate(prompts, 12)
+    assert eng.graphs.graphs[8] is not None
+    assert res.tokens == eager.tokens
+    assert res.stats.policy_counters == eager.stats.policy_counters

@@ -90,3 +90,29 @@ def test_fetching_policies_read_the_routing_once_per_layer(monkeypatch, name, kw
         calls = rc.calls[("moe", phase)]
         assert len(calls) >= CFG.layers
         assert all(reads == ["tolist"] for reads in calls), (phase, calls)
+
+
+def test_the_captured_draft_body_drafts_what_draft_self_drafts():
+    """graphs.DraftGraph captures `_body` (model over static token/length buffers, argmax written
+    back, lengths advanced); run eagerly on the CPU, γ calls give draft_self's tokens."""
+    from specmoe.engine.graphs import DraftGraph, _Captured
+    from specmoe.engine.speculative import draft_self
+
+    eng = Engine(random_model(CFG, seed=5), make_policy("specmoe", gamma=3, draft_experts=2))
+    eng.generate([[1, 2, 3], [4, 5, 6, 7]], 4)  # leaves a prefilled cache and a draft set
+    eng.provider.set_step(99, "draft")
+    pending = torch.tensor([9, 17])
+    start = eng.cache.lengths[:2].clone()
+    want, _ = draft_self(eng.model, eng.cache, pending, 3, 0.0, None)
+    assert torch.equal(eng.cache.lengths[:2], start)
+    dg = DraftGraph(eng)
+    cap = _Captured(None, torch.empty(2, dtype=torch.int64), torch.empty(2, dtype=torch.int64))
+    dg._refresh()
+    dg._load(cap, pending)
+    got = []
+    for _ in range(3):
+        dg._body(cap)
+        got.append(cap.tok.clone())
+    assert torch.equal(torch.stack(got, 1), want)
+    assert torch.equal(cap.lens, start + 3)
+    assert not DraftGraph.usable(eng, 0.0)  # the CPU drafts eagerly
