@@ -97,9 +97,9 @@ cat "$OUT/logs/env.log"
 if [[ "$DRY" == "1" ]]; then
   step checks 60 "$PY" "$X/gpu_checks.py" --dry --out "$OUT/checks.json"
 else
-  step checks 60 "$PY" "$X/gpu_checks.py" --out "$OUT/checks.json"
+  step checks 80 "$PY" "$X/gpu_checks.py" --out "$OUT/checks.json"
   if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
-    step tests 45 "$PY" -m pytest -q -x -p no:cacheprovider --rootdir "$REPO" \
+    step tests 35 "$PY" -m pytest -q -x -p no:cacheprovider --rootdir "$REPO" \
       "$REPO/tests/test_engine_cuda.py" "$REPO/tests/test_engine_kernels.py" \
       "$REPO/tests/test_kernels_ops.py" "$REPO/tests/test_kernels_moe.py"
   else
@@ -115,7 +115,7 @@ if [[ "$DRY" == "1" ]]; then
 else
   step kernels 60 "$PY" "$X/bench_kernels.py" --kernels moe,attention --models mixtral-8x7b \
     --tokens-per-expert 1,2,4,8,16,32,64,2048 --reps 10 --out "$OUT/kernels.json"
-  step micro 75 "$PY" -m specmoe.engine.microbench "$OUT/traces/micro-ops.jsonl.gz" --device cuda \
+  step micro 65 "$PY" -m specmoe.engine.microbench "$OUT/traces/micro-ops.jsonl.gz" --device cuda \
     --kinds gemm,moe,attn --reps 10 --launches 10
 fi
 
@@ -138,7 +138,7 @@ else
        --grid train:ondemand,caching:1,16,128:0 --grid train:specmoe:1,16,128:2,4
        --grid heldout:ondemand,caching:64:0 --grid heldout:specmoe:64:4)
 fi
-step e2e 130 "$PY" "$X/engine_runs.py" --out "$OUT/traces/e2e" "${E2E[@]}" --draft-experts 2 \
+step e2e 120 "$PY" "$X/engine_runs.py" --out "$OUT/traces/e2e" "${E2E[@]}" --draft-experts 2 \
   --cache-fraction 0.25 --synthetic-acceptance 0.7 --repeats 1
 
 # ---------------------------------------------------------------- 6. decode-size quick tune
