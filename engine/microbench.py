@@ -20,6 +20,7 @@ call per sample, time.perf_counter.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -70,7 +71,7 @@ def _time(fns: Callable | Sequence[Callable], device: torch.device, reps: int, w
                 n += 1
             marks[r + 1].record()
         torch.cuda.synchronize(device)
-        return [a.elapsed_time(b) * 1e3 / launches for a, b in zip(marks, marks[1:])]
+        return [a.elapsed_time(b) * 1e3 / launches for a, b in itertools.pairwise(marks)]
     out = []
     for r in range(reps):
         t = time.perf_counter()
@@ -138,8 +139,8 @@ class Bench:
             used = len(set(ids.flatten().tolist()))
             x = self._rand(T, hidden)
             tw, ids = tw.to(self.device), ids.to(self.device)
-            fns = [lambda w13=w13, w2=w2: run_slots(x, ids, tw, slot_of, range(experts), w13, w2)
-                   for w13, w2 in weights]
+            fns = [lambda w13=w13, w2=w2, x=x, ids=ids, tw=tw: run_slots(
+                x, ids, tw, slot_of, range(experts), w13, w2) for w13, w2 in weights]
             s, how = self._timed(fns)
             self._add(name, "moe", s, tokens=T, experts=used, top_k=top_k, num_experts=experts,
                       shape=[T, hidden, ffn], flops=6 * T * top_k * hidden * ffn,
@@ -170,8 +171,8 @@ class Bench:
                 sets = self._sets(lambda B=B, ctx=ctx: (
                     self._rand(B, queries, heads, head_dim), self._rand(B, ctx, kv_heads, head_dim),
                     self._rand(B, ctx, kv_heads, head_dim)), kv_bytes)
-                fns = [lambda q=q, k=k, v=v: ops.cache_attention(q, k, v, lens, ctx, mask)
-                       for q, k, v in sets]
+                fns = [lambda q=q, k=k, v=v, lens=lens, ctx=ctx, mask=mask: ops.cache_attention(
+                    q, k, v, lens, ctx, mask) for q, k, v in sets]
                 s, how = self._timed(fns)
                 self._add("attention", "attn", s, tokens=B * queries, context=ctx, batch=B,
                           flops=4 * B * queries * ctx * heads * head_dim,

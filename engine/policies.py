@@ -314,8 +314,8 @@ class SpecMoE(OnDemand):
             return super().moe(layer, x, ids, weights, phase)
         serve, tables, slots = self.draft_tables(layer, x.device)
         if self.record is not None:
-            self.record.append(dict(step=self.step, phase=phase, layer=layer, ids=ids,
-                                    serve=serve, resident=sorted(self.store.resident(layer))))
+            self.record.append({"step": self.step, "phase": phase, "layer": layer, "ids": ids,
+                                "serve": serve, "resident": sorted(self.store.resident(layer))})
         self.counters["draft_pairs"] += ids.numel()
         off = (tables[1].long()[ids] == 0).sum()  # pairs whose expert is not resident, on device
         acc = self.device_counters.get("substituted")

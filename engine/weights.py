@@ -7,6 +7,7 @@ copies a row into a GPU slot with one transfer.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -120,10 +121,8 @@ def _cuda_host_register(ptr: int, nbytes: int) -> None:
 
 
 def _cuda_host_unregister(ptr: int) -> None:
-    try:
+    with contextlib.suppress(Exception):  # at interpreter exit CUDA may already be gone
         torch.cuda.cudart().cudaHostUnregister(ptr)
-    except Exception:  # noqa: BLE001 - at interpreter exit CUDA may already be gone
-        pass
 
 
 def dense_shapes(cfg: MoEConfig) -> dict[str, tuple[int, ...]]:

@@ -52,7 +52,7 @@ def profile_peaks(profile: str) -> tuple[float, float]:
     text = (PROFILE_DIR / f"{profile}.yaml").read_text()
     vals = {}
     for key in ("bf16_tflops", "hbm_bw_gbps"):
-        m = re.search(rf"^{key}:\s*([0-9.]+)\s*$", text, re.M)
+        m = re.search(rf"^{key}:\s*([0-9.]+)\s*$", text, re.MULTILINE)
         if m is None:
             raise SystemExit(f"{PROFILE_DIR / profile}.yaml: no top-level {key}")
         vals[key] = float(m.group(1))

@@ -37,8 +37,9 @@ def kernels(out: Path, res: dict) -> list[str]:
     if data is None:
         return ["kernel benchmarks: none"]
     meta = data["meta"]
-    lines = [f"kernel benchmarks on {meta['device']} (peaks {meta['peak_tflops']} TFLOP/s, "
-             f"{meta['peak_gbps']} GB/s, {meta['peak_source']}):"]
+    head = (f"kernel benchmarks on {meta['device']} (peaks {meta['peak_tflops']} TFLOP/s, "
+            f"{meta['peak_gbps']} GB/s, {meta['peak_source']}):")
+    lines = [head]
     decode = []
     for r in data["rows"]:
         lines.append(f"  {r['kernel']:10s} {r['shape']:42s} {r['time_us']:10.1f} us "
@@ -97,8 +98,8 @@ def e2e(out: Path, res: dict) -> list[str]:
         if base and spec and base[0] > 0:
             ratio = max(spec) / base[0]
             res.setdefault("specmoe_over_ondemand", {})[b] = ratio
-            lines.append(f"  batch {b}: specmoe (best gamma) / ondemand = {ratio:.2f}x"
-                         + (" (target >= 3x at batch >= 128)" if b >= 128 else ""))
+            target = " (target >= 3x at batch >= 128)" if b >= 128 else ""
+            lines.append(f"  batch {b}: specmoe (best gamma) / ondemand = {ratio:.2f}x{target}")
     if h2d:
         res["engine_h2d_gbps_median"] = statistics.median(h2d)
         peak = res.get("h2d_pinned_peak_gbps") or 0

@@ -129,9 +129,10 @@ def mixtral_layer_kernels_match_torch(ctx) -> str:
     from specmoe.engine.weights import random_model
 
     dev, dry = ctx["dev"], ctx["dry"]
-    shape = (dict(hidden=64, heads=4, kv_heads=2, head_dim=16, expert_ffn=96, vocab=128) if dry
-             else dict(hidden=4096, heads=32, kv_heads=8, head_dim=128, expert_ffn=14336,
-                       vocab=32000, rope_theta=1e6))
+    shape = ({"hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "expert_ffn": 96,
+              "vocab": 128} if dry else
+             {"hidden": 4096, "heads": 32, "kv_heads": 8, "head_dim": 128, "expert_ffn": 14336,
+              "vocab": 32000, "rope_theta": 1e6})
     cfg = MoEConfig(layers=1, experts=8, top_k=2, max_seq_len=256, max_batch=4, dtype="float32",
                     **shape)
     w = random_model(cfg, seed=0, init_device=dev if dev == "cuda" else None)
@@ -156,8 +157,9 @@ def mixtral_layer_kernels_match_torch(ctx) -> str:
 def _tiny(dtype="float64", **kw):
     from specmoe.engine.config import MoEConfig
 
-    base = dict(hidden=64, layers=3, heads=4, kv_heads=2, head_dim=16, experts=8, top_k=2,
-                expert_ffn=64, vocab=96, max_seq_len=48, max_batch=4, dtype=dtype)
+    base = {"hidden": 64, "layers": 3, "heads": 4, "kv_heads": 2, "head_dim": 16, "experts": 8,
+            "top_k": 2, "expert_ffn": 64, "vocab": 96, "max_seq_len": 48, "max_batch": 4,
+            "dtype": dtype}
     return MoEConfig(**{**base, **kw})
 
 

@@ -58,8 +58,8 @@ def main(argv=None) -> int:
         nbytes = used * 3 * D * Fi * x.element_size() + 2 * T * D * x.element_size()
         t = {}
         for label, cfg in (("default", mc.default_config(T, E, k)), ("best", best[T])):
-            times = rt.time_fn(lambda cfg=cfg: fused_moe(x, w13, w2, w, ids, slots, config=cfg,
-                                                         check_values=False),
+            times = rt.time_fn(lambda cfg=cfg, x=x, w=w, ids=ids: fused_moe(
+                x, w13, w2, w, ids, slots, config=cfg, check_values=False),
                                reps=1 if a.dry else a.reps, warmup=0 if a.dry else 2,
                                flush_bytes=flush)
             t[label] = statistics.median(times)

@@ -68,8 +68,8 @@ def test_a_kernel_that_falls_back_fails_the_run(monkeypatch, kernels_on):
     """A kernel error must not leave a run timing torch loops under a header that claims kernels:
     after the run the engine requires rmsnorm, attention and fused_moe on Triton."""
     import specmoe.kernels.fused_moe as fm
-
     from specmoe.engine.tracer import Tracer
+
     from specmoe.errors import SpecMoEError
 
     w = random_model(CFG, seed=2)

@@ -2,11 +2,10 @@
 
 # TRITON_INTERPRET comes from the environment (CI's .ci/run and `make test` set it): a GPU run
 # of these files then tests the compiled kernels, not the interpreter.
-import os
-
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
