@@ -18,7 +18,7 @@ from specmoe.engine.expert_store import ExpertStore
 from specmoe.engine.graphs import DraftGraph
 from specmoe.engine.model import KVCache, Transformer
 from specmoe.engine.moe import ResidentExperts
-from specmoe.engine.policies import default_slots, make_provider, provider_class
+from specmoe.engine.policies import default_slots, make_provider, provider_class, resolve_residency
 from specmoe.engine.speculative import (
     accept_greedy,
     accept_sampling,
@@ -96,6 +96,7 @@ class Engine:
         cfg = w.cfg.with_(max_batch=max_batch or w.cfg.max_batch, max_seq_len=max_seq_len or w.cfg.max_seq_len)
         validate_policy(policy, cfg.experts, cfg.layers)
         provider_class(policy)
+        policy = resolve_residency(policy, cfg)     # the trace header records the number used
         if self.device.type == "cuda":
             w.pin()
         self.cfg, self.policy = cfg, policy

@@ -42,7 +42,7 @@ GRID = [("train", "cpu-small", "ondemand,caching", "1,3,6", "0"),
         ("heldout", "cpu-wide", "ondemand,caching", "2,8", "0"),
         ("heldout", "cpu-wide", "specmoe", "2,8", "4")]
 REPEATS = 3
-RUN = {"prompt_len": 16, "max_new_tokens": 20, "synthetic_acceptance": 0.7, "cache_fraction": 0.25}
+RUN = {"prompt_len": 16, "max_new_tokens": 20, "synthetic_acceptance": 0.7, "resident_experts": 2}
 # Copies large enough (src + dst > 2 x the 32 MiB L3) to stream from DRAM as the engine's expert
 # fetches do; smaller ones would be timed cache-hot (the microbenchmark reuses its buffers).
 COPY_SIZES = [48 << 20, 96 << 20, 192 << 20]

@@ -139,7 +139,7 @@ else
        --grid heldout:ondemand,caching:64:0 --grid heldout:specmoe:64:4)
 fi
 step e2e 120 "$PY" "$X/engine_runs.py" --out "$OUT/traces/e2e" "${E2E[@]}" --draft-experts 2 \
-  --cache-fraction 0.25 --synthetic-acceptance 0.7 --repeats 1
+  --resident-experts 2 --synthetic-acceptance 0.7 --repeats 1
 
 # ---------------------------------------------------------------- 6. decode-size quick tune
 if [[ "$DRY" == "1" ]]; then

@@ -175,7 +175,7 @@ def engine_cuda_matches_cpu(ctx) -> str:
     w = random_model(_tiny(), seed=0)
     prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [10, 11, 12, 13, 40, 41], [3, 3, 3, 3]]
     done = []
-    for name, kw in (("ondemand", {}), ("overlap", {}), ("caching", {"cache_fraction": 0.25}),
+    for name, kw in (("ondemand", {}), ("overlap", {}), ("caching", {"resident_experts": 2}),
                      ("specmoe", {"gamma": 3, "draft_experts": 2})):
         cpu = Engine(w, make_policy(name, **kw)).generate(prompts, 12)
         gpu = Engine(w, make_policy(name, **kw), device="cuda").generate(prompts, 12)

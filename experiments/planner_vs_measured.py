@@ -45,7 +45,7 @@ BATCHES = (4, 8)
 ALPHAS = (0.7, 0.4)
 DRAFT_EXPERTS = 2
 REPEATS = 6
-RUN = {"prompt_len": 16, "max_new_tokens": 20, "cache_fraction": 0.25}
+RUN = {"prompt_len": 16, "max_new_tokens": 20, "resident_experts": 2}
 TARGET = 0.97
 
 

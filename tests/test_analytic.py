@@ -90,8 +90,8 @@ def test_caching_fetches_less_than_ondemand_and_skew_helps_it():
     skew = Workload(batch=16, routing=Routing(kind="zipf", zipf_s=1.5))
     flat = Workload(batch=16)
     od = Analytic(MIXTRAL, H100, skew).evaluate(make_policy("ondemand"))
-    ca = Analytic(MIXTRAL, H100, skew).evaluate(make_policy("caching", cache_fraction=0.25))
-    ca_flat = Analytic(MIXTRAL, H100, flat).evaluate(make_policy("caching", cache_fraction=0.25))
+    ca = Analytic(MIXTRAL, H100, skew).evaluate(make_policy("caching", resident_experts=2))
+    ca_flat = Analytic(MIXTRAL, H100, flat).evaluate(make_policy("caching", resident_experts=2))
     assert float(ca.h2d_bytes_per_token) < float(ca_flat.h2d_bytes_per_token) < float(od.h2d_bytes_per_token)
 
 

@@ -41,7 +41,7 @@ def _first_layers(w: Weights, n: int) -> Weights:
 
 
 POLICIES = [
-    ("ondemand", {}), ("overlap", {}), ("caching", {"cache_fraction": 0.25}), ("caching", {}),
+    ("ondemand", {}), ("overlap", {}), ("caching", {"resident_experts": 2}), ("caching", {"resident_experts": 1, "lru_slots": 4}), ("caching", {}),
     ("cpu", {}),
     ("specmoe", {"gamma": 1, "draft_experts": 1}),
     ("specmoe", {"gamma": 3, "draft_experts": 2}),

@@ -81,7 +81,7 @@ def test_specmoe_draft_layers_never_read_the_device(monkeypatch, traced):
     assert counters["draft_pairs"] == sum(len(r["ids"]) * CFG.top_k for r in drafts)
 
 
-@pytest.mark.parametrize("name,kw", [("ondemand", {}), ("caching", {"cache_fraction": 0.25}),
+@pytest.mark.parametrize("name,kw", [("ondemand", {}), ("caching", {"resident_experts": 2}),
                                      ("overlap", {})])
 def test_fetching_policies_read_the_routing_once_per_layer(monkeypatch, name, kw):
     eng, rc = engine_with_counter(monkeypatch, make_policy(name, **kw))

@@ -23,7 +23,7 @@ TRUE = replace(params_for(H100), gemm_compute_eff=0.6, hbm_eff=0.8, kernel_overh
 MODEL = {"hidden": 1024, "layers": 4, "heads": 8, "kv_heads": 2, "head_dim": 128, "experts": 8,
          "top_k": 2, "expert_ffn": 2048, "vocab": 1000, "dtype": "bfloat16", "shared_expert_ffn": 0}
 POLICY = {"name": "ondemand", "gamma": 0, "draft_experts": 0, "draft_set": "hottemporal",
-          "substitution": True, "spec_min_batch": 1, "cache_fraction": None, "prefetch_hit_rate": 1.0,
+          "substitution": True, "spec_min_batch": 1, "resident_experts": None, "lru_slots": 0, "prefetch_hit_rate": 1.0,
           "expert_budget": None, "cutoff_layer": None, "draft_model_ratio": 0.05}
 
 
@@ -101,13 +101,16 @@ def test_read_run_errors_name_file_and_field(tmp_path):
         read_run(p)
 
 
-def test_engine_cache_fraction_from_slots(tmp_path):
-    """caching with cache_fraction None: the engine pinned (slots - E) / layers per layer."""
+def test_legacy_cache_fraction_becomes_explicit_residency(tmp_path):
+    """Traces from before explicit residency: caching pinned round(f·E) per layer and kept the rest
+    of its pool (slots − layers·pinned) as LRU; the policy read back says so in counts."""
     p = tmp_path / "c.jsonl"
-    h = _header(2, {**POLICY, "name": "caching"})
+    legacy = {k: v for k, v in POLICY.items() if k not in ("resident_experts", "lru_slots")}
+    h = _header(2, {**legacy, "name": "caching", "cache_fraction": 0.25})
     h["engine"] = {"expert_slots": 8 + 4 * 2}
     write_trace(p, h, [{"name": "iteration", "cat": "iteration", "ts_us": 0, "dur_us": 5}])
-    assert read_run(p).policy.cache_fraction == pytest.approx(0.25)
+    pol = read_run(p).policy
+    assert (pol.resident_experts, pol.lru_slots) == (2, 8 + 4 * 2 - 4 * 2)
 
 
 def test_measured_acceptance_when_not_synthetic(tmp_path):
@@ -131,7 +134,7 @@ def runs(tmp_path_factory):
     paths = [_e2e(d / f"od-{b}.jsonl", b, noise=0.01, seed=b) for b in (1, 2, 4, 8, 16)]
     paths += [_e2e(d / f"sp-{b}.jsonl", b, {"name": "specmoe", "gamma": 3, "draft_experts": 2},
                    noise=0.01, seed=b) for b in (2, 8)]
-    paths += [_e2e(d / f"ca-{b}.jsonl", b, {"name": "caching", "cache_fraction": 0.25}, noise=0.01)
+    paths += [_e2e(d / f"ca-{b}.jsonl", b, {"name": "caching", "resident_experts": 2}, noise=0.01)
               for b in (4, 16)]
     return paths
 

@@ -21,6 +21,8 @@ from specmoe.errors import SpecMoEError
 GB = 1e9
 TFLOP = 1e12
 US = 1e-6
+# Where an iteration's time goes: every predictor's breakdown uses these keys.
+BREAKDOWN = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,11 @@ from specmoe.errors import SpecMoEError
 from specmoe.fit.validate import predict_run
 from specmoe.inputs.hardware import System, load_system
 from specmoe.inputs.models import from_hf_config
+from specmoe.inputs.models.spec import DTYPE_BYTES
 from specmoe.measure.ingest import device_identity, group_runs, read_run
 from specmoe.measure.trace import read_trace
 
 US = 1e-6
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2,
-               "float8_e4m3fn": 1, "fp8": 1}
 
 # Which parameters each op's time depends on (a parameter is fitted only if some op present needs it).
 _GEMM = ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "kernel_overhead_us")

@@ -30,7 +30,7 @@ from specmoe.inputs.workload import Acceptance, Workload
 from specmoe.measure.ingest import Run, device_identity, group_runs, read_run
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.rounds import expected_rounds
-from specmoe.predictors.sim import SimOptions, simulate
+from specmoe.predictors.sim import simulate
 
 # ------------------------------------------------------------------------------------ prediction
 
@@ -66,17 +66,9 @@ def _predict_analytic(run: Run, system, params) -> dict[str, Any]:
 def _predict_sim(run: Run, system, params) -> dict[str, Any]:
     """The simulator's mean iteration time on this configuration (API: specmoe.predictors.sim.simulate)."""
 
-    pol, opts = run.policy, None
-    if pol.name in ("caching", "cpu"):
-        # The engine pins cache_fraction of each layer's experts and keeps E more slots, shared by
-        # all layers, as LRU; the simulator's cache_fraction is all slots of a layer, of which
-        # SimOptions.pin_fraction are pinned: the same slots, the LRU ones spread over layers.
-        m, f = run.model, pol.cache_fraction
-        slots = min(1.0, (round(f * m.num_experts) * m.num_moe_layers + m.num_experts)
-                    / (m.num_moe_layers * m.num_experts))
-        pol, opts = pol.with_(cache_fraction=slots), SimOptions(pin_fraction=f)
+    pol = run.policy
     res = simulate(model=run.model, system=system, workload=_workload(run), policy=pol,
-                   params=params, options=opts)
+                   params=params)
     it = float(getattr(res, "iteration_s", None) or res["iteration_s"])
     return _tokens(run, it, "sim")
 

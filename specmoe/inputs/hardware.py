@@ -26,11 +26,13 @@ from specmoe.errors import SpecMoEError, suggest
 __all__ = [
     "GPU",
     "Host",
+    "Interconnect",
     "Link",
     "System",
     "list_hardware",
     "load_gpu",
     "load_host",
+    "load_interconnect",
     "load_link",
     "load_system",
     "save_system",
@@ -135,6 +137,26 @@ class Link(_Part):
     sources: dict[str, str]
 
 
+INTERCONNECT_KINDS = ("nvlink", "pcie", "network")
+
+
+class Interconnect(_Part):
+    """GPU-to-GPU path used by collectives: per-GPU, per-direction payload bandwidth."""
+
+    name: str
+    kind: str                         # nvlink | pcie | network
+    bw_gbps: Pos                      # per GPU, per direction, GB/s
+    latency_us: Pos                   # fixed time per collective (launch + first byte)
+    sources: dict[str, str]
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in INTERCONNECT_KINDS:
+            raise ValueError(f"must be one of {', '.join(INTERCONNECT_KINDS)}")
+        return v
+
+
 class System(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -142,16 +164,33 @@ class System(BaseModel):
     gpu: GPU
     host: Host
     link: Link
-    gpu_count: PosInt = 1
+    gpu_count: PosInt = 1             # GPUs in the whole system (all nodes)
+    nodes: PosInt = 1
+    interconnect: Interconnect | None = None   # between GPUs of one node
+    network: Interconnect | None = None        # between nodes (one NIC per GPU)
     efficiency: dict[str, float] = Field(default_factory=dict)  # keys checked by specmoe.costs.ops
     calibration: dict | None = None   # provenance of fitted parameters, free-form
     sources: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _topology(self):
+        if self.gpu_count % self.nodes:
+            raise ValueError(
+                f"gpu_count = {self.gpu_count} must be a multiple of nodes = {self.nodes}")
+        if self.nodes > 1 and self.network is None:
+            raise ValueError(
+                f"nodes = {self.nodes}: a multi-node system needs a 'network:' interconnect")
+        return self
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpu_count // self.nodes
+
 
 # ---------------------------------------------------------------------------- files and names
 
-_KIND_DIR = {GPU: "gpus", Host: "hosts", Link: "links"}
-_KIND_WORD = {GPU: "GPU", Host: "host", Link: "link"}
+_KIND_DIR = {GPU: "gpus", Host: "hosts", Link: "links", Interconnect: "interconnects"}
+_KIND_WORD = {GPU: "GPU", Host: "host", Link: "link", Interconnect: "interconnect"}
 
 
 def _profiles_dir() -> Path:
@@ -272,6 +311,10 @@ def load_link(name_or_path: str) -> Link:
     return _load_part(Link, name_or_path)
 
 
+def load_interconnect(name_or_path: str) -> Interconnect:
+    return _load_part(Interconnect, name_or_path)
+
+
 def _system_from_gpu(gpu: GPU, where: str) -> System:
     return _validate(System, {
         "name": gpu.name, "gpu": gpu,
@@ -288,6 +331,9 @@ def _system_from_file(path: Path, data: dict) -> System:
         "host": _load_part(Host, data.get("host", gpu.default_host), base, where),
         "link": _load_part(Link, data.get("link", gpu.default_link), base, where),
     }
+    for key in ("interconnect", "network"):
+        if data.get(key) is not None:
+            parts[key] = _load_part(Interconnect, data[key], base, where)
     return _validate(System, {"name": path.stem, **data, **parts}, where)
 
 
@@ -350,6 +396,7 @@ def list_hardware() -> dict[str, list[str]]:
         "gpus": _names("gpus"),
         "hosts": _names("hosts"),
         "links": _names("links"),
+        "interconnects": _names("interconnects"),
     }
 
 

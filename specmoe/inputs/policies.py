@@ -27,6 +27,8 @@ ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe")
 DRAFT_SETS = ("random", "hot", "hottemporal")
 # Policies that prefetch the next layer while this one runs: their staging is double-buffered.
 DOUBLE_BUFFERED = ("overlap", "fate")
+# Policies that keep recently used experts in Policy.lru_slots.
+LRU_POLICIES = ("caching", "fate")
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,13 @@ class Policy:
                                  "similar resident one")
     spec_min_batch: int = _p(1, kind="int", lo=1, used_by=SPECULATIVE,
                              help="speculation off below this batch size")
-    cache_fraction: float | None = _p(None, lo=0.0, hi=1.0, optional=True,
+    resident_experts: int | None = _p(None, kind="int", lo=0, optional=True,
                                       used_by=("caching", "cpu", "fate"),
-                                      help="fraction of each layer's experts kept resident "
+                                      help="hottest experts per MoE layer kept resident (pinned) "
                                            "(none: as many as fit in GPU memory)")
+    lru_slots: int = _p(0, kind="int", lo=0, used_by=("caching", "fate"),
+                        help="expert slots shared by all MoE layers beyond the pinned ones, "
+                             "evicted least recently used first")
     prefetch_hit_rate: float = _p(1.0, lo=0.0, hi=1.0, used_by=("overlap", "spmoe", "fate"),
                                   help="share of the next layer's needed experts fetched ahead "
                                        "(1.0 = an oracle; measured:NAME for a measurement)")

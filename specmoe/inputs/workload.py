@@ -46,11 +46,15 @@ def alpha_from_tau(tau_value: float, gamma: int) -> float:
     return 0.5 * (lo + hi)
 
 
+def _used(p: np.ndarray, n) -> np.ndarray:
+    """1 − (1 − p_e)^n: the chance that n independent tokens use expert e, shape n.shape + p.shape."""
+    logq = np.log1p(-np.clip(p, 0.0, 1.0 - 1e-15))
+    return 1.0 - np.exp(np.multiply.outer(np.asarray(n, dtype=float), logq))
+
+
 def expected_distinct(p: np.ndarray, n) -> np.ndarray:
     """U(n) = Σ_e [1 − (1 − p_e)^n] over the last axis of p, for each n (vectorised over n)."""
-    n = np.asarray(n, dtype=float)
-    logq = np.log1p(-np.clip(p, 0.0, 1.0 - 1e-15))
-    return (1.0 - np.exp(np.multiply.outer(n, logq))).sum(axis=-1)
+    return _used(p, n).sum(axis=-1)
 
 
 class ExpertCounts:
@@ -65,8 +69,7 @@ class ExpertCounts:
     def _cum(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Layer-mean cumulative Σ_{e<j}[1 − (1 − p_e)^T] for j = 0..E, per unique T."""
         uniq, inverse = np.unique(tokens, return_inverse=True)
-        logq = np.log1p(-np.clip(self.probs, 0.0, 1.0 - 1e-15))            # [P, E]
-        used = 1.0 - np.exp(uniq[:, None, None] * logq[None])                # [U, P, E]
+        used = _used(self.probs, uniq)                                       # [U, P, E]
         cum = np.concatenate([np.zeros(used.shape[:2] + (1,)), np.cumsum(used, axis=2)], axis=2)
         return np.einsum("upj,p->uj", cum, self.weights), inverse.reshape(tokens.shape)
 
@@ -81,6 +84,36 @@ class ExpertCounts:
         else:
             missing = distinct - cum[idx, np.clip(resident, 0, self.num_experts)]
         return distinct, np.maximum(missing, 0.0)
+
+    def missing_with_lru(self, tokens, resident, lru_slots: int, num_layers: int):
+        """NR(T, R) per layer when `lru_slots` slots shared by all layers hold recently used
+        experts (LRU, independent passes): Che's approximation. An unpinned expert needed with
+        probability q per pass is still cached after t_C passes with probability 1 − (1 − q)^t_C,
+        where the characteristic time t_C fills the cache: Σ [1 − (1 − q)^t_C] = lru_slots
+        (Che, Tung, Wang 2002; Fricker, Robert, Roberts 2012 for the discrete-time form)."""
+        tokens = np.asarray(tokens, dtype=float)
+        resident = np.broadcast_to(np.asarray(resident), tokens.shape).astype(int)
+        if lru_slots <= 0:
+            return self.distinct_and_missing(tokens, resident)[1]
+        pairs, inverse = np.unique(np.stack([tokens.ravel(), resident.ravel()]), axis=1,
+                                   return_inverse=True)
+        out = np.array([self._lru_missing(t, int(r), lru_slots, num_layers) for t, r in pairs.T])
+        return out[inverse.ravel()].reshape(tokens.shape)
+
+    def _lru_missing(self, tokens: float, resident: int, slots: int, num_layers: int) -> float:
+        q = 1.0 - (1.0 - np.clip(self.probs[:, resident:], 0.0, 1.0)) ** tokens   # [P, E − R]
+        w = self.weights[:, None] * num_layers                 # layers holding each profile
+        def filled(t):
+            return float((w * (1.0 - (1.0 - q) ** t)).sum())
+        if filled(1e9) <= slots:                               # everything unpinned fits
+            return 0.0
+        lo, hi = 0.0, 1.0
+        while filled(hi) < slots:
+            hi *= 2.0
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if filled(mid) < slots else (lo, mid)
+        return float((w * q * (1.0 - q) ** hi).sum()) / num_layers
 
 
 def _water_fill(weights: np.ndarray, total: float) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.models import from_hf_config, load_model
+from specmoe.inputs.models.spec import DTYPE_BYTES
 from specmoe.inputs.policies import Policy, validate_policy
 from specmoe.inputs.workload import Routing, alpha_from_tau
 from specmoe.measure.trace import Trace, read_trace
@@ -31,8 +32,7 @@ def device_identity(fp: dict | None) -> dict[str, Any]:
     return {k: fp.get(k) for k in keys}
 
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-ENGINE_CACHE_FRACTION = 0.1  # the engine's default pinned fraction when Policy.cache_fraction is None
+ENGINE_CACHE_FRACTION = 0.1  # legacy traces: the engine's pinned fraction when cache_fraction was None
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -136,26 +136,29 @@ def _field(d: dict, key: str, where: str):
 
 
 def _policy(header: dict, where: str):
-
     d = header.get("policy")
     if not isinstance(d, dict) or not d.get("name"):
         raise SpecMoEError(f"{where}: header field 'policy' lacks 'name'")
+    d = _legacy_residency(d, header)
     known = Policy.__dataclass_fields__
     pol = Policy(**{k: v for k, v in d.items() if k in known})
     validate_policy(pol)
-    if pol.name in ("caching", "cpu") and pol.cache_fraction is None:
-        pol = pol.with_(cache_fraction=_engine_cache_fraction(header, pol))
     return pol
 
 
-def _engine_cache_fraction(header: dict, pol) -> float:
-    """The pinned fraction the engine used: its slot pool is layers·pinned + experts slots."""
+def _legacy_residency(d: dict, header: dict) -> dict:
+    """Traces written before residency had explicit counts carry cache_fraction: the engine pinned
+    round(f·E) experts per layer (10% when unset) and kept every other slot of its pool
+    (expert_slots − layers·pinned) as LRU for caching; cpu freed them."""
+    if "cache_fraction" not in d or d["name"] not in ("caching", "cpu"):
+        return d
     m, eng = header.get("model") or {}, header.get("engine") or {}
-    slots = eng.get("expert_slots")
-    if slots and isinstance(m, dict) and m.get("layers") and m.get("experts"):
-        pinned = (int(slots) - int(m["experts"])) / int(m["layers"])
-        return max(0.0, min(1.0, pinned / int(m["experts"])))
-    return ENGINE_CACHE_FRACTION
+    experts, layers = int(m.get("experts", 0) or 0), int(m.get("layers", 0) or 0)
+    f = d["cache_fraction"] if d["cache_fraction"] is not None else ENGINE_CACHE_FRACTION
+    pinned = round(f * experts)
+    slots = int(eng.get("expert_slots") or 0)
+    lru = max(slots - layers * pinned, 0) if d["name"] == "caching" else 0
+    return {**d, "resident_experts": pinned, "lru_slots": lru}
 
 
 def _routing(header: dict, where: str):

@@ -211,7 +211,7 @@ def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: 
         `specmoe engine run` does) rather than steadily refilled; throughput then counts the
         rounds until the slowest sequence is done.
     kwargs: workload and policy parameters of `specmoe.app.api.resolve` (acceptance, routing,
-    prompt_len, output_len, draft_set, cache_fraction, ...).
+    prompt_len, output_len, draft_set, resident_experts, lru_slots, ...).
     Returns {model, hardware, batch, best, best_by_policy, candidates, explanation, engine, notes}.
     """
     if confirm not in SIM_MODES:

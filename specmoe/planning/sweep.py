@@ -51,6 +51,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from specmoe.costs.ops import BREAKDOWN
 from specmoe.errors import SpecMoEError, suggest
 from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
@@ -88,7 +89,6 @@ DEFAULT_CHUNK = {"analytic": 20_000, "sim": 4}
 RESULT_COLUMNS = ("tokens_per_s", "tpot_ms", "ttft_ms", "iteration_ms", "tokens_per_iteration",
                   "h2d_bytes_per_token", "h2d_bytes_per_iteration", "gpu_memory_gb", "fits",
                   "resident_experts_per_layer")
-BREAKDOWN = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 STR_COLUMNS = ("engine", "model", "hardware", "policy", "routing", "acceptance", "draft_set")
 INT_COLUMNS = ("batch", "gamma", "draft_experts", "prompt_len", "output_len")
 BOOL_COLUMNS = ("fits",)

@@ -23,10 +23,8 @@ import numpy as np
 from specmoe.costs.memory import Memory
 from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import ANALYTIC, Policy
+from specmoe.inputs.policies import ANALYTIC, LRU_POLICIES, Policy
 from specmoe.inputs.workload import ExpertCounts, Workload, tau
-
-CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 
 
 @dataclass
@@ -89,6 +87,8 @@ class Analytic:
         L, k = m.num_moe_layers, m.top_k
         attn, dense = self._nonexpert(tokens, batch, context)
         distinct, missing = self.counts.distinct_and_missing(tokens, resident, random_resident)
+        if policy.lru_slots and policy.name in LRU_POLICIES:
+            missing = self.counts.missing_with_lru(tokens, resident, policy.lru_slots, L)
         compute = L * c.experts(tokens * k, distinct)
         fetch_one_layer = c.expert_fetch(missing)
         zeros = np.zeros_like(compute)
@@ -124,10 +124,14 @@ class Analytic:
 
     # ---- residency ------------------------------------------------------------------------------
     def cache_slots(self, batch, gamma, policy: Policy):
-        """Experts per layer a cache holds: the policy's fraction, or as many as fit (costs.memory)."""
-        if policy.cache_fraction is not None:
-            return np.full(np.shape(batch), round(policy.cache_fraction * self.model.num_experts))
-        return self.mem.max_resident(batch, gamma, self.counts, policy.name)
+        """Experts per layer pinned resident: the policy's count, or as many as fit (costs.memory)."""
+        if policy.resident_experts is not None:
+            return np.full(np.shape(batch), min(policy.resident_experts, self.model.num_experts))
+        return self.mem.max_resident(batch, gamma, self.counts, policy.name, lru=self._lru(policy))
+
+    @staticmethod
+    def _lru(policy: Policy) -> int:
+        return policy.lru_slots if policy.name in LRU_POLICIES else 0
 
     # ---- the model -------------------------------------------------------------------------------
     def evaluate(self, policy: Policy, batch=None, gamma=None, draft_experts=None, alpha=None) -> AnalyticResult:
@@ -153,12 +157,11 @@ class Analytic:
             resident = self.cache_slots(batch, zero, policy)
         else:
             resident = np.zeros(batch.shape, dtype=int)
-        missing = self.counts.distinct_and_missing(batch, resident)[1]
-        staging = self.mem.staging(missing, resident, policy.name)
         fwd = self._forward(batch, batch, ctx, resident, policy)
-        parts = _parts(fwd, zero)
-        return self._result(batch, zero, fwd.total, batch, parts, fwd.fetched_experts,
-                            self.mem.bytes(batch, zero, resident, staging), resident, policy)
+        staging = self.mem.staging(fwd.fetched_experts / self.model.num_moe_layers, resident, policy.name)
+        mem = self.mem.bytes(batch, zero, resident, staging, self._lru(policy))
+        return self._result(batch, zero, fwd.total, batch, _parts(fwd, zero), fwd.fetched_experts,
+                            mem, resident, policy)
 
     def _specmoe(self, policy, batch, gamma, n_draft, alpha, alpha_given) -> AnalyticResult:
         m, w, ctx = self.model, self.workload, self.workload.mean_context

@@ -41,7 +41,10 @@ def add_engine_commands(subparsers) -> argparse.ArgumentParser:
     bench.add_argument("--draft-experts", dest="draft_experts_list", default="2",
                        help="N values for specmoe")
     bench.add_argument("--draft-set", default="hottemporal")
-    bench.add_argument("--cache-fraction", type=float)
+    bench.add_argument("--resident-experts", type=int,
+                       help="caching/cpu: hottest experts pinned per layer (default 10%% of a layer)")
+    bench.add_argument("--lru-slots", type=int, default=0,
+                       help="caching: expert slots shared by all layers, least recently used evicted")
     bench.add_argument("--spec-min-batch", type=int, default=1)
     bench.add_argument("--draft-model", help="separate draft model (eagle): weights directory")
     bench.add_argument("--out", required=True, help="output directory (resumable)")
@@ -85,7 +88,10 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
                    help="profile the planner uses for --gamma auto (default on a CPU: cpu-local-calibrated)")
     p.add_argument("--draft-experts", type=int, default=0)
     p.add_argument("--draft-set", default="hottemporal")
-    p.add_argument("--cache-fraction", type=float)
+    p.add_argument("--resident-experts", type=int,
+                   help="caching/cpu: hottest experts pinned per layer (default 10%% of a layer)")
+    p.add_argument("--lru-slots", type=int, default=0,
+                   help="caching: expert slots shared by all layers, least recently used evicted")
     p.add_argument("--spec-min-batch", type=int, default=1)
     p.add_argument("--draft-model", help="separate draft model (eagle): weights directory")
 
@@ -188,7 +194,8 @@ def cmd_run(args) -> int:
         ctl = gamma_controller(w, args, args.draft_experts)
         g, args.draft_experts = max(AUTO_GAMMAS), ctl.draft_experts
     policy = make_policy(args.policy, gamma=g, draft_experts=args.draft_experts,
-                         draft_set=args.draft_set, cache_fraction=args.cache_fraction,
+                         draft_set=args.draft_set, resident_experts=args.resident_experts,
+                         lru_slots=args.lru_slots,
                          spec_min_batch=args.spec_min_batch)
     tracer = Tracer(args.device) if args.trace else None
     eng = _engine(w, policy, args, args.batch, tracer)
@@ -269,7 +276,8 @@ def cmd_bench(args) -> int:
         for r in todo:
             bar.step(f"{r['policy']} B={r['batch']} g={r['gamma']} N={r['draft_experts']}")
             policy = make_policy(r["policy"], gamma=r["gamma"], draft_experts=r["draft_experts"],
-                                 draft_set=args.draft_set, cache_fraction=args.cache_fraction,
+                                 draft_set=args.draft_set, resident_experts=args.resident_experts,
+                         lru_slots=args.lru_slots,
                                  spec_min_batch=args.spec_min_batch)
             eng = _engine(w, policy, args, r["batch"], affinity=affinity)
             prompts = _prompts(args, w.cfg.vocab, r["batch"])

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from specmoe.app.api import plan, predict
 from specmoe.app.cli.calibrate import add_calibrate
 from specmoe.app.cli.flags import add_config_flags, config_kwargs, print_json
+from specmoe.app.cli.parallel import add_plan_parallel
 from specmoe.app.cli.report import add_report
 from specmoe.app.cli.simulate import add_simulate
 from specmoe.app.cli.sweep import add_sweep
@@ -103,7 +104,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
-    for adder in (add_simulate, add_calibrate, add_sweep, add_report):
+    for adder in (add_simulate, add_calibrate, add_sweep, add_report, add_plan_parallel):
         adder(sub)
     # The engine imports torch (seconds): load it only when asked for.
     if argv and argv[0] == "engine":

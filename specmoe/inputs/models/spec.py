@@ -51,7 +51,10 @@ FAMILIES = (
 # Hugging Face model_type -> family
 MODEL_TYPES = {**{f: f for f in FAMILIES}, "llama4_text": "llama4", "nllb-moe": "nllb_moe"}
 _LAYERNORM = ("phimoe", "nllb_moe")  # LayerNorm (weight + bias); the others use RMSNorm (weight)
-MXFP4_BYTES = 4.25 / 8  # 4-bit values + one 8-bit scale per 32
+MXFP4_BYTES = 4.25 / 8
+# Bytes per element of the dtype names traces and checkpoints use (torch's and short forms).
+DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2,
+               "bf16": 2, "float8_e4m3fn": 1, "fp8": 1}  # 4-bit values + one 8-bit scale per 32
 
 
 def _is_int(v) -> bool:

@@ -125,35 +125,44 @@ class Cpu:
 
 
 class ExpertSlots:
-    """Resident experts per MoE layer in HBM: a pinned set plus LRU over the remaining slots.
+    """Experts resident in HBM: a pinned set per MoE layer plus `lru_slots` slots shared by all
+    layers holding the most recently used unpinned experts (Policy.resident_experts, lru_slots).
 
-    Vectorised over layers (each layer's cache is independent): `resident` is [L, E] bool. After a
-    pass, `touch` marks the used experts most recent and keeps the `capacity[l]` best per layer:
-    pinned first, then by last use, then by how many tokens used them in the pass.
-    Fetched non-resident experts sit in staging buffers until their layer has run; staging does not
-    block (it is not a SimPy Container): the simulator reports its high-water mark in the memory
-    figure and `fits` says whether it would have fitted.
+    Vectorised: `resident` is [L, E] bool. After a pass, `touch` marks the used experts most recent
+    and keeps the `lru_slots` most recent unpinned ones over all layers (ties within a pass: more
+    tokens first). Fetched non-resident experts sit in staging buffers until their layer has run;
+    staging does not block (it is not a SimPy Container): the simulator reports its high-water mark
+    in the memory figure and `fits` says whether it would have fitted.
     """
 
-    def __init__(self, num_layers: int, num_experts: int, capacity, pinned: np.ndarray | None = None):
+    def __init__(self, num_layers: int, num_experts: int, pinned: np.ndarray | None = None,
+                 lru_slots: int = 0):
         self.L, self.E = num_layers, num_experts
-        self.capacity = np.broadcast_to(np.asarray(capacity, dtype=int), (num_layers,)).copy()
         self.pinned = np.zeros((num_layers, num_experts), bool) if pinned is None else pinned.copy()
+        self.lru_slots = int(lru_slots)
         self.resident = self.pinned.copy()
         self.last_use = np.full((num_layers, num_experts), -1.0)
         self.clock = 0
 
+    @property
+    def per_layer(self) -> float:
+        """Mean experts resident per layer: pinned plus a layer's share of the LRU slots."""
+        return float(self.pinned.sum(axis=1).mean()) + self.lru_slots / self.L
+
     def set_resident(self, mask: np.ndarray) -> None:
         self.resident = mask.copy()
+        self.pinned = mask.copy()
 
     def touch(self, counts: np.ndarray) -> None:
         """LRU update after a pass that used experts with counts[l, e] > 0 tokens."""
-        if not self.capacity.any():
+        if not self.lru_slots:
             return
         self.clock += 1
         used = counts > 0
         self.last_use[used] = self.clock
         share = counts / (counts.sum(axis=1, keepdims=True) + 1.0)      # tie-break within a pass, < 1
-        score = np.where(self.pinned, np.inf, np.where(self.last_use >= 0, self.last_use + share, -1.0))
-        rank = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1, kind="stable")
-        self.resident = (rank < self.capacity[:, None]) & (score > -1.0)
+        score = np.where(self.pinned | (self.last_use < 0), -1.0, self.last_use + share).ravel()
+        keep = np.zeros(score.shape, bool)
+        top = np.argsort(-score, kind="stable")[:self.lru_slots]
+        keep[top[score[top] > -1.0]] = True
+        self.resident = self.pinned | keep.reshape(self.pinned.shape)

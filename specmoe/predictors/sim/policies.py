@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specmoe.inputs.workload import expected_distinct
 from specmoe.predictors.sim.entities import PREFETCH, ExpertSlots
 
 
@@ -49,11 +48,11 @@ class SimPolicy:
 
     # ---- residency ------------------------------------------------------------------------------
     def _make_slots(self) -> ExpertSlots:
-        return ExpertSlots(self.sim.L, self.sim.E, 0)
+        return ExpertSlots(self.sim.L, self.sim.E)
 
     @property
     def resident_per_layer(self) -> float:
-        return float(self.slots.capacity.mean())
+        return self.slots.per_layer
 
     # ---- one target pass ------------------------------------------------------------------------
     def plan(self, counts: np.ndarray, phase: str, tokens: int, batch: int, context: float) -> PassPlan:
@@ -117,14 +116,12 @@ def hot_mask(probs: np.ndarray, n) -> np.ndarray:
 
 
 class Caching(SimPolicy):
-    """caching: `slots` experts per layer resident (cache_fraction of E, or as many as fit); the
-    hottest SimOptions.pin_fraction of E are pinned, LRU over the remaining slots."""
+    """caching: the hottest `resident_experts` per layer pinned (or as many as fit), plus
+    `lru_slots` slots shared by all layers for the most recently used others."""
 
     def _make_slots(self):
         s = self.sim
-        cap = s.cache_slots()
-        pinned = hot_mask(s.probs, np.minimum(cap, round(s.options.pin_fraction * s.E)))
-        return ExpertSlots(s.L, s.E, cap, pinned)
+        return ExpertSlots(s.L, s.E, hot_mask(s.probs, s.cache_slots()), self.policy.lru_slots)
 
 
 class Cpu(SimPolicy):
@@ -134,8 +131,7 @@ class Cpu(SimPolicy):
 
     def _make_slots(self):
         s = self.sim
-        cap = s.cache_slots()
-        return ExpertSlots(s.L, s.E, cap, hot_mask(s.probs, cap))
+        return ExpertSlots(s.L, s.E, hot_mask(s.probs, s.cache_slots()))
 
     def after(self, counts, phase):
         pass                                   # static placement
@@ -160,14 +156,13 @@ class Cpu(SimPolicy):
 
 class Fate(Overlap):
     """fate: cross-layer gate prediction prefetches the next layer (prefetch_hit_rate), plus a
-    cache whose slots favour shallow layers (layer l gets a share ∝ L − l of the same total)."""
+    cache whose pinned slots favour shallow layers (layer l gets a share ∝ L − l of the same
+    total), and `lru_slots` shared LRU slots."""
 
     def _make_slots(self):
         s = self.sim
-        total = s.cache_slots() * s.L
-        cap = shallow_first(total, s.L, s.E)
-        pinned = hot_mask(s.probs, np.minimum(cap, round(s.options.pin_fraction * s.E)))
-        return ExpertSlots(s.L, s.E, cap, pinned)
+        cap = shallow_first(s.cache_slots() * s.L, s.L, s.E)
+        return ExpertSlots(s.L, s.E, hot_mask(s.probs, cap), self.policy.lru_slots)
 
 
 def shallow_first(total: int, layers: int, per_layer_max: int) -> np.ndarray:
@@ -203,7 +198,7 @@ class SpecMoE(SimPolicy):
             mask = hot_mask(keys, n)
         else:
             mask = hot_mask(s.probs, n)
-        slots = ExpertSlots(s.L, s.E, n, mask)
+        slots = ExpertSlots(s.L, s.E, mask)
         # Affinity table stand-in: each expert's substitute is a fixed pseudo-random resident rank.
         self._affinity = s.rng.integers(0, 1 << 30, size=(s.L, s.E))
         return slots
@@ -296,7 +291,3 @@ POLICY_CLASSES = {"ondemand": SimPolicy, "overlap": Overlap, "caching": Caching,
 def alpha_of(workload, policy) -> float:
     """Per-token acceptance the sampler uses (workload.Acceptance.alpha_at)."""
     return workload.acceptance.alpha_at(policy.gamma, policy.draft_experts)
-
-
-def expected_distinct_mean(probs: np.ndarray, tokens) -> float:
-    return float(np.mean(expected_distinct(probs, tokens)))

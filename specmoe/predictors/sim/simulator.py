@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from specmoe.costs.ops import CostModel
+from specmoe.costs.ops import BREAKDOWN, CostModel
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import validate_policy
 from specmoe.inputs.setup import resolve
@@ -41,33 +41,25 @@ from specmoe.predictors.sim.policies import (
     POLICY_CLASSES,
     PassPlan,
     alpha_of,
-    expected_distinct_mean,
 )
 from specmoe.predictors.sim.result import SimResult, percentiles
 from specmoe.predictors.sim.routing import RoutingSampler, sample_accepted
-
-CATEGORIES = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 
 
 @dataclass(frozen=True)
 class SimOptions:
     """Modelling choices that are not part of the shared policy vocabulary.
 
-    pin_fraction: share of a layer's experts the caching/fate policies pin (the hottest), LRU
-        over the other slots (DESIGN.md §6: "pin a hot fraction (e.g. top 10%)").
     moespec_acceptance_penalty: relative cut of α under moespec's expert budget. 0 by default:
         no per-token acceptance figure for budgeted verification is available to cite; set it from
         engine measurements (specmoe.engine) when they exist.
     pattern_orders: random expert orders behind the routing sampler's k-sets (co-activation variety).
     """
 
-    pin_fraction: float = 0.1
     moespec_acceptance_penalty: float = 0.0
     pattern_orders: int = 32
 
     def __post_init__(self):
-        if not 0.0 <= self.pin_fraction <= 1.0:
-            raise SpecMoEError(f"pin_fraction={self.pin_fraction}: allowed [0, 1]")
         if not 0.0 <= self.moespec_acceptance_penalty <= 1.0:
             raise SpecMoEError(f"moespec_acceptance_penalty={self.moespec_acceptance_penalty}: allowed [0, 1]")
         if self.pattern_orders < 1:
@@ -148,7 +140,7 @@ class Simulator:
                                       self.workload.batch, self.route_rng, self.options.pattern_orders)
         self.pol = POLICY_CLASSES[self.policy.name](self)
         self._head_key, self._head = None, None
-        self.bd = dict.fromkeys(CATEGORIES + ("prefill",), 0.0)
+        self.bd = dict.fromkeys(BREAKDOWN + ("prefill",), 0.0)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -184,7 +176,7 @@ class Simulator:
         tokens as if all its weights were resident."""
         attn, gate, dense, lm = self._head_costs(batch, batch, context)
         m = self.model
-        u = min(self.E, expected_distinct_mean(self.probs, batch))
+        u = min(self.E, float(self._analytic.counts.distinct_and_missing(float(batch), 0)[0]))
         target = (m.num_layers * attn + self.L * gate + m.num_dense_layers * dense + lm
                   + self.L * float(self.costs.experts(batch * self.k, u)))
         return self.policy.draft_model_ratio * target
@@ -499,8 +491,10 @@ class Simulator:
         """GPU bytes by the analytic model's accounting, with the staging high-water mark seen."""
         p, m = self.policy, self.model
         g = p.gamma if self.pol.speculative else 0
-        mem = float(self._analytic.mem.bytes(float(self.workload.batch), float(g), self.pol.resident_per_layer,
-                                             float(self.peak_layer_fetch)))
+        lru = self.pol.slots.lru_slots
+        resident = self.pol.resident_per_layer - lru / self.L
+        mem = float(self._analytic.mem.bytes(float(self.workload.batch), float(g), resident,
+                                             float(self.peak_layer_fetch), lru))
         if p.name in ("eagle", "spmoe", "moespec") and g > 0:
             mem += p.draft_model_ratio * m.resident_bytes       # the draft model's weights (estimate)
         return mem
