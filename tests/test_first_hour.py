@@ -155,7 +155,7 @@ def test_help_shows_defaults_and_explains_list_and_show(capsys):
             main(argv)
         out = capsys.readouterr().out
         for default in ("(default: mixtral-8x7b)", "(default: h100-pcie)", "(default: 64)", "(default: 512)",
-                        "(default: 256)", "(default: paper)"):
+                        "(default: 256)", "(default: model)"):
             assert default in " ".join(out.split()), (argv, default)
     with pytest.raises(SystemExit):
         main(["hardware", "--help"])

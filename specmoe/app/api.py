@@ -6,6 +6,8 @@
     p["tokens_per_s"], p["breakdown"]
     plan = specmoe.plan(model="mixtral-8x7b", hardware="h100-pcie", batch=64)
     plan["best"]
+    slo = specmoe.plan(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms=100, ttft_ms=2000, rate=2)
+    slo["best"]["batch"], slo["replicas"]
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from specmoe.inputs.setup import Setup, resolve, resolve_arguments
 from specmoe.inputs.workload import Acceptance, Routing
 from specmoe.planning.search import POLICY_PARAMS, draft_expert_grid
 from specmoe.planning.search import plan as _plan
+from specmoe.planning.slo import plan_slo
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.prediction import summarize
 
@@ -67,7 +70,7 @@ def draft_expert_choices(num_experts: int) -> list[int]:
 
 PLAN_ARGUMENTS = ("model", "hardware", "batch", "policies", "gammas", "draft_experts", "confirm",
                   "top", "static_batch", "acceptance", "routing", "prompt_len", "output_len",
-                  *POLICY_PARAMS)
+                  "tpot_ms", "ttft_ms", "rate", "max_batch", "interval", "seed", *POLICY_PARAMS)
 
 
 def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie",
@@ -75,6 +78,8 @@ def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100
          draft_experts: Iterable[int] | None = None, confirm: str = "auto", top: int = 3,
          static_batch: bool = False, acceptance: str | float | Acceptance | None = None,
          routing: str | Routing | None = None, prompt_len: int = 512, output_len: int = 256,
+         tpot_ms: float | None = None, ttft_ms: float | None = None, rate: float | None = None,
+         max_batch: int = 512, interval: str = "auto", seed: int = 0,
          **policy_params: Any) -> dict[str, Any]:
     """Choose policy, draft length γ (0 = no speculation) and draft experts N for a model,
     hardware and batch: an analytic search over every policy × γ × N, the top candidates
@@ -89,8 +94,21 @@ def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100
 
     Returns {model, hardware, batch, best: {policy, gamma, draft_experts, tokens_per_s, ...},
     best_by_policy, candidates, explanation, calibrated, engine, notes}.
+
+    Service level (tpot_ms and/or ttft_ms in ms, optionally rate in requests/s): the batch is
+    searched too (1..max_batch) for the highest throughput whose p90 TPOT and TTFT meet the
+    targets (interval="point" compares point values), and with `rate` the GPUs (replicas) to
+    serve it; the serving simulator confirms the choice (seed). `batch`, `top` and
+    `static_batch` do not apply. See `specmoe.planning.slo.plan_slo`.
     """
     check_parameter_names(policy_params, PLAN_ARGUMENTS, "plan")
+    if tpot_ms is not None or ttft_ms is not None or rate is not None:
+        if static_batch:
+            raise SpecMoEError("static_batch: not available with service-level targets (tpot_ms, ttft_ms, rate)")
+        return plan_slo(model=model, hardware=hardware, tpot_ms=tpot_ms, ttft_ms=ttft_ms, rate=rate,
+                        policies=policies, gammas=gammas, draft_experts=draft_experts, max_batch=max_batch,
+                        confirm=confirm, interval=interval, seed=seed, acceptance=acceptance,
+                        routing=routing, prompt_len=prompt_len, output_len=output_len, **policy_params)
     return _plan(model=model, hardware=hardware, batch=batch, policies=policies, gammas=gammas,
                  draft_experts=draft_experts, confirm=confirm, top=top, static_batch=static_batch,
                  acceptance=acceptance, routing=routing, prompt_len=prompt_len,

@@ -68,8 +68,15 @@ def limit_sentences(plan: dict[str, Any]) -> list[str]:
         lim = ex.get("limited_by")
         what = {k: ("halving the rejected drafts" if k == "acceptance" else f"twice the {LIMIT_WORDS.get(k, k)}")
                 for k in sens}
-        out.append(f"Limited by {LIMIT_WORDS.get(lim, lim)}: {what[lim]} would make it {sens[lim]:.2f}× "
-                   "as fast (" + ", ".join(f"{what[k]}: {v:.2f}×" for k, v in sens.items() if k != lim) + ").")
+        if lim == "balanced":   # no single doubling gains `balanced_below` (planning.explain)
+            pair = ex.get("pair_sensitivity")
+            both = (f"; {' and '.join(f'twice the {LIMIT_WORDS.get(k, k)}' for k in pair['resources'])} "
+                    f"together: {pair['speedup']:.2f}×") if pair else ""
+            out.append(f"Balanced: no single resource would make it {ex.get('balanced_below', 1.15):.2f}× as fast ("
+                       + ", ".join(f"{what[k]}: {v:.2f}×" for k, v in sens.items()) + f"{both}).")
+        else:
+            out.append(f"Limited by {LIMIT_WORDS.get(lim, lim)}: {what[lim]} would make it {sens[lim]:.2f}× "
+                       "as fast (" + ", ".join(f"{what[k]}: {v:.2f}×" for k, v in sens.items() if k != lim) + ").")
     return out
 
 

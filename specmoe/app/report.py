@@ -22,7 +22,7 @@ from specmoe.fileio import atomic_write_text
 from specmoe.inputs.hardware import load_system
 from specmoe.measure.trace import Trace, read_trace
 
-__all__ = ["plan_figure", "print_plan", "print_prediction", "write_plan_html", "write_report"]
+__all__ = ["plan_figure", "print_plan", "print_prediction", "print_slo_plan", "write_plan_html", "write_report"]
 
 _console = Console()
 
@@ -97,6 +97,55 @@ def print_plan(plan: dict[str, Any], console: Console | None = None) -> None:
         console.print(f"page: {plan['html']}")
     for line in provenance_lines({"evidence": plan.get("evidence")}):
         console.print(f"[dim]{line}[/]")
+
+
+def print_slo_plan(plan: dict[str, Any], console: Console | None = None) -> None:
+    """A service-level plan: best configuration per policy, the choice, GPUs and its confirmation."""
+    console = console or _console
+    tg, b = plan["targets"], plan["best"]
+    want = ", ".join(f"{k} ≤ {v:g}" for k, v in (("TPOT ms", tg["tpot_ms"]), ("TTFT ms", tg["ttft_ms"])) if v)
+    t = Table(title=f"Service-level plan: {plan['model']} on {plan['hardware']}, {want} ({plan['bound']})")
+    for col in ("policy", "batch", "γ", "N", "tokens/s", f"TPOT ms ({plan['bound']})",
+                f"TTFT ms ({plan['bound']})", "requests/s per GPU"):
+        t.add_column(col, justify="right" if col != "policy" else "left")
+    for name, c in sorted(plan["best_by_policy"].items(), key=lambda kv: -kv[1][plan["objective"]]):
+        t.add_row(name, str(c["batch"]), str(c["gamma"]), str(c["draft_experts"]), _fmt(c["tokens_per_s"], 1),
+                  _fmt(c["tpot_ms_bound"], 1), _fmt(c["ttft_ms_bound"], 0), _fmt(c["requests_per_s"], 3))
+    console.print(t)
+    spec = "off" if b["gamma"] == 0 else f"γ={b['gamma']}, N={b['draft_experts']}"
+    console.print(f"best: [bold]{b['policy']}[/] ({spec}) at batch {b['batch']} → {b['tokens_per_s']:,.1f} "
+                  f"tokens/s, {b['requests_per_s']:.3g} requests/s per GPU "
+                  f"({plan['feasible']:,} of {plan['searched']:,} configurations meet the targets)")
+    if plan.get("replicas") is not None:
+        console.print(f"GPUs for {tg['rate_rps']:g} requests/s: [bold]{plan['replicas']}[/] "
+                      f"(ceil({tg['rate_rps']:g} / {b['requests_per_s']:.3g}))")
+    rounds = plan.get("rounds", [])
+    for i, r in enumerate(rounds[:-1] if len(rounds) > 1 else []):
+        console.print(f"round {i + 1}: {r['policy']} batch {r['batch']} missed in the simulator; targets "
+                      f"tightened to TPOT {_fmt(rounds[i + 1]['targets_used']['tpot_ms'])} ms, "
+                      f"TTFT {_fmt(rounds[i + 1]['targets_used']['ttft_ms'], 0)} ms")
+    _print_confirmation(plan.get("confirmation"), console)
+    for note in plan.get("notes", []):
+        console.print(f"[dim]{note}[/]")
+
+
+def _print_confirmation(c: dict | None, console: Console) -> None:
+    if not c:
+        return
+    if not c["ran"]:
+        console.print(f"[dim]not confirmed: {c['why']}[/]")
+        return
+    verdict = "[green]meets the targets[/]" if c["meets"] else "[bold red]misses the targets[/]"
+    if c["mode"] == "offline":
+        console.print(f"simulator (offline): TPOT {c['tpot_ms']:,.1f} ms, TTFT {c['ttft_ms']:,.0f} ms → {verdict}")
+        return
+    for tr in c["tries"]:
+        console.print(f"simulator (serving, {c['requests']} requests, first {c['warmup']} not counted): "
+                      f"{tr['replicas']} GPU(s) at "
+                      f"{tr['rate_per_replica_rps']:.3g} requests/s each → TPOT p90 {tr['tpot_ms_p90']:,.1f} ms, "
+                      f"TTFT p90 {tr['ttft_ms_p90']:,.0f} ms, load {_fmt(tr['load'])}")
+    console.print(f"  {verdict}" + (f" with {c['replicas']} GPU(s)" if c["meets"] else
+                                      f" up to {c['tries'][-1]['replicas']} GPU(s)"))
 
 
 # ---- sweep reports: HTML with plotly figures ---------------------------------------------------

@@ -8,8 +8,9 @@ Search: the analytic model evaluates every policy over γ × N in one vectorised
 (N on a doubling grid, then every integer N between the best one's neighbours). Confirmation:
 where the simulator (`specmoe.predictors.sim`) is importable, the top candidates are simulated and the
 simulator's throughput decides; otherwise the choice is analytic and the result says so.
-Explanation: where the iteration's time goes, and what limits it, measured as the speed-up the
-chosen configuration would get from 2× PCIe, 2× HBM bandwidth, 2× compute or half the rejections.
+Explanation (`specmoe.planning.explain`): where the iteration's time goes, and what limits it,
+measured as the speed-up the chosen configuration would get from 2× PCIe, 2× HBM bandwidth, 2×
+compute or half the rejections ("balanced" when none gains much).
 
 `GammaController` is the online form for an engine's `--gamma auto`: it starts at the planner's γ
 and re-plans as measured acceptance comes in (`observe(accepted, drafted)` → γ).
@@ -28,7 +29,8 @@ from specmoe.costs.ops import CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import ANALYTIC, PARAMS, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
-from specmoe.inputs.workload import Workload, tau
+from specmoe.inputs.workload import Workload
+from specmoe.planning.explain import explain_choice
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.intervals import overlap
 from specmoe.predictors.prediction import intervals_for, summarize
@@ -309,100 +311,6 @@ def separating_input(setup: Setup, best: dict, rival: dict) -> dict[str, Any]:
             "effects_pct": {k: 100 * float(np.expm1(v)) for k, v in sorted(effects.items(), key=lambda kv: -kv[1])},
             "why": f"a 1σ change of {top} moves {best['policy']} ÷ {rival['policy']} throughput by "
                    f"{100 * float(np.expm1(effects[top])):.0f}%, more than any other input; its evidence: {src}"}
-
-
-# ---- explanation ------------------------------------------------------------------------------
-
-LIMITS = {"pcie": "PCIe (expert fetches)", "hbm": "HBM bandwidth", "compute": "GPU compute",
-          "host_cpu": "host CPU (experts computed there)", "acceptance": "acceptance (draft quality)"}
-
-
-def _scaled(setup: Setup, link=1.0, hbm=1.0, compute=1.0, host=1.0) -> Analytic:
-    """The analytic model with one resource made faster (the cost model's own rates, scaled)."""
-    costs = CostModel(setup.model, setup.system)
-    costs.link_bw *= link
-    costs.hbm_bw *= hbm
-    costs.peak_flops *= compute
-    costs.cpu_flops *= host
-    costs.dram_bw *= host
-    return Analytic(setup.model, setup.system, setup.workload, costs=costs)
-
-
-def sensitivities(setup: Setup, candidate: dict) -> dict[str, float]:
-    """Speed-up of `candidate` from 2× link, 2× HBM, 2× FLOP/s, and half the draft rejections."""
-    pol = make_policy(candidate["policy"]).with_(**{k: getattr(setup.policy, k) for k in POLICY_PARAMS})
-    pol = pol.with_(gamma=candidate["gamma"], draft_experts=candidate["draft_experts"])
-    alpha = setup.workload.acceptance.alpha_at(pol.gamma, pol.draft_experts)
-
-    def tps(an: Analytic, a: float | None = None) -> float:
-        return float(an.evaluate(pol, alpha=a).tokens_per_s)
-
-    base = tps(_scaled(setup))
-    out = {"pcie": tps(_scaled(setup, link=2.0)) / base, "hbm": tps(_scaled(setup, hbm=2.0)) / base,
-           "compute": tps(_scaled(setup, compute=2.0)) / base}
-    if pol.name == "cpu":
-        out["host_cpu"] = tps(_scaled(setup, host=2.0)) / base
-    if pol.name == "specmoe" and pol.gamma > 0:
-        out["acceptance"] = tps(_scaled(setup), 1.0 - (1.0 - alpha) / 2.0) / tps(_scaled(setup), alpha)
-    return out
-
-
-def explain_choice(setup: Setup, best: dict, fitting: list[dict]) -> dict[str, Any]:
-    """Where the time goes, what limits the chosen configuration, and why speculation is on or off."""
-    it = best["iteration_ms"] / 1e3
-    shares = {k: v / it for k, v in best["breakdown"].items() if v > 0}
-    sens = sensitivities(setup, best)
-    limit = max(sens, key=sens.get)
-    lines = [f"{best['policy']} " + (f"with γ={best['gamma']}, N={best['draft_experts']}" if best["gamma"]
-                                       else "without speculation")
-             + f": {best['tokens_per_s']:,.1f} tokens/s (analytic)",
-             "time per iteration: " + ", ".join(f"{k} {v:.0%}" for k, v in
-                                                  sorted(shares.items(), key=lambda kv: -kv[1])),
-             "limited by " + LIMITS[limit] + " (" + ", ".join(
-                 f"2× {k} → {v:.2f}×" if k != "acceptance" else f"half the rejections → {v:.2f}×"
-                 for k, v in sens.items()) + ")"]
-    spec = speculation_verdict(setup, best, fitting)
-    lines.append(spec["why"])
-    return {"time_shares": shares, "sensitivity": sens, "limited_by": limit, "speculation": spec,
-            "summary": lines}
-
-
-def speculation_verdict(setup: Setup, best: dict, fitting: list[dict]) -> dict[str, Any]:
-    """Why speculation is on or off, from the best speculative and best non-speculative candidates."""
-    spec = [c for c in fitting if c["gamma"] > 0]
-    plain = [c for c in fitting if c["gamma"] == 0]
-    if not spec or not plain:
-        return {"on": best["gamma"] > 0, "why": "speculation not compared (only one kind of candidate searched)"}
-    s = max(spec, key=lambda c: c["tokens_per_s"])
-    p = max(plain, key=lambda c: c["tokens_per_s"])
-    out = {"on": best["gamma"] > 0, "best_speculative": _brief(s), "best_plain": _brief(p)}
-    t = float(tau(s["alpha"], s["gamma"]))
-    if best["gamma"] > 0:
-        out["why"] = (f"speculation on: {t:.2f} tokens per verification (α={s['alpha']:.3f}) share each fetched "
-                      f"expert, {s['h2d_bytes_per_token'] / 1e6:,.1f} MB over PCIe per token vs "
-                      f"{p['h2d_bytes_per_token'] / 1e6:,.1f} MB for the best non-speculative option ({p['policy']}, "
-                      f"{p['tokens_per_s']:,.1f} tokens/s; the choice is {s['tokens_per_s'] / p['tokens_per_s']:.2f}× faster)")
-        return out
-    loss = 1.0 - s["tokens_per_s"] / p["tokens_per_s"]
-    if p["h2d_bytes_per_token"] == 0:
-        reason = (f"{p['policy']} moves no expert over PCIe (experts resident"
-                  + (" or computed on the CPU" if p["policy"] == "cpu" else "") + "): nothing to amortise")
-    elif s["h2d_bytes_per_token"] >= p["h2d_bytes_per_token"]:
-        reason = (f"at batch {setup.workload.batch} verifying B(γ+1) positions fetches more bytes per accepted "
-                  f"token ({s['h2d_bytes_per_token'] / 1e6:,.1f} MB) than plain decoding "
-                  f"({p['h2d_bytes_per_token'] / 1e6:,.1f} MB): few tokens share each expert")
-    elif s["breakdown"].get("draft", 0.0) > 0.2 * s["iteration_ms"] / 1e3:
-        reason = (f"drafting takes {s['breakdown']['draft'] / (s['iteration_ms'] / 1e3):.0%} of a speculative "
-                  f"iteration and {t:.2f} accepted tokens per verification do not repay it")
-    else:
-        reason = f"acceptance α={s['alpha']:.3f} gives only {t:.2f} tokens per verification"
-    out["why"] = (f"speculation off: the best speculative option (specmoe γ={s['gamma']}, N={s['draft_experts']}) "
-                  f"is {loss:.0%} slower; {reason}")
-    return out
-
-
-def _brief(c: dict) -> dict[str, Any]:
-    return {k: c[k] for k in ("policy", "gamma", "draft_experts", "tokens_per_s", "h2d_bytes_per_token")}
 
 
 # ---- checks against measurements ---------------------------------------------------------------

@@ -63,10 +63,10 @@ def add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> No
     p.add_argument("--batch", type=int, default=64, help="sequences decoded together")
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per sequence")
     p.add_argument("--output-len", type=int, default=256, help="generated tokens per sequence")
-    p.add_argument("--acceptance", default=None,
-                   help="draft acceptance: α in [0,1), 'model' (default: the model's published "
-                        "figure, else a stated prior with its spread), 'paper' (SpecMoE's NLLB-MoE "
-                        "τ) or 'measured:NAME'")
+    p.add_argument("--acceptance", default="model",
+                   help="draft acceptance: α in [0,1), 'model' (the model's published figure, else a "
+                        "stated prior with its spread), 'paper' (SpecMoE's NLLB-MoE τ) or "
+                        "'measured:NAME'")
     p.add_argument("--routing", default=None,
                    help="'uniform' (default), 'zipf:S' or 'measured:NAME[:resample]'")
     p.add_argument("--ideal", action="store_true",

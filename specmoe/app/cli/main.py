@@ -23,7 +23,7 @@ from specmoe.app.cli.parallel import add_plan_parallel
 from specmoe.app.cli.report import add_report
 from specmoe.app.cli.simulate import add_simulate
 from specmoe.app.cli.sweep import add_sweep
-from specmoe.app.report import print_plan, print_prediction, write_plan_html
+from specmoe.app.report import print_plan, print_prediction, print_slo_plan, write_plan_html
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import list_hardware, load_system, system_to_dict
 from specmoe.inputs.models import list_models, load_model, save_to_catalog
@@ -45,6 +45,8 @@ def cmd_plan(args) -> int:
     if args.policies is not None and not policies:
         raise SpecMoEError(f"--policies={args.policies!r}: give at least one policy name")
     kw = config_kwargs(args, with_policy=False)
+    if args.tpot_ms is not None or args.ttft_ms is not None or args.rate is not None:
+        return _plan_slo(args, policies, kw)
     result = plan(gammas=range(args.max_gamma + 1), confirm=args.confirm, static_batch=args.static_batch,
                   **({"policies": policies} if policies else {}), **kw)
     if html:
@@ -52,6 +54,20 @@ def cmd_plan(args) -> int:
         result["html"] = str(html)
     print_json(result) if args.json else print_plan(result)
     return 0
+
+
+def _plan_slo(args, policies, kw) -> int:
+    """`plan --tpot-ms/--ttft-ms [--rate]`: the batch is searched (1..--max-batch), not given."""
+    if args.html or args.static_batch:
+        raise SpecMoEError("--html/--static-batch: not available with service-level targets "
+                           "(--tpot-ms, --ttft-ms, --rate)")
+    kw.pop("batch")
+    result = plan(gammas=range(args.max_gamma + 1), confirm=args.confirm, tpot_ms=args.tpot_ms,
+                  ttft_ms=args.ttft_ms, rate=args.rate, max_batch=args.max_batch,
+                  **({"policies": policies} if policies else {}), **kw)
+    print_json(result) if args.json else print_slo_plan(result)
+    confirmation = result.get("confirmation", {})
+    return 1 if confirmation.get("ran") and not confirmation["meets"] else 0
 
 
 def cmd_hardware(args) -> int:
@@ -118,6 +134,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="the batch runs as one static batch of --output-len tokens (count its slowest sequence)")
     p.add_argument("--confirm", default="auto", choices=("auto", "sim", "analytic"),
                    help="confirm the top candidates with the simulator (auto: when it is installed)")
+    p.add_argument("--tpot-ms", type=float, default=None,
+                   help="service level: time per output token target (p90); the batch is then searched")
+    p.add_argument("--ttft-ms", type=float, default=None, help="service level: time to first token target (p90)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="service level: requests/s to serve; answers how many GPUs (replicas)")
+    p.add_argument("--max-batch", type=int, default=512, help="largest batch the service-level search tries")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("hardware", help="list hardware profiles, or show one",

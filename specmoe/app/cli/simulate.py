@@ -66,7 +66,28 @@ def _print_sim(out: dict) -> None:
         rows.append(("resident hit rate", f"{out['cache_hit_rate']:.3f}"))
     rows += [(f"{k} GB moved", f"{v / 1e9:,.2f}") for k, v in out["bytes"].items() if v]
     rows += [(f"{k} utilisation", f"{v:.1%}") for k, v in out["utilisation"].items()]
+    rows += _load_rows(out.get("load"))
     rows.append(("events / wall s", f"{out['events']:,} / {out['wall_s']:.2f} ({out['events_per_s']:,.0f} per s)"))
     for k, v in rows:
         t.add_row(k, v)
-    Console().print(t)
+    console = Console()
+    console.print(t)
+    load = out.get("load") or {}
+    if load.get("overloaded"):
+        console.print(f"[bold red]overloaded:[/] {load['rate_rps']:g} requests/s "
+                      f"({load['demand_tokens_per_s']:,.0f} tokens/s) against a capacity of at most "
+                      f"{load['capacity_rps']:.3g} requests/s ({load['capacity_tokens_per_s']:,.0f} tokens/s): "
+                      "queues grow without bound; latency percentiles depend on the run length")
+
+
+def _load_rows(load: dict | None) -> list[tuple[str, str]]:
+    """Serving rows: engine busy share, offered load ρ = demand / capacity, and the overload flag."""
+    if not load:
+        return []
+    rows = [("engine busy", f"{load['engine_busy']:.1%}")]
+    if load.get("load") is not None:
+        rows += [("demand / capacity (tokens/s)",
+                  f"{load['demand_tokens_per_s']:,.1f} / {load['capacity_tokens_per_s']:,.1f}"),
+                 ("offered load ρ", f"{load['load']:.2f}"),
+                 ("overloaded", "YES" if load["overloaded"] else "no")]
+    return rows

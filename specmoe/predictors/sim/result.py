@@ -54,6 +54,7 @@ class SimResult:
     events: int                              # SimPy events processed
     wall_s: float
     requests: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, Any] = field(default_factory=dict)   # serving: demand vs capacity, overload flag
     trace_header: Header | None = None
     trace_events: list[dict] | None = None
     interval: dict[str, Any] = field(default_factory=dict)   # p10/p50/p90 keys and `evidence`
@@ -95,6 +96,8 @@ class SimResult:
         out.update({k: (v if fit or k == "evidence" else None) for k, v in self.interval.items()})
         if self.requests:
             out["requests"] = dict(self.requests)
+        if self.load:
+            out["load"] = dict(self.load)
         if not fit:
             out["reason"] = (f"needs {self.gpu_memory_gb:.1f} GB of GPU memory; {self.echo.get('hardware')} "
                              f"has {self.gpu_capacity_gb:g} GB")

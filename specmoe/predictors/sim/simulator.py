@@ -36,6 +36,7 @@ from specmoe.inputs.policies import ANALYTIC, validate_policy
 from specmoe.inputs.setup import resolve
 from specmoe.measure.trace import Header
 from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.capacity import offered_load, requests_per_s
 from specmoe.predictors.intervals import OUTPUTS, evaluate_intervals, provenance
 from specmoe.predictors.sim.entities import DEMAND, PREFETCH, CopyEngine, Cpu, Meter, Recorder, Ssd
 from specmoe.predictors.sim.policies import (
@@ -45,6 +46,8 @@ from specmoe.predictors.sim.policies import (
 )
 from specmoe.predictors.sim.result import SimResult, percentiles
 from specmoe.predictors.sim.routing import RoutingSampler, sample_accepted
+
+CAPACITY_ITERATIONS = 40   # offline iterations behind a serving run's capacity (~0.1 s for Mixtral)
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,16 @@ class SimOptions:
 
 @dataclass(frozen=True)
 class Serving:
-    """Serving mode: `requests` Poisson arrivals at `rate` per second, or explicit arrival times (s)."""
+    """Serving mode: `requests` Poisson arrivals at `rate` per second, or explicit arrival times (s).
+
+    warmup: the first `warmup` requests are served but left out of the latency percentiles (they
+    meet cold expert caches and draft sets that a server in steady state does not).
+    """
 
     rate: float | None = None
     requests: int = 100
     arrivals: tuple[float, ...] | None = None
+    warmup: int = 0
 
     def __post_init__(self):
         if self.arrivals is None:
@@ -86,6 +94,9 @@ class Serving:
             a = np.asarray(self.arrivals, dtype=float)
             if a.size == 0 or np.any(a < 0) or not np.all(np.isfinite(a)):
                 raise SpecMoEError("arrivals: give one or more finite arrival times >= 0 (seconds)")
+        n = self.requests if self.arrivals is None else len(self.arrivals)
+        if not 0 <= self.warmup < n:
+            raise SpecMoEError(f"warmup={self.warmup}: allowed 0..{n - 1} (fewer than the requests)")
 
     def times(self, rng: np.random.Generator) -> np.ndarray:
         if self.arrivals is not None:
@@ -357,6 +368,7 @@ class Simulator:
         n = len(times)
         self.req_arrival, self.req_first = times, np.full(n, np.nan)
         self.req_done = np.full(n, np.nan)
+        self.idle: list[tuple[float, float]] = []     # spans with nothing to run
         waiting: list[int] = []
         wake = [env.event()]
 
@@ -376,7 +388,9 @@ class Simulator:
         while done < n:
             if not running and not waiting:
                 wake[0] = env.event()
+                t_idle = env.now
                 yield wake[0]
+                self.idle.append((t_idle, env.now))
             new = [free.pop() for _ in range(min(len(free), len(waiting)))]
             if new:
                 for s in new:
@@ -452,12 +466,15 @@ class Simulator:
             tokens_all = tokens + int(np.sum(~np.isnan(self.req_first)))      # + first tokens
             tput = tokens_all / span if span > 0 else 0.0
             ok = ~np.isnan(self.req_done)
+            ok[:self.serving.warmup] = False
             tpot_req = (self.req_done - self.req_first)[ok] / max(w.output_len - 1, 1)
             ttft = (self.req_first - self.req_arrival)[ok]
             tpot_ms, tpot_p = float(np.mean(tpot_req) * 1e3), percentiles(tpot_req * 1e3)
             ttft_ms, ttft_p = float(np.mean(ttft) * 1e3), percentiles(ttft * 1e3)
-            requests = {"count": len(self.req_arrival), "completed": int(ok.sum()),
+            requests = {"count": len(self.req_arrival), "completed": int(np.sum(~np.isnan(self.req_done))),
+                        "warmup": self.serving.warmup, "measured": int(ok.sum()),
                         "first_arrival_s": float(self.req_arrival[0]), "last_done_s": float(np.nanmax(self.req_done))}
+            load = self._serving_load(span)
         else:
             tokens_all = tokens
             tput = tokens / span if span > 0 else 0.0
@@ -465,7 +482,7 @@ class Simulator:
             tpot_ms = span * w.batch / tokens * 1e3 if tokens else 0.0
             tpot_p = percentiles(tpot_all * 1e3)
             ttft_ms, ttft_p = self.ttft[0] * 1e3, percentiles(np.asarray(self.ttft) * 1e3)
-            requests = {}
+            requests, load = {}, {}
         bd = {k: v / iters if iters else 0.0 for k, v in self.bd.items() if k != "prefill" or serving}
         lookups = self.stats.lookups
         mem = self._memory()
@@ -484,9 +501,51 @@ class Simulator:
             breakdown=bd, gpu_memory_gb=mem / 1e9, gpu_capacity_gb=self.system.gpu.hbm_gb,
             fits=bool(mem <= self.system.gpu.hbm_gb * 1e9),
             resident_experts_per_layer=self.pol.resident_per_layer, calibrated=bool(self.system.calibration),
-            events=next(self.env._eid), wall_s=wall, requests=requests,
+            events=next(self.env._eid), wall_s=wall, requests=requests, load=load,
             trace_header=self._header() if self.rec is not None else None,
             trace_events=self.rec.events if self.rec is not None else None)
+
+    def _serving_load(self, span: float) -> dict[str, Any]:
+        """Arrival demand against capacity (specmoe.predictors.capacity), and how busy the server was.
+
+        Capacity comes from a short offline run of the same configuration (`steady_state`): its
+        tokens/s at full batch and a warm prefill of B prompts at once (an upper bound, see capacity).
+        """
+        w, t = self.workload, self.req_arrival
+        first = float(t[0])
+        idle = sum(max(0.0, end - max(start, first)) for start, end in self.idle)
+        out: dict[str, Any] = {"engine_busy": 1.0 - idle / span if span > 0 else 0.0}
+        rate = self.serving.rate if self.serving.rate is not None else (
+            (len(t) - 1) / float(t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None)
+        ref = Simulator(self.setup, iterations=CAPACITY_ITERATIONS, seed=self.seed, options=self.options,
+                        params=self.costs.p)
+        tps, prefill_s = ref.steady_state()
+        if rate is None or not ref.fits() or tps <= 0:
+            return {**out, "rate_rps": rate, "capacity_rps": None, "load": None, "overloaded": None}
+        cap = float(requests_per_s(tps, prefill_s, w.batch, w.output_len))
+        return {**out, **offered_load(rate, cap), "demand_tokens_per_s": rate * w.output_len,
+                "capacity_tokens_per_s": cap * w.output_len,
+                "capacity_from": f"offline simulation at batch {w.batch} ({CAPACITY_ITERATIONS} iterations) and a "
+                                 f"warm prefill of {w.batch} prompts at once: an upper bound"}
+
+    def steady_state(self) -> tuple[float, float]:
+        """(decode tokens/s of a full batch, seconds of one prefill of B prompts with warm caches):
+        the offline run, then one more prefill once the caches and draft sets have settled."""
+        warm: list[float] = []
+
+        def story():
+            yield from self._offline()
+            t = self.env.now
+            yield from self.prefill(np.arange(self.workload.batch))
+            warm.append(self.env.now - t)
+
+        self.env.process(story())
+        self.env.run()
+        busy = float(np.sum(self.iter_s))
+        return (float(np.sum(self.iter_tokens)) / busy if busy > 0 else 0.0), warm[0]
+
+    def fits(self) -> bool:
+        return bool(self._memory() <= self.system.gpu.hbm_gb * 1e9)
 
     def _memory(self) -> float:
         """GPU bytes by the analytic model's accounting, with the staging high-water mark seen."""
@@ -512,7 +571,7 @@ class Simulator:
 def simulate(model="mixtral-8x7b", hardware="h100-pcie", policy="specmoe", batch: int = 64,
              iterations: int = 200, seed: int = 0, trace: bool = False, serving: bool = False,
              rate: float | None = None, requests: int = 100, arrivals: Sequence[float] | None = None,
-             options: SimOptions | None = None, system=None, workload=None, params=None,
+             warmup: int = 0, options: SimOptions | None = None, system=None, workload=None, params=None,
              **kwargs: Any) -> SimResult:
     """Simulate one configuration. Arguments as specmoe.app.api.resolve (gamma, draft_experts,
     acceptance, routing, prompt_len, output_len, policy parameters) plus the run's own.
@@ -527,7 +586,8 @@ def simulate(model="mixtral-8x7b", hardware="h100-pcie", policy="specmoe", batch
                       routing=workload.routing, acceptance=workload.acceptance)
         batch = workload.batch
     setup = resolve(model=model, hardware=hardware, policy=policy, batch=batch, **kwargs)
-    srv = Serving(rate=rate, requests=requests, arrivals=tuple(arrivals) if arrivals is not None else None) \
+    srv = Serving(rate=rate, requests=requests, arrivals=tuple(arrivals) if arrivals is not None else None,
+                  warmup=warmup) \
         if (serving or rate is not None or arrivals is not None) else None
     res = Simulator(setup, iterations=iterations, seed=seed, trace=trace, serving=srv, options=options,
                     params=params).run()
