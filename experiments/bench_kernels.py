@@ -40,7 +40,7 @@ GPU_PROFILES = (
     ("H200", "h200-sxm"), ("H100 NVL", "h100-nvl"), ("H100 PCIe", "h100-pcie"),
     ("H100", "h100-sxm"), ("B200", "b200"), ("A100-PCIE-40GB", "a100-pcie-40gb"),
     ("A100", "a100-sxm-80gb"), ("L40S", "l40s"), ("L4", "l4"), ("A30", "a30"),
-    ("RTX 4090", "rtx-4090"), ("T4", "t4"),
+    ("RTX 4090", "rtx-4090"), ("RTX A5000", "rtx-a5000"), ("T4", "t4"),
 )
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "hwprofiles" / "gpus"
 
