@@ -30,10 +30,12 @@ from specmoe.engine.speculative import (
     verify,
 )
 from specmoe.engine.tracer import NullTracer, device_fingerprint
+from specmoe.engine.tree import tree_round
 from specmoe.engine.weights import Weights, load_weights, random_model
 
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import Policy, validate_policy
+from specmoe.inputs.tree import tree_size
 
 
 @dataclass
@@ -165,7 +167,8 @@ class Engine:
             gamma = int(ctl.gamma)
         alpha = synthetic_acceptance if spec else None
         # A finished sequence rides along in the batch: it may have overshot by γ and still verifies γ+1.
-        self.cache.check(B, max(map(len, prompts)) + max_new_tokens + 2 * gmax + 1)
+        tree = int(tree_size(gmax, self.policy.tree_width, self.policy.tree_levels)) - gmax
+        self.cache.check(B, max(map(len, prompts)) + max_new_tokens + 2 * gmax + 1 + tree)
         self.provider.seed = seed
         self.provider.reset(record=record_routing)
         self._start_trace(prompts, max_new_tokens, temperature, seed, spec, alpha)
@@ -292,6 +295,8 @@ class _Run:
         self.pending = nxt
 
     def _round(self) -> None:
+        if self.e.policy.tree_width > 1:
+            return tree_round(self)
         e, B, g = self.e, self.B, self.gamma
         active = [len(o) < self.max_new for o in self.out]
         self._phase("draft")

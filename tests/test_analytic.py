@@ -7,7 +7,7 @@ from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
-from specmoe.inputs.policies import ANALYTIC, make_policy
+from specmoe.inputs.policies import ANALYTIC, Policy, make_policy
 from specmoe.inputs.workload import Acceptance, Routing, Workload
 from specmoe.predictors.analytic import Analytic
 
@@ -110,9 +110,9 @@ def test_bad_arrays_name_the_field(kw, match):
         an.evaluate(make_policy("specmoe", gamma=2, draft_experts=2), **kw)
 
 
-def test_sim_only_policies_are_refused_clearly():
+def test_policies_outside_the_analytic_set_are_refused_clearly():
     with pytest.raises(SpecMoEError, match="simulator"):
-        Analytic(MIXTRAL, H100).evaluate(make_policy("fate"))
+        Analytic(MIXTRAL, H100).evaluate(Policy(name="spec-ep"))
 
 
 def test_wrong_prefetches_cost_link_bytes_and_never_speed_up():

@@ -112,8 +112,15 @@ def test_plan_rejects_bad_input():
         plan(confirm="maybe")
     with pytest.raises(SpecMoEError, match="draft_experts=9"):
         plan(model="mixtral-8x7b", draft_experts=[9], confirm="analytic")
-    with pytest.raises(SpecMoEError, match="policy='spmoe'"):
-        plan(policies=("spmoe",), confirm="analytic")
+    with pytest.raises(SpecMoEError, match="policy='nope'"):
+        plan(policies=("nope",), confirm="analytic")
+
+
+def test_plan_searches_gamma_for_a_separate_draft_model():
+    p = plan(batch=64, policies=("eagle", "spmoe"), gammas=range(5), confirm="analytic",
+             acceptance=0.8)
+    gammas = {c["gamma"] for c in p["candidates"] if c["policy"] == "spmoe"}
+    assert gammas == {0, 1, 2, 3, 4} and p["best"]["gamma"] > 0
 
 
 # ---- measured γ ------------------------------------------------------------------------------

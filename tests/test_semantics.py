@@ -145,3 +145,18 @@ def test_final_choice_follows_the_simulators_ranking(monkeypatch):
     analytic_best = max((c for c in p["candidates"] if c["fits"]), key=lambda c: c["tokens_per_s"])
     assert p["engine"] == "analytic+sim"
     assert p["best"]["policy"] != analytic_best["policy"]
+
+
+# ---- fate's shallow-favouring cache split, by hand -------------------------------------------------
+
+@pytest.mark.parametrize("total, layers, cap, expected", [
+    (10, 4, 8, [4, 3, 2, 1]),      # shares ∝ L − l exactly
+    (7, 4, 8, [3, 3, 1, 0]),       # floor([2.8, 2.1, 1.4, 0.7]), then the remainder shallow first
+    (9, 4, 3, [3, 3, 3, 0]),       # a full layer's share goes to the deeper ones
+    (20, 4, 3, [3, 3, 3, 3]),      # more slots than fit: every layer full
+    (0, 4, 3, [0, 0, 0, 0]),
+])
+def test_shallow_first_split(total, layers, cap, expected):
+    from specmoe.predictors.sim.policies import shallow_first
+
+    assert shallow_first(total, layers, cap).tolist() == expected

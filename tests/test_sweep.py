@@ -58,7 +58,7 @@ def _same(a, b):
     ({"model": ["mixtral-8x8b"]}, r"axes.model: .*mixtral-8x8b.*did you mean"),
     ({"hardware": ["h100-pcei"]}, r"axes.hardware: .*h100-pcei"),
     ({"policy": ["ondemand", "fastest"]}, r"axes.policy: value 'fastest'"),
-    ({"policy": ["spmoe"]}, r"axes.policy: value 'spmoe' is not available with engine 'analytic'"),
+    ({"policy": ["spec-ep"]}, r"axes.policy: value 'spec-ep' is not available with engine 'analytic'"),
     ({"draft_experts": [2, 16]}, r"axes.draft_experts: value 16 exceeds the 8 experts per layer of model mixtral-8x7b"),
     ({"draft_experts": [0, 2]}, r"axes.draft_experts: value 0 is not allowed with gamma > 0"),
     ({"batch": [4, 4]}, r"axes.batch: value 4 appears twice"),

@@ -17,7 +17,7 @@ from typing import Any
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import System
 from specmoe.inputs.models import ModelSpec
-from specmoe.inputs.policies import ANALYTIC, Policy, check_parameter_names
+from specmoe.inputs.policies import ANALYTIC, PLANNED, Policy, check_parameter_names
 from specmoe.inputs.setup import Setup, resolve, resolve_arguments
 from specmoe.inputs.workload import Acceptance, Routing
 from specmoe.planning.search import POLICY_PARAMS, draft_expert_grid
@@ -70,11 +70,12 @@ def draft_expert_choices(num_experts: int) -> list[int]:
 
 PLAN_ARGUMENTS = ("model", "hardware", "batch", "policies", "gammas", "draft_experts", "confirm",
                   "top", "static_batch", "acceptance", "routing", "prompt_len", "output_len",
-                  "tpot_ms", "ttft_ms", "rate", "max_batch", "interval", "seed", *POLICY_PARAMS)
+                  "tpot_ms", "ttft_ms", "rate", "max_batch", "interval", "seed", "ideal",
+                  "gpu_memory_utilization", *POLICY_PARAMS)
 
 
 def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie",
-         batch: int = 64, policies: Iterable[str] = ANALYTIC, gammas: Iterable[int] = range(17),
+         batch: int = 64, policies: Iterable[str] = PLANNED, gammas: Iterable[int] = range(17),
          draft_experts: Iterable[int] | None = None, confirm: str = "auto", top: int = 3,
          static_batch: bool = False, acceptance: str | float | Acceptance | None = None,
          routing: str | Routing | None = None, prompt_len: int = 512, output_len: int = 256,
@@ -85,12 +86,14 @@ def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100
     hardware and batch: an analytic search over every policy × γ × N, the top candidates
     confirmed by the simulator where it is installed, and an explanation of the choice.
 
-    policies: which policies to search (default all the analytic model covers).
+    policies: which policies to search (default PLANNED: those whose every parameter has a
+        measured or published value; name spmoe, moespec, eagle or fate to add them).
     gammas: draft lengths to try. draft_experts: N values (default 1, 2, 4, … E, refined).
     confirm: "auto" (simulator where importable), "sim" (required) or "analytic" (no simulation).
     top: candidates the simulator confirms besides each policy's best.
     static_batch: the batch runs as one static batch (throughput counts its slowest sequence).
-    acceptance, routing, prompt_len, output_len, policy_params: as for `predict`.
+    acceptance, routing, prompt_len, output_len, ideal, gpu_memory_utilization, policy_params:
+    as for `predict`.
 
     Returns {model, hardware, batch, best: {policy, gamma, draft_experts, tokens_per_s, ...},
     best_by_policy, candidates, explanation, calibrated, engine, notes}.

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from specmoe.errors import SpecMoEError, suggest
+from specmoe.inputs.tree import check_tree
 
 # name -> (what moves, when; where it comes from). Order = how listings show them.
 POLICIES: dict[str, str] = {
@@ -23,7 +24,11 @@ POLICIES: dict[str, str] = {
 }
 SPECULATIVE = ("specmoe", "spmoe", "moespec", "eagle")
 # Policies the analytic model covers; the simulator covers all of POLICIES.
-ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe")
+ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe", "spmoe", "moespec", "fate", "eagle")
+# The planner's default candidates: every parameter they need has a measured or published value.
+# The separate-draft policies (spmoe, moespec, eagle) need the user's draft model: its cost
+# (draft_model_ratio) and its acceptance; fate needs a prediction hit rate. Ask for them by name.
+PLANNED = ("ondemand", "overlap", "caching", "cpu", "specmoe")
 DRAFT_SETS = ("random", "hot", "hottemporal")
 # Policies that prefetch the next layer while this one runs: their staging is double-buffered.
 DOUBLE_BUFFERED = ("overlap", "fate")
@@ -99,6 +104,13 @@ class Policy:
                                   used_by=("eagle", "spmoe", "moespec"),
                                   help="a separate draft model's cost per token as a fraction of "
                                        "the target's resident compute")
+    tree_width: int = _p(1, kind="int", lo=1, hi=16, used_by=SPECULATIVE,
+                         help="draft-tree branching: children drawn without replacement per node "
+                              "(RSD, arXiv 2402.14160); 1 = a chain, gamma = the tree's depth")
+    tree_levels: int | None = _p(None, kind="int", lo=0, optional=True, used_by=SPECULATIVE,
+                                 help="levels from the root that branch; deeper ones extend each "
+                                      "leaf by one token (none: every level, RSD-C; 1: tree_width "
+                                      "chains)")
 
     @property
     def speculative(self) -> bool:
@@ -181,3 +193,7 @@ def validate_policy(p: Policy, num_experts: int | None = None, num_layers: int |
         raise SpecMoEError("draft_experts=0: specmoe drafts with at least 1 resident expert per layer")
     if p.cutoff_layer is not None and num_layers and p.cutoff_layer > num_layers:
         raise SpecMoEError(f"cutoff_layer={p.cutoff_layer}: allowed 0..{num_layers}")
+    if p.tree_width > 1 and p.name not in SPECULATIVE:
+        raise SpecMoEError(f"tree_width={p.tree_width}: policy {p.name!r} does not draft; draft trees "
+                           f"need a speculative policy ({', '.join(SPECULATIVE)})")
+    check_tree(p.gamma, p.tree_width, p.tree_levels)

@@ -50,11 +50,13 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
             policy: str | Policy = "specmoe", batch: int = 64, gamma: int | None = None,
             draft_experts: int | None = None, acceptance: str | float | Acceptance | None = None,
             routing: str | Routing | None = None, prompt_len: int = 512, output_len: int = 256,
-            ideal: bool = False, **policy_params: Any) -> Setup:
+            ideal: bool = False, gpu_memory_utilization: float = 0.9,
+            **policy_params: Any) -> Setup:
     """Turn names and numbers into validated objects; every error names the field.
 
     acceptance None: the model's default (published figure, else a stated prior with its spread).
     ideal: predict at the datasheet roofline (an upper bound) instead of the best evidence.
+    gpu_memory_utilization: share of the GPU's memory a plan may fill (costs.memory).
     policy_params: further Policy parameters (draft_set, resident_experts, prefetch_hit_rate, ...);
     an unknown name raises SpecMoEError naming it and the closest known argument.
     """
@@ -82,13 +84,14 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
     else:
         rout = routing if isinstance(routing, Routing) else parse_routing(routing)
     check_routing(rout, spec.num_experts, spec.name)
-    wl = Workload(batch=batch, prompt_len=prompt_len, output_len=output_len, routing=rout, acceptance=acc)
+    wl = Workload(batch=batch, prompt_len=prompt_len, output_len=output_len, routing=rout, acceptance=acc,
+                  gpu_memory_utilization=gpu_memory_utilization)
     return Setup(spec, system, wl, pol)
 
 
 def resolve_arguments() -> tuple[str, ...]:
     """Every keyword `resolve` (and so `specmoe.predict`) accepts."""
     named = ("model", "hardware", "policy", "batch", "gamma", "draft_experts", "acceptance", "routing",
-             "prompt_len", "output_len", "ideal")
+             "prompt_len", "output_len", "ideal", "gpu_memory_utilization")
     return named + tuple(k for k in policy_parameters() if k not in named)
 

@@ -27,7 +27,7 @@ import numpy as np
 from specmoe.costs.evidence import evidence_for
 from specmoe.costs.ops import CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import ANALYTIC, PARAMS, Policy, make_policy
+from specmoe.inputs.policies import ANALYTIC, PARAMS, PLANNED, SPECULATIVE, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.inputs.workload import Workload
 from specmoe.planning.explain import explain_choice
@@ -76,6 +76,9 @@ def _spec_grid(gammas: Sequence[int], ns: Sequence[int]) -> tuple[np.ndarray, np
 
 def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params: dict) -> list[dict]:
     pol = make_policy(name, **params)
+    if name in SPECULATIVE and name != "specmoe":     # a separate draft model: γ only, no N
+        g = np.asarray(gammas, dtype=int)
+        return _evaluate(setup, pol, g, np.zeros_like(g))
     if name != "specmoe":
         return _evaluate(setup, pol, np.zeros(1, dtype=int), np.zeros(1, dtype=int))
     g, n = _spec_grid(gammas, ns)
@@ -95,7 +98,7 @@ def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params
     return cands
 
 
-def search(setup: Setup, policies: Iterable[str] = ANALYTIC, gammas: Iterable[int] = range(17),
+def search(setup: Setup, policies: Iterable[str] = PLANNED, gammas: Iterable[int] = range(17),
            draft_experts: Iterable[int] | None = None, refine: bool = True,
            policy_params: dict | None = None) -> list[dict[str, Any]]:
     """Every analytic candidate (dicts as `predict` returns) for the setup's model, system, workload."""
@@ -210,7 +213,7 @@ def _apply_static_batch(setup: Setup, candidates: list[dict]) -> None:
                 c[f"tokens_per_s_{q}"] *= f
 
 
-def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: Iterable[str] = ANALYTIC,
+def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: Iterable[str] = PLANNED,
          gammas: Iterable[int] = range(17), draft_experts: Iterable[int] | None = None, confirm: str = "auto",
          top: int = 3, refine: bool = True, explain: bool = True, sim_options: dict | None = None,
          static_batch: bool = False, **kwargs: Any) -> dict[str, Any]:

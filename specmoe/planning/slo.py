@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import ANALYTIC, make_policy
+from specmoe.inputs.policies import ANALYTIC, PLANNED, make_policy
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.planning.search import POLICY_PARAMS, draft_expert_grid
 from specmoe.predictors.analytic import Analytic
@@ -126,7 +126,7 @@ def _check_targets(tpot_ms, ttft_ms, rate, max_batch) -> None:
 
 def plan_slo(model="mixtral-8x7b", hardware="h100-pcie", tpot_ms: float | None = None,
              ttft_ms: float | None = None, rate: float | None = None,
-             policies: Iterable[str] = ANALYTIC, gammas: Iterable[int] = range(17),
+             policies: Iterable[str] = PLANNED, gammas: Iterable[int] = range(17),
              draft_experts: Iterable[int] | None = None, max_batch: int = 512, confirm: str = "auto",
              interval: str = "auto", seed: int = 0, **kwargs: Any) -> dict[str, Any]:
     """The configuration with the highest throughput whose TPOT and TTFT (p90 where intervals

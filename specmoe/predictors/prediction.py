@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from specmoe.costs.evidence import evidence_for
+from specmoe.costs.memory import Memory
 from specmoe.inputs.setup import Setup
 from specmoe.predictors.analytic import AnalyticResult
 from specmoe.predictors.intervals import evaluate_intervals, interval_block, provenance
@@ -29,7 +30,8 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
         return float(np.ravel(a)[i])
 
     fits = bool(np.ravel(res.fits)[i])
-    need, have = at(res.gpu_memory_bytes) / GB, setup.system.gpu.hbm_gb
+    need = at(res.gpu_memory_bytes) / GB
+    have = Memory(setup.model, setup.system, setup.workload).capacity_bytes / GB
     out = {
         **setup.echo(),
         "fits": fits,
@@ -41,7 +43,8 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
         "h2d_bytes_per_token": at(res.h2d_bytes_per_token),
         "h2d_bytes_per_iteration": at(res.h2d_bytes_per_iteration),
         "gpu_memory_gb": need,
-        "gpu_capacity_gb": have,
+        "gpu_capacity_gb": have,          # usable: HBM × utilisation − CUDA context
+        "gpu_hbm_gb": setup.system.gpu.hbm_gb,
         "resident_experts_per_layer": int(np.ravel(res.resident_experts_per_layer)[i]),
         "breakdown": {k: at(v) for k, v in res.breakdown.items()},
         "calibrated": bool(setup.system.calibration) or evidence_for(setup.system).calibrated,
@@ -51,6 +54,7 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
     out.update({k: (v if fits else None) for k, v in block.items()})
     out["evidence"] = provenance(setup.system, setup.workload.acceptance)
     if not fits:
-        out["reason"] = (f"needs {need:.1f} GB of GPU memory; {setup.system.name} has {have:g} GB "
-                         f"(model resident {setup.model.resident_bytes / GB:.1f} GB)")
+        cap = Memory(setup.model, setup.system, setup.workload)
+        out["reason"] = (f"needs {need:.1f} GB of GPU memory; {setup.system.name} allows "
+                         f"{cap.explain_capacity()} (model resident {setup.model.resident_bytes / GB:.1f} GB)")
     return out

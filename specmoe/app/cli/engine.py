@@ -19,6 +19,7 @@ from specmoe.app.cli.flags import output_path
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.models import load_model
 from specmoe.inputs.policies import SPECULATIVE, make_policy
+from specmoe.inputs.tree import tree_size
 from specmoe.inputs.workload import Workload
 from specmoe.measure.ingest import model_spec_from_engine
 from specmoe.planning.search import GammaController
@@ -112,6 +113,10 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lru-slots", type=int, default=0,
                    help="caching: expert slots shared by all layers, least recently used evicted")
     p.add_argument("--spec-min-batch", type=int, default=1, help="speculation off below this batch")
+    p.add_argument("--tree-width", type=int, default=1,
+                   help="draft tree: children per node, drawn without replacement (RSD); 1 = a chain")
+    p.add_argument("--tree-levels", type=int, default=None,
+                   help="draft tree: levels that branch (default every level)")
     p.add_argument("--draft-model", help="separate draft model (eagle): weights directory")
 
 
@@ -181,10 +186,11 @@ def _engine(w, policy, args, batch: int, longest: int, tracer=None, affinity=Non
     from specmoe.engine.generate import Engine
 
     gamma = policy.gamma if policy.speculative else 0
+    tree = int(tree_size(gamma, policy.tree_width, policy.tree_levels)) - gamma   # a tree's extra slots
     draft = getattr(args, "draft_model", None)
     return Engine(w, policy, device=args.device, tracer=tracer, expert_slots=args.expert_slots,
                   cpu_threshold=args.cpu_threshold, max_batch=batch,
-                  max_seq_len=longest + args.max_new_tokens + 2 * gamma + 2, draft=draft,
+                  max_seq_len=longest + args.max_new_tokens + 2 * gamma + 2 + tree, draft=draft,
                   affinity=affinity)
 
 
@@ -245,7 +251,8 @@ def cmd_run(args) -> int:
     policy = make_policy(args.policy, gamma=g, draft_experts=args.draft_experts,
                          draft_set=args.draft_set, resident_experts=args.resident_experts,
                          lru_slots=args.lru_slots,
-                         spec_min_batch=args.spec_min_batch)
+                         spec_min_batch=args.spec_min_batch, tree_width=args.tree_width,
+                         tree_levels=args.tree_levels)
     tracer = Tracer(args.device) if args.trace else None
     eng = _engine(w, policy, args, args.batch, max(map(len, prompts)), tracer)
     res = eng.generate(prompts, args.max_new_tokens,

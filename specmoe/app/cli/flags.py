@@ -69,6 +69,9 @@ def add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> No
                         "'measured:NAME'")
     p.add_argument("--routing", default=None,
                    help="'uniform' (default), 'zipf:S' or 'measured:NAME[:resample]'")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="share of the GPU's memory a plan may fill, as a serving engine's limit "
+                        "(a CUDA context of 0.75 GB comes off the rest)")
     p.add_argument("--ideal", action="store_true",
                    help="datasheet roofline (an upper bound) instead of calibrated/published evidence")
     if with_policy:
@@ -106,7 +109,8 @@ def _hardware(args):
 
 def config_kwargs(args, with_policy: bool = True) -> dict[str, Any]:
     kw = {"model": args.model, "hardware": _hardware(args), "batch": args.batch, "prompt_len": args.prompt_len,
-              "output_len": args.output_len, "acceptance": args.acceptance, "routing": args.routing}
+              "output_len": args.output_len, "acceptance": args.acceptance, "routing": args.routing,
+              "gpu_memory_utilization": args.gpu_memory_utilization}
     if with_policy:
         kw["policy"] = args.policy
         kw.update({k: _policy_value(k, getattr(args, k), args.batch)

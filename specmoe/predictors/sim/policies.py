@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from specmoe.predictors.analytic import shallow_first
 from specmoe.predictors.sim.entities import PREFETCH, ExpertSlots
 
 
@@ -165,22 +166,6 @@ class Fate(Overlap):
         return ExpertSlots(s.L, s.E, hot_mask(s.probs, cap), self.policy.lru_slots)
 
 
-def shallow_first(total: int, layers: int, per_layer_max: int) -> np.ndarray:
-    """Split `total` slots over layers with weights L − l, none above per_layer_max."""
-    w = np.arange(layers, 0, -1, dtype=float)
-    cap = np.zeros(layers, dtype=int)
-    left = min(total, layers * per_layer_max)
-    while left > 0:
-        room = cap < per_layer_max
-        share = np.floor(left * w * room / (w * room).sum()).astype(int)
-        if share.sum() == 0:                    # hand out the remainder one by one, shallow first
-            share = np.zeros(layers, dtype=int)
-            share[np.flatnonzero(room)[:left]] = 1
-        cap = np.minimum(cap + share, per_layer_max)
-        left = min(total, layers * per_layer_max) - cap.sum()
-    return cap
-
-
 class SpecMoE(SimPolicy):
     """specmoe: N draft experts per layer resident. Drafting runs the target with them only (a
     token routed elsewhere goes to a resident expert picked by a fixed affinity table, or drops
@@ -208,10 +193,12 @@ class SpecMoE(SimPolicy):
             score = counts + 0.5 * self.slots.resident           # ties keep the current set
             self.slots.set_resident(hot_mask(score, self.policy.draft_experts))
 
-    def draft(self, counts: np.ndarray, batch: int, context: float):
-        """γ draft passes of the target over B tokens with the draft experts only; no fetches."""
+    def draft(self, counts: np.ndarray, batch: int, context: float, nodes=None):
+        """γ draft passes of the target with the draft experts only; no fetches. counts[:, d]: the
+        tokens routed at depth d (nodes[d] per sequence; a chain has one), which draft level d+1."""
         s = self.sim
         g = counts.shape[1] - 1
+        nodes = np.ones(g + 1, dtype=int) if nodes is None else nodes
         steps = counts[:, :g, :]                                        # [L, γ, E]
         res = self.slots.resident
         kept = steps * res[:, None, :]
@@ -224,7 +211,7 @@ class SpecMoE(SimPolicy):
         expert_s = s.costs.experts(kept.sum(axis=2), (kept > 0).sum(axis=2))     # [L, γ]
         zeros = np.zeros(s.L, dtype=int)
         for j in range(g):
-            yield from s.forward(PassPlan("draft", batch, batch, context, expert_s[:, j], zeros))
+            yield from s.forward(PassPlan("draft", batch * int(nodes[j]), batch, context, expert_s[:, j], zeros))
 
 
 class Eagle(SimPolicy):
@@ -233,10 +220,12 @@ class Eagle(SimPolicy):
 
     speculative = True
 
-    def draft(self, counts, batch, context):
-        d = self.sim.draft_step_s(batch, context)
-        for _ in range(counts.shape[1] - 1):
-            yield from self.sim.gpu_op("draft model step", "draft_step", d, "draft", tokens=batch)
+    def draft(self, counts, batch, context, nodes=None):
+        nodes = np.ones(counts.shape[1], dtype=int) if nodes is None else nodes
+        for j in range(counts.shape[1] - 1):
+            tokens = batch * int(nodes[j])
+            d = self.sim.draft_step_s(tokens, batch, context)
+            yield from self.sim.gpu_op("draft model step", "draft_step", d, "draft", tokens=tokens)
 
 
 class SpMoE(Eagle):
@@ -244,7 +233,7 @@ class SpMoE(Eagle):
     drafts, the predicted experts of MoE layers below cutoff_layer are prefetched, layer by layer
     (pipelined: verification of a layer starts once its prefetch has landed)."""
 
-    def draft(self, counts, batch, context):
+    def draft(self, counts, batch, context, nodes=None):
         s = self.sim
         needed = counts.sum(axis=1) > 0
         h = self.policy.prefetch_hit_rate
@@ -255,7 +244,7 @@ class SpMoE(Eagle):
         self._pending = {l: (s.fetch(int(pre[l].sum()), PREFETCH, "draft", l, pre[l]), int(pre[l].sum()))
                          for l in range(s.L) if pre[l].any()}
         self._pre = pre
-        yield from super().draft(counts, batch, context)
+        yield from super().draft(counts, batch, context, nodes)
 
     def plan(self, counts, phase, tokens, batch, context):
         plan = super().plan(counts, phase, tokens, batch, context)

@@ -47,7 +47,8 @@ class SimResult:
     accepted_per_verification: float | None  # accepted draft tokens, per sequence
     breakdown: dict[str, float]
     gpu_memory_gb: float
-    gpu_capacity_gb: float
+    gpu_capacity_gb: float      # usable: HBM × utilisation − CUDA context (costs.memory)
+    gpu_hbm_gb: float
     fits: bool
     resident_experts_per_layer: float
     calibrated: bool
@@ -81,6 +82,7 @@ class SimResult:
             "h2d_bytes_per_token": self.h2d_bytes_per_token,
             "h2d_bytes_per_iteration": self.h2d_bytes_per_iteration,
             "gpu_memory_gb": self.gpu_memory_gb, "gpu_capacity_gb": self.gpu_capacity_gb,
+            "gpu_hbm_gb": self.gpu_hbm_gb,
             "resident_experts_per_layer": self.resident_experts_per_layer,
             "breakdown": dict(self.breakdown), "calibrated": self.calibrated,
             "source": "sim", "mode": self.mode, "seed": self.seed, "iterations": self.iterations,
@@ -100,7 +102,8 @@ class SimResult:
             out["load"] = dict(self.load)
         if not fit:
             out["reason"] = (f"needs {self.gpu_memory_gb:.1f} GB of GPU memory; {self.echo.get('hardware')} "
-                             f"has {self.gpu_capacity_gb:g} GB")
+                             f"allows {self.gpu_capacity_gb:.2f} GB of its {self.gpu_hbm_gb:g} GB (utilisation limit "
+                             "and CUDA context, specmoe.costs.memory)")
         return out
 
     # ---- trace ----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from specmoe.costs.ops import BREAKDOWN, CostModel
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import ANALYTIC, validate_policy
 from specmoe.inputs.setup import resolve
+from specmoe.inputs.tree import level_probs, tree_size
 from specmoe.measure.trace import Header
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.capacity import offered_load, requests_per_s
@@ -45,7 +46,12 @@ from specmoe.predictors.sim.policies import (
     alpha_of,
 )
 from specmoe.predictors.sim.result import SimResult, percentiles
-from specmoe.predictors.sim.routing import RoutingSampler, sample_accepted
+from specmoe.predictors.sim.routing import (
+    RoutingSampler,
+    sample_accepted,
+    sample_accepted_levels,
+    tree_layout,
+)
 
 CAPACITY_ITERATIONS = 40   # offline iterations behind a serving run's capacity (~0.1 s for Mixtral)
 
@@ -148,8 +154,11 @@ class Simulator:
         self.stats = Stats()
         self.staged = self.peak_layer_fetch = 0
         self.step = 0
-        self.sampler = RoutingSampler(self.probs, self.k, self.workload.routing.temporal_reuse,
-                                      self.workload.batch, self.route_rng, self.options.pattern_orders)
+        routing = self.workload.routing
+        big = routing.module_shares(self.L)[0] if routing.adaptive else None
+        self.sampler = RoutingSampler(routing.selection_probs(self.E, self.k, self.L), self.k,
+                                      routing.temporal_reuse, self.workload.batch, self.route_rng,
+                                      self.options.pattern_orders, big_share=big)
         self.pol = POLICY_CLASSES[self.policy.name](self)
         self._head_key, self._head = None, None
         self.bd = dict.fromkeys(BREAKDOWN + ("prefill",), 0.0)
@@ -183,22 +192,26 @@ class Simulator:
         """Experts per layer a cache holds: the one residency rule (costs.memory), as the analytic model."""
         return int(self._analytic.cache_slots(np.asarray(float(self.workload.batch)), 0.0, self.policy))
 
-    def draft_step_s(self, batch: int, context: float) -> float:
-        """A separate draft model's step: draft_model_ratio × the target's compute for `batch`
-        tokens as if all its weights were resident."""
-        attn, gate, dense, lm = self._head_costs(batch, batch, context)
+    def draft_step_s(self, tokens: int, batch: int, context: float) -> float:
+        """A separate draft model's step over `tokens` positions of `batch` sequences:
+        draft_model_ratio × the target's compute for them as if all its weights were resident."""
+        attn, gate, dense, lm = self._head_costs(tokens, batch, context)
         m = self.model
-        u = min(self.E, float(self._analytic.counts.distinct_and_missing(float(batch), 0)[0]))
+        u = min(self.E, float(self._analytic.counts.distinct_and_missing(float(tokens), 0)[0]))
         target = (m.num_layers * attn + self.L * gate + m.num_dense_layers * dense + lm
-                  + self.L * float(self.costs.experts(batch * self.k, u)))
+                  + self.L * float(self.costs.experts(tokens * self._analytic.k_eff, u)))
         return self.policy.draft_model_ratio * target
 
     def _head_costs(self, tokens, batch, context):
         key = (tokens, batch, context)
         if key != self._head_key:
             c = self.costs
+            # Duo-LLM's small modules run beside the router: their layer mean joins the gate's time.
+            r = self.workload.routing
+            small = (sum(float(c.small_module(tokens * sh, r.small_module_ratio))
+                         for sh in self._analytic.small_share) / self.L if r.small_module_ratio else 0.0)
             self._head = (float(c.attention_block(tokens, batch, context) + c.layer_fixed()),
-                          float(c.router_and_shared(tokens)),
+                          float(c.router_and_shared(tokens)) + small,
                           float(c.dense_ffn(tokens)) if self.model.num_dense_layers else 0.0,
                           float(c.lm_head(tokens)))
             self._head_key = key
@@ -318,12 +331,20 @@ class Simulator:
         """One decode iteration of the sequences in `slots`; returns tokens produced per sequence."""
         B = len(slots)
         g = self.pol.gamma_for(B)
-        counts, pats = self.sampler.sample(slots, g + 1)
+        p = self.policy
+        offsets = tree_layout(g, p.tree_width, p.tree_levels)      # a chain: 0, 1, ..., γ+1
+        counts, pats = self.sampler.sample(slots, int(offsets[-1]))
         if g > 0:
-            yield from self.pol.draft(counts, B, context)
+            # Draft level d+1 runs over the nodes of depth d: their routed tokens, summed.
+            by_level = np.add.reduceat(counts, offsets[:-1], axis=1)
+            yield from self.pol.draft(by_level, B, context, np.diff(offsets))
             verify = counts.sum(axis=1)
-            yield from self.forward(self.pol.plan(verify, "verify", B * (g + 1), B, context))
-            accepted = sample_accepted(self.accept_rng, self.pol.alpha, g, B)
+            yield from self.forward(self.pol.plan(verify, "verify", B * int(offsets[-1]), B, context))
+            if p.tree_width == 1:
+                accepted = sample_accepted(self.accept_rng, self.pol.alpha, g, B)
+            else:
+                passes = level_probs(self.pol.alpha, g, p.tree_width, p.tree_levels)
+                accepted = sample_accepted_levels(self.accept_rng, passes, B)
             self.pol.after(verify, "verify")
             if self.rec is not None:
                 self.rec.span("accept", "accept", self.env.now, 0.0, "gpu", step=self.step,
@@ -332,7 +353,7 @@ class Simulator:
             yield from self.forward(self.pol.plan(counts[:, 0, :], "decode", B, B, context))
             accepted = np.zeros(B, dtype=np.int64)
             self.pol.after(counts[:, 0, :], "decode")
-        self.sampler.commit(slots, pats, accepted)
+        self.sampler.commit(slots, pats, offsets[accepted])   # the accepted node's level (its first)
         self.step += 1
         return accepted + 1, g
 
@@ -498,8 +519,9 @@ class Simulator:
             cache_hit_rate=self.stats.hits / lookups if lookups else None,
             tokens_per_verification=float(np.mean(spec)) if spec else None,
             accepted_per_verification=float(np.mean(spec)) - 1.0 if spec else None,
-            breakdown=bd, gpu_memory_gb=mem / 1e9, gpu_capacity_gb=self.system.gpu.hbm_gb,
-            fits=bool(mem <= self.system.gpu.hbm_gb * 1e9),
+            breakdown=bd, gpu_memory_gb=mem / 1e9, gpu_capacity_gb=self._analytic.mem.capacity_bytes / 1e9,
+            gpu_hbm_gb=self.system.gpu.hbm_gb,
+            fits=bool(mem <= self._analytic.mem.capacity_bytes),
             resident_experts_per_layer=self.pol.resident_per_layer, calibrated=bool(self.system.calibration),
             events=next(self.env._eid), wall_s=wall, requests=requests, load=load,
             trace_header=self._header() if self.rec is not None else None,
@@ -545,7 +567,7 @@ class Simulator:
         return (float(np.sum(self.iter_tokens)) / busy if busy > 0 else 0.0), warm[0]
 
     def fits(self) -> bool:
-        return bool(self._memory() <= self.system.gpu.hbm_gb * 1e9)
+        return bool(self._memory() <= self._analytic.mem.capacity_bytes)
 
     def _memory(self) -> float:
         """GPU bytes by the analytic model's accounting, with the staging high-water mark seen."""
@@ -553,7 +575,8 @@ class Simulator:
         g = p.gamma if self.pol.speculative else 0
         lru = self.pol.slots.lru_slots
         resident = self.pol.resident_per_layer - lru / self.L
-        mem = float(self._analytic.mem.bytes(float(self.workload.batch), float(g), resident,
+        positions = float(tree_size(g, p.tree_width, p.tree_levels))
+        mem = float(self._analytic.mem.bytes(float(self.workload.batch), positions, resident,
                                              float(self.peak_layer_fetch), lru))
         if p.name in ("eagle", "spmoe", "moespec") and g > 0:
             mem += p.draft_model_ratio * m.resident_bytes       # the draft model's weights (estimate)
