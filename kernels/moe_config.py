@@ -55,7 +55,15 @@ def default_config(num_tokens: int, num_experts: int, top_k: int) -> dict:
 
 
 def config_path(device: str | None = None) -> Path:
-    return CONFIG_DIR / f"{device or rt.device_name()}.json"
+    return CONFIG_DIR / f"{device or _device_name()}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _device_name() -> str:
+    return rt.device_name()
+
+
+_generation = 0  # bumped whenever this process writes a config file (invalidates the cache)
 
 
 @functools.lru_cache(maxsize=16)
@@ -90,7 +98,22 @@ def validate_config(cfg: dict) -> dict:
 
 def get_fused_moe_config(num_tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
                          dtype: torch.dtype, path: Path | str | None = None) -> dict:
-    """The tuned config for this shape on this device (nearest token count), else the default."""
+    """The tuned config for this shape on this device (nearest token count), else the default.
+
+    Cached: the device's own file is read once per process (no device-name lookup or stat() per
+    fused_moe call; a tune in this process invalidates it); an explicit path is re-read when its
+    modification time changes."""
+    stamp = None
+    if path is not None:
+        p = Path(path)
+        stamp = p.stat().st_mtime_ns if p.exists() else None
+    return dict(_cached_config(num_tokens, num_experts, hidden, inter, top_k, dtype,
+                               None if path is None else str(path), stamp, _generation))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_config(num_tokens, num_experts, hidden, inter, top_k, dtype, path, stamp,
+                   generation) -> dict:
     table = load_device_configs(path).get(shape_key(num_experts, inter, hidden, top_k, dtype))
     if table:
         nearest = min(table, key=lambda m: abs(int(m) - num_tokens))
@@ -108,13 +131,37 @@ def candidate_configs() -> list[dict]:
     return out
 
 
+# Decode sizes (a few tokens per expert: weight-bandwidth bound). BLOCK_SIZE_M 16 (the tl.dot
+# minimum), wide K tiles and deep pipelines to keep enough weight bytes in flight; the default
+# decode config first. vLLM's tuned H100 Mixtral config at M = 1 is BN64/BK256/8 warps/5 stages
+# for a kernel that loads one weight tile per step; ours loads two (w1 and w3), so its shared
+# memory per stage is twice that: the nearest ones that fit 227 KB are here. Estimated shared
+# memory (stages x (BM*BK + 2*BK*BN) x 2 bytes) stays <= ~210 KB; what a device cannot run is
+# skipped by the tuner.
+QUICK_TOKEN_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+FULL_TOKEN_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_QUICK = [  # BLOCK_SIZE_N, BLOCK_SIZE_K, num_warps, num_stages
+    (32, 128, 4, 3), (64, 128, 4, 3), (64, 128, 4, 4), (64, 128, 8, 4), (32, 256, 4, 4),
+    (32, 256, 8, 5), (64, 256, 8, 3), (64, 64, 4, 4), (128, 64, 4, 4), (128, 128, 8, 3),
+    (32, 64, 2, 4), (32, 128, 4, 5)]
+
+
+def quick_candidates() -> list[dict]:
+    """~12 decode-size candidates: a tuning pass that fits in a minute or two on a GPU."""
+    return [{"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": bn, "BLOCK_SIZE_K": bk, "GROUP_SIZE_M": 1,
+             "num_warps": w, "num_stages": st} for bn, bk, w, st in _QUICK]
+
+
 def tune_fused_moe(num_experts: int, hidden: int, inter: int, top_k: int, *,
                    dtype: torch.dtype = torch.bfloat16,
-                   token_counts=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
-                   candidates: list[dict] | None = None, reps: int = 10, warmup: int = 2,
-                   path: Path | str | None = None, seed: int = 0, verbose: bool = True) -> dict:
+                   token_counts=None, candidates: list[dict] | None = None, reps: int = 10,
+                   warmup: int = 2, path: Path | str | None = None, seed: int = 0,
+                   verbose: bool = True, quick: bool = False) -> dict:
     """Time every candidate config for each token count and write the fastest per count into the
     device's JSON file (merged with what is there). Returns {T: best config}.
+
+    quick=True: the decode sizes QUICK_TOKEN_COUNTS and quick_candidates() (unless token_counts
+    or candidates are given), a minute or two instead of the full 192-config search.
 
     Inputs: random weights in all num_experts slots, router logits from a seeded normal, so
     routing is random like a real router's. Meant for a GPU; runs under the interpreter too (with
@@ -132,6 +179,10 @@ def tune_fused_moe(num_experts: int, hidden: int, inter: int, top_k: int, *,
     w13 = (torch.randn(num_experts, 2 * inter, hidden, generator=gen) * scale).to(dev, dtype)
     w2 = (torch.randn(num_experts, hidden, inter, generator=gen) * inter ** -0.5).to(dev, dtype)
     slots = torch.arange(num_experts, dtype=torch.int32, device=dev)
+    if token_counts is None:
+        token_counts = QUICK_TOKEN_COUNTS if quick else FULL_TOKEN_COUNTS
+    if quick:
+        candidates = candidates or quick_candidates()
     candidates = [validate_config(c) for c in (candidates or candidate_configs())]
     best: dict[int, dict] = {}
     flush = 0 if rt.interpreting() else 256 << 20  # evict L2: weights come from HBM in serving
@@ -162,6 +213,8 @@ def tune_fused_moe(num_experts: int, hidden: int, inter: int, top_k: int, *,
 def _write(path, key: str, best: dict[int, dict]) -> None:
     import triton
 
+    global _generation
+    _generation += 1
     p = Path(path) if path is not None else config_path()
     data = json.loads(p.read_text()) if p.exists() else {}
     data.update(device=rt.device_name(), triton=triton.__version__, torch=torch.__version__)

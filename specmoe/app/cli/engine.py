@@ -96,7 +96,7 @@ def add_engine_commands(subparsers) -> argparse.ArgumentParser:
                                     "hardware profile to the trace.")
     mb.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     mb.add_argument("--out", required=True, metavar="PATH", help="trace path (.jsonl or .jsonl.gz)")
-    mb.add_argument("--kinds", default="gemm,expert,attn,h2d,d2h,cpu_expert",
+    mb.add_argument("--kinds", default="gemm,moe,expert,attn,h2d,d2h,cpu_expert",
                     help="comma-separated op kinds to time")
     mb.add_argument("--quick", action="store_true", help="tiny shapes (tests, CPU)")
     mb.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16")
