@@ -1,4 +1,4 @@
-"""Quick tuning of the fused MoE tile configs at decode sizes (moe_config.quick_candidates, ~12),
+"""Quick tuning of the fused MoE tile configs at decode sizes (moe_tune.quick_candidates, ~12),
 with the default config timed beside the winner so the gain is visible.
 
     python experiments/quick_tune.py --out DIR [--hidden 4096 --ffn 14336 --experts 8 --top-k 2]
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry", action="store_true", help="tiny shape, 2 candidates (interpreter)")
     a = ap.parse_args(argv)
     from specmoe.kernels import _runtime as rt
-    from specmoe.kernels import moe_config as mc
+    from specmoe.kernels import moe_tune as mc
     from specmoe.kernels.fused_moe import fused_moe
     from specmoe.kernels.gating import topk_gating
 

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from specmoe.kernels import _runtime as rt
-from specmoe.kernels import moe_config
+from specmoe.kernels import moe_config, moe_tune
 from specmoe.kernels.fused_moe import fused_moe, fused_moe_reference, nonresident_mask
 from specmoe.kernels.moe_align import (
     max_padded_size,
@@ -236,7 +236,7 @@ def test_config_json_override_and_tuner(tmp_path):
                   "num_warps": 4, "num_stages": 2},
              {"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1,
                   "num_warps": 4, "num_stages": 2}]
-    best = moe_config.tune_fused_moe(E, D, Fi, k, dtype=torch.float32, token_counts=(2, 8),
+    best = moe_tune.tune_fused_moe(E, D, Fi, k, dtype=torch.float32, token_counts=(2, 8),
                                      candidates=cands, reps=1, warmup=0, path=path,
                                      verbose=False)
     data = json.loads(path.read_text())
@@ -252,7 +252,7 @@ def test_config_json_override_and_tuner(tmp_path):
 
 
 def test_quick_tuning_candidates_are_few_valid_and_fit_shared_memory():
-    cands = moe_config.quick_candidates()
+    cands = moe_tune.quick_candidates()
     assert 10 <= len(cands) <= 14
     assert cands[0] == {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 128,
                         "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}  # the GPU default
@@ -266,10 +266,10 @@ def test_quick_tuning_candidates_are_few_valid_and_fit_shared_memory():
 def test_quick_tune_uses_decode_sizes(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(rt, "time_fn", lambda fn, **kw: seen.append(1) or [1e-3])
-    best = moe_config.tune_fused_moe(4, 32, 48, 2, dtype=torch.float32, quick=True,
-                                     candidates=moe_config.quick_candidates()[:2], reps=1,
+    best = moe_tune.tune_fused_moe(4, 32, 48, 2, dtype=torch.float32, quick=True,
+                                     candidates=moe_tune.quick_candidates()[:2], reps=1,
                                      warmup=0, path=tmp_path / "q.json", verbose=False)
-    assert sorted(best) == list(moe_config.QUICK_TOKEN_COUNTS) and len(seen) == 2 * len(best)
+    assert sorted(best) == list(moe_tune.QUICK_TOKEN_COUNTS) and len(seen) == 2 * len(best)
 
 
 def test_config_lookup_is_cached_until_the_file_changes(tmp_path, monkeypatch):
