@@ -102,6 +102,19 @@ class Transformer:
         cfg, w, p = self.cfg, self.w, f"layers.{l}."
         tok = self.tracer.begin(name="attn")
         B, T, _ = h.shape
+        q = self.qkv_into_cache(l, h, cache, pos, cos, sin)
+        o = ops.cache_attention(q, cache.k[l][:B], cache.v[l][:B], lens, span, mask).reshape(B, T, -1)
+        out = o @ w[p + "wo"].t()
+        if self.tracer.enabled:
+            self.tracer.end(tok, "attn", "attn", layer=l, phase=phase, tokens=B * T, context=span,
+                            flops=4 * B * T * span * cfg.heads * cfg.head_dim, shape=[B, T, span])
+        return out
+
+    def qkv_into_cache(self, l, h, cache, pos, cos, sin) -> torch.Tensor:
+        """Layer l's q, k, v projections (with qk-norm and RoPE); k and v written to the cache at
+        positions `pos` [B, T]. Returns q [B, T, heads, head_dim]."""
+        cfg, w, p = self.cfg, self.w, f"layers.{l}."
+        B, T, _ = h.shape
         x = ops.rms_norm(h, w[p + "attn_norm"], cfg.rms_eps)
         q = _linear(x, w[p + "wq"], w.get(p + "bq")).view(B, T, cfg.heads, cfg.head_dim)
         k = _linear(x, w[p + "wk"], w.get(p + "bk")).view(B, T, cfg.kv_heads, cfg.head_dim)
@@ -113,12 +126,7 @@ class Transformer:
         rows = torch.arange(B, device=self.device)[:, None]
         cache.k[l][rows, pos] = k
         cache.v[l][rows, pos] = v
-        o = ops.cache_attention(q, cache.k[l][:B], cache.v[l][:B], lens, span, mask).reshape(B, T, -1)
-        out = o @ w[p + "wo"].t()
-        if self.tracer.enabled:
-            self.tracer.end(tok, "attn", "attn", layer=l, phase=phase, tokens=B * T, context=span,
-                            flops=4 * B * T * span * cfg.heads * cfg.head_dim, shape=[B, T, span])
-        return out
+        return q
 
     def _moe(self, l, h, keep, phase) -> torch.Tensor:
         cfg, w, p = self.cfg, self.w, f"layers.{l}."

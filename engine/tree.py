@@ -102,27 +102,12 @@ def tree_forward(model, tokens: torch.Tensor, nodes: list[int], cache, tree: Tre
 
 def _attention(model, l, h, cache, slots, span, mask, cos, sin) -> torch.Tensor:
     """The model's attention block with an explicit (tree) mask: always the masked torch path."""
-    cfg, w, p = model.cfg, model.w, f"layers.{l}."
     B, T, _ = h.shape
-    x = ops.rms_norm(h, w[p + "attn_norm"], cfg.rms_eps)
-    q = _linear(x, w[p + "wq"], w.get(p + "bq")).view(B, T, cfg.heads, cfg.head_dim)
-    k = _linear(x, w[p + "wk"], w.get(p + "bk")).view(B, T, cfg.kv_heads, cfg.head_dim)
-    v = _linear(x, w[p + "wv"], w.get(p + "bv")).view(B, T, cfg.kv_heads, cfg.head_dim)
-    if cfg.qk_norm:
-        q = ops.rms_norm(q, w[p + "q_norm"], cfg.rms_eps)
-        k = ops.rms_norm(k, w[p + "k_norm"], cfg.rms_eps)
-    q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
-    rows = torch.arange(B, device=model.device)[:, None]
-    cache.k[l][rows, slots] = k
-    cache.v[l][rows, slots] = v
+    q = model.qkv_into_cache(l, h, cache, slots, cos, sin)
     keys, vals = cache.k[l][:B, :span].transpose(1, 2), cache.v[l][:B, :span].transpose(1, 2)
     o = ops.attention_ref(q.transpose(1, 2), keys, vals, mask).transpose(1, 2).reshape(B, T, -1)
-    return o @ w[p + "wo"].t()
+    return o @ model.w[f"layers.{l}.wo"].t()
 
-
-def _linear(x, w, b):
-    y = x @ w.t()
-    return y if b is None else y + b
 
 
 # ----------------------------------------------------------------------------- draft, verify, accept
