@@ -1,5 +1,6 @@
 """Explanations agree with the numbers: "limited by" is the best doubling, else "balanced"; serving
 runs say how loaded they are and flag overload."""
+
 import json
 
 import pytest
@@ -48,22 +49,37 @@ def test_fixed_overheads_make_a_balanced_configuration():
     ex, setup, best = _explain("olmoe-1b-7b", system, "ondemand", 1)
     assert max(ex["sensitivity"].values()) < BALANCED_BELOW
     assert ex["limited_by"] == "balanced" and ex["balanced_below"] == BALANCED_BELOW
-    assert any(line.startswith("balanced: no single resource gains 1.15×") for line in ex["summary"])
+    assert any(
+        line.startswith("balanced: no single resource gains 1.15×") for line in ex["summary"]
+    )
     assert sensitivities(setup, best) == ex["sensitivity"]
-    assert ex["pair_sensitivity"]["speedup"] < BALANCED_BELOW     # two doubled together: still little
+    assert ex["pair_sensitivity"]["speedup"] < BALANCED_BELOW  # two doubled together: still little
 
 
 def test_capacity_formula_by_hand():
     # 100 decode tokens at 100 tokens/s = 1 s, plus a 2 s prefill shared by 4 requests = 0.5 s.
     assert requests_per_s(100.0, 2.0, 4, 101) == pytest.approx(1 / 1.5)
     assert list(replicas_for(10.0, [1 / 1.5, 2.0, 3.0])) == [15, 5, 4]
-    assert offered_load(3.0, 2.0) == {"rate_rps": 3.0, "capacity_rps": 2.0, "load": 1.5, "overloaded": True}
+    assert offered_load(3.0, 2.0) == {
+        "rate_rps": 3.0,
+        "capacity_rps": 2.0,
+        "load": 1.5,
+        "overloaded": True,
+    }
     assert offered_load(1.0, 2.0)["overloaded"] is False
 
 
-LRU_ONLY = {"resident_experts": 0, "lru_slots": 16 * 64}   # olmoe: 16 MoE layers x 64 experts
-SERVE = {"policy": "ondemand", "model": "olmoe-1b-7b", "batch": 4, "serving": True, "requests": 24,
-         "output_len": 8, "prompt_len": 64, "seed": 1}
+LRU_ONLY = {"resident_experts": 0, "lru_slots": 16 * 64}  # olmoe: 16 MoE layers x 64 experts
+SERVE = {
+    "policy": "ondemand",
+    "model": "olmoe-1b-7b",
+    "batch": 4,
+    "serving": True,
+    "requests": 24,
+    "output_len": 8,
+    "prompt_len": 64,
+    "seed": 1,
+}
 
 
 @pytest.mark.parametrize("rate,overloaded", [(1000.0, True), (0.5, False)])
@@ -71,7 +87,9 @@ def test_serving_flags_overload_from_demand_against_capacity(rate, overloaded):
     r = simulate(rate=rate, **SERVE)
     load = r.to_dict()["load"]
     setup = resolve(**{k: v for k, v in SERVE.items() if k not in ("serving", "requests", "seed")})
-    tps, prefill_s = Simulator(setup, iterations=40, seed=1).steady_state()   # the capacity's reference
+    tps, prefill_s = Simulator(
+        setup, iterations=40, seed=1
+    ).steady_state()  # the capacity's reference
     cap = requests_per_s(tps, prefill_s, 4, 8)
     assert load["capacity_rps"] == pytest.approx(cap)
     assert load["load"] == pytest.approx(rate / cap) and load["overloaded"] is overloaded
@@ -82,7 +100,9 @@ def test_serving_flags_overload_from_demand_against_capacity(rate, overloaded):
 def test_capacity_reference_uses_warm_caches():
     # An LRU cache as large as the model (no pinned experts): a cold prefill fetches every expert
     # it needs, a warm one none.
-    setup = resolve(policy="caching", model="olmoe-1b-7b", batch=4, prompt_len=64, output_len=8, **LRU_ONLY)
+    setup = resolve(
+        policy="caching", model="olmoe-1b-7b", batch=4, prompt_len=64, output_len=8, **LRU_ONLY
+    )
     sim = Simulator(setup, iterations=10)
     tps, warm_prefill_s = sim.steady_state()
     assert sim.ttft[0] > 5 * warm_prefill_s and tps > 0
@@ -94,16 +114,47 @@ def test_light_load_leaves_the_engine_idle_and_heavy_load_keeps_it_busy():
 
 
 def test_cli_serving_reports_load_in_table_and_json(capsys):
-    argv = ["simulate", "--policy", "ondemand", "--model", "olmoe-1b-7b", "--batch", "4", "--serving",
-            "--rate", "1000", "--requests", "12", "--output-len", "8", "--prompt-len", "64"]
+    argv = [
+        "simulate",
+        "--policy",
+        "ondemand",
+        "--model",
+        "olmoe-1b-7b",
+        "--batch",
+        "4",
+        "--serving",
+        "--rate",
+        "1000",
+        "--requests",
+        "12",
+        "--output-len",
+        "8",
+        "--prompt-len",
+        "64",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "offered load" in out and "overloaded:" in out
     assert main([*argv, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["load"]["overloaded"] is True
-    assert main(["simulate", "--policy", "ondemand", "--model", "olmoe-1b-7b", "--batch", "4",
-                 "--iterations", "5", "--json"]) == 0
-    assert "load" not in json.loads(capsys.readouterr().out)           # offline runs have no load
+    assert (
+        main(
+            [
+                "simulate",
+                "--policy",
+                "ondemand",
+                "--model",
+                "olmoe-1b-7b",
+                "--batch",
+                "4",
+                "--iterations",
+                "5",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert "load" not in json.loads(capsys.readouterr().out)  # offline runs have no load
 
 
 def test_serving_warmup_requests_are_served_but_not_measured():
@@ -121,13 +172,23 @@ def test_plan_page_states_the_limit_or_balanced(tmp_path):
     from specmoe.app.plan_page import limit_sentences, write_plan_html
     from specmoe.planning.search import plan
 
-    p = plan(model="mixtral-8x7b", hardware=load_system("h100-pcie", link="pcie3-x16"), batch=16,
-             policies=("ondemand",), confirm="analytic")
+    p = plan(
+        model="mixtral-8x7b",
+        hardware=load_system("h100-pcie", link="pcie3-x16"),
+        batch=16,
+        policies=("ondemand",),
+        confirm="analytic",
+    )
     page = write_plan_html(p, tmp_path / "plan.html", plotlyjs=False).read_text()
     assert "Limited by PCIe bandwidth" in page
-    balanced = {"explanation": {"sensitivity": {"pcie": 1.05, "hbm": 1.10}, "limited_by": "balanced",
-                                "balanced_below": 1.15,
-                                "pair_sensitivity": {"resources": ["hbm", "pcie"], "speedup": 1.9}}}
+    balanced = {
+        "explanation": {
+            "sensitivity": {"pcie": 1.05, "hbm": 1.10},
+            "limited_by": "balanced",
+            "balanced_below": 1.15,
+            "pair_sensitivity": {"resources": ["hbm", "pcie"], "speedup": 1.9},
+        }
+    }
     (line,) = limit_sentences(balanced)
     assert line.startswith("Balanced: no single resource would make it 1.15× as fast")
     assert "twice the GPU memory bandwidth and twice the PCIe bandwidth together: 1.90×" in line

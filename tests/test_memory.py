@@ -1,4 +1,5 @@
 """The one memory model: a plan fills at most HBM × utilisation − the CUDA context."""
+
 import numpy as np
 import pytest
 
@@ -26,7 +27,9 @@ def test_bytes_by_hand():
     kv = 2 * (10 + 6 + 3 + 1) * MIXTRAL.kv_bytes_per_token
     work = 2 * 4 * (MIXTRAL.vocab_size * 4 + 8 * MIXTRAL.hidden_size * MIXTRAL.dtype_bytes)
     experts = (1 * MIXTRAL.num_moe_layers + 2 + 5) * MIXTRAL.expert_bytes
-    assert float(m.bytes(2, 3, 1, 2, lru=5)) == pytest.approx(MIXTRAL.resident_bytes + kv + work + experts)
+    assert float(m.bytes(2, 3, 1, 2, lru=5)) == pytest.approx(
+        MIXTRAL.resident_bytes + kv + work + experts
+    )
 
 
 def test_a_lower_limit_keeps_fewer_experts_resident_and_rejects_with_the_numbers():

@@ -1,4 +1,5 @@
 """Service-level planning: the fastest configuration under TPOT/TTFT targets, and the GPU count."""
+
 import json
 import math
 
@@ -32,8 +33,11 @@ def _brute(policy, batches, gammas=(0,), ns=(0,), tpot_ms=None, ttft_ms=None):
         for g in gammas:
             for n in ns:
                 p = predict(policy=policy, batch=b, gamma=g, draft_experts=n, **KW)
-                if p["fits"] and (tpot_ms is None or _serving_tpot(p) <= tpot_ms) and \
-                        (ttft_ms is None or p["ttft_ms"] <= ttft_ms):
+                if (
+                    p["fits"]
+                    and (tpot_ms is None or _serving_tpot(p) <= tpot_ms)
+                    and (ttft_ms is None or p["ttft_ms"] <= ttft_ms)
+                ):
                     rows.append(p)
     return max(rows, key=lambda p: p["tokens_per_s"])
 
@@ -41,10 +45,17 @@ def _brute(policy, batches, gammas=(0,), ns=(0,), tpot_ms=None, ttft_ms=None):
 def test_largest_batch_under_the_tpot_target_when_tpot_grows_with_batch():
     batches = range(1, 65)
     tpot = np.array([_serving_tpot(predict(policy="ondemand", batch=b, **KW)) for b in batches])
-    assert np.all(np.diff(tpot) > 0)                     # the premise: TPOT grows with batch
-    target = float(tpot[40])                             # batch 41 sits exactly on the target
-    p = plan_slo(tpot_ms=target, policies=("ondemand",), gammas=[0], max_batch=64, interval="point",
-                 confirm="analytic", **KW)
+    assert np.all(np.diff(tpot) > 0)  # the premise: TPOT grows with batch
+    target = float(tpot[40])  # batch 41 sits exactly on the target
+    p = plan_slo(
+        tpot_ms=target,
+        policies=("ondemand",),
+        gammas=[0],
+        max_batch=64,
+        interval="point",
+        confirm="analytic",
+        **KW,
+    )
     largest = int(np.flatnonzero(tpot <= target)[-1]) + 1
     assert p["best"]["batch"] == largest == 41
     assert p["best"]["batch"] == _brute("ondemand", batches, tpot_ms=target)["batch"]
@@ -58,25 +69,47 @@ def test_speculative_grid_matches_a_brute_force_loop():
     # targets that bind: the median serving TPOT and the median TTFT of the grid
     target_tpot = float(np.median([_serving_tpot(p) for p in preds]))
     target_ttft = float(np.median([p["ttft_ms"] for p in preds]))
-    p = plan_slo(tpot_ms=target_tpot, ttft_ms=target_ttft, policies=("specmoe",), gammas=[0, 2, 4],
-                 draft_experts=[1, 4], max_batch=12, interval="point", confirm="analytic", **KW)
+    p = plan_slo(
+        tpot_ms=target_tpot,
+        ttft_ms=target_ttft,
+        policies=("specmoe",),
+        gammas=[0, 2, 4],
+        draft_experts=[1, 4],
+        max_batch=12,
+        interval="point",
+        confirm="analytic",
+        **KW,
+    )
     brute = _brute("specmoe", range(1, 13), (0, 2, 4), (1, 4), target_tpot, target_ttft)
-    assert (p["best"]["batch"], p["best"]["gamma"], p["best"]["draft_experts"]) == \
-        (brute["batch"], brute["gamma"], brute["draft_experts"])
+    assert (p["best"]["batch"], p["best"]["gamma"], p["best"]["draft_experts"]) == (
+        brute["batch"],
+        brute["gamma"],
+        brute["draft_experts"],
+    )
     assert p["best"]["tokens_per_s"] == pytest.approx(brute["tokens_per_s"])
     assert 0 < p["feasible"] < p["searched"] == len(grid)
 
 
 def test_replicas_are_the_rate_over_one_replicas_request_rate():
     rate = 50.0
-    p = plan_slo(tpot_ms=_caching_tpot(8), rate=rate, policies=("ondemand", "caching"), gammas=[0], max_batch=64,
-                 interval="point", confirm="analytic", **KW)
+    p = plan_slo(
+        tpot_ms=_caching_tpot(8),
+        rate=rate,
+        policies=("ondemand", "caching"),
+        gammas=[0],
+        max_batch=64,
+        interval="point",
+        confirm="analytic",
+        **KW,
+    )
     b = p["best"]
     # A request: output_len - 1 decode tokens at the batch's tokens/s, plus 1/B of a batch prefill.
-    per_replica = 1.0 / ((KW["output_len"] - 1) / b["tokens_per_s"] + b["ttft_ms"] / 1e3 / b["batch"])
+    per_replica = 1.0 / (
+        (KW["output_len"] - 1) / b["tokens_per_s"] + b["ttft_ms"] / 1e3 / b["batch"]
+    )
     assert b["requests_per_s"] == pytest.approx(per_replica)
     assert p["replicas"] == math.ceil(rate / per_replica) and p["objective"] == "requests_per_s"
-    for c in p["best_by_policy"].values():               # the choice has the most requests/s per GPU
+    for c in p["best_by_policy"].values():  # the choice has the most requests/s per GPU
         assert c["requests_per_s"] <= b["requests_per_s"]
 
 
@@ -84,25 +117,42 @@ def test_targets_use_the_p90_when_intervals_exist(monkeypatch):
     def fake_intervals(model, system, workload, policy, batch, gamma, draft_experts):
         # p90 = 2 × the point value: the choice must leave that margin
         from specmoe.predictors.analytic import Analytic
-        r = Analytic(model, system, workload).evaluate(policy, batch=batch, gamma=gamma, draft_experts=draft_experts)
-        return {k: np.stack([getattr(r, k)] * 2 + [2 * getattr(r, k)]) for k in ("tpot_ms", "ttft_ms")}
+
+        r = Analytic(model, system, workload).evaluate(
+            policy, batch=batch, gamma=gamma, draft_experts=draft_experts
+        )
+        return {
+            k: np.stack([getattr(r, k)] * 2 + [2 * getattr(r, k)]) for k in ("tpot_ms", "ttft_ms")
+        }
 
     monkeypatch.setattr(slo, "_intervals", lambda: fake_intervals)
-    tpot = np.array([_serving_tpot(predict(policy="ondemand", batch=b, **KW)) for b in range(1, 65)])
+    tpot = np.array(
+        [_serving_tpot(predict(policy="ondemand", batch=b, **KW)) for b in range(1, 65)]
+    )
     target = float(tpot[40])
-    p = plan_slo(tpot_ms=target, policies=("ondemand",), gammas=[0], max_batch=64, confirm="analytic", **KW)
+    p = plan_slo(
+        tpot_ms=target, policies=("ondemand",), gammas=[0], max_batch=64, confirm="analytic", **KW
+    )
     assert p["bound"] == "p90"
     assert p["best"]["batch"] == int(np.flatnonzero(2 * tpot <= target)[-1]) + 1 < 41
     assert p["best"]["tpot_ms_bound"] == pytest.approx(2 * p["best"]["tpot_ms_serving"])
 
 
 def test_serving_simulator_confirms_the_choice():
-    tpot = _caching_tpot(8)     # a target that batch 8 meets analytically
-    p = specmoe.plan(tpot_ms=tpot, ttft_ms=200.0, rate=200.0, policies=("caching",), gammas=[0], max_batch=16,
-                     interval="point", **KW)
+    tpot = _caching_tpot(8)  # a target that batch 8 meets analytically
+    p = specmoe.plan(
+        tpot_ms=tpot,
+        ttft_ms=200.0,
+        rate=200.0,
+        policies=("caching",),
+        gammas=[0],
+        max_batch=16,
+        interval="point",
+        **KW,
+    )
     c, rounds = p["confirmation"], p["rounds"]
     assert c["ran"] and c["mode"] == "serving" and c["tries"][0]["replicas"] == p["replicas"] > 1
-    for t in c["tries"]:                      # each try at the rate split over its replicas
+    for t in c["tries"]:  # each try at the rate split over its replicas
         assert t["rate_per_replica_rps"] == pytest.approx(200.0 / t["replicas"])
         assert t["meets"] == (t["tpot_ms_p90"] <= tpot and t["ttft_ms_p90"] <= 200.0)
     assert [t["replicas"] for t in c["tries"]] == sorted({t["replicas"] for t in c["tries"]})
@@ -112,21 +162,35 @@ def test_serving_simulator_confirms_the_choice():
 
 
 def _missed(tpot_p90, ttft_p90, tpot_bound=4.9, ttft_bound=7.0):
-    return {"targets": {"tpot_ms": 5.0, "ttft_ms": 200.0, "rate_rps": 10.0},
-            "best": {"tpot_ms_bound": tpot_bound, "ttft_ms_bound": ttft_bound},
-            "confirmation": {"ran": True, "mode": "serving", "meets": False,
-                             "tries": [{"tpot_ms_p90": 9.0, "ttft_ms_p90": 900.0},
-                                       {"tpot_ms_p90": tpot_p90, "ttft_ms_p90": ttft_p90}]}}
+    return {
+        "targets": {"tpot_ms": 5.0, "ttft_ms": 200.0, "rate_rps": 10.0},
+        "best": {"tpot_ms_bound": tpot_bound, "ttft_ms_bound": ttft_bound},
+        "confirmation": {
+            "ran": True,
+            "mode": "serving",
+            "meets": False,
+            "tries": [
+                {"tpot_ms_p90": 9.0, "ttft_ms_p90": 900.0},
+                {"tpot_ms_p90": tpot_p90, "ttft_ms_p90": ttft_p90},
+            ],
+        },
+    }
 
 
 def test_a_missed_target_is_lowered_by_the_simulators_gap():
     used = {"tpot_ms": 5.0, "ttft_ms": 200.0, "rate_rps": 10.0}
-    # the last (least loaded) try missed TPOT by 0.6 ms beyond the analytic 4.9: the target drops by 0.7
+    # the last (least loaded) try missed TPOT by 0.6 ms beyond the analytic 4.9:
+    # the target drops by 0.7
     assert slo._tightened(_missed(5.6, 150.0), used) == {**used, "tpot_ms": pytest.approx(4.3)}
     # a gap smaller than 2% still lowers the target by 2%, so the next search differs
-    assert slo._tightened(_missed(5.05, 150.0, tpot_bound=5.0), used)["tpot_ms"] == pytest.approx(4.9)
+    assert slo._tightened(_missed(5.05, 150.0, tpot_bound=5.0), used)["tpot_ms"] == pytest.approx(
+        4.9
+    )
     # TTFT missed by 60 ms beyond its analytic 150 ms: 140 ms next; a gap beyond the target: give up
-    assert slo._tightened(_missed(4.0, 210.0, ttft_bound=150.0), used) == {**used, "ttft_ms": pytest.approx(140.0)}
+    assert slo._tightened(_missed(4.0, 210.0, ttft_bound=150.0), used) == {
+        **used,
+        "ttft_ms": pytest.approx(140.0),
+    }
     assert slo._tightened(_missed(4.0, 260.0), used) is None
     met = _missed(4.0, 100.0)
     met["confirmation"]["meets"] = True
@@ -141,19 +205,50 @@ def test_tightening_round_after_a_simulated_miss(monkeypatch):
         calls.append(best["batch"])
         ok = len(calls) > 1
         tpot = best["tpot_ms_bound"] + (0.0 if ok else 1.0)
-        return {"ran": True, "mode": "serving", "requests": 1, "warmup": 0, "meets": ok, "replicas": replicas,
-                "tries": [{"replicas": replicas, "rate_per_replica_rps": 1.0, "tpot_ms_p90": tpot,
-                           "ttft_ms_p90": 1.0, "load": 0.5, "meets": ok}], "compared": "fake"}
+        return {
+            "ran": True,
+            "mode": "serving",
+            "requests": 1,
+            "warmup": 0,
+            "meets": ok,
+            "replicas": replicas,
+            "tries": [
+                {
+                    "replicas": replicas,
+                    "rate_per_replica_rps": 1.0,
+                    "tpot_ms_p90": tpot,
+                    "ttft_ms_p90": 1.0,
+                    "load": 0.5,
+                    "meets": ok,
+                }
+            ],
+            "compared": "fake",
+        }
 
     monkeypatch.setattr(slo, "confirm_choice", fake_confirm)
-    tpot = np.array([_serving_tpot(predict(policy="ondemand", batch=b, **KW)) for b in range(1, 65)])
-    target = float(tpot[40]) + 0.5                       # batch 41 fits, batch 41's sim TPOT does not
-    p = plan_slo(tpot_ms=target, rate=1.0, policies=("ondemand",), gammas=[0], max_batch=64,
-                 interval="point", **KW)
+    tpot = np.array(
+        [_serving_tpot(predict(policy="ondemand", batch=b, **KW)) for b in range(1, 65)]
+    )
+    target = float(tpot[40]) + 0.5  # batch 41 fits, batch 41's sim TPOT does not
+    p = plan_slo(
+        tpot_ms=target,
+        rate=1.0,
+        policies=("ondemand",),
+        gammas=[0],
+        max_batch=64,
+        interval="point",
+        **KW,
+    )
     first, second = p["rounds"]
-    assert second["targets_used"]["tpot_ms"] == pytest.approx(min(target - 1.0, 0.98 * target))  # gap 1 ms
+    assert second["targets_used"]["tpot_ms"] == pytest.approx(
+        min(target - 1.0, 0.98 * target)
+    )  # gap 1 ms
     assert second["batch"] == int(np.flatnonzero(tpot <= second["targets_used"]["tpot_ms"])[-1]) + 1
-    assert second["batch"] < first["batch"] and second["meets"] and p["best"]["batch"] == second["batch"]
+    assert (
+        second["batch"] < first["batch"]
+        and second["meets"]
+        and p["best"]["batch"] == second["batch"]
+    )
 
 
 def test_bad_targets_and_impossible_targets_raise():
@@ -169,8 +264,25 @@ def test_bad_targets_and_impossible_targets_raise():
 
 def test_cli_plan_with_targets(capsys):
     tpot = round(_caching_tpot(8), 3)
-    argv = ["plan", "--model", "olmoe-1b-7b", "--prompt-len", "64", "--output-len", "32", "--tpot-ms", str(tpot),
-            "--rate", "40", "--max-batch", "16", "--policies", "ondemand,caching", "--confirm", "analytic"]
+    argv = [
+        "plan",
+        "--model",
+        "olmoe-1b-7b",
+        "--prompt-len",
+        "64",
+        "--output-len",
+        "32",
+        "--tpot-ms",
+        str(tpot),
+        "--rate",
+        "40",
+        "--max-batch",
+        "16",
+        "--policies",
+        "ondemand,caching",
+        "--confirm",
+        "analytic",
+    ]
     assert main([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["replicas"] >= 1 and out["best"]["batch"] <= 16 and out["targets"]["tpot_ms"] == tpot

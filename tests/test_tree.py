@@ -1,4 +1,5 @@
 """Draft trees (RSD): shape, expected tokens per verification, verification cost, simulator law."""
+
 import numpy as np
 import pytest
 
@@ -16,9 +17,9 @@ MIXTRAL = load_model("mixtral-8x7b")
 
 
 def test_tree_size_by_hand():
-    assert tree_size(3, 1) == 3                        # a chain
-    assert tree_size(3, 2) == 2 + 4 + 8                # full binary tree
-    assert tree_size(3, 2, 1) == 2 + 2 + 2             # two chains from the root
+    assert tree_size(3, 1) == 3  # a chain
+    assert tree_size(3, 2) == 2 + 4 + 8  # full binary tree
+    assert tree_size(3, 2, 1) == 2 + 2 + 2  # two chains from the root
     assert tree_size(4, 3, 2) == 3 + 9 + 9 + 9
     assert tree_layout(3, 2).tolist() == [0, 1, 3, 7, 15]
     assert tree_layout(3, 1).tolist() == [0, 1, 2, 3, 4]
@@ -26,12 +27,12 @@ def test_tree_size_by_hand():
 
 def test_tree_tau_by_hand():
     a = 0.5
-    b = 1 - (1 - a) ** 2                                # 0.75: either of two candidates accepted
+    b = 1 - (1 - a) ** 2  # 0.75: either of two candidates accepted
     assert tree_tau(a, 2, 2) == pytest.approx(1 + b + b * b)
     assert tree_tau(a, 3, 2, 1) == pytest.approx(1 + b + b * a + b * a * a)
     assert tree_tau(a, 0, 4) == pytest.approx(1.0)
     g = np.arange(8)
-    assert np.allclose(tree_tau(0.7, g, 1), tau(0.7, g))   # width 1 is the chain
+    assert np.allclose(tree_tau(0.7, g, 1), tau(0.7, g))  # width 1 is the chain
     assert level_probs(a, 3, 2, 1).tolist() == [0.75, 0.5, 0.5]
 
 
@@ -63,14 +64,19 @@ def test_verification_covers_the_whole_tree():
     assert float(r.tokens_per_iteration) == pytest.approx(2 * float(tree_tau(0.5, 3, 2)))
 
 
-@pytest.mark.parametrize("kw", [
-    {"policy": "specmoe", "draft_experts": 2, "tree_width": 3},
-    {"policy": "specmoe", "draft_experts": 1, "tree_width": 3, "tree_levels": 1},
-    {"policy": "eagle", "tree_width": 3},
-    {"policy": "spmoe", "tree_width": 2},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"policy": "specmoe", "draft_experts": 2, "tree_width": 3},
+        {"policy": "specmoe", "draft_experts": 1, "tree_width": 3, "tree_levels": 1},
+        {"policy": "eagle", "tree_width": 3},
+        {"policy": "spmoe", "tree_width": 2},
+    ],
+)
 def test_tree_agrees_with_the_simulator_where_exact(kw):
-    fixed = Routing(kind="empirical", probs=((1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),), source="test")
+    fixed = Routing(
+        kind="empirical", probs=((1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),), source="test"
+    )
     setup = resolve(batch=128, gamma=3, routing=fixed, acceptance=Acceptance(0.0), **kw)
     sim = Simulator(setup, iterations=8, seed=0).run()
     an = Analytic(setup.model, setup.system, setup.workload).evaluate(setup.policy)
@@ -79,19 +85,28 @@ def test_tree_agrees_with_the_simulator_where_exact(kw):
 
 
 def test_simulated_tree_acceptance_matches_the_formula():
-    setup = resolve(policy="specmoe", batch=64, gamma=3, draft_experts=2, tree_width=2,
-                    acceptance=Acceptance(0.6))
+    setup = resolve(
+        policy="specmoe",
+        batch=64,
+        gamma=3,
+        draft_experts=2,
+        tree_width=2,
+        acceptance=Acceptance(0.6),
+    )
     sim = Simulator(setup, iterations=150, seed=1).run()
     want = float(tree_tau(0.6, 3, 2))
-    se = 1.2 / np.sqrt(64 * 150)                       # τ's spread per sequence is below 1.2
+    se = 1.2 / np.sqrt(64 * 150)  # τ's spread per sequence is below 1.2
     assert sim.tokens_per_verification == pytest.approx(want, abs=4 * se)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"policy": "ondemand", "tree_width": 2}, "tree_width=2"),
-    ({"policy": "eagle", "gamma": 16, "tree_width": 4}, "draft tokens per sequence"),
-    ({"policy": "specmoe", "tree_width": 0}, "tree_width=0"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"policy": "ondemand", "tree_width": 2}, "tree_width=2"),
+        ({"policy": "eagle", "gamma": 16, "tree_width": 4}, "draft tokens per sequence"),
+        ({"policy": "specmoe", "tree_width": 0}, "tree_width=0"),
+    ],
+)
 def test_bad_trees_name_the_field(kw, match):
     with pytest.raises(SpecMoEError, match=match):
         make_policy(**{"name": kw.pop("policy"), **kw})
@@ -99,10 +114,22 @@ def test_bad_trees_name_the_field(kw, match):
 
 def test_sweep_axes_reach_trees_and_routing_modifiers():
     from specmoe.planning.sweep import run_sweep
-    grid = {"name": "t", "engine": "analytic", "axes": {
-        "model": ["mixtral-8x7b"], "hardware": ["h100-pcie"], "policy": ["specmoe"], "batch": [4],
-        "gamma": [3], "draft_experts": [2], "tree_width": [1, 2], "alpha": [0.6],
-        "routing": ["zipf:1.0", "zipf:1.0+rice:0,1@4"]}}
+
+    grid = {
+        "name": "t",
+        "engine": "analytic",
+        "axes": {
+            "model": ["mixtral-8x7b"],
+            "hardware": ["h100-pcie"],
+            "policy": ["specmoe"],
+            "batch": [4],
+            "gamma": [3],
+            "draft_experts": [2],
+            "tree_width": [1, 2],
+            "alpha": [0.6],
+            "routing": ["zipf:1.0", "zipf:1.0+rice:0,1@4"],
+        },
+    }
     t = run_sweep(grid, jobs=1)
     for w, per_seq in zip(t["tree_width"], t["tokens_per_iteration"] / 4, strict=True):
         assert per_seq == pytest.approx(float(tree_tau(0.6, 3, int(w))))
