@@ -248,20 +248,20 @@ latency on an 8-GPU server, and the local activation rate rising from about 25% 
 - **Less all-to-all volume**: shuffling (q = 0.6) with grouping (c = 0.5) cuts the bytes per MoE
   layer by about a third on every system (the cut depends on q, c, k and ep, not on the link).
 - **Larger gains on slower interconnects**: at batch 1024, NVLink 5 / NVLink 4 gain at most
-  a few percent, PCIe 5 peer-to-peer and 2 nodes over 400 Gb/s about 10%, and 2 nodes over
-  100 Gb/s about 25%: the paper's ordering (smaller gains on fast homogeneous links, larger on
+  a few percent, PCIe 5 peer-to-peer and 2 nodes over 400 Gb/s 6-7%, and 2 nodes over
+  100 Gb/s about 17%: the paper's ordering (smaller gains on fast homogeneous links, larger on
   slow heterogeneous ones).
 - Gains grow with batch: the bytes scale with tokens, the collective latency and the expert
   weight streaming do not.
 
 ## Where it does not, and why
 
-- **Magnitude**: at most about 1.3x here against the paper's up to 4.3x. (1) The paper's figure
+- **Magnitude**: at most about 1.2x here against the paper's up to 4.3x. (1) The paper's figure
   is throughput under a tight latency SLO, which amplifies a per-step saving (a faster step admits
   a much larger batch within the SLO); this table is unconstrained decode throughput at a fixed
-  batch. (2) Uncalibrated links: datasheet bandwidth at η = 1 makes the all-to-all cheap (17-21%
-  of the MoE layer on NVLink 4, 30-34% on NVLink 5, against the reported 59.2%); the sensitivity
-  table (η = 0.25, 50 µs) raises that share to 62-84% yet the gain on NVLink stays small, because \
+  batch. (2) Uncalibrated links: datasheet bandwidth at η = 1 makes the all-to-all cheap (9-12%
+  of the MoE layer on NVLink 4, 13-15% on NVLink 5, against the reported 59.2%); the sensitivity
+  table (η = 0.25, 50 µs) raises that share to 44-68% yet the gain on NVLink stays small, because \
 a latency-bound
   collective does not get faster when its bytes shrink. Calibrating `CommParams` from measured
   all-to-all rows (aiconfigurator-core's NCCL / DeepEP tables, through the measured-kernels
