@@ -155,7 +155,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
-    for module in ("specmoe.sim.cli", "specmoe.calibrate", "specmoe.sweep", "specmoe.report"):
+    for module in ("specmoe.sim.cli", "specmoe.calibrate", "specmoe.sweep", "specmoe.report",
+                   "specmoe.measure.aiconfigurator"):
         _optional_commands(sub, module)
     # The engine imports torch (seconds): load it only when asked for.
     if argv and argv[0] == "engine":

@@ -18,7 +18,8 @@ from typing import Any
 from specmoe.errors import SpecMoEError
 
 SCHEMA = "specmoe.trace/1"
-SOURCES = ("engine", "sim")
+# engine: measured by our engine; sim: simulated; table: imported public measured tables
+SOURCES = ("engine", "sim", "table")
 PHASES = ("prefill", "draft", "verify", "decode", "bench")
 # Event categories; extend here, never elsewhere.
 CATEGORIES = (

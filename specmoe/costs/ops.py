@@ -1,0 +1,319 @@
+"""The one per-op cost model, shared by the analytic model, the simulator and calibration.
+
+Every op is FLOPs plus bytes at a memory level or over a link; its time is a roofline with
+efficiencies and fixed overheads (DESIGN.md §5):
+    t = t_fixed + max(FLOPs / (peak · η_c(m)), bytes / (bw · η_m))
+    η_c(m) = η_c · m / (m + m_half)           (m = tokens per weight matrix: GEMMs saturate in m)
+    transfer: t = t_setup + bytes / (bw_link · η_link)
+All functions take numpy arrays or scalars and return seconds. Parameters default to the ideal
+roofline (η = 1, no overhead): an uncalibrated prediction is an upper bound on speed, and a
+calibrated profile (hwprofiles/calibrated/) replaces the defaults with values fitted from traces.
+
+Refinements that real GPU kernels need (DESIGN.md §5), each off by default so that a profile
+without them keeps the plain roofline:
+- op-class parameter groups: grouped MoE GEMMs (moe_*), decode attention (attn_eff,
+  attn_fixed_us) and prefill attention (prefill_*) have their own efficiencies and fixed times;
+  None shares the dense GEMM group's value;
+- tile and wave quantization (tile_m, tile_n > 0): rows padded to the tile, CTAs over the GPU's
+  SMs in whole waves; per-expert tokens padded to the fused-MoE block (moe_block_tokens > 0),
+  the busiest expert's tokens padded on their own;
+- L2: in a benchmark that replays one op (`CostModel(replay=True)`), a working set that fits in
+  the GPU's L2 (`l2_mb`) is read at l2_bw_factor × the HBM peak instead; a real forward pass
+  over many layers streams weights from HBM (replay=False, the default);
+- measured tables (specmoe.costs.tables): where given, an op inside a table's range takes the
+  interpolated measurement and outside it this model; `CostModel.sources` says which, per op.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from specmoe.errors import SpecMoEError
+
+GB = 1e9
+TFLOP = 1e12
+US = 1e-6
+
+
+@dataclass(frozen=True)
+class CostParams:
+    """Efficiencies (fractions of peak) and fixed overheads (µs). Defaults: ideal roofline."""
+
+    gemm_compute_eff: float = 1.0     # η_c: best fraction of peak tensor FLOP/s
+    gemm_half_tokens: float = 0.0     # m_half: tokens per weight matrix at which η_c is halved
+    hbm_eff: float = 1.0              # η_m: fraction of peak HBM bandwidth for weight/KV streaming
+    attn_eff: float = 1.0             # fraction of peak HBM bandwidth reading the KV cache
+    kernel_overhead_us: float = 0.0   # fixed time per GPU kernel (launch + tail)
+    expert_overhead_us: float = 0.0   # fixed time per distinct expert in a grouped expert op
+    layer_overhead_us: float = 0.0    # fixed time per decoder layer beyond its kernels
+    link_eff: float = 1.0             # η_link: fraction of the link's payload bandwidth, pinned memory
+    pageable_eff: float = 1.0         # further fraction when the host buffer is pageable
+    transfer_setup_us: float | None = None   # per-copy latency; None = the link profile's setup_us
+    cpu_compute_eff: float = 1.0      # fraction of host peak FLOP/s in an expert GEMM
+    cpu_mem_eff: float = 1.0          # fraction of host DRAM bandwidth
+    cpu_overhead_us: float = 0.0      # fixed time per CPU expert call
+    ssd_eff: float = 1.0              # fraction of SSD read bandwidth
+    # op-class groups (None: the dense GEMM group's value)
+    moe_compute_eff: float | None = None   # grouped expert GEMM: best fraction of peak FLOP/s
+    moe_half_tokens: float | None = None   # tokens per expert at which that is halved
+    moe_hbm_eff: float | None = None       # fraction of HBM peak streaming expert weights
+    moe_kernel_us: float | None = None     # fixed time per grouped-GEMM kernel (routing, sort)
+    attn_fixed_us: float | None = None     # decode attention fixed time (None: kernel_overhead_us)
+    prefill_compute_eff: float | None = None   # causal prefill attention: fraction of peak
+    prefill_half_tokens: float | None = None   # sequence length at which that is halved
+    prefill_fixed_us: float | None = None      # its fixed time
+    l2_bw_factor: float = 1.0         # L2 bandwidth / HBM peak (replayed ops that fit in L2)
+    # kernel geometry, not fitted (0 = no quantization): the kernels' tile shapes
+    tile_m: float = 0.0               # GEMM CTA tile rows (tokens); small m uses the next power of 2 >= 16
+    tile_n: float = 0.0               # GEMM CTA tile columns
+    moe_block_tokens: float = 0.0     # fused MoE: tokens per expert padded to this block
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PARAM_NAMES = tuple(f.name for f in fields(CostParams))
+
+
+def params_for(system) -> CostParams:
+    """CostParams of a hardware System: defaults overridden by its `efficiency` block."""
+    overrides = dict(getattr(system, "efficiency", None) or {})
+    unknown = sorted(set(overrides) - set(PARAM_NAMES))
+    if unknown:
+        raise SpecMoEError(f"hardware {system.name}: efficiency key(s) {unknown} unknown; allowed {PARAM_NAMES}")
+    for k, v in overrides.items():
+        if v is not None and v < 0:
+            raise SpecMoEError(f"hardware {system.name}: efficiency {k}={v} must be >= 0")
+    return replace(CostParams(), **overrides)
+
+
+def roofline(flops, bytes_, peak_flops, bandwidth, t_fixed=0.0):
+    """Seconds for an op: fixed time plus the slower of compute and memory at effective peaks."""
+    return t_fixed + np.maximum(np.asarray(flops) / peak_flops, np.asarray(bytes_) / bandwidth)
+
+
+class CostModel:
+    """Per-op times for one model on one system. Token counts are arrays or scalars."""
+
+    def __init__(self, model, system, params: CostParams | None = None, replay: bool = False,
+                 tables=None):
+        self.model = model
+        self.system = system
+        self.p = params or params_for(system)
+        self.replay = replay          # one op replayed alone: working sets that fit in L2 stay there
+        self.tables = tables          # specmoe.costs.tables.Tables or None
+        self.sources: dict[str, dict[str, int]] = {}   # op -> {"table": n, "model": n}
+        gpu, host, link = system.gpu, system.host, system.link
+        self.sms = float(gpu.sm_count)
+        self.l2_bytes = gpu.l2_mb * 2**20
+        self.peak_flops = self._tensor_tflops(gpu, model.dtype_bytes) * TFLOP
+        self.hbm_bw = gpu.hbm_bw_gbps * GB
+        self.link_bw = link.h2d_gbps * GB
+        self.link_setup = (link.setup_us if self.p.transfer_setup_us is None else self.p.transfer_setup_us) * US
+        self.cpu_flops = (host.cpu_bf16_tflops if model.dtype_bytes <= 2 else host.cpu_fp32_tflops) * TFLOP
+        self.dram_bw = host.dram_bw_gbps * GB
+        self.ssd_bw = host.ssd_read_gbps * GB
+        self.kernel_t = self.p.kernel_overhead_us * US
+
+    @staticmethod
+    def _tensor_tflops(gpu, dtype_bytes: float) -> float:
+        if dtype_bytes >= 4:
+            return gpu.fp32_tflops
+        if dtype_bytes <= 1 and gpu.fp8_tflops:
+            return gpu.fp8_tflops
+        return gpu.bf16_tflops
+
+    # ---- GPU compute -------------------------------------------------------------------------
+    def _group(self, name: str, fallback: str):
+        v = getattr(self.p, name)
+        return getattr(self.p, fallback) if v is None else v
+
+    def compute_eff(self, tokens_per_matrix, eff=None, half=None):
+        m = np.maximum(np.asarray(tokens_per_matrix, dtype=float), 1e-9)
+        eff = self.p.gemm_compute_eff if eff is None else eff
+        half = self.p.gemm_half_tokens if half is None else half
+        return eff * m / (m + half)
+
+    def mem_bw(self, working_set_bytes, eff):
+        """Bandwidth a working set streams at: HBM × eff, or L2 when replayed and it fits."""
+        hbm = self.hbm_bw * eff
+        if not self.replay:
+            return hbm
+        l2 = self.hbm_bw * self.p.l2_bw_factor
+        return np.where(np.asarray(working_set_bytes) <= self.l2_bytes, np.maximum(l2, hbm), hbm)
+
+    def wave_factor(self, rows, cols, tile_m=None):
+        """Work a tiled kernel does / useful work: rows padded to the tile (the next power of 2,
+        16 .. tile_m), columns to tile_n, CTAs run in whole waves over the SMs. 1 without tiles."""
+        p = self.p
+        if not (p.tile_m and p.tile_n):
+            return 1.0
+        rows = np.maximum(np.asarray(rows, dtype=float), 1.0)
+        cols = np.maximum(np.asarray(cols, dtype=float), 1.0)
+        tm = np.clip(2.0 ** np.ceil(np.log2(rows)), 16.0, tile_m or p.tile_m)
+        ctas = np.ceil(rows / tm) * np.ceil(cols / p.tile_n)
+        waves = np.ceil(ctas / self.sms)
+        return waves * self.sms * tm * p.tile_n / (rows * cols)
+
+    def gemm(self, flops, weight_bytes, tokens_per_matrix, act_bytes=0.0, kernels=1, n_cols=None):
+        """A weight GEMM: weights streamed once, activations alongside. `n_cols` (output columns)
+        turns on tile and wave quantization where the profile has tiles."""
+        peak = self.peak_flops * self.compute_eff(tokens_per_matrix)
+        if n_cols is not None:
+            flops = np.asarray(flops) * self.wave_factor(tokens_per_matrix, n_cols)
+        nbytes = np.asarray(weight_bytes) + act_bytes
+        bw = self.mem_bw(nbytes, self.p.hbm_eff)
+        return roofline(flops, nbytes, peak, bw, kernels * self.kernel_t)
+
+    def dense_gemm(self, m, n, k):
+        """x[m, k] @ W[k, n] (a measured GEMM row, or any linear layer)."""
+        b = self.model.dtype_bytes
+        m, n, k = (np.asarray(v, dtype=float) for v in (m, n, k))
+        model_t = self.gemm(2 * m * n * k, k * n * b, m, act_bytes=(m * k + m * n) * b, n_cols=n)
+        return self._hybrid("gemm", model_t, (n, k), m)
+
+    def padded_pairs(self, pairs, distinct, busiest=None):
+        """Token-expert pairs after padding each expert's tokens to the fused-MoE block; the
+        busiest expert (skewed routing) is padded on its own, the rest share the remainder."""
+        B = self.p.moe_block_tokens
+        if not B:
+            return pairs
+        busiest = pairs / distinct if busiest is None else np.minimum(busiest, pairs)
+        rest = np.maximum(distinct - 1.0, 0.0)
+        rest_mean = np.where(rest > 0, (pairs - busiest) / np.maximum(rest, 1e-9), 0.0)
+        return B * np.ceil(busiest / B) + rest * B * np.ceil(rest_mean / B)
+
+    def experts(self, tokens, distinct, busiest=None):
+        """Grouped expert FFN over `tokens` token-expert pairs spread on `distinct` experts
+        (`busiest`: the most-loaded expert's tokens, default an even spread)."""
+        m = self.model
+        distinct = np.maximum(np.asarray(distinct, dtype=float), 1e-9)
+        tokens = np.asarray(tokens, dtype=float)
+        per_expert = tokens / distinct
+        act = tokens * (2 * m.hidden_size + 2 * m.expert_intermediate_size) * m.dtype_bytes
+        padded = self.padded_pairs(tokens, distinct, busiest)
+        flops = padded * m.expert_flops_per_token
+        if self.p.moe_block_tokens:   # first GEMM (gate+up) sets the CTA count
+            flops = flops * self.wave_factor(padded, 2 * m.expert_intermediate_size,
+                                             tile_m=self.p.moe_block_tokens)
+        eff = self.compute_eff(per_expert, self._group("moe_compute_eff", "gemm_compute_eff"),
+                               self._group("moe_half_tokens", "gemm_half_tokens"))
+        weights = distinct * m.expert_bytes + act
+        bw = self.mem_bw(weights, self._group("moe_hbm_eff", "hbm_eff"))
+        fixed = 2 * self._group("moe_kernel_us", "kernel_overhead_us") * US
+        t = roofline(flops, weights, self.peak_flops * eff, bw, fixed)
+        # Implementations that loop over experts pay a fixed time per expert (fitted; 0 = grouped).
+        t = t + distinct * self.p.expert_overhead_us * US
+        return np.where(tokens > 0, t, 0.0)
+
+    def fused_moe(self, tokens, distinct, busiest=None, distribution="balanced"):
+        """experts() for a measured-table key: interpolated inside the table's range."""
+        m = self.model
+        t = self.experts(np.asarray(tokens, dtype=float) * m.top_k, distinct, busiest)
+        key = (m.hidden_size, m.expert_intermediate_size, m.num_experts, m.top_k, distribution)
+        return self._hybrid("moe", t, key, tokens)
+
+    def _hybrid(self, op, model_t, key, x):
+        """Measured table inside its range (where one is given), this model outside; counted."""
+        used = self.sources.setdefault(op, {"table": 0, "model": 0})
+        if self.tables is None:
+            used["model"] += int(np.size(model_t))
+            return model_t
+        measured, inside = self.tables.lookup(op, key, x)
+        used["table"] += int(np.sum(inside))
+        used["model"] += int(np.size(inside) - np.sum(inside))
+        return np.where(inside, measured, model_t)
+
+    def attention_block(self, tokens, batch, context):
+        """Projections (q,k,v,o) plus scores over the cache, one layer. Norms and RoPE are overhead."""
+        m = self.model
+        proj = self.gemm(tokens * m.attn_proj_flops_per_token, m.attn_weight_bytes_per_layer, tokens, kernels=2)
+        return proj + self.attention_scores(tokens, batch, context) + 2 * self.kernel_t  # + RMSNorm, RoPE
+
+    def attention_scores(self, tokens, batch, context):
+        """QKᵀ and PV over `context` cached positions per sequence: reads each sequence's KV once."""
+        m = self.model
+        kv = np.asarray(batch) * np.asarray(context) * m.kv_bytes_per_token_per_layer
+        score_flops = np.asarray(tokens) * m.attn_score_flops_per_token(context)
+        fixed = self._group("attn_fixed_us", "kernel_overhead_us") * US
+        return roofline(score_flops, kv, self.peak_flops * self.p.gemm_compute_eff,
+                        self.mem_bw(kv, self.p.attn_eff), fixed)
+
+    def decode_attention(self, batch, context):
+        """One decode step's attention scores (a measured-table key: heads, kv heads, head dim)."""
+        m = self.model
+        batch = np.asarray(batch, dtype=float)
+        t = self.attention_scores(batch, batch, context)
+        return self._hybrid("attn_decode", t, (m.num_heads, m.num_kv_heads, m.head_dim, batch),
+                            context)
+
+    def prefill_attention(self, batch, seq):
+        """Causal self-attention over `seq` new tokens per sequence (flash-attention style: Q, K,
+        V and O cross HBM once; query i attends to i + 1 keys)."""
+        m = self.model
+        batch, seq = np.asarray(batch, dtype=float), np.asarray(seq, dtype=float)
+        flops = batch * 4.0 * m.num_heads * m.head_dim * seq * (seq + 1) / 2
+        nbytes = batch * seq * 2 * (m.num_heads + m.num_kv_heads) * m.head_dim * m.dtype_bytes
+        eff = self.compute_eff(seq, self._group("prefill_compute_eff", "gemm_compute_eff"),
+                               self._group("prefill_half_tokens", "gemm_half_tokens"))
+        fixed = self._group("prefill_fixed_us", "kernel_overhead_us") * US
+        t = roofline(flops, nbytes, self.peak_flops * eff, self.mem_bw(nbytes, self.p.attn_eff), fixed)
+        return self._hybrid("attn_prefill", t, (m.num_heads, m.num_kv_heads, m.head_dim, batch), seq)
+
+    def router_and_shared(self, tokens):
+        """Gate GEMM and any shared experts of one MoE layer."""
+        m = self.model
+        gate_bytes = m.hidden_size * m.num_experts * m.dtype_bytes
+        t = self.gemm(tokens * m.router_flops_per_token, gate_bytes, tokens)
+        if m.num_shared_experts:
+            t = t + self.gemm(tokens * m.shared_expert_flops_per_token, m.shared_params * m.dtype_bytes, tokens, kernels=2)
+        return t
+
+    def dense_ffn(self, tokens):
+        m = self.model
+        mats = 3 if m.gated_ffn else 2
+        w = mats * m.hidden_size * m.dense_intermediate_size * m.dtype_bytes
+        return self.gemm(tokens * m.dense_ffn_flops_per_token, w, tokens, kernels=2)
+
+    def lm_head(self, tokens):
+        m = self.model
+        return self.gemm(tokens * m.lm_head_flops_per_token, m.hidden_size * m.vocab_size * m.dtype_bytes, tokens)
+
+    def layer_fixed(self):
+        return self.p.layer_overhead_us * US
+
+    # ---- data movement -----------------------------------------------------------------------
+    def h2d(self, nbytes, copies=1, pinned=True):
+        """Host→GPU copies over the link: `copies` transfers totalling `nbytes`."""
+        eff = self.p.link_eff * (1.0 if pinned else self.p.pageable_eff)
+        return np.asarray(copies) * self.link_setup + np.asarray(nbytes) / (self.link_bw * eff)
+
+    def d2h(self, nbytes, copies=1, pinned=True):
+        """GPU→host copies (activations for CPU experts, KV offload)."""
+        eff = self.p.link_eff * (1.0 if pinned else self.p.pageable_eff)
+        bw = self.system.link.d2h_gbps * GB
+        return np.asarray(copies) * self.link_setup + np.asarray(nbytes) / (bw * eff)
+
+    def expert_fetch(self, n_experts=1, pinned=True):
+        """Fetching whole experts (one copy each) from host memory, plus the SSD share if any."""
+        n = np.asarray(n_experts, dtype=float)
+        return self.h2d(n * self.model.expert_bytes, n, pinned) + n * self.ssd_per_expert()
+
+    def ssd_per_expert(self) -> float:
+        """Extra time per expert fetch when not all experts fit in host DRAM (read from SSD first)."""
+        m = self.model
+        host_bytes = self.system.host.dram_gb * GB - m.resident_bytes - m.encoder_experts_total_bytes
+        on_ssd = min(1.0, max(0.0, 1.0 - host_bytes / m.experts_total_bytes))
+        return on_ssd * self.model.expert_bytes / (self.ssd_bw * self.p.ssd_eff)
+
+    # ---- host compute ------------------------------------------------------------------------
+    def cpu_expert(self, tokens):
+        """One expert FFN over `tokens` tokens on the host CPU, weights read from DRAM."""
+        m = self.model
+        tokens = np.asarray(tokens, dtype=float)
+        t = roofline(tokens * m.expert_flops_per_token, m.expert_bytes,
+                     self.cpu_flops * self.p.cpu_compute_eff, self.dram_bw * self.p.cpu_mem_eff,
+                     self.p.cpu_overhead_us * US)
+        return np.where(tokens > 0, t, 0.0)

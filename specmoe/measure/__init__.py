@@ -1,0 +1,1 @@
+"""Measure layer: trace schema and ingest (engine traces, public measured kernel tables)."""
