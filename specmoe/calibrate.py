@@ -25,7 +25,8 @@ them; dims fall back to the header's `model`, an engine MoEConfig dict with hidd
 kv_heads, head_dim, experts, top_k, expert_ffn, vocab, dtype):
   gemm        shape [m, n, k]: x[m, k] @ W[k, n]                         -> CostModel.gemm
   expert      tokens, shape [tokens, hidden, ffn]: one SwiGLU expert      -> CostModel.experts(tokens, 1)
-  moe         tokens, experts (distinct), top_k, shape [tokens, hidden, ffn] (else the header
+  moe         tokens, experts (distinct), top_k, max_expert_tokens (the busiest expert's;
+              default an even spread), gated (default true), shape [tokens, hidden, ffn] (else the header
               model's hidden, expert_ffn, top_k): the engine's fused_moe span
               -> CostModel.experts(tokens·top_k, experts); the engine's per-layer span named
               "moe" (fetches + compute + bookkeeping) is a composite and is not fitted
@@ -71,17 +72,18 @@ OP_PARAMS: dict[str, tuple[str, ...]] = {
     "attn_scores": ("gemm_compute_eff", "attn_eff", "kernel_overhead_us"),
     "h2d": ("link_eff", "transfer_setup_us", "pageable_eff"),
     "cpu_expert": ("cpu_compute_eff", "cpu_mem_eff", "cpu_overhead_us"),
-    "attn_prefill": ("gemm_compute_eff", "gemm_half_tokens", "attn_eff", "kernel_overhead_us"),
+    "attn_prefill": ("gemm_compute_eff", "attn_eff", "kernel_overhead_us"),
 }
 # Per op class (FitOptions.groups="per-class", for GPU kernels): dense GEMMs, grouped MoE GEMMs,
 # decode attention and prefill attention each get their own efficiencies and fixed times; replayed
 # benchmarks (trace header `replay`) add the L2 bandwidth, shared by all.
 OP_PARAMS_PER_CLASS: dict[str, tuple[str, ...]] = {
     **OP_PARAMS,
-    "moe": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us"),
+    "moe": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us", "moe_reread"),
     "expert": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us"),
-    "attn_scores": ("attn_eff", "attn_fixed_us"),
-    "attn_prefill": ("prefill_compute_eff", "prefill_half_tokens", "prefill_fixed_us"),
+    "attn_scores": ("attn_eff", "attn_fixed_us", "attn_item_us"),
+    "attn_prefill": ("prefill_compute_eff", "prefill_half_head_dim", "prefill_item_us",
+                     "prefill_fixed_us"),
 }
 REPLAY_PARAMS = ("l2_bw_factor",)
 # Fixed times that only whole iterations show: per layer, and per distinct expert (an engine that
@@ -97,8 +99,8 @@ BOUNDS = {
     "gemm_compute_eff": (1e-3, 1.0), "gemm_half_tokens": (0.0, 1e4), "hbm_eff": (1e-3, 1.0),
     "attn_eff": (1e-3, 1.0), "kernel_overhead_us": (0.0, 1e5), "layer_overhead_us": (0.0, 1e6),
     "moe_compute_eff": (1e-3, 1.0), "moe_half_tokens": (0.0, 1e4), "moe_hbm_eff": (1e-3, 1.0),
-    "moe_kernel_us": (0.0, 1e4), "attn_fixed_us": (0.0, 1e4), "prefill_compute_eff": (1e-3, 1.0),
-    "prefill_half_tokens": (0.0, 1e5), "prefill_fixed_us": (0.0, 1e4), "l2_bw_factor": (1.0, 8.0),
+    "moe_kernel_us": (0.0, 1e4), "moe_reread": (0.0, 1.0), "attn_fixed_us": (0.0, 1e4), "attn_item_us": (0.0, 1e3), "prefill_compute_eff": (1e-3, 1.0),
+    "prefill_item_us": (0.0, 1e3), "prefill_half_head_dim": (0.0, 2048.0), "prefill_fixed_us": (0.0, 1e4), "l2_bw_factor": (1.0, 8.0),
     "expert_overhead_us": (0.0, 1e5),
     "link_eff": (1e-3, 4.0), "pageable_eff": (1e-3, 1.0), "transfer_setup_us": (0.0, 1e5),
     "cpu_compute_eff": (1e-3, 4.0), "cpu_mem_eff": (1e-3, 4.0), "cpu_overhead_us": (0.0, 1e5),
@@ -110,15 +112,15 @@ STARTS = (
      "kernel_overhead_us": 5.0, "expert_overhead_us": 5.0, "layer_overhead_us": 10.0, "link_eff": 0.7,
      "pageable_eff": 0.5,
      "transfer_setup_us": 5.0, "cpu_compute_eff": 0.5, "cpu_mem_eff": 0.5, "cpu_overhead_us": 5.0,
-     "moe_compute_eff": 0.5, "moe_half_tokens": 8.0, "moe_hbm_eff": 0.5, "moe_kernel_us": 5.0,
-     "attn_fixed_us": 5.0, "prefill_compute_eff": 0.5, "prefill_half_tokens": 64.0,
+     "moe_compute_eff": 0.5, "moe_half_tokens": 8.0, "moe_hbm_eff": 0.5, "moe_kernel_us": 5.0, "moe_reread": 0.1,
+     "attn_fixed_us": 5.0, "attn_item_us": 1.0, "prefill_compute_eff": 0.5, "prefill_item_us": 1.0, "prefill_half_head_dim": 32.0,
      "prefill_fixed_us": 5.0, "l2_bw_factor": 2.0},
     {"gemm_compute_eff": 0.1, "gemm_half_tokens": 64.0, "hbm_eff": 1.0, "attn_eff": 1.0,
      "kernel_overhead_us": 50.0, "expert_overhead_us": 50.0, "layer_overhead_us": 100.0, "link_eff": 0.3,
      "pageable_eff": 0.9,
      "transfer_setup_us": 20.0, "cpu_compute_eff": 0.1, "cpu_mem_eff": 1.0, "cpu_overhead_us": 50.0,
-     "moe_compute_eff": 0.1, "moe_half_tokens": 64.0, "moe_hbm_eff": 0.9, "moe_kernel_us": 20.0,
-     "attn_fixed_us": 20.0, "prefill_compute_eff": 0.2, "prefill_half_tokens": 512.0,
+     "moe_compute_eff": 0.1, "moe_half_tokens": 64.0, "moe_hbm_eff": 0.9, "moe_kernel_us": 20.0, "moe_reread": 0.5,
+     "attn_fixed_us": 20.0, "attn_item_us": 5.0, "prefill_compute_eff": 0.2, "prefill_item_us": 5.0, "prefill_half_head_dim": 128.0,
      "prefill_fixed_us": 20.0, "l2_bw_factor": 4.0},
 )
 # Trace sources that are measurements: our engine's, and imported public tables
@@ -257,7 +259,8 @@ def _event_point(ev: dict, header: dict, where: str) -> tuple[str, tuple, tuple]
         k = _dim(ev, model, "top_k", where)
         distinct = float(_need(ev, "experts", where))
         busiest = float(ev.get("max_expert_tokens") or tokens * k / max(distinct, 1e-9))
-        return cat, (b, int(hidden), int(ffn)), (tokens * k, distinct, busiest)
+        gated = 0.0 if ev.get("gated") is False else 1.0   # non-gated experts: two matrices
+        return cat, (b, int(hidden), int(ffn), gated), (tokens * k, distinct, busiest)
     if cat in ("expert", "cpu_expert"):
         _, hidden, ffn = _shape(ev, 3, where)
         return cat, (b, int(hidden), int(ffn)), (float(_need(ev, "tokens", where)),)
@@ -315,7 +318,7 @@ def collect_points(traces, min_samples: int = 1) -> list[Point]:
 @lru_cache(maxsize=512)
 def _spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, kv_heads: int = 1,
           head_dim: int = 64, experts: int = 8, top_k: int = 2, vocab: int = 64, layers: int = 1,
-          shared_ffn: int = 0):
+          shared_ffn: int = 0, gated: bool = True):
     """A ModelSpec with just the dims an op needs (one op = one layer's worth)."""
     from specmoe.models import from_hf_config
 
@@ -329,7 +332,8 @@ def _spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, k
                    shared_expert_intermediate_size=shared_ffn)
     else:
         cfg.update(num_local_experts=experts, intermediate_size=ffn)
-    return from_hf_config(cfg)
+    spec = from_hf_config(cfg)
+    return spec if gated else replace(spec, gated_ffn=False)
 
 
 def _gemm(cm: CostModel, a: np.ndarray) -> np.ndarray:
@@ -365,7 +369,8 @@ OPS: dict[str, Op] = {
     "gemm": Op(("m", "n", "k"), lambda b: _spec(b), _gemm),
     "expert": Op(("tokens",), lambda b, h, f: _spec(b, hidden=h, ffn=f),
                  lambda cm, a: cm.experts(a[:, 0], 1.0)),
-    "moe": Op(("pairs", "distinct", "busiest"), lambda b, h, f: _spec(b, hidden=h, ffn=f),
+    "moe": Op(("pairs", "distinct", "busiest"),
+              lambda b, h, f, g=1.0: _spec(b, hidden=h, ffn=f, gated=bool(g)),
               lambda cm, a: cm.experts(a[:, 0], a[:, 1], a[:, 2])),
     "cpu_expert": Op(("tokens",), lambda b, h, f: _spec(b, hidden=h, ffn=f),
                      lambda cm, a: cm.cpu_expert(a[:, 0])),

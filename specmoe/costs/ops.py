@@ -33,6 +33,7 @@ import numpy as np
 from specmoe.errors import SpecMoEError
 
 GB = 1e9
+PREFILL_Q_TILE = 128     # query rows per flash-attention CTA (FlashAttention-2/3 default)
 TFLOP = 1e12
 US = 1e-6
 
@@ -60,9 +61,14 @@ class CostParams:
     moe_half_tokens: float | None = None   # tokens per expert at which that is halved
     moe_hbm_eff: float | None = None       # fraction of HBM peak streaming expert weights
     moe_kernel_us: float | None = None     # fixed time per grouped-GEMM kernel (routing, sort)
+    moe_reread: float = 0.0                # fraction of an expert's weights re-read from HBM per
+                                           # extra token block (the rest hit L2)
     attn_fixed_us: float | None = None     # decode attention fixed time (None: kernel_overhead_us)
+    attn_item_us: float = 0.0              # decode attention: time per (sequence, kv head) work item
     prefill_compute_eff: float | None = None   # causal prefill attention: fraction of peak
-    prefill_half_tokens: float | None = None   # sequence length at which that is halved
+    prefill_item_us: float = 0.0               # its set-up time per (sequence, head, query tile)
+    prefill_half_head_dim: float = 0.0         # head dim at which its efficiency is halved (softmax
+                                               # work per score does not shrink with head dim)
     prefill_fixed_us: float | None = None      # its fixed time
     l2_bw_factor: float = 1.0         # L2 bandwidth / HBM peak (replayed ops that fit in L2)
     # kernel geometry, not fitted (0 = no quantization): the kernels' tile shapes
@@ -144,9 +150,11 @@ class CostModel:
         l2 = self.hbm_bw * self.p.l2_bw_factor
         return np.where(np.asarray(working_set_bytes) <= self.l2_bytes, np.maximum(l2, hbm), hbm)
 
-    def wave_factor(self, rows, cols, tile_m=None):
+    def wave_factor(self, rows, cols, tile_m=None, split_k=True):
         """Work a tiled kernel does / useful work: rows padded to the tile (the next power of 2,
-        16 .. tile_m), columns to tile_n, CTAs run in whole waves over the SMs. 1 without tiles."""
+        16 .. tile_m), columns to tile_n, CTAs run in whole waves over the SMs. A kernel with
+        fewer CTAs than SMs splits K to fill them (cuBLAS/CUTLASS split-K, stream-K) when
+        `split_k`; the fused MoE kernel does not. 1 without tiles."""
         p = self.p
         if not (p.tile_m and p.tile_n):
             return 1.0
@@ -154,8 +162,10 @@ class CostModel:
         cols = np.maximum(np.asarray(cols, dtype=float), 1.0)
         tm = np.clip(2.0 ** np.ceil(np.log2(rows)), 16.0, tile_m or p.tile_m)
         ctas = np.ceil(rows / tm) * np.ceil(cols / p.tile_n)
-        waves = np.ceil(ctas / self.sms)
-        return waves * self.sms * tm * p.tile_n / (rows * cols)
+        waves = np.ceil(ctas / self.sms) * self.sms / ctas
+        if split_k:
+            waves = np.where(ctas < self.sms, 1.0, waves)
+        return waves * np.ceil(rows / tm) * tm * np.ceil(cols / p.tile_n) * p.tile_n / (rows * cols)
 
     def gemm(self, flops, weight_bytes, tokens_per_matrix, act_bytes=0.0, kernels=1, n_cols=None):
         """A weight GEMM: weights streamed once, activations alongside. `n_cols` (output columns)
@@ -195,12 +205,15 @@ class CostModel:
         act = tokens * (2 * m.hidden_size + 2 * m.expert_intermediate_size) * m.dtype_bytes
         padded = self.padded_pairs(tokens, distinct, busiest)
         flops = padded * m.expert_flops_per_token
-        if self.p.moe_block_tokens:   # first GEMM (gate+up) sets the CTA count
-            flops = flops * self.wave_factor(padded, 2 * m.expert_intermediate_size,
-                                             tile_m=self.p.moe_block_tokens)
+        if self.p.moe_block_tokens:   # first GEMM (gate+up, or up alone) sets the CTA count
+            cols = (2 if m.gated_ffn else 1) * m.expert_intermediate_size
+            flops = flops * self.wave_factor(padded, cols,
+                                  tile_m=self.p.moe_block_tokens, split_k=False)
         eff = self.compute_eff(per_expert, self._group("moe_compute_eff", "gemm_compute_eff"),
                                self._group("moe_half_tokens", "gemm_half_tokens"))
-        weights = distinct * m.expert_bytes + act
+        # each block of an expert's tokens streams the expert's weights; re-reads mostly hit L2
+        blocks = padded / self.p.moe_block_tokens if self.p.moe_block_tokens else distinct
+        weights = (distinct + self.p.moe_reread * (blocks - distinct)) * m.expert_bytes + act
         bw = self.mem_bw(weights, self._group("moe_hbm_eff", "hbm_eff"))
         fixed = 2 * self._group("moe_kernel_us", "kernel_overhead_us") * US
         t = roofline(flops, weights, self.peak_flops * eff, bw, fixed)
@@ -238,8 +251,14 @@ class CostModel:
         kv = np.asarray(batch) * np.asarray(context) * m.kv_bytes_per_token_per_layer
         score_flops = np.asarray(tokens) * m.attn_score_flops_per_token(context)
         fixed = self._group("attn_fixed_us", "kernel_overhead_us") * US
-        return roofline(score_flops, kv, self.peak_flops * self.p.gemm_compute_eff,
-                        self.mem_bw(kv, self.p.attn_eff), fixed)
+        t = roofline(score_flops, kv, self.peak_flops * self.p.gemm_compute_eff,
+                     self.mem_bw(kv, self.p.attn_eff), fixed)
+        if not self.p.attn_item_us:
+            return t
+        # one CTA per (sequence, kv head), run in waves over the SMs: each has a set-up cost that
+        # short contexts do not hide (measured: ~3-4 µs per item per SM on H100 at context <= 16)
+        waves = np.ceil(np.asarray(batch) * m.num_kv_heads / self.sms)
+        return np.maximum(t, fixed + waves * self.p.attn_item_us * US)
 
     def decode_attention(self, batch, context):
         """One decode step's attention scores (a measured-table key: heads, kv heads, head dim)."""
@@ -251,15 +270,25 @@ class CostModel:
 
     def prefill_attention(self, batch, seq):
         """Causal self-attention over `seq` new tokens per sequence (flash-attention style: Q, K,
-        V and O cross HBM once; query i attends to i + 1 keys)."""
+        V and O cross HBM once; query i attends to i + 1 keys). With `prefill_item_us`, work is
+        one CTA per (sequence, kv head, PREFILL_Q_TILE query rows of its group) in waves over the SMs, each
+        paying a set-up time plus its share of the FLOPs."""
         m = self.model
         batch, seq = np.asarray(batch, dtype=float), np.asarray(seq, dtype=float)
         flops = batch * 4.0 * m.num_heads * m.head_dim * seq * (seq + 1) / 2
         nbytes = batch * seq * 2 * (m.num_heads + m.num_kv_heads) * m.head_dim * m.dtype_bytes
-        eff = self.compute_eff(seq, self._group("prefill_compute_eff", "gemm_compute_eff"),
-                               self._group("prefill_half_tokens", "gemm_half_tokens"))
+        hd = float(m.head_dim)
+        peak = (self.peak_flops * self._group("prefill_compute_eff", "gemm_compute_eff")
+                * hd / (hd + self.p.prefill_half_head_dim))
         fixed = self._group("prefill_fixed_us", "kernel_overhead_us") * US
-        t = roofline(flops, nbytes, self.peak_flops * eff, self.mem_bw(nbytes, self.p.attn_eff), fixed)
+        t = roofline(flops, nbytes, peak, self.mem_bw(nbytes, self.p.attn_eff), fixed)
+        if self.p.prefill_item_us:
+            # GQA kernels pack a kv head's query heads into one CTA's rows (FlashAttention-3)
+            group = m.num_heads / m.num_kv_heads
+            items = batch * m.num_kv_heads * np.ceil(seq * group / PREFILL_Q_TILE)
+            waves = np.ceil(items / self.sms)
+            t = np.maximum(t, fixed + waves * (self.p.prefill_item_us * US
+                                               + flops / items / (peak / self.sms)))
         return self._hybrid("attn_prefill", t, (m.num_heads, m.num_kv_heads, m.head_dim, batch), seq)
 
     def router_and_shared(self, tokens):

@@ -10,14 +10,16 @@ Rows become the events calibration already reads (specmoe.calibrate's docstring)
 `dur_us` = the table's latency (ms) × 1000, with the row's provenance in the event:
   moe     name "fused_moe", tokens, top_k, experts (distinct experts the routing touches),
           num_experts, max_expert_tokens (the busiest expert's tokens), shape [tokens, hidden,
-          inter], distribution ("balanced" | "power_law_<alpha>"), dtype, kernel_source
+          inter], distribution ("balanced" | "power_law_<alpha>"), dtype, kernel_source,
+          gated: false for non-gated experts (two matrices; absent = gated SwiGLU)
   gemm    name "gemm", shape [m, n, k] (x[m, k] @ W[k, n]), dtype, kernel_source
   attn    name "attention", phase "decode": tokens = batch, shape [batch, 1, context, heads,
           kv_heads, head_dim] (context = isl + step cached positions), dtype, kernel_source
   attn    name "context_attention", phase "prefill": tokens = batch × seq, shape [batch, seq,
           seq, heads, kv_heads, head_dim] (causal self-attention over seq), dtype, kernel_source
+Where several kernels measured one shape, the table's main kernel is kept (one_kernel_per_shape).
 Only single-GPU rows of bf16 (or fp16) compute with a bf16 KV cache are taken: moe_tp_size =
-moe_ep_size = 1, attention window 0, beam 1. The header names the device (the table's own CUDA
+moe_ep_size = 1, attention window 0, beam 1, head_dim <= MAX_HEAD_DIM. The header names the device (the table's own CUDA
 device name), the package and backend versions, row counts per table and rows skipped, and
 `replay: true`: each latency is one op replayed alone, so a working set that fits in L2 was
 served from L2 (the cost model's `replay` case).
@@ -48,11 +50,26 @@ ATTRIBUTION = ("NVIDIA aiconfigurator (aiconfigurator-core 0.12.0, Apache-2.0, C
 BACKENDS = ("vllm", "sglang", "trtllm")
 # aiconfigurator system name -> specmoe GPU profile (hwprofiles/gpus/)
 GPU_PROFILES = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm", "b200_sxm": "b200",
-                "b300_sxm": "b300", "gb200": "gb200", "a100_sxm": "a100-sxm-80gb", "l40s": "l40s"}
+                "b300_sxm": "b300", "gb200": "gb200", "gb300": "gb300", "a100_sxm": "a100-sxm-80gb",
+                "l40s": "l40s"}
 OP_TABLES = {"moe": ("moe", "moe_perf.parquet"), "gemm": ("gemm", "gemm_perf.parquet"),
              "decode_attention": ("attention", "generation_attention_perf.parquet"),
              "prefill_attention": ("attention", "context_attention_perf.parquet")}
 COMPUTE_DTYPES = ("bfloat16", "float16")
+# head_dim 512 rows run another, far slower kernel path (H100 vLLM decode: 100-400 µs per
+# (sequence, kv head) item against 3-4 µs at head_dim <= 256); no catalog model uses it
+MAX_HEAD_DIM = 256
+# fused-MoE shapes whose experts are not gated (two matrices, relu²: Nemotron-H-style models):
+# the TensorRT-LLM tables run them with a kernel named moe_torch_flow_nongated; the same shapes
+# in the vLLM and SGLang tables are the same models. (hidden, inter, experts, top_k)
+NONGATED_MOE = {(2048, 5120, 512, 22), (2688, 1856, 128, 6)}
+# columns that make two rows the same measurement, per op (kernel_source aside)
+SHAPE_COLUMNS = {
+    "moe": ("num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "distribution"),
+    "gemm": ("m", "n", "k"),
+    "decode_attention": ("batch_size", "isl", "step", "num_heads", "num_key_value_heads", "head_dim"),
+    "prefill_attention": ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim"),
+}
 DRAWS = 16
 
 
@@ -169,35 +186,50 @@ def _ev(name: str, cat: str, latency_ms: float, **fields: Any) -> dict[str, Any]
     return event(name, cat, 0.0, float(latency_ms) * 1e3, phase=fields.pop("phase", "bench"), **fields)
 
 
+def one_kernel_per_shape(df, op: str):
+    """Rows measured by several kernels (e.g. SGLang decode: flashinfer, triton, trtllm_mha) keep
+    the table's main kernel (the one with most rows); shapes only another kernel measured keep
+    that one. A point is then one kernel, not a median of different ones."""
+    if df.empty or df.kernel_source.nunique() <= 1:
+        return df
+    rank = df.kernel_source.map(df.kernel_source.value_counts())
+    return (df.assign(_rank=-rank).sort_values("_rank", kind="stable")
+              .drop_duplicates(list(SHAPE_COLUMNS[op])).drop(columns="_rank").sort_index())
+
+
 def moe_events(df) -> list[dict]:
     sel = df[df.moe_dtype.isin(COMPUTE_DTYPES) & (df.moe_tp_size == 1) & (df.moe_ep_size == 1)]
     out = []
-    for r in sel.itertuples(index=False):
+    for r in one_kernel_per_shape(sel, "moe").itertuples(index=False):
+        gated = (int(r.hidden_size), int(r.inter_size), int(r.num_experts), int(r.topk)) \
+            not in NONGATED_MOE
         distinct, busiest = routing_summary(int(r.num_tokens), int(r.num_experts), int(r.topk),
                                             str(r.distribution))
         out.append(_ev("fused_moe", "moe", r.latency, tokens=int(r.num_tokens), top_k=int(r.topk),
                        experts=distinct, num_experts=int(r.num_experts), max_expert_tokens=busiest,
                        shape=[int(r.num_tokens), int(r.hidden_size), int(r.inter_size)],
                        distribution=str(r.distribution), dtype=str(r.moe_dtype),
-                       kernel_source=str(r.kernel_source)))
+                       kernel_source=str(r.kernel_source), gated=None if gated else False))
     return out
 
 
 def gemm_events(df) -> list[dict]:
-    sel = df[df.gemm_dtype.isin(COMPUTE_DTYPES)]
+    sel = one_kernel_per_shape(df[df.gemm_dtype.isin(COMPUTE_DTYPES)], "gemm")
     return [_ev("gemm", "gemm", r.latency, shape=[int(r.m), int(r.n), int(r.k)],
                 dtype=str(r.gemm_dtype), kernel_source=str(r.kernel_source))
             for r in sel.itertuples(index=False)]
 
 
 def _attn_rows(df):
+    # older tables have no window_size column: full attention only
+    window = df.window_size if "window_size" in df.columns else 0
     return df[df.attn_dtype.isin(COMPUTE_DTYPES) & df.kv_cache_dtype.isin(COMPUTE_DTYPES)
-              & (df.window_size == 0) & (df.beam_width == 1)]
+              & (window == 0) & (df.beam_width == 1) & (df.head_dim <= MAX_HEAD_DIM)]
 
 
 def decode_attention_events(df) -> list[dict]:
     out = []
-    for r in _attn_rows(df).itertuples(index=False):
+    for r in one_kernel_per_shape(_attn_rows(df), "decode_attention").itertuples(index=False):
         b, ctx = int(r.batch_size), int(r.isl) + int(r.step)
         out.append(_ev("attention", "attn", r.latency, phase="decode", tokens=b,
                        shape=[b, 1, ctx, int(r.num_heads), int(r.num_key_value_heads), int(r.head_dim)],
@@ -207,7 +239,7 @@ def decode_attention_events(df) -> list[dict]:
 
 def prefill_attention_events(df) -> list[dict]:
     out = []
-    for r in _attn_rows(df).itertuples(index=False):
+    for r in one_kernel_per_shape(_attn_rows(df), "prefill_attention").itertuples(index=False):
         b, s = int(r.batch_size), int(r.isl)
         out.append(_ev("context_attention", "attn", r.latency, phase="prefill", tokens=b * s,
                        shape=[b, s, s, int(r.num_heads), int(r.num_key_value_heads), int(r.head_dim)],
@@ -269,7 +301,8 @@ def import_tables(gpu: str, backend: str, version: str | None = None,
                              "backend_version": version, "tables": tables,
                              "method": "CUDA-graph replay of one op (aiconfigurator collector)",
                              "routing": "see specmoe.measure.aiconfigurator docstring",
-                             "filters": "bf16/fp16 compute, bf16 KV, moe tp=ep=1, window 0, beam 1"},
+                             "filters": "bf16/fp16 compute, bf16 KV, moe tp=ep=1, window 0, beam 1, "
+                                        f"head_dim <= {MAX_HEAD_DIM}"},
               "replay": True}
     return Trace(header=header, events=events, path=Path(f"aiconfigurator:{gpu}:{backend}"))
 
