@@ -91,6 +91,13 @@ def installed_version() -> str:
     return version(PACKAGE)
 
 
+def package_version(root: Path) -> str:
+    """The version of the tables under `root`: a copy (the test fixture) names it in a
+    PACKAGE_VERSION file, the installed package in its metadata."""
+    marker = root / "PACKAGE_VERSION"
+    return marker.read_text().strip() if marker.is_file() else installed_version()
+
+
 def available_gpus(root: Path | None = None) -> list[str]:
     root = root or data_root()
     return sorted(p.name for p in (root / "data").iterdir() if p.is_dir())
@@ -296,7 +303,7 @@ def import_tables(gpu: str, backend: str, version: str | None = None,
                          "profile": GPU_PROFILES.get(gpu)},
               "model": None, "workload": {}, "policy": {},
               "provenance": {"kind": "public measured tables", "package": PACKAGE,
-                             "package_version": installed_version(), "license": LICENSE,
+                             "package_version": package_version(root), "license": LICENSE,
                              "attribution": ATTRIBUTION, "backend": backend,
                              "backend_version": version, "tables": tables,
                              "method": "CUDA-graph replay of one op (aiconfigurator collector)",
