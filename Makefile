@@ -28,6 +28,7 @@ run: setup
 	$(VENV)/bin/specmoe plan --model mixtral-8x7b --hardware h100-pcie --html plan.html
 
 test: setup-dev
+	$(VENV)/bin/lint-imports
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
 
 clean:

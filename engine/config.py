@@ -117,7 +117,7 @@ class MoEConfig:
 
     @classmethod
     def from_spec(cls, spec: Any, layers: int | None = None, **overrides: Any) -> MoEConfig:
-        """From a catalog ModelSpec (specmoe.models) at its real shapes, with `layers` layers.
+        """From a catalog ModelSpec (specmoe.inputs.models) at its real shapes, with `layers` layers.
 
         Every layer becomes an MoE layer with GQA attention and SwiGLU experts: exact for Mixtral and
         Qwen-MoE, the shapes (not every detail) of the other GQA decoder families.

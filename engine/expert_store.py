@@ -192,6 +192,11 @@ class ExpertStore:
         else:
             raise SpecMoEError(f"release keep={keep!r}: allowed free, cache, pin")
 
+    def trim_cache(self, keep: int) -> None:
+        """Free the least recently used cached slots beyond `keep` (Policy.lru_slots)."""
+        for s in [c for c in self.cached if c not in self.locked][:max(len(self.cached) - keep, 0)]:
+            self._drop(s)
+
     def unpin(self, layer: int, expert: int) -> None:
         """Drop a pinned expert (its slot becomes free)."""
         s = self.slot_of[(layer, expert)]

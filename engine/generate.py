@@ -16,7 +16,7 @@ from specmoe.engine.config import MoEConfig
 from specmoe.engine.expert_store import ExpertStore
 from specmoe.engine.model import KVCache, Transformer
 from specmoe.engine.moe import ResidentExperts
-from specmoe.engine.policies import default_slots, make_provider, provider_class
+from specmoe.engine.policies import default_slots, make_provider, provider_class, resolve_residency
 from specmoe.engine.speculative import (
     accept_greedy,
     accept_sampling,
@@ -31,7 +31,7 @@ from specmoe.engine.tracer import NullTracer, device_fingerprint
 from specmoe.engine.weights import Weights, load_weights, random_model
 
 from specmoe.errors import SpecMoEError
-from specmoe.policies import Policy, validate_policy
+from specmoe.inputs.policies import Policy, validate_policy
 
 
 @dataclass
@@ -92,6 +92,7 @@ class Engine:
         cfg = w.cfg.with_(max_batch=max_batch or w.cfg.max_batch, max_seq_len=max_seq_len or w.cfg.max_seq_len)
         validate_policy(policy, cfg.experts, cfg.layers)
         provider_class(policy)
+        policy = resolve_residency(policy, cfg)     # the trace header records the number used
         if self.device.type == "cuda":
             w.pin()
         self.cfg, self.policy = cfg, policy
@@ -145,7 +146,7 @@ class Engine:
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, synthetic_acceptance: float | None = None,
                  record_routing: bool = False, gamma_controller=None) -> GenerationResult:
-        """`gamma_controller` (e.g. specmoe.planner.GammaController): γ is its `.gamma` at start and
+        """`gamma_controller` (e.g. specmoe.planning.search.GammaController): γ is its `.gamma` at start and
         whatever its `.observe(accepted, drafted)` returns after each round, within its `.gammas`."""
         self._check(prompts, max_new_tokens, temperature, synthetic_acceptance)
         B = len(prompts)

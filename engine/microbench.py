@@ -1,6 +1,6 @@
 """Microbenchmarks for calibration: each measured configuration becomes one trace event.
 
-Categories and fields (what specmoe.calibrate fits):
+Categories and fields (what specmoe.fit.calibrate fits):
   gemm        [m, n, k] GEMM                       flops, bytes (operands + result), shape
   expert      SwiGLU expert FFN over n tokens      tokens, flops, bytes (weights + activations)
   attn        decode/verify attention, B x context tokens (queries), context, flops, bytes (KV read)
@@ -20,7 +20,7 @@ from specmoe.engine import ops
 from specmoe.engine.tracer import device_fingerprint
 
 from specmoe.errors import SpecMoEError
-from specmoe.trace import Header, event, write_trace
+from specmoe.measure.trace import Header, event, write_trace
 
 KINDS = ("gemm", "expert", "attn", "h2d", "d2h", "cpu_expert")
 

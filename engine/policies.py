@@ -4,7 +4,7 @@ Every provider follows one path per MoE layer (OnDemand.moe):
   route ids -> split needed experts into device / host -> acquire device ones (fetch misses) ->
   hook (overlap prefetches the next layer) -> compute -> release (free, cache or pin).
 Policies differ only in the split, the hook and what they keep. Names and parameters are those of
-specmoe.policies.Policy; `prefetch_hit_rate` is an input of the models, here it is measured.
+specmoe.inputs.policies.Policy; `prefetch_hit_rate` is an input of the models, here it is measured.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from specmoe.engine.moe import run_slots
 from specmoe.engine.tracer import NullTracer
 
 from specmoe.errors import SpecMoEError
-from specmoe.policies import Policy
+from specmoe.inputs.policies import Policy
 
 ENGINE_POLICIES = ("ondemand", "overlap", "caching", "cpu", "specmoe", "eagle")
-DEFAULT_CACHE_FRACTION = 0.1  # "pin e.g. the top 10%" when Policy.cache_fraction is None
+DEFAULT_PINNED_FRACTION = 0.1  # "pin e.g. the top 10%" when Policy.resident_experts is None
 DEFAULT_CPU_THRESHOLD = 8     # tokens: at most this many run on the host (Fiddler's choice)
 
 
@@ -139,17 +139,18 @@ class Overlap(OnDemand):
 
 
 class Caching(OnDemand):
-    """Pin the hottest fraction of each layer (hotness from the prefill, promoted for free since the
-    prefill just fetched them), LRU over the remaining slots."""
+    """Pin the hottest `resident_experts` of each layer (hotness from the prefill, promoted for
+    free since the prefill just fetched them); keep the `lru_slots` most recently used others in
+    slots shared by all layers. One layer's worth of staging slots is not a cache: it is freed."""
 
     @staticmethod
     def pinned_per_layer(policy: Policy, cfg: MoEConfig) -> int:
-        f = DEFAULT_CACHE_FRACTION if policy.cache_fraction is None else policy.cache_fraction
-        return min(cfg.experts, round(f * cfg.experts))
+        return min(cfg.experts, resolve_residency(policy, cfg).resident_experts)
 
     @classmethod
     def slots_needed(cls, policy: Policy, cfg: MoEConfig) -> int:
-        return cfg.layers * cls.pinned_per_layer(policy, cfg) + cfg.experts
+        lru = policy.lru_slots if cls.keep == "cache" else 0
+        return cfg.layers * cls.pinned_per_layer(policy, cfg) + cfg.experts + lru
 
     keep = "cache"          # what happens to a fetched expert that is not pinned
     fetch_hot = False       # pin hot experts the prefill did not fetch (fetching them now)
@@ -160,6 +161,7 @@ class Caching(OnDemand):
             hot = set(self.hottest(layer, counts, self.pinned_per_layer(self.policy, self.cfg)))
         for e in on_device:
             self.store.release(layer, e, "pin" if e in hot else self.keep)
+        self.store.trim_cache(self.policy.lru_slots)
         for e in sorted(hot - set(on_device)) if self.fetch_hot else ():
             self.store.prefetch(layer, e)
             self.store.release(layer, e, "pin")
@@ -281,6 +283,13 @@ def provider_class(policy: Policy):
     return PROVIDERS[policy.name]
 
 
+def resolve_residency(policy: Policy, cfg: MoEConfig) -> Policy:
+    """The engine needs a number: resident_experts=None pins DEFAULT_PINNED_FRACTION of a layer."""
+    if policy.name in ("caching", "cpu") and policy.resident_experts is None:
+        return policy.with_(resident_experts=round(DEFAULT_PINNED_FRACTION * cfg.experts))
+    return policy
+
+
 def default_slots(policy: Policy, cfg: MoEConfig) -> int:
     return provider_class(policy).slots_needed(policy, cfg)
 
@@ -289,4 +298,4 @@ def make_provider(policy: Policy, cfg: MoEConfig, store: ExpertStore, gates, tra
     return provider_class(policy)(policy, cfg, store, gates, tracer, **opts)
 
 
-__all__ = ["ENGINE_POLICIES", "default_slots", "make_provider", "provider_class"]
+__all__ = ["ENGINE_POLICIES", "default_slots", "make_provider", "provider_class", "resolve_residency"]

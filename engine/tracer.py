@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from specmoe.trace import Header, event, write_trace
+from specmoe.measure.trace import Header, event, write_trace
 
 
 class NullTracer:

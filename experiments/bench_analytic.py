@@ -12,11 +12,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the target is stat
 
 import numpy as np
 
-from specmoe.analytic import Analytic
-from specmoe.hardware import load_system
-from specmoe.models import load_model
-from specmoe.policies import make_policy
-from specmoe.workload import Routing, Workload
+from specmoe.inputs.hardware import load_system
+from specmoe.inputs.models import load_model
+from specmoe.inputs.policies import make_policy
+from specmoe.inputs.workload import Routing, Workload
+from specmoe.predictors.analytic import Analytic
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ roofline (max(FLOPs/peak, bytes/bandwidth) / time) and the speed against the tor
 run in the same dtype. Bytes are the unique bytes a kernel must move (for fused MoE: the
 weights of the experts that received tokens, x and out; intermediates excluded), so the
 roofline fraction is against the ideal. Defaults are the NVIDIA H100 SXM datasheet's dense bf16
-989 TFLOP/s and 3350 GB/s HBM3; --hardware NAME reads them from specmoe.hardware.load_system.
+989 TFLOP/s and 3350 GB/s HBM3; --hardware NAME reads them from specmoe.inputs.hardware.load_system.
 On a GPU, times come from CUDA events around each call with L2 flushed before it; on a CPU (only
 with --tiny, under TRITON_INTERPRET=1) from time.perf_counter, which measures the interpreter.
 """
@@ -47,7 +47,7 @@ def parse_args(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
     ap.add_argument("--peak-tflops", type=float, default=H100_SXM_BF16_TFLOPS)
     ap.add_argument("--peak-gbps", type=float, default=H100_SXM_HBM_GBPS)
-    ap.add_argument("--hardware", help="system name for specmoe.hardware.load_system")
+    ap.add_argument("--hardware", help="system name for specmoe.inputs.hardware.load_system")
     ap.add_argument("--tokens-per-expert", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--reps", type=int, default=None, help="timed calls per case")
@@ -60,9 +60,9 @@ def _peaks(args) -> tuple[float, float, str]:
     if not args.hardware:
         return args.peak_tflops, args.peak_gbps, "cli"
     try:
-        from specmoe.hardware import load_system
+        from specmoe.inputs.hardware import load_system
     except ImportError as exc:
-        raise SystemExit(f"--hardware: specmoe.hardware.load_system is not available ({exc})"
+        raise SystemExit(f"--hardware: specmoe.inputs.hardware.load_system is not available ({exc})"
                          ) from exc
     from specmoe.errors import SpecMoEError
 

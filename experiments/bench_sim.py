@@ -13,8 +13,8 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the target is stated
 
-from specmoe.api import resolve
-from specmoe.sim import Simulator
+from specmoe.inputs.setup import resolve
+from specmoe.predictors.sim import Simulator
 
 
 def run_once(setup, iterations: int, trace: bool) -> tuple[float, float, int, float]:

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from specmoe.sweep import load_grid, run_sweep
+from specmoe.planning.sweep import load_grid, run_sweep
 
 HERE = Path(__file__).resolve().parent
 

@@ -42,7 +42,7 @@ GRID = [("train", "cpu-small", "ondemand,caching", "1,3,6", "0"),
         ("heldout", "cpu-wide", "ondemand,caching", "2,8", "0"),
         ("heldout", "cpu-wide", "specmoe", "2,8", "4")]
 REPEATS = 3
-RUN = {"prompt_len": 16, "max_new_tokens": 20, "synthetic_acceptance": 0.7, "cache_fraction": 0.25}
+RUN = {"prompt_len": 16, "max_new_tokens": 20, "synthetic_acceptance": 0.7, "resident_experts": 2}
 # Copies large enough (src + dst > 2 x the 32 MiB L3) to stream from DRAM as the engine's expert
 # fetches do; smaller ones would be timed cache-hot (the microbenchmark reuses its buffers).
 COPY_SIZES = [48 << 20, 96 << 20, 192 << 20]
@@ -181,7 +181,7 @@ def heldout_traces() -> list[str]:
 
 def calibrate_cpu(traces=None, **over):
     """The CPU profile's fit (what `fit` writes to hwprofiles/calibrated/cpu-local-calibrated.yaml)."""
-    from specmoe.calibrate import FitOptions, calibrate
+    from specmoe.fit.calibrate import FitOptions, calibrate
 
     return calibrate(traces or train_traces(), "cpu-local", name="cpu-local-calibrated",
                      opts=FitOptions(**{**FIT, **over}), command=CLI if traces is None else None)
@@ -191,8 +191,8 @@ def noise(paths) -> dict:
     """How disturbed the measurements were: repeat spread per configuration, wall/CPU time."""
     import statistics
 
-    from specmoe.trace import read_trace
-    from specmoe.validate import group_runs, read_run
+    from specmoe.measure.ingest import group_runs, read_run
+    from specmoe.measure.trace import read_trace
 
     runs = [read_run(p) for p in paths]
     spreads = [(max(r.tokens_per_s for r in g) - min(r.tokens_per_s for r in g))
@@ -216,9 +216,9 @@ def _signed_by_batch(rows) -> str:
 
 
 def cmd_fit(args) -> None:
-    from specmoe.calibrate import markdown_tables, write_html
-    from specmoe.hardware import save_system
-    from specmoe.validate import markdown_table, summarize, validate
+    from specmoe.fit.calibrate import markdown_tables, write_html
+    from specmoe.fit.validate import markdown_table, summarize, validate
+    from specmoe.inputs.hardware import save_system
 
     t0 = time.perf_counter()
     calib = calibrate_cpu()
@@ -291,7 +291,7 @@ What the errors say: the signed error (predicted minus measured, overlap left ou
 mean {by_batch}.
 A larger batch touches more distinct experts per layer, and on this device each expert is its own
 set of kernels with its own fixed cost (the engine's CPU path loops over experts). The per-expert
-fixed time `expert_overhead_us` of specmoe.costs, fitted on the end-to-end training runs (where
+fixed time `expert_overhead_us` of specmoe.costs.ops, fitted on the end-to-end training runs (where
 the count of distinct experts varies with the batch), carries that cost; before it existed the
 fitted per-layer overhead averaged it over the batches and the held-out median error was 13.5%
 (10.5% without overlap). What is left is within the repeat spread of this shared machine.

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from specmoe import calibrate as cal
-from specmoe.costs import CostParams
+from specmoe.fit import calibrate as cal
+from specmoe.costs.ops import CostParams
 from specmoe.costs.tables import Tables, event_entry, interp_loglog
-from specmoe.hardware import load_system, save_system
+from specmoe.inputs.hardware import load_system, save_system
 from specmoe.measure import aiconfigurator as aic
 
 REPO = Path(__file__).resolve().parent.parent

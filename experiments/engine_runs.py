@@ -76,7 +76,7 @@ def seq_len_needed(prompt_len: int, max_new: int, gamma: int) -> int:
 
 def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 16,
             max_new_tokens: int = 16, synthetic_acceptance: float = 0.7,
-            cache_fraction: float | None = 0.25, warmup_tokens: int = 4, seed: int = 0,
+            resident_experts: int | None = 2, warmup_tokens: int = 4, seed: int = 0,
             max_interference: float = 1.15, max_tries: int = 4) -> float:
     """One traced generate() of `run` = {policy, batch, gamma, draft_experts}; returns tokens/s.
 
@@ -86,10 +86,10 @@ def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 
     from specmoe.engine.generate import Engine
     from specmoe.engine.tracer import Tracer
 
-    from specmoe.policies import make_policy
+    from specmoe.inputs.policies import make_policy
 
     name, batch, gamma = run["policy"], run["batch"], run["gamma"]
-    kw = {"cache_fraction": cache_fraction} if name in ("caching", "cpu") else {}
+    kw = {"resident_experts": resident_experts} if name in ("caching", "cpu") else {}
     policy = make_policy(name, gamma=gamma, draft_experts=run["draft_experts"], **kw)
     eng = Engine(w, policy, device, max_batch=batch,
                  max_seq_len=seq_len_needed(prompt_len, max_new_tokens, gamma))
@@ -173,7 +173,7 @@ def main(args) -> list[Path]:
             tps = run_one(w, run, path, device=args.device, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, seed=args.seed + rep,
                           synthetic_acceptance=args.synthetic_acceptance,
-                          cache_fraction=args.cache_fraction)
+                          resident_experts=args.resident_experts)
             written.append(path)
             print(f"{split}/{path.name}: {tps:.1f} tokens/s", flush=True)
     return written
@@ -195,7 +195,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="SPLIT:POLICIES:BATCHES:GAMMAS",
                    help="a grid row written under OUT/SPLIT (repeatable; replaces the three above)")
     p.add_argument("--draft-experts", default="2")
-    p.add_argument("--cache-fraction", type=float, default=0.25)
+    p.add_argument("--resident-experts", type=int, default=2,
+                   help="caching/cpu: hottest experts pinned per layer (2 of Mixtral's 8)")
     p.add_argument("--synthetic-acceptance", type=float, default=0.7)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=16)

@@ -127,7 +127,7 @@ for row in "${GRID[@]}"; do ARGS+=(--grid "$row"); done
 log "end-to-end runs: ${GRID[*]} x $REPEATS repeats"
 status=0
 timeout 360 "$PY" experiments/engine_runs.py --out "$OUT/traces/e2e" "${ARGS[@]}" \
-    --preset "$PRESET" --layers "$LAYERS" --device "$DEVICE" --draft-experts 2 --cache-fraction 0.25 \
+    --preset "$PRESET" --layers "$LAYERS" --device "$DEVICE" --draft-experts 2 --resident-experts 2 \
     --synthetic-acceptance 0.7 --prompt-len "$PROMPT" --max-new-tokens "$MAX_NEW" \
     --repeats "$REPEATS" 2>&1 | tee -a "$OUT/logs/e2e.log" || status=$?
 [[ $status -eq 0 ]] || log "end-to-end runs stopped early (status $status); run again to resume"
@@ -145,9 +145,9 @@ VAL=(validate traces/e2e/heldout/*.jsonl.gz --hardware "$NAME.yaml" --markdown "
 { echo "cd OUTDIR"; echo "specmoe ${CAL[*]}"; echo "specmoe ${VAL[*]}"; } > fit_commands.txt
 if "$PY" -c "import scipy, yaml, pydantic, plotly" 2>/dev/null; then
   log "calibrating"
-  "$PY" -m specmoe.cli "${CAL[@]}" 2>&1 | tee "calibration_$NAME.md"
+  "$PY" -m specmoe.app.cli.main "${CAL[@]}" 2>&1 | tee "calibration_$NAME.md"
   log "validating"
-  "$PY" -m specmoe.cli "${VAL[@]}" 2>&1 | tee -a logs/validate.log
+  "$PY" -m specmoe.app.cli.main "${VAL[@]}" 2>&1 | tee -a logs/validate.log
 else
   log "scipy/yaml/pydantic/plotly not importable here: copy $OUT back and run fit_commands.txt there"
   cat fit_commands.txt

@@ -57,13 +57,13 @@ from specmoe.engine.generate import Engine
 from specmoe.engine.tracer import NullTracer, device_fingerprint
 from specmoe.engine.weights import load_weights
 
-from specmoe.policies import make_policy
+from specmoe.inputs.policies import make_policy
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "specmoe" / "data" / "tiny" / "acceptance.json"
 DEFAULT_MD = REPO / "experiments" / "reports" / "acceptance_tiny.md"
 DRAFT_SETS = ("random", "hot", "hottemporal", "hot_prefill")
-ALPHA_MAX = 0.9999  # specmoe.workload.Acceptance needs α < 1; N = E accepts everything
+ALPHA_MAX = 0.9999  # specmoe.inputs.workload.Acceptance needs α < 1; N = E accepts everything
 
 
 # ----------------------------------------------------------------------------- data

@@ -41,7 +41,7 @@ from specmoe.engine.generate import Engine
 from specmoe.engine.tracer import device_fingerprint
 from specmoe.engine.weights import load_weights
 
-from specmoe.policies import make_policy
+from specmoe.inputs.policies import make_policy
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "specmoe" / "data" / "tiny" / "prefetch.json"

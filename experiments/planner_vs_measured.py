@@ -14,10 +14,10 @@ Existing traces are kept, so an interrupted sweep resumes; no new run starts aft
 focus: the same for FOCUS_CELL (the cell that missed the bar in the sweep), as a separate set.
 
 report: per (α, batch), the measured curve (median over repeats of the decode time, as
-specmoe.validate compares), the planner's choice (specmoe.planner.plan restricted to specmoe,
+specmoe.fit.validate compares), the planner's choice (specmoe.planning.search.plan restricted to specmoe,
 N = 2, on the calibrated CPU profile; model shape, prompt and output lengths from the trace
-header via specmoe.validate.read_run; routing measured in the γ = 0 runs; acceptance α) and
-specmoe.planner.compare_with_measured.
+header via specmoe.fit.validate.read_run; routing measured in the γ = 0 runs; acceptance α) and
+specmoe.planning.search.compare_with_measured.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ BATCHES = (4, 8)
 ALPHAS = (0.7, 0.4)
 DRAFT_EXPERTS = 2
 REPEATS = 6
-RUN = {"prompt_len": 16, "max_new_tokens": 20, "cache_fraction": 0.25}
+RUN = {"prompt_len": 16, "max_new_tokens": 20, "resident_experts": 2}
 TARGET = 0.97
 
 
@@ -102,8 +102,8 @@ def measure(out: Path = DATA, repeats: int = REPEATS, budget_s: float = 840.0,
 # ------------------------------------------------------------------------------------ analysis
 
 def load_runs(data: Path = DATA) -> list:
-    """Every committed sweep trace as a specmoe.validate.Run."""
-    from specmoe.validate import read_run
+    """Every committed sweep trace as a specmoe.fit.validate.Run."""
+    from specmoe.measure.ingest import read_run
 
     paths = sorted(data.glob("*/*.jsonl.gz"))
     if not paths:
@@ -146,7 +146,7 @@ def pooled_routing(group: list):
     """Mean of the runs' measured per-layer inclusion probabilities (the workload's routing)."""
     import numpy as np
 
-    from specmoe.workload import Routing
+    from specmoe.inputs.workload import Routing
 
     probs = [np.asarray(r.routing.probs) for r in group if r.routing.kind == "empirical"]
     if not probs:
@@ -156,8 +156,8 @@ def pooled_routing(group: list):
 
 
 def planner_choice(run0, routing, alpha: float, system, static_batch: bool = False) -> dict:
-    """specmoe.planner.plan restricted to specmoe, N = 2, γ ∈ GAMMAS, on the run's workload."""
-    from specmoe.planner import plan
+    """specmoe.planning.search.plan restricted to specmoe, N = 2, γ ∈ GAMMAS, on the run's workload."""
+    from specmoe.planning.search import plan
 
     return plan(model=run0.model, hardware=system, batch=run0.batch, policies=("specmoe",),
                 gammas=GAMMAS, draft_experts=[DRAFT_EXPERTS], acceptance=alpha, routing=routing,
@@ -166,9 +166,9 @@ def planner_choice(run0, routing, alpha: float, system, static_batch: bool = Fal
 
 
 def static_batch_prediction(group: list, alpha: float, system) -> float:
-    """specmoe.validate's prediction of this configuration: the same iteration model, plus the
+    """specmoe.fit.validate's prediction of this configuration: the same iteration model, plus the
     rounds a static batch takes until its slowest sequence has all its tokens."""
-    from specmoe.validate import predict_run
+    from specmoe.fit.validate import predict_run
 
     r = group[0]
     if r.gamma:
@@ -184,8 +184,8 @@ def paired_ratios(points: dict[int, dict], planned: int) -> list[float]:
 
 def analyse(runs=None, system=None, static: bool = True) -> list[dict]:
     """One row per (α, batch): measured curve, planner's γ and the comparison."""
-    from specmoe.hardware import load_system
-    from specmoe.planner import compare_with_measured
+    from specmoe.inputs.hardware import load_system
+    from specmoe.planning.search import compare_with_measured
 
     runs = load_runs() if runs is None else runs
     system = system or load_system(PROFILE)
@@ -299,13 +299,13 @@ wall/CPU {nz['median_wall_over_cpu']:.2f}, {nz['over_1_15']} still above 1.15 (m
 wall/CPU, runs above 1.15): {per_repeat_noise(runs)}: other work took the cores during some
 repeats, hence spreads of 30-100% of the median.
 
-The planner: `specmoe.planner.plan(policies=("specmoe",), gammas={list(GAMMAS)}, draft_experts=[{DRAFT_EXPERTS}])` on
-the calibrated profile, with the trace header's model (specmoe.validate.read_run), prompt and
+The planner: `specmoe.planning.search.plan(policies=("specmoe",), gammas={list(GAMMAS)}, draft_experts=[{DRAFT_EXPERTS}])` on
+the calibrated profile, with the trace header's model (specmoe.fit.validate.read_run), prompt and
 output lengths, the routing measured in the γ = 0 runs of that batch and the α the engine drew
 with; it ranks analytically and the simulator confirms the top 3 ("planner (sim)", which decides).
-"static-batch prediction" is specmoe.validate's prediction of each run: the same cost model and
+"static-batch prediction" is specmoe.fit.validate's prediction of each run: the same cost model and
 simulator, times the expected rounds until the batch's slowest sequence has its {RUN['max_new_tokens']} tokens
-(specmoe.validate.expected_rounds); its argmax is shown as "static-batch model's γ".
+(specmoe.predictors.rounds.expected_rounds); its argmax is shown as "static-batch model's γ".
 
 ## Summary
 
@@ -318,7 +318,7 @@ simulator, times the expected rounds until the batch's slowest sequence has its 
   maximum of noisy values, so this ratio is pessimistic.
 - on CPU time: tokens/s scaled by the run's wall/CPU ratio (time other work held the core removed).
 - planner --static-batch: `plan(..., static_batch=True)`, the planner's own objective for a static
-  batch (rounds until the slowest sequence is done, validate.expected_rounds), as the engine runs.
+  batch (rounds until the slowest sequence is done, rounds.expected_rounds), as the engine runs.
 
 {verdict(rows)}
 """
@@ -404,8 +404,8 @@ def static_accuracy(r) -> str:
 
 def diagnosis(r) -> str:
     """Why the planner's γ and the measured best differ: steady decoding vs the static batch."""
-    from specmoe.validate import expected_rounds
-    from specmoe.workload import tau
+    from specmoe.inputs.workload import tau
+    from specmoe.predictors.rounds import expected_rounds
 
     g, best = r["planned_gamma"], r["compare"]["best_gamma"]
     if g == best or "predicted_static" not in r:

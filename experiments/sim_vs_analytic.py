@@ -20,9 +20,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from specmoe.analytic import Analytic
-from specmoe.api import resolve
-from specmoe.sim import Simulator
+from specmoe.inputs.setup import resolve
+from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.sim import Simulator
 
 MODELS = (("mixtral-8x7b", "h100-pcie"), ("mixtral-8x22b", "h100-pcie"), ("qwen3-30b-a3b", "a100-pcie-40gb"),
           ("deepseek-v2-lite", "l4"))
@@ -124,7 +124,7 @@ def write_report(rows, path: Path, iterations: int, seed: int, wall: float) -> N
         "",
         f"Grid: models {', '.join(f'{m} on {h}' for m, h in MODELS)} × batch {', '.join(map(str, BATCHES))} × policies "
         f"{', '.join(POLICIES)} (specmoe at γ = {', '.join(map(str, GAMMAS))}, N = 2, HotTemporal); routing Zipf(1.0); acceptance: SpecMoE's published τ(10) = 7.265 (α ≈ 0.913). "
-        "Both use the same cost model (specmoe.costs); the simulator samples routing and acceptance "
+        "Both use the same cost model (specmoe.costs.ops); the simulator samples routing and acceptance "
         "and runs the resources as discrete events, the analytic model uses expectations and "
         "closed-form overlap rules. `fits` is the analytic model's memory check; both are run either way.",
         "",

@@ -11,12 +11,12 @@ __all__ = ["SpecMoEError", "__version__", "load_model", "load_system", "plan", "
 def __getattr__(name):
     # Lazy so that `import specmoe` stays cheap and torch-free.
     if name in ("predict", "plan"):
-        from specmoe import api
+        from specmoe.app import api
         return getattr(api, name)
     if name == "load_model":
-        from specmoe.models import load_model
+        from specmoe.inputs.models import load_model
         return load_model
     if name == "load_system":
-        from specmoe.hardware import load_system
+        from specmoe.inputs.hardware import load_system
         return load_system
     raise AttributeError(f"module 'specmoe' has no attribute {name!r}")

@@ -1,4 +1,5 @@
 """One error type for bad input, so the CLI can print a one-line message instead of a traceback."""
+import difflib
 
 
 class SpecMoEError(ValueError):
@@ -7,7 +8,5 @@ class SpecMoEError(ValueError):
 
 def suggest(name: str, choices) -> str:
     """' (did you mean: a, b?)' for the nearest known names, or ''."""
-    import difflib
-
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.4)
     return f" (did you mean: {', '.join(close)}?)" if close else ""

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specmoe.cli import main
-from specmoe.workload import measured_acceptance
+from specmoe.app.cli.main import main
+from specmoe.inputs.workload import measured_acceptance
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "specmoe" / "data" / "tiny" / "acceptance.json"
@@ -86,7 +86,7 @@ def test_live_all_experts_resident_accepts_every_draft():
     from specmoe.engine.generate import Engine
     from specmoe.engine.weights import load_weights
 
-    from specmoe.policies import make_policy
+    from specmoe.inputs.policies import make_policy
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

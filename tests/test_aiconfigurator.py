@@ -8,10 +8,10 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
-from specmoe import calibrate as cal  # noqa: E402
+from specmoe.fit import calibrate as cal  # noqa: E402
 from specmoe.errors import SpecMoEError  # noqa: E402
 from specmoe.measure import aiconfigurator as aic  # noqa: E402
-from specmoe.trace import read_trace  # noqa: E402
+from specmoe.measure.trace import read_trace  # noqa: E402
 
 ROOT = Path(__file__).parent / "data" / "aiconfigurator" / "systems"
 
@@ -109,7 +109,7 @@ def test_written_trace_feeds_calibration(trace, tmp_path):
 
 
 def test_cli_import(tmp_path, monkeypatch, capsys):
-    from specmoe.cli import main
+    from specmoe.app.cli.main import main
 
     monkeypatch.setattr(aic, "data_root", lambda: ROOT)
     rc = main(["measurements", "import", "aiconfigurator", "--gpu", "h100_sxm", "--backend",

@@ -3,13 +3,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specmoe.analytic import Analytic
-from specmoe.costs import CostModel
+from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.hardware import load_system
-from specmoe.models import load_model
-from specmoe.policies import ANALYTIC, make_policy
-from specmoe.workload import Acceptance, Routing, Workload
+from specmoe.inputs.hardware import load_system
+from specmoe.inputs.models import load_model
+from specmoe.inputs.policies import ANALYTIC, make_policy
+from specmoe.inputs.workload import Acceptance, Routing, Workload
+from specmoe.predictors.analytic import Analytic
 
 MIXTRAL = load_model("mixtral-8x7b")
 H100 = load_system("h100-pcie")
@@ -90,8 +90,8 @@ def test_caching_fetches_less_than_ondemand_and_skew_helps_it():
     skew = Workload(batch=16, routing=Routing(kind="zipf", zipf_s=1.5))
     flat = Workload(batch=16)
     od = Analytic(MIXTRAL, H100, skew).evaluate(make_policy("ondemand"))
-    ca = Analytic(MIXTRAL, H100, skew).evaluate(make_policy("caching", cache_fraction=0.25))
-    ca_flat = Analytic(MIXTRAL, H100, flat).evaluate(make_policy("caching", cache_fraction=0.25))
+    ca = Analytic(MIXTRAL, H100, skew).evaluate(make_policy("caching", resident_experts=2))
+    ca_flat = Analytic(MIXTRAL, H100, flat).evaluate(make_policy("caching", resident_experts=2))
     assert float(ca.h2d_bytes_per_token) < float(ca_flat.h2d_bytes_per_token) < float(od.h2d_bytes_per_token)
 
 

@@ -5,7 +5,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specmoe.calibrate import (
+from specmoe.app.cli.main import main
+from specmoe.costs.ops import CostModel, params_for
+from specmoe.errors import SpecMoEError
+from specmoe.fit.calibrate import (
     OPS,
     FitOptions,
     OpPredictor,
@@ -16,11 +19,8 @@ from specmoe.calibrate import (
     transfer,
     write_html,
 )
-from specmoe.cli import main
-from specmoe.costs import CostModel, params_for
-from specmoe.errors import SpecMoEError
-from specmoe.hardware import load_system, save_system
-from specmoe.trace import write_trace
+from specmoe.inputs.hardware import load_system, save_system
+from specmoe.measure.trace import write_trace
 
 H100 = load_system("h100-pcie")
 DEVICE = {"type": "cuda", "name": "NVIDIA H100 PCIe", "capability": "9.0", "memory_bytes": 85e9,
@@ -60,7 +60,7 @@ def _write(path, events, params=TRUE, noise=0.0, device=DEVICE, seed=0, reps=5):
     write_trace(path, header, evs)
     pts = collect_points(load_traces([path]))
     true = dict(zip([(p.cat, p.dims, p.args) for p in pts], OpPredictor(pts, H100)(params)))
-    from specmoe.calibrate import _event_point
+    from specmoe.fit.calibrate import _event_point
 
     for e in evs:
         key = _event_point(e, header, "gen")

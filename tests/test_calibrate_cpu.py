@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO / "experiments"))
 
 import calibrate_cpu as cc
 
-from specmoe.calibrate import device_identity
-from specmoe.hardware import load_system
-from specmoe.validate import predict_run, read_run, summarize, validate
+from specmoe.fit.validate import predict_run, summarize, validate
+from specmoe.inputs.hardware import load_system
+from specmoe.measure.ingest import device_identity, read_run
 
 NOISE_PCT = 19
 OP_MAPE = 0.25

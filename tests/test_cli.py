@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import specmoe
-from specmoe.cli import main
+from specmoe.app.cli.main import main
 from specmoe.errors import SpecMoEError
 
 PREDICT_KEYS = {"tokens_per_s", "tpot_ms", "iteration_ms", "h2d_bytes_per_token", "gpu_memory_gb", "breakdown",
@@ -81,8 +81,8 @@ def test_model_import_round_trip(tmp_path, capsys):
 
 
 def test_core_imports_no_torch():
-    code = ("import specmoe, specmoe.api, specmoe.analytic, specmoe.cli, specmoe.sim, specmoe.planner, sys; "
-            "specmoe.cli.build_parser(['plan']); print('torch' in sys.modules)")
+    code = ("import specmoe, specmoe.app.api, specmoe.predictors.analytic, specmoe.app.cli.main, specmoe.predictors.sim, specmoe.planning.search, sys; "
+            "specmoe.app.cli.main.build_parser(['plan']); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from specmoe.costs import PARAM_NAMES, CostModel, CostParams, params_for
+from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
-from specmoe.hardware import load_system
-from specmoe.models import load_model
+from specmoe.inputs.hardware import load_system
+from specmoe.inputs.models import load_model
 
 MIXTRAL = load_model("mixtral-8x7b")
 H100 = load_system("h100-pcie")

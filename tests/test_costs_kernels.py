@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specmoe import calibrate as cal
-from specmoe.costs import CostModel, CostParams
+from specmoe.fit import calibrate as cal
+from specmoe.costs.ops import CostModel, CostParams
 from specmoe.costs.tables import Tables
-from specmoe.hardware import load_system
+from specmoe.inputs.hardware import load_system
 
 H100 = load_system("h100-sxm")           # 132 SMs, 50 MiB L2, 3350 GB/s, 989.5 TFLOP/s bf16
 GEOM = {"tile_m": 128.0, "tile_n": 128.0, "moe_block_tokens": 64.0}
@@ -91,7 +91,7 @@ def test_decode_attention_work_items_in_waves():
 
 def test_fit_never_exceeds_the_datasheet_peak(tmp_path):
     """Kernels that look faster than the HBM peak (synthetic: 1.3x) pin hbm_eff at its bound 1."""
-    from specmoe.trace import write_trace
+    from specmoe.measure.trace import write_trace
 
     events = []
     for m in (1, 2, 4, 8):

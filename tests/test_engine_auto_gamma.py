@@ -2,12 +2,12 @@
 import json
 
 import pytest
-from specmoe.engine.cli import add_engine_commands
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.generate import Engine
 from specmoe.engine.weights import random_model
 
-from specmoe.policies import make_policy
+from specmoe.app.cli.engine import add_engine_commands
+from specmoe.inputs.policies import make_policy
 
 CFG = MoEConfig(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, experts=8, top_k=2,
                 expert_ffn=32, vocab=64, max_seq_len=64, max_batch=4, dtype="float64")

@@ -11,8 +11,8 @@ from specmoe.engine.tracer import Tracer
 from specmoe.engine.weights import random_model
 
 from specmoe.errors import SpecMoEError
-from specmoe.policies import make_policy
-from specmoe.trace import read_trace
+from specmoe.inputs.policies import make_policy
+from specmoe.measure.trace import read_trace
 
 CFG = MoEConfig(hidden=32, layers=3, heads=4, kv_heads=2, head_dim=8, experts=8, top_k=2,
                 expert_ffn=32, vocab=64, max_seq_len=48, max_batch=4, dtype="float32")
@@ -101,7 +101,7 @@ def test_specmoe_moves_fewer_bytes_per_token_than_ondemand(weights):
 
 
 def test_caching_hits_misses_and_pins(weights):
-    _, res, log = _run(weights, "caching", cache_fraction=0.25)
+    _, res, log = _run(weights, "caching", resident_experts=2)
     st = res.stats
     needed = sum(len(_needed(r)) for r in res.routing)
     assert st.hits + st.misses == needed
@@ -129,14 +129,14 @@ def test_overlap_prefetches_count_as_bytes(weights):
 
 
 def test_cpu_policy_moves_activations_not_weights(weights):
-    _, res, _ = _run(weights, "cpu", cache_fraction=0.25)
+    _, res, _ = _run(weights, "cpu", resident_experts=2)
     st, pc = res.stats, res.stats.policy_counters
     act = pc["cpu_tokens"] * CFG.hidden * 4
     assert pc["cpu_experts"] > 0
     assert st.bytes_by_link["d2h"] == act
     assert st.bytes_by_link["h2d"] == act + st.weight_bytes_h2d
     # only the hot experts pinned after the prefill, plus experts with many tokens
-    eng2 = Engine(weights, make_policy("cpu", cache_fraction=0.25), cpu_threshold=0)
+    eng2 = Engine(weights, make_policy("cpu", resident_experts=2), cpu_threshold=0)
     res2 = eng2.generate(PROMPTS, NEW)
     assert res2.tokens == res.tokens and res2.stats.policy_counters.get("cpu_experts", 0) == 0
 

@@ -3,16 +3,16 @@ import argparse
 from collections import Counter
 
 import pytest
-from specmoe.engine.cli import add_engine_commands, bench_grid
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.generate import Engine
 from specmoe.engine.microbench import KINDS, run_microbench
 from specmoe.engine.tracer import Tracer
 from specmoe.engine.weights import random_model
 
+from specmoe.app.cli.engine import add_engine_commands, bench_grid
 from specmoe.errors import SpecMoEError
-from specmoe.policies import make_policy
-from specmoe.trace import CATEGORIES, read_trace
+from specmoe.inputs.policies import make_policy
+from specmoe.measure.trace import CATEGORIES, read_trace
 
 SMALL = ["--layers", "2", "--dtype", "float32", "--prompt-len", "6", "--max-new-tokens", "6"]
 

@@ -8,8 +8,8 @@ from specmoe.engine.microbench import run_microbench
 from specmoe.engine.tracer import Tracer
 from specmoe.engine.weights import random_model
 
-from specmoe.policies import make_policy
-from specmoe.trace import read_trace
+from specmoe.inputs.policies import make_policy
+from specmoe.measure.trace import read_trace
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.gpu,
 CFG = MoEConfig(hidden=64, layers=3, heads=4, kv_heads=2, head_dim=16, experts=8, top_k=2,
                 expert_ffn=64, vocab=96, max_seq_len=48, max_batch=4, dtype="float64")
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10, 11, 12, 13, 40, 41], [3, 3, 3, 3]]
-POLICIES = [("ondemand", {}), ("overlap", {}), ("caching", {"cache_fraction": 0.25}),
-            ("cpu", {"cache_fraction": 0.25}), ("specmoe", {"gamma": 3, "draft_experts": 2}),
+POLICIES = [("ondemand", {}), ("overlap", {}), ("caching", {"resident_experts": 2}),
+            ("cpu", {"resident_experts": 2}), ("specmoe", {"gamma": 3, "draft_experts": 2}),
             ("specmoe", {"gamma": 4, "draft_experts": 1, "draft_set": "random"})]
 
 

@@ -14,7 +14,7 @@ from specmoe.engine.model import KVCache, Transformer
 from specmoe.engine.moe import ResidentExperts
 from specmoe.engine.weights import random_model
 
-from specmoe.policies import make_policy
+from specmoe.inputs.policies import make_policy
 
 if rt.interpreting():
     DEVICE = "cpu"

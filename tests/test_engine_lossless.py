@@ -15,7 +15,7 @@ from specmoe.engine.speculative import accept_sampling
 from specmoe.engine.weights import Weights, random_model
 
 from specmoe.errors import SpecMoEError
-from specmoe.policies import Policy, make_policy
+from specmoe.inputs.policies import Policy, make_policy
 
 CFG = MoEConfig(hidden=32, layers=3, heads=4, kv_heads=2, head_dim=8, experts=8, top_k=2,
                 expert_ffn=32, vocab=64, max_seq_len=48, max_batch=4, dtype="float64")
@@ -41,7 +41,7 @@ def _first_layers(w: Weights, n: int) -> Weights:
 
 
 POLICIES = [
-    ("ondemand", {}), ("overlap", {}), ("caching", {"cache_fraction": 0.25}), ("caching", {}),
+    ("ondemand", {}), ("overlap", {}), ("caching", {"resident_experts": 2}), ("caching", {"resident_experts": 1, "lru_slots": 4}), ("caching", {}),
     ("cpu", {}),
     ("specmoe", {"gamma": 1, "draft_experts": 1}),
     ("specmoe", {"gamma": 3, "draft_experts": 2}),

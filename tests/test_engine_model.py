@@ -59,7 +59,7 @@ def test_from_hf_rejects_unknown_and_incomplete():
 
 
 def test_from_spec_real_shapes():
-    models = pytest.importorskip("specmoe.models")
+    models = pytest.importorskip("specmoe.inputs.models")
     cfg = MoEConfig.from_spec(models.load_model("mixtral-8x7b"), layers=2)
     assert (cfg.hidden, cfg.experts, cfg.expert_ffn, cfg.layers) == (4096, 8, 14336, 2)
     assert cfg.expert_bytes == 3 * 4096 * 14336 * 2

@@ -14,7 +14,7 @@ from specmoe.engine.model import KVCache, Transformer
 from specmoe.engine.moe import ResidentExperts
 from specmoe.engine.weights import load_weights
 
-from specmoe.policies import make_policy
+from specmoe.inputs.policies import make_policy
 
 COMMON = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "num_experts_per_tok": 2, "max_position_embeddings": 64,

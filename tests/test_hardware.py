@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from specmoe import hardware as hw
 from specmoe.errors import SpecMoEError
+from specmoe.inputs import hardware as hw
 
 LISTED = hw.list_hardware()
 ROOT = hw._profiles_dir()

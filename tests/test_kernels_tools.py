@@ -50,7 +50,7 @@ def test_bench_tiny_writes_rows(tmp_path, capsys):
 
 @pytest.mark.skipif(not rt.interpreting(), reason="the --tiny smoke run is for the interpreter")
 def test_bench_takes_peaks_from_a_hardware_profile(tmp_path):
-    hardware = pytest.importorskip("specmoe.hardware")
+    hardware = pytest.importorskip("specmoe.inputs.hardware")
     gpu = hardware.load_system("h100-sxm").gpu
     out = tmp_path / "b.json"
     load_bench().main(["--tiny", "--kernels", "gating", "--no-reference", "--hardware",

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specmoe.errors import SpecMoEError
-from specmoe.models import ModelSpec, from_hf_config, list_models, load_model, save_to_catalog
+from specmoe.inputs.models import (
+    ModelSpec,
+    from_hf_config,
+    list_models,
+    load_model,
+    save_to_catalog,
+    to_hf_config,
+)
 
 CATALOG = [
     "mixtral-8x7b",
@@ -72,7 +79,7 @@ def test_catalog_is_complete_and_every_entry_parses_and_round_trips():
         spec = load_model(name)
         assert spec.name == name and spec.source
         json.dumps(spec.to_dict())  # JSON-able, derived figures included
-        assert from_hf_config(spec.to_hf_config()) == spec
+        assert from_hf_config(to_hf_config(spec)) == spec
 
 
 @pytest.mark.parametrize("name", CATALOG)
@@ -184,7 +191,7 @@ def test_qwen_sparse_step_and_mlp_only_layers():
     assert (
         m.moe_layer_ids == (1, 5) and m.dense_intermediate_size == 64 and m.num_shared_experts == 0
     )
-    assert from_hf_config(m.to_hf_config()) == m
+    assert from_hf_config(to_hf_config(m)) == m
 
 
 def test_load_by_alias_path_and_directory(tmp_path):

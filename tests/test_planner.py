@@ -4,11 +4,11 @@ import itertools
 import numpy as np
 import pytest
 
-from specmoe import planner
-from specmoe.api import resolve
 from specmoe.errors import SpecMoEError
-from specmoe.planner import GammaController, compare_with_measured, plan, search
-from specmoe.workload import Acceptance, Routing, Workload
+from specmoe.inputs.setup import resolve
+from specmoe.inputs.workload import Acceptance, Routing, Workload
+from specmoe.planning import search as planner
+from specmoe.planning.search import GammaController, compare_with_measured, plan, search
 
 CASES = list(itertools.product(
     [("mixtral-8x7b", "h100-pcie"), ("qwen3-30b-a3b", "l40s"), ("nllb-moe-54b", "specmoe-paper-h100"),
@@ -96,7 +96,7 @@ def test_explanation_names_pcie_when_only_fetching_policies_compete():
 
 def test_speculation_off_at_batch_1_with_a_reason_and_on_at_large_batch():
     kw = {"model": "nllb-moe-54b", "hardware": "specmoe-paper-h100", "policies": ("ondemand", "caching", "specmoe"),
-          "cache_fraction": 0.1, "confirm": "analytic", "draft_experts": [2, 4, 8, 16]}
+          "resident_experts": 13, "confirm": "analytic", "draft_experts": [2, 4, 8, 16]}
     small = plan(batch=1, **kw)
     assert small["best"]["gamma"] == 0 and not small["explanation"]["speculation"]["on"]
     assert small["explanation"]["speculation"]["why"].startswith("speculation off")
@@ -192,7 +192,7 @@ def test_controller_hysteresis_and_decay():
 def test_controller_turns_speculation_off_at_batch_1_and_probes():
     wl = Workload(batch=256, acceptance=Acceptance(alpha=0.9, source="test"))
     ctl = GammaController("nllb-moe-54b", "specmoe-paper-h100", wl, draft_experts=4, probe_every=3,
-                          cache_fraction=0.1)
+                          resident_experts=13)
     assert ctl.gamma > 0
     assert ctl.set_batch(1) == 0
     answers = [ctl.observe(0, 0) for _ in range(3)]

@@ -10,7 +10,7 @@ What is asserted is what this shared 2-vCPU machine supports (see the report):
 - per (α, batch) the planner's γ reaches the 0.97 bar or is within the noise of the best: its
   median lies within the best γ's range of repeats (the planner, which predicts steady decoding,
   misses the bar at α = 0.7, batch 8, where the engine's 20-token static batch loses its tail);
-- the static-batch prediction (specmoe.validate: the same costs plus the rounds of a static batch)
+- the static-batch prediction (specmoe.fit.validate: the same costs plus the rounds of a static batch)
   picks a γ that reaches the 0.97 bar in every cell, and on the quiet follow-up it is within
   STATIC_ERR of every measured point.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 
 import planner_vs_measured as pvm
 
-from specmoe.planner import compare_with_measured
+from specmoe.planning.search import compare_with_measured
 
 MIN_REPEATS = 3
 STATIC_ERR = 0.10   # measured ≤ 2.3% on the quiet follow-up; its repeats spread ~30%
@@ -115,8 +115,8 @@ def test_static_batch_prediction_follows_quiet_curve(focus_rows):
 
 def test_planner_static_batch_option_reaches_the_bar(runs):
     """planner.plan(static_batch=True) — the engine's workload shape — picks a γ at ≥ 0.97 of the best."""
-    from specmoe.hardware import load_system
-    from specmoe.planner import plan
+    from specmoe.inputs.hardware import load_system
+    from specmoe.planning.search import plan
 
     system = load_system(pvm.PROFILE)
     for (alpha, _batch), by_g in pvm.curves(runs).items():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from specmoe.cli import main
+from specmoe.app.cli.main import main
 from specmoe.errors import SpecMoEError
-from specmoe.workload import measured_prefetch_hit_rate, parse_prefetch_hit_rate
+from specmoe.inputs.workload import measured_prefetch_hit_rate, parse_prefetch_hit_rate
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "specmoe" / "data" / "tiny" / "prefetch.json"

@@ -7,10 +7,10 @@ import pytest
 from rich.console import Console
 
 import specmoe
-from specmoe import report
-from specmoe.cli import main
-from specmoe.sweep import load_grid, run_sweep, write_table
-from specmoe.trace import event, write_trace
+from specmoe.app import report
+from specmoe.app.cli.main import main
+from specmoe.measure.trace import event, write_trace
+from specmoe.planning.sweep import load_grid, run_sweep, write_table
 
 GRID = {"name": "r", "axes": {"model": ["mixtral-8x7b"], "hardware": ["h100-pcie", "l40s"],
                               "policy": ["ondemand", "caching", "specmoe"], "batch": [1, 8, 64, 256],

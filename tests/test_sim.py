@@ -3,12 +3,12 @@ bad input, result keys."""
 import pytest
 
 import specmoe
-from specmoe.analytic import Analytic
-from specmoe.api import resolve
 from specmoe.errors import SpecMoEError
-from specmoe.policies import POLICIES
-from specmoe.sim import SimOptions, Simulator, simulate
-from specmoe.workload import Acceptance, Routing
+from specmoe.inputs.policies import POLICIES
+from specmoe.inputs.setup import resolve
+from specmoe.inputs.workload import Acceptance, Routing
+from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.sim import SimOptions, Simulator, simulate
 
 # Every token of every layer uses experts 0 and 1: distinct experts are exactly 2, no variance.
 FIXED = Routing(kind="empirical", probs=((1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),), source="test")
@@ -63,8 +63,8 @@ def test_overlap_never_slower_than_ondemand(hit_rate):
 
 
 def test_more_cache_slots_never_fetch_more():
-    moved = [simulate(policy="caching", batch=4, cache_fraction=f, iterations=10, routing=ZIPF).bytes["h2d"]
-             for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    moved = [simulate(policy="caching", batch=4, resident_experts=r, iterations=10, routing=ZIPF).bytes["h2d"]
+             for r in (0, 2, 4, 6, 8)]
     assert all(a >= b for a, b in zip(moved, moved[1:]))
     assert moved[0] > moved[2] and moved[-1] == 0.0
 
@@ -102,7 +102,8 @@ def test_specmoe_drafting_fetches_nothing():
     (dict(policy="specmoe", draft_experts=9), "draft_experts"),
     (dict(policy="overlap", prefetch_hit_rate=1.5), "prefetch_hit_rate"),
     (dict(policy="moespec", gamma=3, expert_budget=12), "expert_budget"),
-    (dict(policy="caching", cache_fraction=-0.1), "cache_fraction"),
+    (dict(policy="caching", resident_experts=-1), "resident_experts"),
+    (dict(policy="caching", lru_slots=2.5), "lru_slots"),
     (dict(iterations=0), "iterations"),
     (dict(serving=True, rate=-2.0), "rate"),
     (dict(serving=True, rate=1.0, requests=0), "requests"),
@@ -114,8 +115,8 @@ def test_bad_input_names_the_field(kw, field):
 
 
 def test_bad_options_name_the_field():
-    with pytest.raises(SpecMoEError, match="pin_fraction"):
-        SimOptions(pin_fraction=2.0)
+    with pytest.raises(SpecMoEError, match="pattern_orders"):
+        SimOptions(pattern_orders=0)
 
 
 def test_result_has_predict_keys_plus_events():
@@ -129,7 +130,7 @@ def test_result_has_predict_keys_plus_events():
 
 
 def test_ssd_share_is_read_before_each_copy():
-    from specmoe.hardware import load_system
+    from specmoe.inputs.hardware import load_system
 
     system = load_system("h100-pcie", host="workstation-ddr5")     # 96 GB DRAM: part of 8x22B on SSD
     setup = resolve(model="mixtral-8x22b", hardware=system, policy="ondemand", batch=2, routing=FIXED)
@@ -142,17 +143,18 @@ def test_ssd_share_is_read_before_each_copy():
 def test_temporal_reuse_helps_the_lru_cache():
     def hit(reuse):
         routing = Routing(kind="zipf", zipf_s=0.5, temporal_reuse=reuse)
-        return simulate(policy="caching", batch=1, cache_fraction=0.25, iterations=30, routing=routing).cache_hit_rate
+        return simulate(policy="caching", batch=1, resident_experts=0, lru_slots=64, iterations=30,
+                        routing=routing).cache_hit_rate
 
     assert hit(0.8) > hit(0.0) + 0.2
 
 
 def test_workload_system_and_calibrated_params():
-    from specmoe.costs import CostModel, CostParams
-    from specmoe.hardware import load_system
-    from specmoe.models import load_model
-    from specmoe.policies import make_policy
-    from specmoe.workload import Workload
+    from specmoe.costs.ops import CostModel, CostParams
+    from specmoe.inputs.hardware import load_system
+    from specmoe.inputs.models import load_model
+    from specmoe.inputs.policies import make_policy
+    from specmoe.inputs.workload import Workload
 
     system, model = load_system("h100-pcie"), load_model("mixtral-8x7b")
     wl = Workload(batch=8, prompt_len=128, output_len=64, routing=FIXED, acceptance=Acceptance(alpha=0.0))

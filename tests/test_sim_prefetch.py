@@ -2,8 +2,8 @@
 import pytest
 
 from specmoe.errors import SpecMoEError
-from specmoe.policies import make_policy
-from specmoe.sim import simulate
+from specmoe.inputs.policies import make_policy
+from specmoe.predictors.sim import simulate
 
 
 def _run(precision):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from specmoe.sim.routing import RoutingSampler, sample_accepted
-from specmoe.workload import Routing, tau
+from specmoe.inputs.workload import Routing, tau
+from specmoe.predictors.sim.routing import RoutingSampler, sample_accepted
 
 
 def _sampler(kind="zipf", E=16, k=4, L=3, reuse=0.0, slots=32, seed=0, s=1.2):

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from specmoe.analytic import Analytic
-from specmoe.api import resolve
-from specmoe.cli import main
-from specmoe.sim import simulate
-from specmoe.trace import read_trace, to_chrome
+from specmoe.app.cli.main import main
+from specmoe.inputs.setup import resolve
+from specmoe.measure.trace import read_trace, to_chrome
+from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.sim import simulate
 
 
 def test_single_request_ttft_is_one_prefill():

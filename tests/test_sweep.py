@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 import specmoe
-from specmoe.cli import main
+from specmoe.app.cli.main import main
 from specmoe.errors import SpecMoEError
-from specmoe.sweep import load_grid, load_results, run_sweep
+from specmoe.planning.sweep import load_grid, load_results, run_sweep
 
 GRID = {
     "name": "small",
@@ -148,7 +148,7 @@ def test_resume_refuses_a_changed_grid_unless_fresh(tmp_path):
 
 def test_killed_subprocess_resumes_to_the_same_results(tmp_path):
     """A real kill (SIGKILL) mid-run of a simulated sweep: chunk files are whole or absent."""
-    pytest.importorskip("specmoe.sim")
+    pytest.importorskip("specmoe.predictors.sim")
     grid = {"name": "kill", "engine": "sim", "chunk_size": 1, "sim": {"iterations": 15, "seed": 3},
             "axes": {"model": ["nllb-moe-54b"], "hardware": ["specmoe-paper-h100"], "policy": ["specmoe"],
                      "batch": [64, 128], "gamma": [4, 8, 10], "draft_experts": [4], "alpha": ["paper"]}}
@@ -156,7 +156,7 @@ def test_killed_subprocess_resumes_to_the_same_results(tmp_path):
     path.write_text(yaml.safe_dump(grid))
     out = tmp_path / "r.csv"
     manifest = tmp_path / "r.csv.parts" / "manifest.json"
-    cmd = [sys.executable, "-m", "specmoe.cli", "sweep", str(path), "-o", str(out), "--backend", "serial", "--quiet"]
+    cmd = [sys.executable, "-m", "specmoe.app.cli.main", "sweep", str(path), "-o", str(out), "--backend", "serial", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from specmoe.errors import SpecMoEError
-from specmoe.trace import Header, event, export_chrome, read_trace, write_trace
+from specmoe.measure.trace import Header, event, export_chrome, read_trace, write_trace
 
 
 def _events():

@@ -6,13 +6,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specmoe.calibrate import FitOptions, calibrate
-from specmoe.cli import main
-from specmoe.costs import params_for
+from specmoe.app.cli.main import main
+from specmoe.costs.ops import params_for
 from specmoe.errors import SpecMoEError
-from specmoe.hardware import load_system, save_system
-from specmoe.trace import write_trace
-from specmoe.validate import expected_rounds, predict_run, read_run, validate
+from specmoe.fit.calibrate import FitOptions, calibrate
+from specmoe.fit.validate import predict_run, validate
+from specmoe.inputs.hardware import load_system, save_system
+from specmoe.measure.ingest import read_run
+from specmoe.measure.trace import write_trace
+from specmoe.predictors.rounds import expected_rounds
 
 H100 = load_system("h100-pcie")
 DEVICE = {"type": "cuda", "name": "NVIDIA H100 PCIe", "capability": "9.0", "memory_bytes": 85e9}
@@ -21,7 +23,7 @@ TRUE = replace(params_for(H100), gemm_compute_eff=0.6, hbm_eff=0.8, kernel_overh
 MODEL = {"hidden": 1024, "layers": 4, "heads": 8, "kv_heads": 2, "head_dim": 128, "experts": 8,
          "top_k": 2, "expert_ffn": 2048, "vocab": 1000, "dtype": "bfloat16", "shared_expert_ffn": 0}
 POLICY = {"name": "ondemand", "gamma": 0, "draft_experts": 0, "draft_set": "hottemporal",
-          "substitution": True, "spec_min_batch": 1, "cache_fraction": None, "prefetch_hit_rate": 1.0,
+          "substitution": True, "spec_min_batch": 1, "resident_experts": None, "lru_slots": 0, "prefetch_hit_rate": 1.0,
           "expert_budget": None, "cutoff_layer": None, "draft_model_ratio": 0.05}
 
 
@@ -51,7 +53,7 @@ def _e2e(path, batch, policy=None, params=TRUE, noise=0.0, seed=0, alpha=0.7, **
 
 
 def _profile(tmp_path, params=TRUE, device=DEVICE):
-    from specmoe.calibrate import device_identity
+    from specmoe.measure.ingest import device_identity
 
     sys_ = H100.model_copy(update={
         "name": "h100-true", "efficiency": {k: v for k, v in params.to_dict().items() if v is not None},
@@ -99,13 +101,16 @@ def test_read_run_errors_name_file_and_field(tmp_path):
         read_run(p)
 
 
-def test_engine_cache_fraction_from_slots(tmp_path):
-    """caching with cache_fraction None: the engine pinned (slots - E) / layers per layer."""
+def test_legacy_cache_fraction_becomes_explicit_residency(tmp_path):
+    """Traces from before explicit residency: caching pinned round(f·E) per layer and kept the rest
+    of its pool (slots − layers·pinned) as LRU; the policy read back says so in counts."""
     p = tmp_path / "c.jsonl"
-    h = _header(2, {**POLICY, "name": "caching"})
+    legacy = {k: v for k, v in POLICY.items() if k not in ("resident_experts", "lru_slots")}
+    h = _header(2, {**legacy, "name": "caching", "cache_fraction": 0.25})
     h["engine"] = {"expert_slots": 8 + 4 * 2}
     write_trace(p, h, [{"name": "iteration", "cat": "iteration", "ts_us": 0, "dur_us": 5}])
-    assert read_run(p).policy.cache_fraction == pytest.approx(0.25)
+    pol = read_run(p).policy
+    assert (pol.resident_experts, pol.lru_slots) == (2, 8 + 4 * 2 - 4 * 2)
 
 
 def test_measured_acceptance_when_not_synthetic(tmp_path):
@@ -116,7 +121,7 @@ def test_measured_acceptance_when_not_synthetic(tmp_path):
            {"name": "accept", "cat": "accept", "ts_us": 6, "dur_us": 0, "accepted": [0, None]}]
     write_trace(p, h, evs)
     run = read_run(p)
-    from specmoe.workload import tau
+    from specmoe.inputs.workload import tau
     assert run.alpha_source.startswith("measured")
     assert float(tau(run.alpha, 3)) == pytest.approx(1 + 4 / 3, rel=1e-6)
 
@@ -129,7 +134,7 @@ def runs(tmp_path_factory):
     paths = [_e2e(d / f"od-{b}.jsonl", b, noise=0.01, seed=b) for b in (1, 2, 4, 8, 16)]
     paths += [_e2e(d / f"sp-{b}.jsonl", b, {"name": "specmoe", "gamma": 3, "draft_experts": 2},
                    noise=0.01, seed=b) for b in (2, 8)]
-    paths += [_e2e(d / f"ca-{b}.jsonl", b, {"name": "caching", "cache_fraction": 0.25}, noise=0.01)
+    paths += [_e2e(d / f"ca-{b}.jsonl", b, {"name": "caching", "resident_experts": 2}, noise=0.01)
               for b in (4, 16)]
     return paths
 

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specmoe.errors import SpecMoEError
-from specmoe.workload import (
+from specmoe.inputs.workload import (
     Acceptance,
     Routing,
     Workload,

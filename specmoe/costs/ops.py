@@ -36,6 +36,8 @@ GB = 1e9
 PREFILL_Q_TILE = 128     # query rows per flash-attention CTA (FlashAttention-2/3 default)
 TFLOP = 1e12
 US = 1e-6
+# Where an iteration's time goes: every predictor's breakdown uses these keys.
+BREAKDOWN = ("attention", "dense", "expert_compute", "h2d", "cpu_expert", "draft")
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Measure layer: trace schema and ingest (engine traces, public measured kernel tables)."""
+"""Measurements: the trace schema (specmoe.trace/1) and readers of measured data."""

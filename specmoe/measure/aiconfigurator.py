@@ -33,14 +33,17 @@ mean over DRAWS seeded draws of the same generator.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from specmoe.errors import SpecMoEError
+from specmoe.measure.trace import Trace, event, write_trace
 
 PACKAGE = "aiconfigurator-core"
 PACKAGE_VERSION = "0.12.0"
@@ -105,8 +108,6 @@ def available_gpus(root: Path | None = None) -> list[str]:
 
 def default_version(gpu: str, backend: str, root: Path | None = None) -> str:
     """The `current` version of a backend on a GPU (query_versions.yaml: overrides, else defaults)."""
-    import yaml
-
     q = yaml.safe_load(((root or data_root()) / "query_versions.yaml").read_text())
     slot = (q.get("overrides", {}).get(gpu, {}) or {}).get(backend) or q["defaults"].get(backend)
     if not slot:
@@ -114,13 +115,14 @@ def default_version(gpu: str, backend: str, root: Path | None = None) -> str:
     return str(slot["current"])
 
 
-def _vkey(v: str):
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return (1, Version(v))
-    except InvalidVersion:
-        return (0, v)
+def _vkey(v: str) -> tuple:
+    """Order of backend versions: release numbers, then rcN before the release, .postN after."""
+    m = re.match(r"^(\d+(?:\.\d+)*)(?:rc(\d+))?(?:\.post(\d+))?", v)
+    if not m:
+        return ((), 0, 0, 0)
+    release = tuple(int(x) for x in m.group(1).split("."))
+    rc = m.group(2)
+    return (release, 0 if rc else 1, int(rc or 0), int(m.group(3) or 0))
 
 
 def table_file(gpu: str, op: str, backend: str, version: str, root: Path | None = None
@@ -188,8 +190,6 @@ def routing_summary(tokens: int, experts: int, top_k: int, distribution: str) ->
 # ------------------------------------------------------------------------------------ rows -> events
 
 def _ev(name: str, cat: str, latency_ms: float, **fields: Any) -> dict[str, Any]:
-    from specmoe.trace import event
-
     return event(name, cat, 0.0, float(latency_ms) * 1e3, phase=fields.pop("phase", "bench"), **fields)
 
 
@@ -267,8 +267,6 @@ def import_tables(gpu: str, backend: str, version: str | None = None,
     `max_rows` keeps a seeded random subset per op (for fixtures and quick fits)."""
     import pandas as pd
 
-    from specmoe.trace import Trace
-
     root = root or data_root()
     if gpu not in available_gpus(root):
         raise SpecMoEError(f"gpu={gpu!r}: allowed {available_gpus(root)}")
@@ -315,37 +313,4 @@ def import_tables(gpu: str, backend: str, version: str | None = None,
 
 
 def write(trace, out: str | Path) -> Path:
-    from specmoe.trace import write_trace
-
     return write_trace(out, trace.header, trace.events)
-
-
-def add_commands(sub) -> None:
-    """`specmoe measurements import aiconfigurator --gpu G --backend B -o DIR`"""
-    p = sub.add_parser("measurements", help="import public measured kernel tables as traces")
-    msub = p.add_subparsers(dest="measurements_cmd", required=True)
-    q = msub.add_parser("import", help="import a source's tables")
-    q.add_argument("source", choices=("aiconfigurator",))
-    q.add_argument("--gpu", action="append", required=True,
-                   help="aiconfigurator system name, e.g. h100_sxm (repeat, or 'all')")
-    q.add_argument("--backend", action="append", default=None, choices=BACKENDS + ("all",),
-                   help="default: all three")
-    q.add_argument("--version", default=None, help="backend version (default: its `current`)")
-    q.add_argument("-o", "--out", required=True, help="directory for <gpu>-<backend>.jsonl.gz")
-    q.set_defaults(func=cmd_import)
-
-
-def cmd_import(args) -> int:
-    gpus = available_gpus() if "all" in args.gpu else args.gpu
-    backends = BACKENDS if not args.backend or "all" in args.backend else args.backend
-    for gpu in gpus:
-        for backend in backends:
-            try:
-                trace = import_tables(gpu, backend, args.version)
-            except SpecMoEError as e:
-                print(f"skip {gpu}/{backend}: {e}")
-                continue
-            path = write(trace, Path(args.out) / f"{gpu}-{backend}.jsonl.gz")
-            counts = {k: v["rows_imported"] for k, v in trace.header["provenance"]["tables"].items()}
-            print(f"wrote {path}: {counts}")
-    return 0

@@ -1,0 +1,310 @@
+"""Speculative MoE on several GPUs: does the model reproduce the direction of the paper's claim?
+
+Speculative MoE (Li et al., arXiv 2503.04398) adds speculative token shuffling and expert grouping
+to DeepSpeed-MoE's EP x TP x DP inference and reports less all-to-all volume and higher throughput,
+largest on slow interconnects. This script runs specmoe's analytic multi-GPU model (and its
+simulator, sampled routing, for a check) on that setup: EP across all GPUs as the baseline, token
+shuffling with prediction accuracy q, expert grouping raising co-location c, on a fast NVLink
+node and on slow interconnects (PCIe peer-to-peer, 100/400 Gb/s networks across two nodes).
+
+    .venv/bin/python experiments/multigpu.py        # writes experiments/reports/multigpu.md
+
+CPU only, a few seconds. All link costs are UNCALIBRATED datasheet bandwidths + assumed latencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from specmoe.costs.comm import CommModel, CommParams
+from specmoe.inputs.hardware import load_system
+from specmoe.inputs.models import load_model
+from specmoe.inputs.workload import Workload
+from specmoe.predictors.parallel import Parallel, ParallelModel
+from specmoe.predictors.sim.parallel import simulate_parallel
+
+OUT = Path(__file__).parent / "reports" / "multigpu.md"
+SYSTEMS = [
+    ("hgx-b200x8", "8x B200, NVLink 5 (900 GB/s/dir)"),
+    ("hgx-h100x8", "8x H100 SXM, NVLink 4 (450 GB/s/dir)"),
+    ("h100-pcie-x8", "8x H100 PCIe, PCIe 5 P2P (63 GB/s/dir)"),
+    ("hgx-h100x8-2node-400g", "2x8 H100, 400 Gb/s between nodes"),
+    ("hgx-h100x8-2node-100g", "2x8 H100, 100 Gb/s between nodes"),
+]
+MODELS = ("deepseek-v2-lite", "qwen3-30b-a3b")
+BATCHES = (64, 256, 1024)
+
+
+def _pm(model, hw, batch, comm_params=None):
+    system = load_system(hw)
+    return ParallelModel(
+        model,
+        system,
+        Workload(batch=batch),
+        comm=CommModel(system, comm_params) if comm_params else None,
+    )
+
+
+def headline(lines, model, q, c, overlap=False, comm_params=None, batches=BATCHES):
+    lines += [
+        "| system | batch | a2a share of MoE layer (base) | a2a MB/layer base → s-MoE | "
+        "volume cut | throughput base → s-MoE (tok/s) | gain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for hw, label in SYSTEMS:
+        for b in batches:
+            pm = _pm(model, hw, b, comm_params)
+            G = pm.gpus
+            base = pm.evaluate(Parallel(ep=G, tp=1, overlap=overlap), [b])
+            smoe = pm.evaluate(
+                Parallel(ep=G, tp=1, overlap=overlap, shuffle=True, accuracy=q, colocation=c), [b]
+            )
+            share = base.a2a_s_per_layer[0] / base.layer_s[0]
+            vb, vs = base.a2a_bytes_per_layer[0] / 1e6, smoe.a2a_bytes_per_layer[0] / 1e6
+            tb, ts = base.tokens_per_s[0], smoe.tokens_per_s[0]
+            lines.append(
+                f"| {label} | {b} | {share:.0%} | {vb:.2f} → {vs:.2f} | {1 - vs / vb:.0%} | "
+                f"{tb:,.0f} → {ts:,.0f} | {ts / tb:.2f}× |"
+            )
+    lines.append("")
+
+
+def accuracy_sweep(lines, model, batch=256):
+    lines += [
+        "| system | q=0 | q=0.3 | q=0.6 | q=0.9 | q=0.9, c=0.6 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for hw, label in SYSTEMS:
+        pm = _pm(model, hw, batch)
+        G = pm.gpus
+        base = pm.evaluate(Parallel(ep=G), [batch]).tokens_per_s[0]
+        cells = [
+            pm.evaluate(Parallel(ep=G, shuffle=True, accuracy=q), [batch]).tokens_per_s[0] / base
+            for q in (0.0, 0.3, 0.6, 0.9)
+        ]
+        cells.append(
+            pm.evaluate(
+                Parallel(ep=G, shuffle=True, accuracy=0.9, colocation=0.6), [batch]
+            ).tokens_per_s[0]
+            / base
+        )
+        lines.append(f"| {label} | " + " | ".join(f"{x:.2f}×" for x in cells) + " |")
+    lines.append("")
+
+
+def sim_check(lines, model, q, batch=256):
+    lines += [
+        "| system | analytic ms/iter | sim, expected loads | sim, sampled routing | "
+        "a2a MB/layer analytic / sampled |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for hw, label in SYSTEMS[1:5:3]:
+        pm = _pm(model, hw, batch)
+        par = Parallel(ep=pm.gpus, shuffle=True, accuracy=q)
+        a = pm.evaluate(par, [batch])
+        e = simulate_parallel(pm, par, batch, steps=1)
+        s = simulate_parallel(pm, par, batch, steps=3, sample=True, seed=0)
+        lines.append(
+            f"| {label} | {a.iteration_s[0] * 1e3:.3f} | {e.iteration_s * 1e3:.3f} | "
+            f"{s.iteration_s * 1e3:.3f} | {a.a2a_bytes_per_layer[0] / 1e6:.2f} / "
+            f"{s.a2a_bytes_per_layer / 1e6:.2f} |"
+        )
+    lines.append("")
+
+
+def main() -> int:
+    q, c = 0.6, 0.5
+    lines = [
+        "# Several GPUs: expert parallelism and Speculative MoE (arXiv 2503.04398)",
+        "",
+        "Generated by `experiments/multigpu.py` (CPU only; analytic model "
+        "`specmoe.predictors.parallel`, simulator `specmoe.predictors.sim.parallel`). "
+        "**Uncalibrated**: link bandwidths are datasheet peaks (η = 1), collective latencies "
+        "are assumed priors (6 µs NVLink/PCIe, 10 µs network), GPU costs are the ideal "
+        "roofline of `specmoe.costs.ops`. No GPU was used; no number here is a measurement.",
+        "",
+    ]
+    for name in MODELS:
+        m = load_model(name)
+        c0 = (m.num_experts / 8 - 1) / (m.num_experts - 1)
+        lines += [
+            f"## {name} (E={m.num_experts}, top-{m.top_k}, hidden {m.hidden_size})",
+            "",
+            f"Baseline: DeepSpeed-MoE-style EP over all GPUs, attention DP (tp=1), "
+            f"no overlap. s-MoE: token shuffling q={q}, expert grouping c={c} "
+            f"(random placement gives c0≈{c0:.2f} on 8 GPUs).",
+            "",
+        ]
+        local = q * (1 + (m.top_k - 1) * c) / m.top_k + (1 - q) / 8
+        lines += [
+            f"Local share of token-expert pairs on 8 GPUs: baseline 1/8 = 12.5%, s-MoE "
+            f"{local:.1%} (q·(1 + (k−1)c)/k + (1 − q)/ep).",
+            "",
+        ]
+        headline(lines, m, q, c)
+        lines += [
+            "Throughput gain vs. prediction accuracy q (batch 256, grouping off unless stated):",
+            "",
+        ]
+        accuracy_sweep(lines, m)
+    m = load_model(MODELS[0])
+    lines += [
+        "## With all-to-all overlapped with compute (two micro-batches)",
+        "",
+        f"{MODELS[0]}, q={q}, c={c}:",
+        "",
+    ]
+    headline(lines, m, q, c, overlap=True, batches=(256,))
+    lines += [
+        "## Sensitivity: a slower all-to-all than the datasheet (not a calibration)",
+        "",
+        "Link efficiency η = 0.25 and latency 50 µs on every interconnect, to show how the "
+        "gain grows when communication costs what NCCL all-to-all often achieves at small "
+        f"decode messages rather than the datasheet peak. {MODELS[0]}, q={q}, c={c}:",
+        "",
+    ]
+    slow = CommParams(intra_eff=0.25, net_eff=0.25, intra_latency_us=50.0, net_latency_us=50.0)
+    headline(lines, m, q, c, comm_params=slow, batches=(256,))
+    lines += _measured_section()
+    lines += [
+        "## Simulator check",
+        "",
+        f"{MODELS[0]}, batch 256, q={q}. Expected loads: the simulator must equal the "
+        "analytic model (tests assert 1e-9); sampled routing: per-token experts and owners "
+        "drawn per layer, so the busiest GPU varies and the step is slower.",
+        "",
+    ]
+    sim_check(lines, m, q)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    _write(OUT, text + _discussion())
+    return 0
+
+
+def _measured_section() -> list[str]:
+    """q and c measured on the tiny MoE (experiments/measure_shuffle_accuracy.py), if present."""
+    path = Path(__file__).parent / "data" / "cpu" / "shuffle_tiny.json"
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    out = [
+        "## Prediction accuracy measured on the tiny MoE",
+        "",
+        f"From `{path.relative_to(Path(__file__).parent.parent)}` (written by "
+        "`experiments/measure_shuffle_accuracy.py`, CPU): the paper's two predictors (token id "
+        "-> top-1 expert; previous layer's top-1 -> this layer's top-1; the more confident "
+        f"wins) fitted on {doc['fit_windows']} held-out windows, scored on "
+        f"{doc['test_windows']} others ({doc['tokens_scored_per_layer']:,} tokens per layer), "
+        f"E={doc['num_experts']}, top-{doc['top_k']}, layers 1-{doc['layers'] - 1}. The last "
+        "two columns check the analytic model's locality formula against the measured share.",
+        "",
+        "| ep | placement | q | c | local share measured | formula | baseline 1/ep |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, r in doc["summary"].items():
+        ep, name = key.split("-")
+        out.append(
+            f"| {ep[2:]} | {name} | {r['q']:.3f} | {r['c']:.3f} | {r['local_measured']:.3f} "
+            f"| {r['local_formula']:.3f} | {1 / int(ep[2:]):.3f} |"
+        )
+    out += [
+        "",
+        "The formula (mispredicted tokens treated as placed at random) is within 0.01-0.03 of the "
+        "measured local share. For ep=2 the co-activation-maximising split found on the fit half "
+        "scores the same q and c as round-robin on the test half (probably the same split; the "
+        "split is not recorded).",
+        "",
+        "Eight experts make prediction easy (q 0.77-0.85); the paper's models have 64-128 "
+        "experts, where the same predictors are expected to do worse, so the headline tables "
+        "use q = 0.6 as an assumption, not this measurement.",
+        "",
+    ]
+    return out
+
+
+def _discussion() -> str:
+    return DISCUSSION
+
+
+DISCUSSION = """## What the paper claims, and its setup
+
+Li et al., *Speculative MoE: Communication Efficient Parallel MoE Inference with Speculative Token
+and Expert Pre-scheduling*, arXiv 2503.04398 (v1 March 2025, revised since). From the abstract:
+DeepSpeed-MoE's EP x TP x DP inference is bottlenecked by EP's all-to-all; speculative token
+shuffling and speculative expert grouping predict tokens' expert routing paths and pre-schedule
+tokens and experts across devices to losslessly trim EP's communication volume; built into
+DeepSpeed-MoE and SGLang, it "can significantly boost state-of-the-art MoE inference frameworks
+on fast homogeneous and slow heterogeneous interconnects". Third-party summaries of the latest
+version (not checked against the PDF, which this session could not read) report up to 4.3x
+end-to-end throughput under tight SLOs, the baseline's all-to-all at 59.2% of the MoE layer's
+latency on an 8-GPU server, and the local activation rate rising from about 25% to about 62%.
+
+## Where the model reproduces the direction
+
+- **Less all-to-all volume**: shuffling (q = 0.6) with grouping (c = 0.5) cuts the bytes per MoE
+  layer by about a third on every system (the cut depends on q, c, k and ep, not on the link).
+- **Larger gains on slower interconnects**: at batch 1024, NVLink 5 / NVLink 4 gain at most
+  a few percent, PCIe 5 peer-to-peer and 2 nodes over 400 Gb/s about 10%, and 2 nodes over
+  100 Gb/s about 25%: the paper's ordering (smaller gains on fast homogeneous links, larger on
+  slow heterogeneous ones).
+- Gains grow with batch: the bytes scale with tokens, the collective latency and the expert
+  weight streaming do not.
+
+## Where it does not, and why
+
+- **Magnitude**: at most about 1.3x here against the paper's up to 4.3x. (1) The paper's figure
+  is throughput under a tight latency SLO, which amplifies a per-step saving (a faster step admits
+  a much larger batch within the SLO); this table is unconstrained decode throughput at a fixed
+  batch. (2) Uncalibrated links: datasheet bandwidth at η = 1 makes the all-to-all cheap (17-21%
+  of the MoE layer on NVLink 4, 30-34% on NVLink 5, against the reported 59.2%); the sensitivity
+  table (η = 0.25, 50 µs) raises that share to 62-84% yet the gain on NVLink stays small, because a latency-bound
+  collective does not get faster when its bytes shrink. Calibrating `CommParams` from measured
+  all-to-all rows (aiconfigurator-core's NCCL / DeepEP tables, through the measured-kernels
+  importer) is the missing step. (3) q and c are assumed, not measured on the paper's models.
+  (4) The paper also removes the dispatch by fusing the shuffle into the attention's
+  reduce-scatter/all-gather (its SRS/SAG kernels) and de-duplicates tokens per GPU; the model
+  only credits the locality gained (shuffling itself is free, mispredictions pay the ordinary
+  all-to-all) and sends one copy per token-expert pair.
+- **Overlap**: with the all-to-all overlapped with compute (two micro-batches), shuffling pays
+  only where communication exceeds compute (here only over 100 Gb/s): the model says Speculative
+  MoE matters only when the all-to-all is on the critical path.
+- **Shuffling without grouping barely helps top-6/top-8 models**: placing a token on its first
+  expert's GPU localises 1 + (k−1)·c of its k pairs; with random placement c ≈ 1/ep, so even
+  q = 0.9 gains 1-4%. Grouping (raising c) is what makes shuffling pay. Grouping alone does
+  nothing in the model because tokens are owned at random; the paper's request-level scheduling
+  in attention-DP, which would give grouping an effect of its own, is not modelled.
+- **When the planner may choose the degrees** (`plan_parallel`, and the Ray notebook), on two
+  nodes it keeps EP inside a node (ep = 8, experts replicated per node) wherever memory allows
+  at large batches, and the shuffling gain shrinks to a few percent: avoiding the slow link
+  beats trimming its bytes. Speculative MoE's larger gains apply when EP must span the slow
+  link (experts too large for one node, or a baseline that fixes EP to all GPUs, as here).
+- Shuffled tokens could unbalance attention across GPUs; the paper's balanced co-clustering
+  avoids it and the model assumes balance. Load imbalance of the experts under skewed routing is
+  modelled (busiest GPU, expected loads; the sampled simulator adds the variance).
+
+## Not done
+
+- The all-to-all cost is uncalibrated (datasheet bandwidth, assumed latencies).
+- q and c were measured only on the tiny MoE (8 experts, top-2; section above), not on the
+  paper's models; the headline tables assume q = 0.6, c = 0.5.
+- The Ray sweep (`experiments/multigpu_ray.ipynb`, 24 plans over models x systems x batches)
+  was executed once by hand on the CPU (local Ray, 2 CPUs, about 20 s); no test executes it.
+- Speculative decoding (γ, draft experts) is not combined with the multi-GPU model: one decode
+  token per sequence per step.
+"""
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

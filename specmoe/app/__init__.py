@@ -1,0 +1,1 @@
+"""The user-facing layer: the Python API, the command line and reports."""

@@ -1,0 +1,1 @@
+"""The `specmoe` command line: one module per command group, shared flags in flags.py."""

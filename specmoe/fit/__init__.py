@@ -1,0 +1,1 @@
+"""Fitting: calibration of cost parameters to traces, and validation against measured runs."""

@@ -1,0 +1,1 @@
+"""Inputs: hardware profiles, model shapes, workload (routing, acceptance) and the policy registry."""

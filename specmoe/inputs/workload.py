@@ -1,0 +1,369 @@
+"""Workload: batch and lengths, a routing model (which experts tokens use) and an acceptance model.
+
+Routing is described by per-layer expert inclusion probabilities p[l, e] (the chance that one token
+uses expert e in layer l; Σ_e p = top_k). Expected distinct experts among n independent tokens:
+    U(n) = Σ_e [1 − (1 − p_e)^n]          (uniform: E·(1 − (1 − k/E)^n))
+Acceptance: i.i.d. per-token acceptance α gives expected tokens per verification
+    τ(γ) = (1 − α^(γ+1)) / (1 − α)        (Leviathan et al. 2023)
+or a measured table τ[γ] replaces it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from specmoe.errors import SpecMoEError
+
+ROUTING_KINDS = ("uniform", "zipf", "empirical")
+
+# Mean accepted tokens per verification at γ = 10 published by SpecMoE (arXiv 2604.10152) for
+# NLLB-MoE by draft-expert choice. α is solved from τ(10) so other γ follow the i.i.d. model.
+PUBLISHED_TAU_GAMMA10 = {"random": 6.812, "hot": 7.220, "hottemporal": 7.265}
+
+
+def tau(alpha, gamma):
+    """Expected tokens per verification for i.i.d. acceptance α and draft length γ (vectorised)."""
+    a = np.asarray(alpha, dtype=float)
+    g = np.asarray(gamma, dtype=float)
+    safe = np.where(np.isclose(a, 1.0), 0.5, a)
+    closed = (1.0 - safe ** (g + 1.0)) / (1.0 - safe)
+    return np.where(np.isclose(a, 1.0), g + 1.0, closed)
+
+
+def alpha_from_tau(tau_value: float, gamma: int) -> float:
+    """Invert τ(γ) for α by bisection (τ is increasing in α)."""
+    if not 1.0 <= tau_value <= gamma + 1:
+        raise SpecMoEError(f"tau={tau_value}: must lie in [1, gamma+1={gamma + 1}]")
+    lo, hi = 0.0, 1.0 - 1e-12
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tau(mid, gamma) < tau_value else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _used(p: np.ndarray, n) -> np.ndarray:
+    """1 − (1 − p_e)^n: the chance that n independent tokens use expert e, shape n.shape + p.shape."""
+    logq = np.log1p(-np.clip(p, 0.0, 1.0 - 1e-15))
+    return 1.0 - np.exp(np.multiply.outer(np.asarray(n, dtype=float), logq))
+
+
+def expected_distinct(p: np.ndarray, n) -> np.ndarray:
+    """U(n) = Σ_e [1 − (1 − p_e)^n] over the last axis of p, for each n (vectorised over n)."""
+    return _used(p, n).sum(axis=-1)
+
+
+class ExpertCounts:
+    """Expected distinct and non-resident experts per layer, memoised over unique token counts."""
+
+    def __init__(self, probs: np.ndarray):
+        # Layers with the same sorted profile share one row, weighted by how many there are.
+        rows, counts = np.unique(np.sort(probs, axis=1)[:, ::-1], axis=0, return_counts=True)
+        self.probs, self.weights = rows, counts / counts.sum()
+        self.num_experts = probs.shape[1]
+
+    def _cum(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Layer-mean cumulative Σ_{e<j}[1 − (1 − p_e)^T] for j = 0..E, per unique T."""
+        uniq, inverse = np.unique(tokens, return_inverse=True)
+        used = _used(self.probs, uniq)                                       # [U, P, E]
+        cum = np.concatenate([np.zeros(used.shape[:2] + (1,)), np.cumsum(used, axis=2)], axis=2)
+        return np.einsum("upj,p->uj", cum, self.weights), inverse.reshape(tokens.shape)
+
+    def distinct_and_missing(self, tokens, resident, random_resident=False):
+        """(U(T), NR(T, R)) for arrays T and R (resident experts per layer)."""
+        tokens = np.asarray(tokens, dtype=float)
+        resident = np.broadcast_to(np.asarray(resident), tokens.shape).astype(int)
+        cum, idx = self._cum(tokens)
+        distinct = cum[idx, -1]
+        if random_resident:
+            missing = distinct * (1.0 - resident / self.num_experts)
+        else:
+            missing = distinct - cum[idx, np.clip(resident, 0, self.num_experts)]
+        return distinct, np.maximum(missing, 0.0)
+
+    def missing_with_lru(self, tokens, resident, lru_slots: int, num_layers: int):
+        """NR(T, R) per layer when `lru_slots` slots shared by all layers hold recently used
+        experts (LRU, independent passes): Che's approximation. An unpinned expert needed with
+        probability q per pass is still cached after t_C passes with probability 1 − (1 − q)^t_C,
+        where the characteristic time t_C fills the cache: Σ [1 − (1 − q)^t_C] = lru_slots
+        (Che, Tung, Wang 2002; Fricker, Robert, Roberts 2012 for the discrete-time form)."""
+        tokens = np.asarray(tokens, dtype=float)
+        resident = np.broadcast_to(np.asarray(resident), tokens.shape).astype(int)
+        if lru_slots <= 0:
+            return self.distinct_and_missing(tokens, resident)[1]
+        pairs, inverse = np.unique(np.stack([tokens.ravel(), resident.ravel()]), axis=1,
+                                   return_inverse=True)
+        out = np.array([self._lru_missing(t, int(r), lru_slots, num_layers) for t, r in pairs.T])
+        return out[inverse.ravel()].reshape(tokens.shape)
+
+    def _lru_missing(self, tokens: float, resident: int, slots: int, num_layers: int) -> float:
+        q = 1.0 - (1.0 - np.clip(self.probs[:, resident:], 0.0, 1.0)) ** tokens   # [P, E − R]
+        w = self.weights[:, None] * num_layers                 # layers holding each profile
+        def filled(t):
+            return float((w * (1.0 - (1.0 - q) ** t)).sum())
+        if filled(1e9) <= slots:                               # everything unpinned fits
+            return 0.0
+        lo, hi = 0.0, 1.0
+        while filled(hi) < slots:
+            hi *= 2.0
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if filled(mid) < slots else (lo, mid)
+        return float((w * q * (1.0 - q) ** hi).sum()) / num_layers
+
+
+def _water_fill(weights: np.ndarray, total: float) -> np.ndarray:
+    """Scale weights to sum to `total` with every entry ≤ 1 (an expert is used at most once per token)."""
+    w = np.asarray(weights, dtype=float)
+    p = np.zeros_like(w)
+    free = np.ones(w.shape, dtype=bool)
+    remaining = total
+    for _ in range(len(w)):
+        if not free.any():
+            break
+        scaled = w * remaining / w[free].sum()
+        capped = free & (scaled >= 1.0)
+        if not capped.any():
+            p[free] = scaled[free]
+            break
+        p[capped] = 1.0
+        free &= ~capped
+        remaining = total - p[~free].sum()
+    return p
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How tokens choose experts. `probs` ([L, E], each row sums to top_k) for kind='empirical'.
+
+    temporal_reuse: fraction of a step's experts reused at the next step beyond chance (0 = none);
+    used by the simulator's routing sampler, and a source name says where a measured value came from.
+    """
+
+    kind: str = "uniform"
+    zipf_s: float = 1.0
+    probs: tuple | None = None
+    temporal_reuse: float = 0.0
+    source: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ROUTING_KINDS:
+            raise SpecMoEError(f"routing kind={self.kind!r}: allowed {ROUTING_KINDS}")
+        if self.zipf_s < 0:
+            raise SpecMoEError(f"zipf_s={self.zipf_s}: must be >= 0")
+        if not 0.0 <= self.temporal_reuse <= 1.0:
+            raise SpecMoEError(f"temporal_reuse={self.temporal_reuse}: allowed [0, 1]")
+        if self.kind == "empirical" and self.probs is None:
+            raise SpecMoEError("routing kind='empirical' needs probs (per-layer inclusion probabilities)")
+
+    def inclusion_probs(self, num_experts: int, top_k: int, num_layers: int) -> np.ndarray:
+        """p[l, e], sorted descending per layer (expert identity does not matter to the models)."""
+        if self.kind == "uniform":
+            row = np.full(num_experts, top_k / num_experts)
+            return np.tile(row, (num_layers, 1))
+        if self.kind == "zipf":
+            ranks = np.arange(1, num_experts + 1, dtype=float)
+            row = _water_fill(ranks ** -self.zipf_s, top_k)
+            return np.tile(row, (num_layers, 1))
+        return _resample_empirical(np.asarray(self.probs, dtype=float), num_experts, top_k, num_layers)
+
+
+def _resample_empirical(probs: np.ndarray, num_experts: int, top_k: int, num_layers: int) -> np.ndarray:
+    """Map measured per-layer probabilities onto another model's E, k and L by quantile shape.
+
+    The sorted share profile is interpolated onto E points, then water-filled to sum to k; layers
+    are cycled. Where E, k and L match, the measured values come back unchanged (sorted).
+    """
+    probs = np.sort(np.atleast_2d(probs), axis=1)[:, ::-1]
+    out = np.empty((num_layers, num_experts))
+    for layer in range(num_layers):
+        src = probs[layer % len(probs)]
+        if len(src) == num_experts and np.isclose(src.sum(), top_k):
+            out[layer] = src
+            continue
+        share = src / src.sum()
+        x_src = (np.arange(len(src)) + 0.5) / len(src)
+        x_dst = (np.arange(num_experts) + 0.5) / num_experts
+        out[layer] = _water_fill(np.interp(x_dst, x_src, share), top_k)
+    return out
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Acceptance of draft tokens. Either i.i.d. α, or a measured τ per γ (table), optionally per N.
+
+    `alpha_by_draft_experts` maps N → α where acceptance was measured per draft-expert count.
+    """
+
+    alpha: float = 0.0
+    tau_table: tuple | None = None          # ((gamma, tau), ...)
+    alpha_by_draft_experts: tuple | None = None   # ((N, alpha), ...)
+    source: str = ""
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha < 1.0:
+            raise SpecMoEError(f"acceptance alpha={self.alpha}: allowed [0, 1)")
+
+    def alpha_for(self, draft_experts) -> np.ndarray:
+        n = np.asarray(draft_experts, dtype=float)
+        if not self.alpha_by_draft_experts:
+            return np.full(n.shape, self.alpha)
+        xs, ys = zip(*sorted(self.alpha_by_draft_experts))
+        return np.interp(n, xs, ys)
+
+    def tau(self, gamma, draft_experts=0) -> np.ndarray:
+        """The one acceptance function: expected tokens per verification τ(γ, N) (vectorised).
+
+        A measured τ table (per γ) wins; else i.i.d. α for the draft set this Acceptance was made
+        for (α per N where measured per N)."""
+        g = np.asarray(gamma)
+        if self.tau_table:
+            xs, ys = zip(*sorted(self.tau_table))
+            return np.interp(g, (0, *xs), (1.0, *ys))
+        return tau(self.alpha_for(draft_experts), g)
+
+    def alpha_at(self, gamma: int, draft_experts: int = 0) -> float:
+        """Per-token α consistent with τ(γ, N): what a sampler draws accepted tokens with."""
+        if self.tau_table and gamma > 0:
+            return alpha_from_tau(float(self.tau(gamma, draft_experts)), int(gamma))
+        return float(self.alpha_for(draft_experts))
+
+
+def published_acceptance(draft_set: str = "hottemporal") -> Acceptance:
+    """α solved from SpecMoE's published τ at γ = 10 (NLLB-MoE translation; a high-acceptance task)."""
+    if draft_set not in PUBLISHED_TAU_GAMMA10:
+        raise SpecMoEError(f"draft_set={draft_set!r}: allowed {tuple(PUBLISHED_TAU_GAMMA10)}")
+    a = alpha_from_tau(PUBLISHED_TAU_GAMMA10[draft_set], 10)
+    return Acceptance(alpha=a, source=f"SpecMoE arXiv 2604.10152, NLLB-MoE, tau(10)={PUBLISHED_TAU_GAMMA10[draft_set]} ({draft_set})")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is served: batch of sequences, prompt and output lengths (tokens), routing, acceptance."""
+
+    batch: int = 1
+    prompt_len: int = 512
+    output_len: int = 256
+    routing: Routing = field(default_factory=Routing)
+    acceptance: Acceptance = field(default_factory=lambda: published_acceptance("hottemporal"))
+
+    def __post_init__(self):
+        for name in ("batch", "prompt_len", "output_len"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise SpecMoEError(f"{name}={v!r}: must be a whole number >= 1")
+
+    @property
+    def mean_context(self) -> float:
+        """Mean cached positions seen by a decode step: the prompt plus half the output."""
+        return self.prompt_len + self.output_len / 2.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "prompt_len": self.prompt_len, "output_len": self.output_len,
+                "routing": {"kind": self.routing.kind, "zipf_s": self.routing.zipf_s,
+                            "temporal_reuse": self.routing.temporal_reuse, "source": self.routing.source},
+                "acceptance": {"alpha": self.acceptance.alpha, "source": self.acceptance.source,
+                               "tau_table": self.acceptance.tau_table}}
+
+
+# ---- measured data shipped with the package (specmoe/data/<name>/) ------------------------------
+
+@cache
+def _load_data_json(name: str, file: str) -> dict:
+    path = resources.files("specmoe") / "data" / name / file
+    if not path.is_file():
+        raise SpecMoEError(f"measured data {name!r}: no {file} shipped under specmoe/data/{name}/")
+    return json.loads(path.read_text())
+
+
+def measured_routing(name: str) -> Routing:
+    """Routing measured on a real model, e.g. 'tiny' (specmoe/data/tiny/routing.json)."""
+    d = _load_data_json(name, "routing.json")
+    probs = d.get("inclusion_probs") or d.get("p")
+    if probs is None:
+        raise SpecMoEError(f"measured routing {name!r}: routing.json lacks 'inclusion_probs'")
+    reuse = d.get("temporal_reuse_excess", 0.0)
+    return Routing(kind="empirical", probs=tuple(map(tuple, probs)), temporal_reuse=float(reuse),
+                   source=f"measured:{name}")
+
+
+def measured_acceptance(name: str, draft_set: str = "hottemporal") -> Acceptance:
+    """Acceptance measured on a real model: α per N (specmoe/data/<name>/acceptance.json)."""
+    d = _load_data_json(name, "acceptance.json")
+    try:
+        per_n = d["alpha_by_draft_experts"][draft_set]
+    except KeyError:
+        raise SpecMoEError(f"measured acceptance {name!r}: no entry for draft_set={draft_set!r}") from None
+    pairs = tuple(sorted((int(n), float(a)) for n, a in per_n.items()))
+    return Acceptance(alpha=pairs[-1][1], alpha_by_draft_experts=pairs, source=f"measured:{name}:{draft_set}")
+
+
+def parse_acceptance(text: str | float | None, draft_set: str = "hottemporal") -> Acceptance:
+    """CLI form: a number α in [0, 1), 'paper' (SpecMoE's published τ), or 'measured:NAME'."""
+    if text is None or text == "paper":
+        return published_acceptance(draft_set)
+    if isinstance(text, str) and text.startswith("measured:"):
+        return measured_acceptance(text.split(":", 1)[1], draft_set)
+    try:
+        a = float(text)
+    except ValueError:
+        raise SpecMoEError(f"acceptance={text!r}: give α in [0, 1), 'paper' or 'measured:NAME'") from None
+    return Acceptance(alpha=a, source="user")
+
+
+def measured_prefetch_hit_rate(name: str, batch: int | None = None) -> float:
+    """Overlap's next-layer prediction measured on a real model (specmoe/data/<name>/prefetch.json):
+    the share of needed next-layer experts prefetched. batch=None: the file's primary value (batch 1,
+    the per-token prediction); else the value of the largest measured batch <= batch (the smallest
+    measured one below it): a larger batch unions more tokens' predictions, so this errs low."""
+    d = _load_data_json(name, "prefetch.json")
+    if batch is None:
+        h = d.get("prefetch_hit_rate")
+    else:
+        measured = sorted(int(b) for b in d.get("by_batch", {}))
+        if not measured:
+            raise SpecMoEError(f"measured prefetch {name!r}: prefetch.json lacks 'by_batch'")
+        b = max((m for m in measured if m <= batch), default=measured[0])
+        h = d["by_batch"][str(b)].get("hit_rate")
+    if not isinstance(h, (int, float)) or not 0.0 <= h <= 1.0:
+        raise SpecMoEError(f"measured prefetch {name!r}: hit rate {h!r} is not a number in [0, 1]")
+    return float(h)
+
+
+def parse_prefetch_hit_rate(text: str | float | None, batch: int | None = None,
+                            field: str = "prefetch_hit_rate") -> float | None:
+    """CLI form: a number in [0, 1] or 'measured:NAME' (None stays None: the policy's default)."""
+    if text is None:
+        return None
+    if isinstance(text, str) and text.startswith("measured:"):
+        try:
+            return measured_prefetch_hit_rate(text.split(":", 1)[1], batch)
+        except SpecMoEError as exc:
+            raise SpecMoEError(f"{field}={text!r}: {exc}") from None
+    try:
+        h = float(text)
+    except ValueError:
+        raise SpecMoEError(f"{field}={text!r}: give a number in [0, 1] or 'measured:NAME'") from None
+    if not 0.0 <= h <= 1.0:
+        raise SpecMoEError(f"{field}={text!r}: allowed [0, 1] or 'measured:NAME'")
+    return h
+
+
+def parse_routing(text: str | None) -> Routing:
+    """CLI form: 'uniform', 'zipf:S' or 'measured:NAME'."""
+    if not text or text == "uniform":
+        return Routing()
+    if text.startswith("zipf"):
+        s = text.split(":", 1)[1] if ":" in text else "1.0"
+        try:
+            return Routing(kind="zipf", zipf_s=float(s))
+        except ValueError:
+            raise SpecMoEError(f"routing={text!r}: zipf exponent must be a number (e.g. zipf:1.2)") from None
+    if text.startswith("measured:"):
+        return measured_routing(text.split(":", 1)[1])
+    raise SpecMoEError(f"routing={text!r}: allowed 'uniform', 'zipf:S', 'measured:NAME'")
+

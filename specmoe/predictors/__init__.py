@@ -1,0 +1,1 @@
+"""Predictors: the analytic model and the SimPy simulator, both built on specmoe.costs."""

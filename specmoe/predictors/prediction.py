@@ -1,0 +1,40 @@
+"""The one Prediction form every predictor returns to callers: a JSON-ready dict per configuration."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from specmoe.inputs.setup import Setup
+from specmoe.predictors.analytic import AnalyticResult
+
+GB = 1e9  # reports use GB = 1e9 bytes, as the datasheets do
+
+
+def summarize(setup: Setup, res: AnalyticResult, i: int = 0) -> dict[str, Any]:
+    """One configuration of an AnalyticResult as the JSON object the CLI prints."""
+    def at(a):
+        return float(np.ravel(a)[i])
+
+    fits = bool(np.ravel(res.fits)[i])
+    need, have = at(res.gpu_memory_bytes) / GB, setup.system.gpu.hbm_gb
+    out = {
+        **setup.echo(),
+        "fits": fits,
+        "tokens_per_s": at(res.tokens_per_s) if fits else None,
+        "tpot_ms": at(res.tpot_ms) if fits else None,
+        "ttft_ms": at(res.ttft_ms) if fits else None,
+        "iteration_ms": at(res.iteration_s) * 1e3,
+        "tokens_per_iteration": at(res.tokens_per_iteration),
+        "h2d_bytes_per_token": at(res.h2d_bytes_per_token),
+        "h2d_bytes_per_iteration": at(res.h2d_bytes_per_iteration),
+        "gpu_memory_gb": need,
+        "gpu_capacity_gb": have,
+        "resident_experts_per_layer": int(np.ravel(res.resident_experts_per_layer)[i]),
+        "breakdown": {k: at(v) for k, v in res.breakdown.items()},
+        "calibrated": bool(setup.system.calibration),
+    }
+    if not fits:
+        out["reason"] = (f"needs {need:.1f} GB of GPU memory; {setup.system.name} has {have:g} GB "
+                         f"(model resident {setup.model.resident_bytes / GB:.1f} GB)")
+    return out

@@ -1,5 +1,0 @@
-"""Discrete-event simulator (SimPy) of MoE serving with expert offloading and speculative decoding."""
-from specmoe.sim.result import SimResult
-from specmoe.sim.simulator import Serving, SimOptions, Simulator, simulate
-
-__all__ = ["Serving", "SimOptions", "SimResult", "Simulator", "simulate"]
