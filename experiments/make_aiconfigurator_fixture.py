@@ -49,7 +49,7 @@ def main() -> None:
         shutil.rmtree(OUT)
     for op, pick in (("moe", moe), ("gemm", gemm), ("decode_attention", attention),
                      ("prefill_attention", attention)):
-        path, version = aic.table_file(GPU, op, BACKEND, VERSION, root)
+        path, _ = aic.table_file(GPU, op, BACKEND, VERSION, root)
         dst = OUT / path.relative_to(root)
         dst.parent.mkdir(parents=True, exist_ok=True)
         pick(pd.read_parquet(path)).to_parquet(dst, index=False)

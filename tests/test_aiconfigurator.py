@@ -8,10 +8,10 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
-from specmoe.fit import calibrate as cal  # noqa: E402
-from specmoe.errors import SpecMoEError  # noqa: E402
-from specmoe.measure import aiconfigurator as aic  # noqa: E402
-from specmoe.measure.trace import read_trace  # noqa: E402
+from specmoe.errors import SpecMoEError
+from specmoe.fit import calibrate as cal
+from specmoe.measure import aiconfigurator as aic
+from specmoe.measure.trace import read_trace
 
 ROOT = Path(__file__).parent / "data" / "aiconfigurator" / "systems"
 
@@ -76,8 +76,8 @@ def test_power_law_routing_is_skewed_and_conserves_pairs():
 
 
 def test_one_kernel_per_shape_keeps_the_main_kernel():
-    df = pd.DataFrame({"m": [1, 1, 2, 3], "n": [8] * 4, "k": [8] * 4, "latency": [1.0, 5.0, 2.0, 3.0],
-                       "kernel_source": ["a", "b", "a", "b"]})
+    df = pd.DataFrame({"m": [1, 1, 2, 3], "n": [8] * 4, "k": [8] * 4,
+                       "latency": [1.0, 5.0, 2.0, 3.0], "kernel_source": ["a", "b", "a", "b"]})
     df = pd.concat([df, pd.DataFrame({"m": [4], "n": [8], "k": [8], "latency": [4.0],
                                       "kernel_source": ["a"]})], ignore_index=True)
     kept = aic.one_kernel_per_shape(df, "gemm")
@@ -86,7 +86,7 @@ def test_one_kernel_per_shape_keeps_the_main_kernel():
 
 
 def test_backward_fill_of_versions_and_errors():
-    path, used = aic.table_file("h100_sxm", "gemm", "vllm", "0.30.0", ROOT)
+    _, used = aic.table_file("h100_sxm", "gemm", "vllm", "0.30.0", ROOT)
     assert used == "0.24.0"                                   # newest version <= the one asked
     assert aic.table_file("h100_sxm", "gemm", "vllm", "0.20.0", ROOT) is None
     assert aic.default_version("a100_sxm", "vllm", ROOT) == "0.14.0"   # per-GPU override

@@ -6,9 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specmoe.fit import calibrate as cal
 from specmoe.costs.ops import CostModel, CostParams
 from specmoe.costs.tables import Tables
+from specmoe.fit import calibrate as cal
 from specmoe.inputs.hardware import load_system
 
 H100 = load_system("h100-sxm")           # 132 SMs, 50 MiB L2, 3350 GB/s, 989.5 TFLOP/s bf16
@@ -111,7 +111,8 @@ def test_fit_never_exceeds_the_datasheet_peak(tmp_path):
 
 def test_hybrid_uses_the_table_inside_its_range_and_the_model_outside():
     # measured GEMM n = k = 4096 at m = 16 and 64; key (n, k), axis m
-    tables = Tables([("gemm", (4096.0, 4096.0), 16.0, 10e-6), ("gemm", (4096.0, 4096.0), 64.0, 40e-6)])
+    key = (4096.0, 4096.0)
+    tables = Tables([("gemm", key, 16.0, 10e-6), ("gemm", key, 64.0, 40e-6)])
     c = cm(tables=tables)
     model = cm()
     m = np.array([16.0, 32.0, 64.0, 128.0, 8.0])
@@ -122,5 +123,6 @@ def test_hybrid_uses_the_table_inside_its_range_and_the_model_outside():
     assert t[4] == float(model.dense_gemm(8.0, 4096.0, 4096.0))        # below the range: model
     assert c.sources["gemm"] == {"table": 3, "model": 2}
     # another shape: no table, the model
-    assert float(c.dense_gemm(32.0, 8192.0, 4096.0)) == float(model.dense_gemm(32.0, 8192.0, 4096.0))
+    other = (32.0, 8192.0, 4096.0)
+    assert float(c.dense_gemm(*other)) == float(model.dense_gemm(*other))
     assert c.sources["gemm"] == {"table": 3, "model": 3}

@@ -66,7 +66,7 @@ class CostParams:
     moe_reread: float = 0.0                # fraction of an expert's weights re-read from HBM per
                                            # extra token block (the rest hit L2)
     attn_fixed_us: float | None = None     # decode attention fixed time (None: kernel_overhead_us)
-    attn_item_us: float = 0.0              # decode attention: time per (sequence, kv head) work item
+    attn_item_us: float = 0.0              # decode attention: per (sequence, kv head) work item
     prefill_compute_eff: float | None = None   # causal prefill attention: fraction of peak
     prefill_item_us: float = 0.0               # its set-up time per (sequence, head, query tile)
     prefill_half_head_dim: float = 0.0         # head dim at which its efficiency is halved (softmax
@@ -74,7 +74,7 @@ class CostParams:
     prefill_fixed_us: float | None = None      # its fixed time
     l2_bw_factor: float = 1.0         # L2 bandwidth / HBM peak (replayed ops that fit in L2)
     # kernel geometry, not fitted (0 = no quantization): the kernels' tile shapes
-    tile_m: float = 0.0               # GEMM CTA tile rows (tokens); small m uses the next power of 2 >= 16
+    tile_m: float = 0.0               # GEMM CTA tile rows; small m: the next power of 2 >= 16
     tile_n: float = 0.0               # GEMM CTA tile columns
     moe_block_tokens: float = 0.0     # fused MoE: tokens per expert padded to this block
 
@@ -110,7 +110,7 @@ class CostModel:
         self.model = model
         self.system = system
         self.p = params or params_for(system)
-        self.replay = replay          # one op replayed alone: working sets that fit in L2 stay there
+        self.replay = replay          # one op replayed alone: what fits in L2 stays there
         self.tables = tables          # specmoe.costs.tables.Tables or None
         self.sources: dict[str, dict[str, int]] = {}   # op -> {"table": n, "model": n}
         gpu, host, link = system.gpu, system.host, system.link
@@ -273,7 +273,8 @@ class CostModel:
     def prefill_attention(self, batch, seq):
         """Causal self-attention over `seq` new tokens per sequence (flash-attention style: Q, K,
         V and O cross HBM once; query i attends to i + 1 keys). With `prefill_item_us`, work is
-        one CTA per (sequence, kv head, PREFILL_Q_TILE query rows of its group) in waves over the SMs, each
+        one CTA per (sequence, kv head, PREFILL_Q_TILE query rows of its group) in waves over the
+        SMs, each
         paying a set-up time plus its share of the FLOPs."""
         m = self.model
         batch, seq = np.asarray(batch, dtype=float), np.asarray(seq, dtype=float)
@@ -291,7 +292,8 @@ class CostModel:
             waves = np.ceil(items / self.sms)
             t = np.maximum(t, fixed + waves * (self.p.prefill_item_us * US
                                                + flops / items / (peak / self.sms)))
-        return self._hybrid("attn_prefill", t, (m.num_heads, m.num_kv_heads, m.head_dim, batch), seq)
+        key = (m.num_heads, m.num_kv_heads, m.head_dim, batch)
+        return self._hybrid("attn_prefill", t, key, seq)
 
     def router_and_shared(self, tokens):
         """Gate GEMM and any shared experts of one MoE layer."""

@@ -94,7 +94,7 @@ def _norm(key: tuple) -> tuple:
 
 
 def interp_loglog(x: float, xs: np.ndarray, ts: np.ndarray) -> float:
-    """Linear in log(x)–log(t) between the nearest measured neighbours (exact at a measurement)."""
+    """Linear in log(x)–log(t) between the nearest measured neighbours (exact at one)."""
     if len(xs) == 1:
         return float(ts[0])
     return float(np.exp(np.interp(np.log(x), np.log(xs), np.log(ts))))

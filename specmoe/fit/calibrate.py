@@ -26,7 +26,8 @@ kv_heads, head_dim, experts, top_k, expert_ffn, vocab, dtype):
   gemm        shape [m, n, k]: x[m, k] @ W[k, n]                         -> CostModel.gemm
   expert      tokens, shape [tokens, hidden, ffn]: one SwiGLU expert      -> CostModel.experts(tokens, 1)
   moe         tokens, experts (distinct), top_k, max_expert_tokens (the busiest expert's;
-              default an even spread), gated (default true), shape [tokens, hidden, ffn] (else the header
+              default an even spread), gated (default true), shape [tokens, hidden, ffn]
+              (else the header
               model's hidden, expert_ffn, top_k): the engine's fused_moe span
               -> CostModel.experts(tokens·top_k, experts); the engine's per-layer span named
               "moe" (fetches + compute + bookkeeping) is a composite and is not fitted
@@ -104,8 +105,10 @@ BOUNDS = {
     "gemm_compute_eff": (1e-3, 1.0), "gemm_half_tokens": (0.0, 1e4), "hbm_eff": (1e-3, 1.0),
     "attn_eff": (1e-3, 1.0), "kernel_overhead_us": (0.0, 1e5), "layer_overhead_us": (0.0, 1e6),
     "moe_compute_eff": (1e-3, 1.0), "moe_half_tokens": (0.0, 1e4), "moe_hbm_eff": (1e-3, 1.0),
-    "moe_kernel_us": (0.0, 1e4), "moe_reread": (0.0, 1.0), "attn_fixed_us": (0.0, 1e4), "attn_item_us": (0.0, 1e3), "prefill_compute_eff": (1e-3, 1.0),
-    "prefill_item_us": (0.0, 1e3), "prefill_half_head_dim": (0.0, 2048.0), "prefill_fixed_us": (0.0, 1e4), "l2_bw_factor": (1.0, 8.0),
+    "moe_kernel_us": (0.0, 1e4), "moe_reread": (0.0, 1.0), "attn_fixed_us": (0.0, 1e4),
+    "attn_item_us": (0.0, 1e3), "prefill_compute_eff": (1e-3, 1.0), "prefill_item_us": (0.0, 1e3),
+    "prefill_half_head_dim": (0.0, 2048.0), "prefill_fixed_us": (0.0, 1e4),
+    "l2_bw_factor": (1.0, 8.0),
     "expert_overhead_us": (0.0, 1e5),
     "link_eff": (1e-3, 4.0), "pageable_eff": (1e-3, 1.0), "transfer_setup_us": (0.0, 1e5),
     "cpu_compute_eff": (1e-3, 4.0), "cpu_mem_eff": (1e-3, 4.0), "cpu_overhead_us": (0.0, 1e5),
@@ -117,16 +120,18 @@ STARTS = (
      "kernel_overhead_us": 5.0, "expert_overhead_us": 5.0, "layer_overhead_us": 10.0, "link_eff": 0.7,
      "pageable_eff": 0.5,
      "transfer_setup_us": 5.0, "cpu_compute_eff": 0.5, "cpu_mem_eff": 0.5, "cpu_overhead_us": 5.0,
-     "moe_compute_eff": 0.5, "moe_half_tokens": 8.0, "moe_hbm_eff": 0.5, "moe_kernel_us": 5.0, "moe_reread": 0.1,
-     "attn_fixed_us": 5.0, "attn_item_us": 1.0, "prefill_compute_eff": 0.5, "prefill_item_us": 1.0, "prefill_half_head_dim": 32.0,
-     "prefill_fixed_us": 5.0, "l2_bw_factor": 2.0},
+     "moe_compute_eff": 0.5, "moe_half_tokens": 8.0, "moe_hbm_eff": 0.5, "moe_kernel_us": 5.0,
+     "moe_reread": 0.1, "attn_fixed_us": 5.0, "attn_item_us": 1.0, "prefill_compute_eff": 0.5,
+     "prefill_item_us": 1.0, "prefill_half_head_dim": 32.0, "prefill_fixed_us": 5.0,
+     "l2_bw_factor": 2.0},
     {"gemm_compute_eff": 0.1, "gemm_half_tokens": 64.0, "hbm_eff": 1.0, "attn_eff": 1.0,
      "kernel_overhead_us": 50.0, "expert_overhead_us": 50.0, "layer_overhead_us": 100.0, "link_eff": 0.3,
      "pageable_eff": 0.9,
      "transfer_setup_us": 20.0, "cpu_compute_eff": 0.1, "cpu_mem_eff": 1.0, "cpu_overhead_us": 50.0,
-     "moe_compute_eff": 0.1, "moe_half_tokens": 64.0, "moe_hbm_eff": 0.9, "moe_kernel_us": 20.0, "moe_reread": 0.5,
-     "attn_fixed_us": 20.0, "attn_item_us": 5.0, "prefill_compute_eff": 0.2, "prefill_item_us": 5.0, "prefill_half_head_dim": 128.0,
-     "prefill_fixed_us": 20.0, "l2_bw_factor": 4.0},
+     "moe_compute_eff": 0.1, "moe_half_tokens": 64.0, "moe_hbm_eff": 0.9, "moe_kernel_us": 20.0,
+     "moe_reread": 0.5, "attn_fixed_us": 20.0, "attn_item_us": 5.0, "prefill_compute_eff": 0.2,
+     "prefill_item_us": 5.0, "prefill_half_head_dim": 128.0, "prefill_fixed_us": 20.0,
+     "l2_bw_factor": 4.0},
 )
 # Trace sources that are measurements: our engine's, and imported public tables
 MEASURED_SOURCES = ("engine", "table")
@@ -372,7 +377,8 @@ OPS: dict[str, Op] = {
                       lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
                       _attn_scores),
     "attn_prefill": Op(("tokens", "batch", "seq"),
-                       lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
+                       lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv,
+                                                      head_dim=hd),
                        _attn_prefill),
     "gate": Op(("tokens",), lambda b, h, e: _spec(b, hidden=h, experts=e),
                lambda cm, a: cm.router_and_shared(a[:, 0])),
@@ -434,7 +440,8 @@ class Fit:
     degenerate: list[str] = field(default_factory=list)  # only a combination of these is determined
 
 
-def _check_enough(cats: Sequence[str], names: Sequence[str], what: str, pmap: dict | None = None) -> None:
+def _check_enough(cats: Sequence[str], names: Sequence[str], what: str,
+                  pmap: dict | None = None) -> None:
     """Each parameter needs more points than unknowns among the ops that inform it."""
 
     pmap = pmap or OP_PARAMS
@@ -670,7 +677,8 @@ def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = No
     ops = fit_stage(OpPredictor(points, base_system, replay),
                     np.array([p.quantile(opts.quantile) for p in points]),
                     [p.cat for p in points], [p.label() for p in points],
-                    np.array([p.spread for p in points]), names, base, opts, "calibrate (ops)", pmap)
+                    np.array([p.spread for p in points]), names, base, opts, "calibrate (ops)",
+                    pmap)
     params = replace(base, **dict(zip(ops.fit.names, map(float, ops.fit.values))))
     e2e = None if "layer_overhead_us" in fix else _fit_e2e(traces, base_system, params, opts)
     if e2e is not None:

@@ -19,13 +19,15 @@ Rows become the events calibration already reads (specmoe.calibrate's docstring)
           seq, heads, kv_heads, head_dim] (causal self-attention over seq), dtype, kernel_source
 Where several kernels measured one shape, the table's main kernel is kept (one_kernel_per_shape).
 Only single-GPU rows of bf16 (or fp16) compute with a bf16 KV cache are taken: moe_tp_size =
-moe_ep_size = 1, attention window 0, beam 1, head_dim <= MAX_HEAD_DIM. The header names the device (the table's own CUDA
+moe_ep_size = 1, attention window 0, beam 1, head_dim <= MAX_HEAD_DIM. The header names the
+device (the table's own CUDA
 device name), the package and backend versions, row counts per table and rows skipped, and
 `replay: true`: each latency is one op replayed alone, so a working set that fits in L2 was
 served from L2 (the cost model's `replay` case).
 
 The routing of the fused-MoE rows follows aiconfigurator's collector: "balanced" gives token i
-the experts (i + j·⌈E/k⌉) mod E (fractional when tokens < ⌈E/k⌉); "power_law_α" draws per-expert
+the experts (i + j·⌈E/k⌉) mod E (fractional when tokens < ⌈E/k⌉); "power_law_α" draws
+per-expert
 loads from a power law on [1, 0.8·tokens] (on [0.01, 2] when tokens·k ≤ E) scaled to tokens·k.
 Their draw is random and unrecorded, so `experts` and `max_expert_tokens` of those rows are the
 mean over DRAWS seeded draws of the same generator.
@@ -70,7 +72,8 @@ NONGATED_MOE = {(2048, 5120, 512, 22), (2688, 1856, 128, 6)}
 SHAPE_COLUMNS = {
     "moe": ("num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "distribution"),
     "gemm": ("m", "n", "k"),
-    "decode_attention": ("batch_size", "isl", "step", "num_heads", "num_key_value_heads", "head_dim"),
+    "decode_attention": ("batch_size", "isl", "step", "num_heads", "num_key_value_heads",
+                         "head_dim"),
     "prefill_attention": ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim"),
 }
 DRAWS = 16
@@ -107,7 +110,8 @@ def available_gpus(root: Path | None = None) -> list[str]:
 
 
 def default_version(gpu: str, backend: str, root: Path | None = None) -> str:
-    """The `current` version of a backend on a GPU (query_versions.yaml: overrides, else defaults)."""
+    """The `current` version of a backend on a GPU (query_versions.yaml: overrides, else
+    defaults)."""
     q = yaml.safe_load(((root or data_root()) / "query_versions.yaml").read_text())
     slot = (q.get("overrides", {}).get(gpu, {}) or {}).get(backend) or q["defaults"].get(backend)
     if not slot:
@@ -134,7 +138,8 @@ def table_file(gpu: str, op: str, backend: str, version: str, root: Path | None 
     base = root / "data" / gpu / sub / backend
     if not base.is_dir():
         return None
-    have = sorted((d.name for d in base.iterdir() if (d / fname).is_file()), key=_vkey, reverse=True)
+    have = sorted((d.name for d in base.iterdir() if (d / fname).is_file()), key=_vkey,
+                  reverse=True)
     for v in have:
         if _vkey(v) <= _vkey(version):
             return base / v / fname, v
@@ -173,7 +178,8 @@ def power_law_loads(tokens: int, experts: int, top_k: int, alpha: float,
 
 
 @lru_cache(maxsize=4096)
-def routing_summary(tokens: int, experts: int, top_k: int, distribution: str) -> tuple[float, float]:
+def routing_summary(tokens: int, experts: int, top_k: int,
+                    distribution: str) -> tuple[float, float]:
     """(distinct experts touched, busiest expert's tokens) of a routing distribution."""
     if distribution == "balanced":
         loads = balanced_loads(tokens, experts, top_k)
@@ -187,10 +193,11 @@ def routing_summary(tokens: int, experts: int, top_k: int, distribution: str) ->
     raise SpecMoEError(f"moe distribution={distribution!r}: allowed balanced, power_law_<alpha>")
 
 
-# ------------------------------------------------------------------------------------ rows -> events
+# ------------------------------------------------------------------------------- rows -> events
 
 def _ev(name: str, cat: str, latency_ms: float, **fields: Any) -> dict[str, Any]:
-    return event(name, cat, 0.0, float(latency_ms) * 1e3, phase=fields.pop("phase", "bench"), **fields)
+    phase = fields.pop("phase", "bench")
+    return event(name, cat, 0.0, float(latency_ms) * 1e3, phase=phase, **fields)
 
 
 def one_kernel_per_shape(df, op: str):
@@ -234,12 +241,16 @@ def _attn_rows(df):
               & (window == 0) & (df.beam_width == 1) & (df.head_dim <= MAX_HEAD_DIM)]
 
 
+def _heads(r) -> list[int]:
+    return [int(r.num_heads), int(r.num_key_value_heads), int(r.head_dim)]
+
+
 def decode_attention_events(df) -> list[dict]:
     out = []
     for r in one_kernel_per_shape(_attn_rows(df), "decode_attention").itertuples(index=False):
         b, ctx = int(r.batch_size), int(r.isl) + int(r.step)
         out.append(_ev("attention", "attn", r.latency, phase="decode", tokens=b,
-                       shape=[b, 1, ctx, int(r.num_heads), int(r.num_key_value_heads), int(r.head_dim)],
+                       shape=[b, 1, ctx, *_heads(r)],
                        dtype=str(r.attn_dtype), kernel_source=str(r.kernel_source)))
     return out
 
@@ -249,7 +260,7 @@ def prefill_attention_events(df) -> list[dict]:
     for r in one_kernel_per_shape(_attn_rows(df), "prefill_attention").itertuples(index=False):
         b, s = int(r.batch_size), int(r.isl)
         out.append(_ev("context_attention", "attn", r.latency, phase="prefill", tokens=b * s,
-                       shape=[b, s, s, int(r.num_heads), int(r.num_key_value_heads), int(r.head_dim)],
+                       shape=[b, s, s, *_heads(r)],
                        dtype=str(r.attn_dtype), kernel_source=str(r.kernel_source)))
     return out
 
@@ -288,7 +299,7 @@ def import_tables(gpu: str, backend: str, version: str | None = None,
             evs = [evs[i] for i in keep]
         device_name = device_name or (str(df.device.iloc[0]) if len(df) else None)
         tables[op] = {"file": str(path.relative_to(root)), "backend_version": used,
-                      "rows_in_table": int(len(df)), "rows_imported": len(evs),
+                      "rows_in_table": len(df), "rows_imported": len(evs),
                       "kernel_sources": sorted({e["kernel_source"] for e in evs})}
         events.extend(evs)
     if not events:
@@ -306,7 +317,8 @@ def import_tables(gpu: str, backend: str, version: str | None = None,
                              "backend_version": version, "tables": tables,
                              "method": "CUDA-graph replay of one op (aiconfigurator collector)",
                              "routing": "see specmoe.measure.aiconfigurator docstring",
-                             "filters": "bf16/fp16 compute, bf16 KV, moe tp=ep=1, window 0, beam 1, "
+                             "filters": "bf16/fp16 compute, bf16 KV, moe tp=ep=1, window 0, "
+                                        "beam 1, "
                                         f"head_dim <= {MAX_HEAD_DIM}"},
               "replay": True}
     return Trace(header=header, events=events, path=Path(f"aiconfigurator:{gpu}:{backend}"))

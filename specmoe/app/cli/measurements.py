@@ -33,6 +33,7 @@ def cmd_import(args) -> int:
                 print(f"skip {gpu}/{backend}: {e}")
                 continue
             path = aic.write(trace, Path(args.out) / f"{gpu}-{backend}.jsonl.gz")
-            counts = {k: v["rows_imported"] for k, v in trace.header["provenance"]["tables"].items()}
+            tables = trace.header["provenance"]["tables"]
+            counts = {k: v["rows_imported"] for k, v in tables.items()}
             print(f"wrote {path}: {counts}")
     return 0
