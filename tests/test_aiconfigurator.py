@@ -117,3 +117,26 @@ def test_cli_import(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "skip h100_sxm/sglang" in out
     assert read_trace(tmp_path / "h100_sxm-vllm.jsonl.gz").header["provenance"]["backend"] == "vllm"
+
+
+def test_hybrid_keys_match_the_imported_tables(trace):
+    """A CostModel with the imported tables answers measured shapes from them (same keys)."""
+    from specmoe.costs.ops import CostModel
+    from specmoe.costs.tables import Tables
+    from specmoe.inputs.hardware import load_system
+
+    tables = Tables.from_traces([trace])
+    h100 = load_system("h100-sxm")
+    mixtral = cal._spec(2.0, hidden=4096, ffn=14336, experts=8, top_k=2)
+    cm = CostModel(mixtral, h100, tables=tables)
+    ev = next(e for e in trace.events if e["cat"] == "moe" and e["tokens"] == 256
+              and e["shape"][1] == 4096 and e["distribution"] == "balanced")
+    assert float(cm.fused_moe(256.0, 8.0)) == pytest.approx(ev["dur_us"] * 1e-6)
+    assert float(cm.fused_moe(10**6, 8.0)) == float(CostModel(mixtral, h100).fused_moe(10**6, 8.0))
+    assert cm.sources["moe"] == {"table": 1, "model": 1}
+    attn = cal._spec(2.0, hidden=4096, heads=32, kv_heads=8, head_dim=128)
+    cm = CostModel(attn, h100, tables=tables)
+    ev = next(e for e in trace.events if e["cat"] == "attn" and e["phase"] == "decode"
+              and e["shape"][0] == 8)
+    assert float(cm.decode_attention(8.0, ev["shape"][2])) == pytest.approx(ev["dur_us"] * 1e-6)
+    assert cm.sources["attn_decode"] == {"table": 1, "model": 0}
