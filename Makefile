@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 # CPU machines take the CPU torch 2.13.0 build that lies on disk; an unpinned torch pulls a CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test setup setup-dev clean
+.PHONY: run test setup setup-dev browser clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.core: pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.core
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e '.[engine,dev,ray]'
+	$(PIP) install -q -e '.[engine,dev,ray,png]'
 	touch $@
 
 setup: $(VENV)/.core
@@ -27,9 +27,19 @@ setup-dev: $(VENV)/.dev
 run: setup
 	$(VENV)/bin/specmoe plan --model mixtral-8x7b --hardware h100-pcie --html plan.html
 
-test: setup-dev
+# The browser test of generated pages needs Chromium (Debian's `chromium`): installed here where
+# apt-get and root allow, else the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: no Chromium (apt-get install -y chromium): the browser test of the pages will skip"
+
+test: setup-dev browser
 	$(VENV)/bin/lint-imports
-	TRITON_INTERPRET=1 $(PY) -m pytest -q
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not artifacts"
+	@echo "-- committed artifacts are what their scripts give today:"
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m artifacts
 
 clean:
 	rm -rf $(VENV) plan.html

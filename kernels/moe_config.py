@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from specmoe.fileio import atomic_write_text
+
 from . import _runtime as rt
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -166,6 +168,4 @@ def _write(path, key: str, best: dict[int, dict]) -> None:
     table = data.setdefault("fused_moe", {}).setdefault(key, {})
     table.update({str(T): cfg for T, cfg in best.items()})
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    atomic_write_text(p, json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -20,3 +20,8 @@ def __getattr__(name):
         from specmoe.inputs.hardware import load_system
         return load_system
     raise AttributeError(f"module 'specmoe' has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazy names are not module globals until first used: list them for dir() and completion.
+    return sorted(set(globals()) | set(__all__))

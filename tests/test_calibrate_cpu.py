@@ -19,15 +19,12 @@ that, so the bounds are a small multiple of this noise, not the 5% GPU targets o
   the run is skipped, not failed.
 """
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
-
 import calibrate_cpu as cc
 
 from specmoe.fit.validate import predict_run, summarize, validate
@@ -81,6 +78,7 @@ def test_heldout_end_to_end_error(calib):
     assert overlap and all(r["error_pct"] > 0 for r in overlap)
 
 
+@pytest.mark.artifacts
 def test_committed_profile_matches_the_fit(calib):
     committed = load_system("cpu-local-calibrated")
     for name, value in calib.system.efficiency.items():

@@ -7,7 +7,8 @@ from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
 
 MIXTRAL = load_model("mixtral-8x7b")
-H100 = load_system("h100-pcie")
+H100 = load_system("h100-pcie", ideal=True)    # the roofline arithmetic, no priors
+H100_DEFAULT = load_system("h100-pcie")          # best evidence: published priors
 
 
 def test_decode_expert_gemm_is_memory_bound_and_large_batch_compute_bound():
@@ -26,10 +27,12 @@ def test_expert_fetch_is_setup_plus_bytes_over_link():
 
 
 def test_efficiencies_slow_things_down_as_stated():
-    sys2 = H100.model_copy(update={"efficiency": {"link_eff": 0.5, "gemm_half_tokens": 64.0}})
+    sys2 = H100_DEFAULT.model_copy(update={"efficiency": {"link_eff": 0.5, "gemm_half_tokens": 64.0}})
     c1, c2 = CostModel(MIXTRAL, H100), CostModel(MIXTRAL, sys2)
     assert float(c2.h2d(1e9)) - c2.link_setup == pytest.approx(2 * (float(c1.h2d(1e9)) - c1.link_setup))
-    assert float(c2.compute_eff(64)) == pytest.approx(0.5)
+    # the efficiency block overrides the GPU prior's m_half; η_c(m_half) is half the prior's η_c
+    assert c2.p.gemm_compute_eff == pytest.approx(0.7)
+    assert float(c2.compute_eff(64)) == pytest.approx(0.5 * 0.7)
     assert np.all(np.diff(c2.compute_eff(np.array([1, 8, 64, 512]))) > 0)
 
 
@@ -41,7 +44,7 @@ def test_ssd_share_when_experts_exceed_host_memory():
 
 def test_unknown_or_negative_efficiency_is_named():
     with pytest.raises(SpecMoEError, match="hbm_eficiency"):
-        params_for(H100.model_copy(update={"efficiency": {"hbm_eficiency": 0.8}}))
+        params_for(H100_DEFAULT.model_copy(update={"efficiency": {"hbm_eficiency": 0.8}}))
     with pytest.raises(SpecMoEError, match="link_eff=-1"):
-        params_for(H100.model_copy(update={"efficiency": {"link_eff": -1.0}}))
+        params_for(H100_DEFAULT.model_copy(update={"efficiency": {"link_eff": -1.0}}))
     assert "gemm_compute_eff" in PARAM_NAMES and CostParams().hbm_eff == 1.0

@@ -37,7 +37,7 @@ def test_run_prints_throughput_acceptance_and_bytes(tmp_path, capsys):
 
 
 def test_run_with_a_prompt_and_synthetic_acceptance(capsys):
-    args = _parse(["engine", "run", *SMALL, "--prompt", "1,2,3", "--policy", "specmoe",
+    args = _parse(["engine", "run", *SMALL, "--prompt", "1,2,3", "--ids", "--policy", "specmoe",
                    "--gamma", "2", "--draft-experts", "1", "--synthetic-acceptance", "0.5"])
     args.func(args)
     assert "synthetic acceptance 0.5" in capsys.readouterr().out
@@ -104,3 +104,35 @@ def test_engine_trace_has_every_op_and_the_synthetic_label(tmp_path):
     eng2.generate([[1, 2, 3]], 4)
     assert any(e["cat"] == "cpu_expert" for e in tracer2.events())
 
+
+
+def test_bench_ends_with_a_summary_table(tmp_path, capsys):
+    args = _parse(["engine", "bench", *SMALL, "--policies", "ondemand,specmoe", "--batches", "1",
+                   "--gammas", "2", "--draft-experts", "1", "--out", str(tmp_path), "--warmup", "0"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("engine bench ("):]
+    assert "tokens/s" in table and "GB host→device" in table and "tokens per verification" in table
+    rows = [ln for ln in table.splitlines() if ln.strip("│ ").startswith(("ondemand", "specmoe"))]
+    assert len(rows) == 2 and "-" in rows[0]          # ondemand does not speculate: no acceptance
+
+
+def test_run_takes_and_prints_text_with_the_tiny_models_tokenizer(capsys):
+    pytest.importorskip("tokenizers")
+    from pathlib import Path
+
+    tiny = Path(__file__).resolve().parents[1] / "experiments" / "tiny_moe"
+    args = _parse(["engine", "run", "--weights", str(tiny), "--prompt", "def add(a, b):",
+                   "--max-new-tokens", "4", "--policy", "specmoe", "--gamma", "2", "--draft-experts", "2"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "def add(a, b): |" in out and "seq 0: [" not in out
+    ids = _parse(["engine", "run", "--weights", str(tiny), "--prompt", "1,2,3", "--ids", "--max-new-tokens", "3"])
+    ids.func(ids)
+    assert "seq 0: [" in capsys.readouterr().out
+
+
+def test_run_text_prompt_without_a_tokenizer_says_use_ids():
+    args = _parse(["engine", "run", *SMALL, "--prompt", "hello"])
+    with pytest.raises(SpecMoEError, match="--ids"):
+        args.func(args)

@@ -16,14 +16,11 @@ What is asserted is what this shared 2-vCPU machine supports (see the report):
 """
 import re
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
-
 import planner_vs_measured as pvm
 
 from specmoe.planning.search import compare_with_measured
@@ -82,6 +79,7 @@ def _report_rows(text: str) -> list[tuple[float, int, int, int, float]]:
     return [(float(a), int(b), int(p), int(m), float(x)) for a, b, p, m, x in found]
 
 
+@pytest.mark.artifacts
 def test_report_matches_traces(rows, focus_rows):
     """The committed report's summary rows (sweep, then follow-up) are what the traces give now."""
     got = _report_rows(pvm.REPORT.read_text())

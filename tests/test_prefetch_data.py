@@ -3,7 +3,6 @@
 import hashlib
 import io
 import json
-import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -92,7 +91,6 @@ def test_live_measurement_agrees_with_engine_counters(tmp_path):
     torch = pytest.importorskip("torch")
     if not (MODEL_DIR / "model.safetensors").is_file():
         pytest.skip("experiments/tiny_moe/model.safetensors is not present")
-    sys.path.insert(0, str(REPO / "experiments"))
     import measure_prefetch as mp
 
     summary = json.loads((MODEL_DIR / "train_summary.json").read_text())

@@ -37,7 +37,7 @@ def test_terminal_output_still_works():
     p = specmoe.plan(batch=64, gammas=range(6), confirm="analytic")
     report.print_plan(p, con)
     text = out.getvalue()
-    assert "tokens/s" in text and "best:" in text and "limited by" in text
+    assert "tokens/s" in text and "best:" in text and "Limited by" in text
     fig = report.plan_figure(p)
     assert len(fig.data) >= 1 and all(len(tr.x) >= 1 for tr in fig.data)
 
@@ -45,7 +45,7 @@ def test_terminal_output_still_works():
 def test_throughput_figure_is_the_best_per_policy_and_batch(table):
     fig = report.throughput_vs_batch(table, "mixtral-8x7b", "l40s")
     names = [tr.name for tr in fig.data]
-    assert names == ["ondemand", "caching", "specmoe α=0.7", "specmoe α=paper"]
+    assert names == ["ondemand", "caching", "specmoe α=0.7", "specmoe published acceptance"]
     sel = (table["hardware"] == "l40s") & (table["policy"] == "specmoe") & (table["acceptance"] == "0.7")
     for b, y in zip(fig.data[2].x, fig.data[2].y):
         assert y == np.nanmax(table["tokens_per_s"][sel & (table["batch"] == b)])
@@ -63,9 +63,14 @@ def test_gamma_and_bytes_figures(table):
 def test_timeline_from_a_trace_file(tmp_path):
     path = _trace(tmp_path / "t.jsonl.gz")
     fig = report.timeline(path)
-    assert {tr.name for tr in fig.data} == {"attn", "h2d"} and sum(len(tr.x) for tr in fig.data) == 60
+    assert {tr.name for tr in fig.data} == {"attn: attention", "h2d: copy host→GPU"}
+    assert sum(len(tr.x) for tr in fig.data) == 60
     short = report.timeline(path, max_events=10)
-    assert "first 10 of 60 events" in short.layout.title.text
+    assert "10 of 60 events" in short.layout.title.text and "--trace-window" in short.layout.title.text
+    # a window: events overlapping 100-150 µs (0.10-0.15 ms) only
+    win = report.timeline(path, window_ms=(0.10, 0.15))
+    starts = [b for tr in win.data for b in tr.base]
+    assert starts and min(starts) >= 0.09 and max(starts) <= 0.15
 
 
 def test_html_report_and_png_note(tmp_path, table):

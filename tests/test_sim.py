@@ -156,7 +156,7 @@ def test_workload_system_and_calibrated_params():
     from specmoe.inputs.policies import make_policy
     from specmoe.inputs.workload import Workload
 
-    system, model = load_system("h100-pcie"), load_model("mixtral-8x7b")
+    system, model = load_system("h100-pcie", ideal=True), load_model("mixtral-8x7b")
     wl = Workload(batch=8, prompt_len=128, output_len=64, routing=FIXED, acceptance=Acceptance(alpha=0.0))
     slow = CostParams(link_eff=0.5, kernel_overhead_us=5.0)
     pol = make_policy("ondemand")

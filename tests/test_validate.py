@@ -150,7 +150,7 @@ def test_validate_with_the_true_parameters(runs, tmp_path):
 
 def test_validate_sees_a_wrong_profile(runs):
     """The datasheet profile (ideal roofline, no overheads) is far off: validation says so."""
-    res = validate(runs, H100, predictor="analytic")
+    res = validate(runs, load_system("h100-pcie", ideal=True), predictor="analytic")
     assert res["summary"]["other"]["median_abs_error_pct"] > 20.0
 
 
@@ -180,8 +180,6 @@ def test_simulator_predictor_agrees(runs, tmp_path):
 
 def test_calibrate_fits_layer_overhead_from_runs(runs, tmp_path):
     """Op traces fix the op parameters; end-to-end runs then give layer_overhead_us."""
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from test_calibrate import _events, _write
 
     micro = _write(tmp_path / "micro.jsonl", _events(), params=TRUE, noise=0.005)
@@ -193,8 +191,6 @@ def test_calibrate_fits_layer_overhead_from_runs(runs, tmp_path):
 
 
 def test_calibrate_needs_enough_runs(runs, tmp_path):
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from test_calibrate import _events, _write
 
     micro = _write(tmp_path / "micro.jsonl", _events(), params=TRUE)

@@ -9,14 +9,16 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import System
 from specmoe.inputs.models import ModelSpec
-from specmoe.inputs.policies import ANALYTIC
-from specmoe.inputs.setup import Setup, resolve
-from specmoe.planning.search import draft_expert_grid
+from specmoe.inputs.policies import ANALYTIC, Policy, check_parameter_names
+from specmoe.inputs.setup import Setup, resolve, resolve_arguments
+from specmoe.inputs.workload import Acceptance, Routing
+from specmoe.planning.search import POLICY_PARAMS, draft_expert_grid
 from specmoe.planning.search import plan as _plan
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.prediction import summarize
@@ -24,9 +26,33 @@ from specmoe.predictors.prediction import summarize
 __all__ = ["Setup", "draft_expert_choices", "plan", "predict", "resolve"]
 
 
-def predict(**kwargs: Any) -> dict[str, Any]:
-    """Analytic prediction for one configuration (see `resolve` for the arguments)."""
-    setup = resolve(**kwargs)
+def predict(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie",
+            policy: str | Policy = "specmoe", batch: int = 64, gamma: int | None = None,
+            draft_experts: int | None = None, acceptance: str | float | Acceptance | None = None,
+            routing: str | Routing | None = None, prompt_len: int = 512, output_len: int = 256,
+            **policy_params: Any) -> dict[str, Any]:
+    """Analytic prediction of one configuration's throughput, latency, PCIe traffic and memory.
+
+    model: catalog name (`specmoe models list`), config.json path or a ModelSpec.
+    hardware: system or GPU name (`specmoe hardware list`), profile YAML path or a System.
+    policy: ondemand, overlap, caching, cpu or specmoe (`specmoe simulate` covers the others).
+    batch: sequences decoded together. prompt_len, output_len: tokens per sequence.
+    gamma: draft tokens per verification (0 = no speculation; default 5 for specmoe, else 0).
+    draft_experts: N resident draft experts per layer (default 2 for specmoe).
+    acceptance: α in [0, 1), "paper" (SpecMoE's published τ(γ, N); the default) or "measured:NAME".
+    routing: "uniform" (default), "zipf:S" or "measured:NAME".
+    policy_params: further Policy parameters: draft_set, substitution, spec_min_batch,
+        resident_experts, lru_slots, prefetch_hit_rate, prefetch_precision (see
+        specmoe.inputs.policies.Policy).
+
+    Returns the prediction dict: tokens_per_s, tpot_ms, ttft_ms, iteration_ms, breakdown (seconds
+    per iteration by part), h2d_bytes_per_token, gpu_memory_gb, fits (and reason when it does not),
+    calibrated, and the inputs echoed. Bad input raises SpecMoEError naming the argument.
+    """
+    check_parameter_names(policy_params, resolve_arguments(), "predict")
+    setup = resolve(model=model, hardware=hardware, policy=policy, batch=batch, gamma=gamma,
+                    draft_experts=draft_experts, acceptance=acceptance, routing=routing,
+                    prompt_len=prompt_len, output_len=output_len, **policy_params)
     if setup.policy.name not in ANALYTIC:
         raise SpecMoEError(f"policy={setup.policy.name!r}: predict covers {ANALYTIC}; "
                            "`specmoe simulate` covers every policy")
@@ -39,13 +65,33 @@ def draft_expert_choices(num_experts: int) -> list[int]:
     return draft_expert_grid(num_experts)
 
 
-def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie", batch: int = 64,
-         policies: tuple[str, ...] = ANALYTIC, gammas=range(17), draft_experts=None,
-         **kwargs: Any) -> dict[str, Any]:
-    """Choose policy, γ (0 = no speculation) and N: analytic search, simulator confirmation where
-    available, and an explanation (see `specmoe.planning.search.plan` for the options).
+PLAN_ARGUMENTS = ("model", "hardware", "batch", "policies", "gammas", "draft_experts", "confirm",
+                  "top", "static_batch", "acceptance", "routing", "prompt_len", "output_len",
+                  *POLICY_PARAMS)
 
-    Returns {best: {policy, gamma, draft_experts, tokens_per_s, ...}, best_by_policy, candidates, ...}.
+
+def plan(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie",
+         batch: int = 64, policies: Iterable[str] = ANALYTIC, gammas: Iterable[int] = range(17),
+         draft_experts: Iterable[int] | None = None, confirm: str = "auto", top: int = 3,
+         static_batch: bool = False, acceptance: str | float | Acceptance | None = None,
+         routing: str | Routing | None = None, prompt_len: int = 512, output_len: int = 256,
+         **policy_params: Any) -> dict[str, Any]:
+    """Choose policy, draft length γ (0 = no speculation) and draft experts N for a model,
+    hardware and batch: an analytic search over every policy × γ × N, the top candidates
+    confirmed by the simulator where it is installed, and an explanation of the choice.
+
+    policies: which policies to search (default all the analytic model covers).
+    gammas: draft lengths to try. draft_experts: N values (default 1, 2, 4, … E, refined).
+    confirm: "auto" (simulator where importable), "sim" (required) or "analytic" (no simulation).
+    top: candidates the simulator confirms besides each policy's best.
+    static_batch: the batch runs as one static batch (throughput counts its slowest sequence).
+    acceptance, routing, prompt_len, output_len, policy_params: as for `predict`.
+
+    Returns {model, hardware, batch, best: {policy, gamma, draft_experts, tokens_per_s, ...},
+    best_by_policy, candidates, explanation, calibrated, engine, notes}.
     """
+    check_parameter_names(policy_params, PLAN_ARGUMENTS, "plan")
     return _plan(model=model, hardware=hardware, batch=batch, policies=policies, gammas=gammas,
-                 draft_experts=draft_experts, **kwargs)
+                 draft_experts=draft_experts, confirm=confirm, top=top, static_batch=static_batch,
+                 acceptance=acceptance, routing=routing, prompt_len=prompt_len,
+                 output_len=output_len, **policy_params)

@@ -9,7 +9,20 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from specmoe.app.format import alpha_text, band, calibration_words, provenance_lines, with_interval
+from specmoe.app.plan_page import (
+    alpha_sentence,
+    best_candidate,
+    limit_sentences,
+    plan_figure,
+    write_plan_html,
+)
+from specmoe.errors import SpecMoEError
+from specmoe.fileio import atomic_write_text
+from specmoe.inputs.hardware import load_system
 from specmoe.measure.trace import Trace, read_trace
+
+__all__ = ["plan_figure", "print_plan", "print_prediction", "write_plan_html", "write_report"]
 
 _console = Console()
 
@@ -27,11 +40,13 @@ def print_prediction(p: dict[str, Any], console: Console | None = None) -> None:
     title = (f"{p['model']} on {p['hardware']} · {p['policy']} · batch {p['batch']} · "
              f"γ={p['gamma']} N={p['draft_experts']}")
     t = Table(title=title, show_header=False)
-    rows = [("tokens/s", p["tokens_per_s"]), ("TPOT (ms)", p["tpot_ms"]), ("TTFT (ms)", p["ttft_ms"]),
-            ("iteration (ms)", p["iteration_ms"]), ("tokens per iteration", p["tokens_per_iteration"]),
+    rows = [("tokens/s", with_interval(p, "tokens_per_s")), ("TPOT (ms)", with_interval(p, "tpot_ms", digits=2)),
+            ("TTFT (ms)", with_interval(p, "ttft_ms", digits=2)), ("iteration (ms)", p["iteration_ms"]), ("tokens per iteration", p["tokens_per_iteration"]),
             ("H2D MB per token", p["h2d_bytes_per_token"] / 1e6),
             ("GPU memory (GB)", f"{p['gpu_memory_gb']:.1f} of {p['gpu_capacity_gb']:g}"),
             ("resident experts / layer", p["resident_experts_per_layer"])]
+    if p.get("gamma"):
+        rows.append(("acceptance", alpha_text(p)))
     for k, v in rows:
         t.add_row(k, _fmt(v))
     for k, v in p["breakdown"].items():
@@ -40,53 +55,48 @@ def print_prediction(p: dict[str, Any], console: Console | None = None) -> None:
     console.print(t)
     if not p["fits"]:
         console.print(f"[bold red]does not fit:[/] {p['reason']}")
-    if not p.get("calibrated"):
-        console.print("[dim]uncalibrated profile: ideal roofline efficiencies (an upper bound on speed)[/]")
+    for line in provenance_lines(p):
+        console.print(f"[dim]{line}[/]")
 
 
 def print_plan(plan: dict[str, Any], console: Console | None = None) -> None:
     console = console or _console
     b = plan["best"]
     t = Table(title=f"Plan: {plan['model']} on {plan['hardware']}, batch {plan['batch']}")
-    for col in ("policy", "γ", "N", "tokens/s", "TPOT ms", "vs best"):
+    for col in ("policy", "γ", "N", "tokens/s", "p10–p90", "TPOT ms", "vs best"):
         t.add_column(col, justify="right" if col != "policy" else "left")
     for name, c in sorted(plan["best_by_policy"].items(), key=lambda kv: -kv[1]["tokens_per_s"]):
         t.add_row(name, str(c["gamma"]), str(c["draft_experts"]), _fmt(c["tokens_per_s"], 1),
-                  _fmt(c["tpot_ms"]), f"{c['tokens_per_s'] / b['tokens_per_s']:.2f}×")
+                  band(c, "tokens_per_s"), _fmt(c["tpot_ms"]), f"{c['tokens_per_s'] / b['tokens_per_s']:.2f}×")
     console.print(t)
     spec = "off" if b["gamma"] == 0 else f"γ={b['gamma']}, N={b['draft_experts']}"
-    console.print(f"best: [bold]{b['policy']}[/] ({spec}) → {b['tokens_per_s']:,.1f} tokens/s, "
+    full = best_candidate(plan)
+    console.print(f"best: [bold]{b['policy']}[/] ({spec}) → {with_interval(full, 'tokens_per_s', 'tokens/s')}, "
                   f"{b['h2d_bytes_per_token'] / 1e6:,.1f} MB over PCIe per token, {b['gpu_memory_gb']:.1f} GB GPU memory")
-    for line in plan.get("explanation", {}).get("summary", [])[1:]:
+    v = plan.get("verdict") or {}
+    if v.get("too_close_to_call"):
+        rivals = ", ".join(f"{r['policy']} {band(r, 'tokens_per_s')}" for r in v["overlapping"])
+        console.print(f"[bold yellow]too close to call:[/] its p10–p90 band overlaps {rivals}")
+        sep = v.get("measure_to_separate") or {}
+        if sep.get("input"):
+            console.print(f"  to separate them, measure {sep['input']} first: {sep['why']}")
+        elif sep:
+            console.print(f"  {sep['why']}")
+    elif v:
+        console.print("clear winner: no other policy's p10–p90 band of tokens/s overlaps the best's")
+    for line in limit_sentences(plan):
         console.print(f"  {line}")
+    why = ((plan.get("explanation") or {}).get("speculation") or {}).get("why")
+    if why:
+        console.print(f"  {why[0].upper() + why[1:]}")
+    if alpha_sentence(plan, full):
+        console.print(f"  {alpha_sentence(plan, full)}")
     for note in plan.get("notes", []):
         console.print(f"[dim]{note}[/]")
     if plan.get("html"):
-        console.print(f"figure: {plan['html']}")
-    if not plan.get("calibrated"):
-        console.print("[dim]uncalibrated profile: ideal roofline efficiencies (an upper bound on speed)[/]")
-
-
-def plan_figure(plan: dict[str, Any], max_lines: int = 8):
-    """Tokens/s against γ, one line per draft-expert count (the best few), other policies as references."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    spec = [c for c in plan["candidates"] if c["policy"] == "specmoe" and c["fits"]]
-    peak: dict[int, float] = {}
-    for c in spec:
-        peak[c["draft_experts"]] = max(peak.get(c["draft_experts"], 0.0), c["tokens_per_s"])
-    for n in sorted(sorted(peak, key=lambda k: -peak[k])[:max_lines]):
-        pts = sorted((c["gamma"], c["tokens_per_s"]) for c in spec if c["draft_experts"] == n)
-        fig.add_trace(go.Scatter(x=[g for g, _ in pts], y=[v for _, v in pts], mode="lines+markers",
-                                 name=f"specmoe N={n}"))
-    for name, c in plan["best_by_policy"].items():
-        if name != "specmoe":
-            fig.add_hline(y=c["tokens_per_s"], line_dash="dot", annotation_text=name)
-    fig.update_layout(title=f"{plan['model']} on {plan['hardware']}, batch {plan['batch']}",
-                      xaxis_title="draft length γ (0 = no speculation)", yaxis_title="tokens/s",
-                      template="plotly_white")
-    return fig
+        console.print(f"page: {plan['html']}")
+    for line in provenance_lines({"evidence": plan.get("evidence")}):
+        console.print(f"[dim]{line}[/]")
 
 
 # ---- sweep reports: HTML with plotly figures ---------------------------------------------------
@@ -102,10 +112,14 @@ DEFAULT_STUDY: dict[str, Any] = {
         "batch": {"start": 1, "stop": 512, "factor": 2},
         "gamma": {"start": 0, "stop": 12, "step": 1},
         "draft_experts": [1, 2, 4, 8],
-        "alpha": ["paper"],
+        "alpha": ["model"],   # each model's own default (published figure or stated prior)
     },
 }
 MAX_PAIRS = 6
+# Columns a results file needs for a report (the output of `specmoe sweep` has them all).
+REQUIRED_COLUMNS = ("engine", "model", "hardware", "policy", "batch", "gamma", "draft_experts", "acceptance",
+                    "routing", "prompt_len", "output_len", "fits", "tokens_per_s", "h2d_bytes_per_token",
+                    "gpu_memory_gb")
 
 
 def _rows(table: dict, **eq) -> np.ndarray:
@@ -154,8 +168,23 @@ def _policy_best(table: dict, idx: np.ndarray, acc: str | None) -> dict[str, dic
     return out
 
 
+POLICY_STYLE = {   # fixed per policy, so a line lying on another (ondemand under overlap) stays visible
+    "ondemand": {"dash": "dot", "width": 4}, "overlap": {"dash": "solid", "width": 2},
+    "caching": {"dash": "solid", "width": 2}, "cpu": {"dash": "dashdot", "width": 2},
+    "specmoe": {"dash": "solid", "width": 3},
+}
+MARKERS = {"ondemand": "circle-open", "overlap": "x", "caching": "square", "cpu": "diamond",
+           "specmoe": "circle"}
+
+
+def acceptance_label(acc: str) -> str:
+    """Plain words for an acceptance column value: 'paper' is the SpecMoE paper's published table."""
+    return "published acceptance" if acc == "paper" else f"α={acc}"
+
+
 def throughput_vs_batch(table: dict, model: str, hardware: str):
-    """Tokens/s against batch, one line per policy at its best γ and N (dashed: other acceptances)."""
+    """Tokens/s against batch (both axes log), one line per policy at its best γ and N
+    (dashed: further acceptances)."""
     import plotly.graph_objects as go
 
     idx, notes = _slice(table, model, hardware)
@@ -167,18 +196,41 @@ def throughput_vs_batch(table: dict, model: str, hardware: str):
                 continue     # a policy without acceptance is drawn once
             rows_l = list(rows.values())
             spec = (table["acceptance"][rows_l] != "").any()
-            label = f"{pol} α={acc}" if spec and len(accs) > 1 else pol
+            label = f"{pol} {acceptance_label(acc)}" if spec and len(accs) > 1 else pol
+            style = dict(POLICY_STYLE.get(pol, {}))
+            if j:
+                style["dash"] = "dash"
             fig.add_trace(go.Scatter(
                 x=list(rows), y=table["tokens_per_s"][rows_l], mode="lines+markers", name=label,
-                line={"dash": "dash" if j else "solid"},
+                line=style, marker={"symbol": MARKERS.get(pol, "circle"), "size": 8},
                 customdata=np.stack([table["gamma"][rows_l], table["draft_experts"][rows_l]], axis=1),
-                hovertemplate="batch %{x}: %{y:,.1f} tokens/s (γ=%{customdata[0]}, N=%{customdata[1]})"))
-    _layout(fig, f"Throughput vs batch: {model} on {hardware}", "batch (sequences)", "tokens/s", notes, logx=True)
+                hovertemplate=f"{label}, batch %{{x}}: %{{y:,.1f}} tokens/s "
+                              "(γ=%{customdata[0]}, N=%{customdata[1]})<extra></extra>"))
+    notes += _coinciding(fig)
+    _layout(fig, f"Throughput against batch: {model} on {hardware}", "batch (sequences decoded together)",
+            "tokens/s (log scale)", notes, logx=True, logy=True)
     return fig
 
 
+def _coinciding(fig, tol: float = 0.05) -> list[str]:
+    """Notes for lines that lie within tol of another line at two or more shared points (there one
+    line hides the other): 'caching and cpu coincide at batch 1-64'."""
+    out, data = [], list(fig.data)
+    for a in range(len(data)):
+        for b in range(a + 1, len(data)):
+            pa = dict(zip(list(data[a].x), np.asarray(data[a].y, dtype=float)))
+            pb = dict(zip(list(data[b].x), np.asarray(data[b].y, dtype=float)))
+            same = [x for x in pa if x in pb and np.isclose(pa[x], pb[x], rtol=tol)]
+            if len(same) == len(pa) == len(pb):
+                out.append(f"{data[a].name} and {data[b].name} lie within {tol:.0%} of each other")
+            elif len(same) >= 2:
+                out.append(f"{data[a].name} and {data[b].name} coincide at batch {min(same):g}-{max(same):g}")
+    return out
+
+
 def gamma_curves(table: dict, model: str, hardware: str, policy: str = "specmoe", batches: int = 4):
-    """Tokens/s against γ (best N at each), one line per batch size, at the first acceptance."""
+    """Speed-up from speculation against γ (best N at each), one line per batch size, at the first
+    acceptance: tokens/s over the same batch's γ=0 value, so every batch shares one scale."""
     import plotly.graph_objects as go
 
     idx, notes = _slice(table, model, hardware)
@@ -187,19 +239,29 @@ def gamma_curves(table: dict, model: str, hardware: str, policy: str = "specmoe"
     accs = _acceptances(table, idx)
     if accs:
         idx = idx[table["acceptance"][idx] == accs[0]]
-        notes.append(f"acceptance {accs[0]}")
+        notes.append(acceptance_label(accs[0]))
     all_b = sorted(set(table["batch"][idx].tolist()))
     pick = sorted({all_b[round(i)] for i in np.linspace(0, len(all_b) - 1, min(batches, len(all_b)))}) \
         if all_b else []
+    normalised = False
     for b in pick:
         rows = best_rows(table, idx[table["batch"][idx] == b], ("gamma",))
         gs = sorted(rows)
         r = [rows[g] for g in gs]
-        fig.add_trace(go.Scatter(x=[g[0] for g in gs], y=table["tokens_per_s"][r], mode="lines+markers",
-                                 name=f"batch {b}", customdata=table["draft_experts"][r],
-                                 hovertemplate="γ=%{x}: %{y:,.1f} tokens/s (N=%{customdata})"))
-    _layout(fig, f"{policy}: throughput vs draft length γ ({model} on {hardware})", "γ (0 = no speculation)",
-            "tokens/s", notes)
+        tps = np.asarray(table["tokens_per_s"][r], dtype=float)
+        base = tps[0] if gs and gs[0][0] == 0 and tps[0] > 0 else None
+        normalised |= base is not None
+        y = tps / base if base is not None else tps
+        fig.add_trace(go.Scatter(
+            x=[g[0] for g in gs], y=y, mode="lines+markers", name=f"batch {b}",
+            customdata=np.stack([table["draft_experts"][r], tps], axis=1),
+            hovertemplate=f"batch {b}, γ=%{{x}}: %{{customdata[1]:,.1f}} tokens/s "
+                          "(N=%{customdata[0]})<extra></extra>"))
+    if normalised:
+        fig.add_hline(y=1.0, line_dash="dot", line_color="grey")
+    ytitle = "speed-up over no speculation (γ=0), same batch" if normalised else "tokens/s"
+    _layout(fig, f"{policy}: speed-up from speculation against draft length γ ({model} on {hardware})",
+            "draft length γ (0 = no speculation)", ytitle, notes)
     return fig
 
 
@@ -213,51 +275,99 @@ def bytes_per_token(table: dict, model: str, hardware: str):
     for pol, rows in _policy_best(table, idx, accs[0] if accs else None).items():
         r = list(rows.values())
         fig.add_trace(go.Scatter(x=list(rows), y=table["h2d_bytes_per_token"][r] / 1e6, mode="lines+markers",
-                                 name=pol))
-    _layout(fig, f"Host→GPU bytes per token: {model} on {hardware}", "batch (sequences)", "MB per token",
-            notes, logx=True)
+                                 name=pol, line=POLICY_STYLE.get(pol, {}),
+                                 marker={"symbol": MARKERS.get(pol, "circle"), "size": 8},
+                                 hovertemplate=f"{pol}, batch %{{x}}: %{{y:,.2f}} MB per token<extra></extra>"))
+    notes += _coinciding(fig)
+    _layout(fig, f"Host→GPU bytes per generated token: {model} on {hardware}", "batch (sequences decoded together)",
+            "MB per token", notes, logx=True)
     return fig
 
 
-def timeline(trace, max_events: int = 4000):
-    """Gantt view of a specmoe.trace/1 file (or Trace): one row per stream, colour per category."""
-    import plotly.graph_objects as go
+CATEGORY_WORDS = {
+    "gemm": "matrix multiply", "moe": "MoE layer", "expert": "expert on GPU", "attn": "attention",
+    "norm": "norm", "gate": "router", "rope": "rotary embedding", "embed": "embedding",
+    "lm_head": "output head", "sample": "sampling", "h2d": "copy host→GPU", "d2h": "copy GPU→host",
+    "cpu_expert": "expert on CPU", "ssd": "SSD read", "draft_step": "draft step", "verify": "verification",
+    "accept": "acceptance", "iteration": "iteration", "prefill": "prefill", "launch": "kernel launch",
+    "other": "other",
+}
 
+
+def timeline(trace, max_events: int = 4000, window_ms: tuple[float, float] | None = None):
+    """Gantt view of a specmoe.trace/1 file (or Trace): one row per stream, one colour per category.
+
+    window_ms: (start, end) in ms of the trace to draw; default from the first event until
+    max_events are shown. The title says which window, of how long a trace, is drawn.
+    """
+    import plotly.graph_objects as go
 
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
     events = sorted(tr.events, key=lambda e: e["ts_us"])
-    shown = events[:max_events]
+    if window_ms is not None:
+        lo, hi = window_ms[0] * 1e3, window_ms[1] * 1e3
+        events_in = [e for e in events if e["ts_us"] + e["dur_us"] >= lo and e["ts_us"] <= hi]
+    else:
+        events_in = events
+    shown = events_in[:max_events]
     fig = go.Figure()
     for cat in dict.fromkeys(e["cat"] for e in shown):
         evs = [e for e in shown if e["cat"] == cat]
         fig.add_trace(go.Bar(
-            base=[e["ts_us"] / 1e3 for e in evs], x=[e["dur_us"] / 1e3 for e in evs],
-            y=[str(e.get("stream", "main")) for e in evs], orientation="h", name=cat,
-            text=[e["name"] for e in evs], hovertemplate="%{text}: %{base:.3f} ms + %{x:.3f} ms"))
-    note = [f"first {len(shown):,} of {len(events):,} events"] if len(shown) < len(events) else []
-    src = tr.header.get("source", "?")
-    _layout(fig, f"Timeline ({src}: {tr.header.get('model', '')}, {tr.header.get('policy', {}).get('name', '')})",
-            "time (ms)", "stream", note)
-    fig.update_layout(barmode="overlay")
+            base=[e["ts_us"] / 1e3 for e in evs], x=[max(e["dur_us"], 0.0) / 1e3 for e in evs],
+            y=[str(e.get("stream", "main")) for e in evs], orientation="h",
+            name=f"{cat}: {CATEGORY_WORDS.get(cat, cat)}", text=[e["name"] for e in evs],
+            textposition="none", marker={"line": {"width": 0}},
+            hovertemplate="%{y} · %{text}: starts %{base:.3f} ms, lasts %{x:.3f} ms<extra></extra>"))
+    end_ms = max((e["ts_us"] + e["dur_us"] for e in events), default=0.0) / 1e3
+    note = []
+    if shown:
+        a, b = shown[0]["ts_us"] / 1e3, max(e["ts_us"] + e["dur_us"] for e in shown) / 1e3
+        note.append(f"{a:,.2f}-{b:,.2f} ms of a {end_ms:,.2f} ms trace: {len(shown):,} of {len(events):,} events"
+                    + ("" if len(shown) == len(events) else
+                       "; pick another window with `specmoe report --trace-window START:END` (ms)"))
+    else:
+        note.append(f"no events in this window (the trace spans 0-{end_ms:,.2f} ms)")
+    src = {"sim": "simulator", "engine": "engine"}.get(tr.header.get("source"), tr.header.get("source", "?"))
+    pol = (tr.header.get("policy") or {}).get("name", "") if isinstance(tr.header.get("policy"), dict) else ""
+    _layout(fig, f"Timeline of a {src} trace: {tr.header.get('model', '')} {pol}".rstrip(),
+            "time since the trace began (ms)", "stream", note)
+    cats = len({e["cat"] for e in shown})
+    rows = len({str(e.get("stream", "main")) for e in shown})
+    fig.update_layout(barmode="overlay", legend={"title": {"text": "kind of work"}},
+                      height=max(460, 220 + 60 * rows, 200 + 24 * cats))
+    fig.update_xaxes(rangeslider={"visible": True})
     return fig
 
 
-def _layout(fig, title: str, x: str, y: str, notes: list[str], logx: bool = False) -> None:
+def _layout(fig, title: str, x: str, y: str, notes: list[str], logx: bool = False, logy: bool = False) -> None:
     sub = f"<br><sup>{'; '.join(notes)}</sup>" if notes else ""
     fig.update_layout(title=title + sub, xaxis_title=x, yaxis_title=y, template="plotly_white")
-    if logx:
-        fig.update_xaxes(type="log")
+    if logx:   # label the batches drawn, not log-axis minor digits
+        xs = sorted({float(v) for tr in fig.data for v in (tr.x if tr.x is not None else ())})
+        fig.update_xaxes(type="log", tickvals=xs or None, ticktext=[f"{v:g}" for v in xs] or None)
+    if logy:   # one label per power of ten
+        fig.update_yaxes(type="log", dtick=1)
 
 
 def summary_rows(table: dict) -> list[dict[str, Any]]:
-    """Best configuration per model × hardware × batch (first routing/lengths/acceptance)."""
+    """Best configuration per model × hardware × batch (first routing/lengths/acceptance); a batch
+    where nothing fits in GPU memory gets a row saying so (policy None) rather than no row."""
     out = []
     for model, hardware in _pairs(table):
         idx, _ = _slice(table, model, hardware)
         accs = _acceptances(table, idx)
         if accs:
             idx = idx[(table["acceptance"][idx] == accs[0]) | (table["acceptance"][idx] == "")]
-        for (b,), i in sorted(best_rows(table, idx, ("batch",)).items()):
+        best = {b: i for (b,), i in best_rows(table, idx, ("batch",)).items()}
+        pair = (table["model"] == model) & (table["hardware"] == hardware)
+        for b in sorted(set(table["batch"][pair].tolist())):
+            if b not in best:
+                need = np.asarray(table["gpu_memory_gb"][pair & (table["batch"] == b)], dtype=float)
+                out.append({"model": model, "hardware": hardware, "batch": b, "policy": None,
+                            "min_gpu_memory_gb": float(np.nanmin(need)) if need.size else None})
+                continue
+            i = best[b]
             out.append({"model": model, "hardware": hardware, "batch": b, "policy": table["policy"][i],
                         "gamma": int(table["gamma"][i]), "draft_experts": int(table["draft_experts"][i]),
                         "tokens_per_s": float(table["tokens_per_s"][i]),
@@ -290,7 +400,7 @@ def export_png(figures: dict[str, Any], directory) -> tuple[list[str], str]:
     return paths, ""
 
 
-def report_figures(table: dict, trace=None) -> dict[str, Any]:
+def report_figures(table: dict, trace=None, trace_window_ms: tuple[float, float] | None = None) -> dict[str, Any]:
     figs: dict[str, Any] = {}
     for i, (model, hardware) in enumerate(_pairs(table)[:MAX_PAIRS]):
         tag = f"{i}-{model}-{hardware}"
@@ -299,19 +409,58 @@ def report_figures(table: dict, trace=None) -> dict[str, Any]:
             figs[f"gamma-{tag}"] = gamma_curves(table, model, hardware)
         figs[f"bytes-{tag}"] = bytes_per_token(table, model, hardware)
     if trace is not None:
-        figs["timeline"] = timeline(trace)
+        figs["timeline"] = timeline(trace, window_ms=trace_window_ms)
     return figs
 
 
+FIGURE_WORDS = {
+    "throughput": "Tokens per second each policy reaches at each batch size, at its best draft length γ "
+                  "and draft experts N (hover for them). Both axes are logarithmic, so small batches stay "
+                  "readable.",
+    "gamma": "How much speculation speeds specmoe up at each draft length γ, relative to the same batch "
+             "without speculation (1 = no gain, below 1 = speculation costs). Hover for tokens/s.",
+    "bytes": "Expert weights copied from host memory to the GPU per generated token: what speculation and "
+             "caching try to reduce.",
+    "timeline": "What ran when in one trace: one row per stream, one colour per kind of work. Drag the "
+                "slider under the chart, or zoom, to look closer.",
+}
+PAGE_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.45}"
+              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+              ".caveat{background:#fff6e0;border-left:5px solid #c08a00;padding:6px 14px;margin:12px 0}"
+              "td.nofit{color:#a00;text-align:left}")
+
+
+def calibration_notes(table: dict) -> list[str]:
+    """One sentence per hardware profile in the table: calibrated (fitted to traces) or not."""
+    out = []
+    for name in dict.fromkeys(table["hardware"].tolist()):
+        try:
+            calibrated = bool(load_system(name).calibration)
+        except SpecMoEError:
+            out.append(f"Hardware {name}: profile not found here, so whether it is calibrated is unknown.")
+            continue
+        out.append(calibration_words(calibrated, name))
+    return out
+
+
+def acceptance_notes(table: dict) -> list[str]:
+    accs = [a for a in dict.fromkeys(table["acceptance"].tolist()) if a]
+    if "paper" in accs:
+        return [("Speculative configurations use the 'published acceptance': the draft acceptance rates "
+                "the SpecMoE paper reports for NLLB-MoE, not rates measured on these models.")]
+    return []
+
+
 def write_report(table: dict, out, trace=None, png_dir=None, title: str = "specmoe report",
-                 plotlyjs: str | bool = True, notes: list[str] | None = None) -> dict[str, Any]:
-    """An HTML page with every figure and a table of the best configuration per batch.
+                 plotlyjs: str | bool = True, notes: list[str] | None = None,
+                 trace_window_ms: tuple[float, float] | None = None) -> dict[str, Any]:
+    """An HTML page with every figure, what each shows, and a table of the best configuration per batch.
 
     plotlyjs: True embeds plotly.js (opens offline, ~4.6 MB), 'cdn' links it (small file).
+    trace_window_ms: (start, end) of the trace timeline, in ms.
     Returns {html, figures, png, png_note}.
     """
-
-    figs = report_figures(table, trace)
+    figs = report_figures(table, trace, trace_window_ms)
     notes = list(notes or [])
     pairs = _pairs(table)
     if len(pairs) > MAX_PAIRS:
@@ -319,27 +468,37 @@ def write_report(table: dict, out, trace=None, png_dir=None, title: str = "specm
     png, png_note = export_png(figs, png_dir) if png_dir else ([], "")
     if png_note:
         notes.append(png_note)
-    parts = [f"<h1>{_html.escape(title)}</h1>",
-             (f"<p>{len(table['batch']):,} configurations; engine {', '.join(sorted(set(table['engine'].tolist())))}; "
-             "throughput of configurations that fit in GPU memory.</p>")]
-    parts += [f"<p><em>{_html.escape(n)}</em></p>" for n in notes]
-    for j, fig in enumerate(figs.values()):
+    esc = _html.escape
+    engines = ", ".join(sorted(set(table["engine"].tolist())))
+    parts = [f"<h1>{esc(title)}</h1>",
+             (f"<p>{len(table['batch']):,} configurations predicted by the {esc(engines)} model. Figures show "
+             "only configurations that fit in GPU memory.</p>")]
+    parts += [f"<div class='caveat'>{esc(n)}</div>" for n in calibration_notes(table) + acceptance_notes(table)]
+    parts += [f"<p><em>{esc(n)}</em></p>" for n in notes]
+    for j, (name, fig) in enumerate(figs.items()):
+        words = FIGURE_WORDS.get(name.split("-")[0], "")
+        parts.append(f"<p>{esc(words)}</p>" if words else "")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=plotlyjs if j == 0 else False))
     parts.append(_summary_html(summary_rows(table)))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + _html.escape(title)
-                   + "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-                   "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-                   "</style></head><body>" + "\n".join(parts) + "</body></html>")
+    atomic_write_text(out, "<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + esc(title)
+                      + f"</title><style>{PAGE_STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
     return {"html": str(out), "figures": list(figs), "png": png, "png_note": png_note}
 
 
 def _summary_html(rows: list[dict[str, Any]]) -> str:
     head = ("model", "hardware", "batch", "policy", "γ", "N", "tokens/s", "MB/token over PCIe")
-    body = "".join(
-        "<tr>" + "".join(f"<td>{v}</td>" for v in (r["model"], r["hardware"], r["batch"], r["policy"], r["gamma"],
-                                                    r["draft_experts"], f"{r['tokens_per_s']:,.1f}",
-                                                    f"{r['h2d_mb_per_token']:,.2f}")) + "</tr>" for r in rows)
-    return ("<h2>Best configuration per batch</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head)
-            + "</tr>" + body + "</table>")
+    body = []
+    for r in rows:
+        cells = (r["model"], r["hardware"], r["batch"])
+        lead = "".join(f"<td>{_html.escape(str(v))}</td>" for v in cells)
+        if r["policy"] is None:
+            need = r.get("min_gpu_memory_gb")
+            why = ("does not fit in GPU memory with any policy"
+                   + (f" (needs at least {need:,.1f} GB)" if need is not None and np.isfinite(need) else ""))
+            body.append(f"<tr>{lead}<td class='nofit' colspan='5'>{why}</td></tr>")
+            continue
+        vals = (r["policy"], r["gamma"], r["draft_experts"], f"{r['tokens_per_s']:,.1f}", f"{r['h2d_mb_per_token']:,.2f}")
+        body.append(f"<tr>{lead}" + "".join(f"<td>{_html.escape(str(v))}</td>" for v in vals) + "</tr>")
+    return ("<h2>Best configuration per batch</h2><p>γ = draft tokens per verification (0 = no "
+            "speculation), N = draft experts kept on the GPU per layer.</p><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>")

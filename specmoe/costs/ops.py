@@ -5,9 +5,11 @@ efficiencies and fixed overheads (DESIGN.md §5):
     t = t_fixed + max(FLOPs / (peak · η_c(m)), bytes / (bw · η_m))
     η_c(m) = η_c · m / (m + m_half)           (m = tokens per weight matrix: GEMMs saturate in m)
     transfer: t = t_setup + bytes / (bw_link · η_link)
-All functions take numpy arrays or scalars and return seconds. Parameters default to the ideal
-roofline (η = 1, no overhead): an uncalibrated prediction is an upper bound on speed, and a
-calibrated profile (hwprofiles/calibrated/) replaces the defaults with values fitted from traces.
+All functions take numpy arrays or scalars and return seconds. CostParams() is the ideal roofline
+(η = 1, no overhead); `params_for(system)` gives the best evidence instead (specmoe.costs.evidence:
+calibrated fits, published measurements, stated priors), and the ideal only for `System.ideal`.
+Parameters may be numpy arrays (one value per draw, broadcast against the configurations): that is
+how specmoe.predictors.intervals propagates their spreads in one call.
 
 Refinements that real GPU kernels need (DESIGN.md §5), each off by default so that a profile
 without them keeps the plain roofline:
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from specmoe.costs.evidence import evidence_for
 from specmoe.errors import SpecMoEError
 
 GB = 1e9
@@ -85,9 +88,13 @@ class CostParams:
 PARAM_NAMES = tuple(f.name for f in fields(CostParams))
 
 
-def params_for(system) -> CostParams:
-    """CostParams of a hardware System: defaults overridden by its `efficiency` block."""
-    overrides = dict(getattr(system, "efficiency", None) or {})
+def params_for(system, ideal: bool = False) -> CostParams:
+    """CostParams of a hardware System: the evidence's medians (calibrated fit, published priors),
+    or the ideal roofline where `ideal` or `system.ideal` asks for the datasheet upper bound."""
+    if ideal or getattr(system, "ideal", False):
+        return CostParams()
+    evidence = evidence_for(system)
+    overrides = dict(evidence.values)
     unknown = sorted(set(overrides) - set(PARAM_NAMES))
     if unknown:
         raise SpecMoEError(f"hardware {system.name}: efficiency key(s) {unknown} unknown; allowed {PARAM_NAMES}")
@@ -95,6 +102,12 @@ def params_for(system) -> CostParams:
         if v is not None and v < 0:
             raise SpecMoEError(f"hardware {system.name}: efficiency {k}={v} must be >= 0")
     return replace(CostParams(), **overrides)
+
+
+def declared_params(system) -> CostParams:
+    """The ideal roofline overridden only by the system's own `efficiency` block: the starting
+    point of a calibration, which must not inherit priors it is about to measure."""
+    return replace(CostParams(), **{k: v for k, v in (system.efficiency or {}).items() if v is not None})
 
 
 def roofline(flops, bytes_, peak_flops, bandwidth, t_fixed=0.0):

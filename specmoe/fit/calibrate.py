@@ -53,14 +53,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
 
-from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, params_for
+from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, declared_params
 from specmoe.errors import SpecMoEError
+from specmoe.fileio import atomic_write_text
 from specmoe.fit.validate import predict_run
 from specmoe.inputs.hardware import System, load_system
 from specmoe.inputs.models import from_hf_config
@@ -665,7 +667,7 @@ def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = No
     base_system = hardware if isinstance(hardware, System) else load_system(hardware)
     traces = load_traces(trace_paths)
     fix = dict(opts.fix)
-    base = replace(params_for(base_system), **{k: v for k, v in fix.items() if v is not None})
+    base = replace(declared_params(base_system), **{k: v for k, v in fix.items() if v is not None})
     op_sources = [t for t in traces if opts.op_traces in ("all", _kind(t))]
     points = collect_points(op_sources, opts.min_samples)
     if not points:
@@ -783,6 +785,28 @@ def params_table(calib: Calibration) -> list[dict[str, Any]]:
              "degenerate": v["degenerate"]} for n, v in p.items()]
 
 
+LARGE_HOLDOUT_PCT = 25.0   # hold-out MAPE above this: the fitted op times are not to be trusted
+
+
+def fit_warnings(calib: Calibration, large_pct: float = LARGE_HOLDOUT_PCT) -> list[str]:
+    """Plain warnings: parameters stuck at a bound of their range, and ops whose hold-out error is
+    large. Either means the traces did not determine the profile; its numbers are not measurements."""
+    out = []
+    params = calib.system.calibration["parameters"]
+    for name, v in params.items():
+        if v["at_bound"] and not v["degenerate"]:
+            lo, hi = v.get("bounds", (None, None))
+            side = "upper" if hi is not None and abs(v["value"] - hi) <= abs(v["value"] - (lo or 0)) else "lower"
+            out.append(f"{name} = {v['value']:.4g} sits at the {side} bound of its range {lo}..{hi}: "
+                       "the traces do not pin it down (fit traces of one kind, e.g. the GEMM and expert "
+                       "microbenchmarks of one run, or --fix it)")
+    for r in holdout_table(calib):
+        if r["holdout_mape_pct"] > large_pct:
+            out.append(f"{r['op']}: hold-out error {r['holdout_mape_pct']:.0f}% (over {large_pct:.0f}%): "
+                       "predictions of this op are not reliable")
+    return out
+
+
 def markdown_tables(calib: Calibration) -> str:
     lines = ["| op | points | hold-out MAPE % | hold-out max % | repeat noise (IQR/median) % |",
              "|---|---:|---:|---:|---:|"]
@@ -811,8 +835,34 @@ def markdown_tables(calib: Calibration) -> str:
     return "\n".join(lines)
 
 
-def write_html(calib: Calibration, path: str | Path) -> Path:
-    """Parity plots (hold-out predicted vs measured, log-log) per stage, plus the tables."""
+def markdown_html(text: str) -> str:
+    """The Markdown of `markdown_tables` as HTML: pipe tables become tables, other lines paragraphs."""
+    out, rows = [], []
+
+    def flush():
+        if rows:
+            head, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+            out.append("<table><tr>" + "".join(f"<th>{html_escape(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{html_escape(c)}</td>" for c in r) + "</tr>"
+                                 for r in body) + "</table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{html_escape(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def write_html(calib: Calibration, path: str | Path, plotlyjs: str | bool = "cdn") -> Path:
+    """Parity plots (hold-out predicted vs measured, log-log) per stage, plus the tables.
+
+    plotlyjs: "cdn" links plotly.js (small files for committed reports; needs a network to view),
+    True embeds it (opens offline; what `specmoe calibrate --html` writes)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -833,11 +883,22 @@ def write_html(calib: Calibration, path: str | Path) -> Path:
         fig.update_xaxes(type="log", title="measured (µs)", row=1, col=col)
         fig.update_yaxes(type="log", title="predicted (µs)", row=1, col=col)
     dev = calib.system.calibration["device"].get("name")
-    fig.update_layout(title=f"specmoe calibration {calib.system.name} on {dev}: hold-out parity (±5% dotted)",
-                      height=520, width=560 * len(stages))
+    fig.update_layout(title=f"Calibration {calib.system.name} on {dev}<br><sup>hold-out: predicted against "
+                            "measured time per op configuration; solid = equal, dotted = ±5%</sup>",
+                      height=560, width=max(900, 560 * len(stages)), template="plotly_white")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    html = fig.to_html(include_plotlyjs="cdn", full_html=True)
-    table = "<pre>" + markdown_tables(calib).replace("<", "&lt;") + "</pre>"
-    path.write_text(html.replace("</body>", table + "</body>"))
+    esc = html_escape
+    intro = ("<p>Each dot is one op configuration, left out of the fit and predicted by the parameters "
+             "fitted to the others (k-fold hold-out). Dots on the diagonal are predicted exactly; the "
+             "tables give the error per op and each fitted parameter with its uncertainty.</p>")
+    warn = "".join(f"<p style='color:#a00'>warning: {esc(w)}</p>" for w in fit_warnings(calib))
+    page = fig.to_html(include_plotlyjs=plotlyjs, full_html=True)
+    style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.45}"
+             "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:2px 8px}</style>")
+    page = page.replace("<head>", "<head><meta charset='utf-8'>" + style, 1)
+    page = page.replace("<body>", "<body><h1>" + esc(f"specmoe calibration: {calib.system.name}") + "</h1>"
+                        + intro + warn, 1)
+    table = markdown_html(markdown_tables(calib))
+    atomic_write_text(path, page.replace("</body>", table + "</body>"))
     return path

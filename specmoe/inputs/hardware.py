@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import typing
 from importlib import resources
 from pathlib import Path
@@ -22,13 +21,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from specmoe.errors import SpecMoEError, suggest
+from specmoe.fileio import atomic_write_text
 
 __all__ = [
     "GPU",
     "Host",
     "Interconnect",
     "Link",
+    "Prior",
     "System",
+    "as_ideal",
     "list_hardware",
     "load_gpu",
     "load_host",
@@ -97,6 +99,22 @@ class _Part(BaseModel):
         return self
 
 
+class Prior(BaseModel):
+    """A cost parameter known only to within a spread: its median, the standard deviation of its
+    logarithm (≈ the relative 1σ error; 0 = exact) and where both come from."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    value: float = Field(ge=0)
+    spread: float = Field(ge=0, le=3)
+    source: str = Field(min_length=3)
+
+
+# Efficiency priors: {cost parameter name (specmoe.costs.ops.CostParams): Prior}; keys are checked
+# by specmoe.costs.evidence, which combines the priors of a system's parts.
+Priors = dict[str, Prior]
+
+
 class GPU(_Part):
     name: str
     vendor: str
@@ -116,6 +134,7 @@ class GPU(_Part):
     default_host: str                 # name of a host profile
     default_link: str                 # name of a link profile
     sources: dict[str, str]
+    efficiency_prior: Priors | None = None
 
 
 class Host(_Part):
@@ -127,6 +146,7 @@ class Host(_Part):
     cpu_bf16_tflops: Pos              # AMX / AVX512-BF16 peak where present, else = fp32
     ssd_read_gbps: Pos
     sources: dict[str, str]
+    efficiency_prior: Priors | None = None    # published measurements of achievable fractions
 
 
 class Link(_Part):
@@ -135,6 +155,7 @@ class Link(_Part):
     d2h_gbps: Pos
     setup_us: Pos                     # per-transfer fixed latency
     sources: dict[str, str]
+    efficiency_prior: Priors | None = None    # measured fraction of h2d/d2h_gbps, with spread
 
 
 INTERCONNECT_KINDS = ("nvlink", "pcie", "network")
@@ -171,6 +192,8 @@ class System(BaseModel):
     efficiency: dict[str, float] = Field(default_factory=dict)  # keys checked by specmoe.costs.ops
     calibration: dict | None = None   # provenance of fitted parameters, free-form
     sources: dict[str, str] = Field(default_factory=dict)
+    efficiency_prior: Priors | None = None   # spreads of the fitted `efficiency` (hold-out error)
+    ideal: bool = False               # True: datasheet roofline, no priors, no calibration
 
     @model_validator(mode="after")
     def _topology(self):
@@ -348,9 +371,10 @@ def _load_path(path: Path) -> System:
 
 
 def load_system(name_or_path: str, host: str | None = None, link: str | None = None,
-                gpu_count: int | None = None) -> System:
+                gpu_count: int | None = None, ideal: bool = False) -> System:
     """A system from a YAML path, else a name in systems/, calibrated/, or gpus/ (composed with
-    the GPU's default host and link). host/link (names or paths) and gpu_count override parts."""
+    the GPU's default host and link). host/link (names or paths) and gpu_count override parts.
+    ideal: predict at the datasheet roofline (an upper bound) instead of the best evidence."""
     name_or_path = os.fspath(name_or_path)
     path = _existing_file(name_or_path)
     if path is not None:
@@ -365,9 +389,15 @@ def load_system(name_or_path: str, host: str | None = None, link: str | None = N
             if not (root / "gpus" / f"{name}.yaml").is_file():
                 known = sorted(set(_names("systems") + _names("calibrated") + _names("gpus")))
                 raise SpecMoEError(f"unknown hardware {name_or_path!r}{suggest(name, known)}; "
-                                   "see list_hardware() or pass a YAML path")
+                                   "see `specmoe hardware list` or pass a profile YAML path")
             system = _system_from_gpu(load_gpu(name), str(root / "gpus" / f"{name}.yaml"))
-    return _override(system, host, link, gpu_count)
+    system = _override(system, host, link, gpu_count)
+    return as_ideal(system) if ideal else system
+
+
+def as_ideal(system: System) -> System:
+    """The same system marked to be predicted at its datasheet peaks (`--ideal`)."""
+    return system if system.ideal else system.model_copy(update={"ideal": True})
 
 
 def _override(system: System, host, link, gpu_count) -> System:
@@ -425,7 +455,8 @@ def _plain(x: Any) -> Any:
 
 def system_to_dict(system: System) -> dict:
     """Self-contained, JSON-able description: parts inline, nothing left to look up."""
-    return _plain(system.model_dump(mode="python"))
+    return _plain(system.model_dump(mode="python", exclude_none=False,
+                                    exclude=None if system.ideal else {"ideal"}))
 
 
 def save_system(system: System, path) -> None:
@@ -434,14 +465,4 @@ def save_system(system: System, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = ("# specmoe hardware profile (written by specmoe.inputs.hardware.save_system)\n"
             + yaml.safe_dump(system_to_dict(system), sort_keys=False, allow_unicode=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)

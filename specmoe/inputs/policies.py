@@ -146,8 +146,23 @@ def check_param(name: str, value: Any, where: str = "") -> Any:
     return int(value) if spec.kind == "int" else float(value)
 
 
+def policy_parameters() -> tuple[str, ...]:
+    """Names of the parameters a Policy takes (besides its name)."""
+    return tuple(PARAMS)
+
+
+def check_parameter_names(given, allowed, where: str) -> None:
+    """SpecMoEError naming the first unknown keyword and the closest allowed one."""
+    for key in given:
+        if key not in allowed:
+            raise SpecMoEError(f"{where}: unknown argument {key!r}{suggest(key, allowed)}; "
+                               f"allowed: {', '.join(allowed)}")
+
+
 def make_policy(name: str, **params: Any) -> Policy:
     """Validated Policy; unknown names and out-of-range parameters raise SpecMoEError."""
+    if not isinstance(name, str):
+        raise SpecMoEError(f"policy={name!r}: give a policy name ({', '.join(POLICIES)})")
     key = name.strip().lower()
     if key not in POLICIES:
         raise SpecMoEError(f"policy={name!r} is unknown; allowed: {', '.join(POLICIES)}{suggest(key, POLICIES)}")

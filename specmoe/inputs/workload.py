@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+import yaml
 
 from specmoe.errors import SpecMoEError
 
@@ -149,6 +150,7 @@ class Routing:
     probs: tuple | None = None
     temporal_reuse: float = 0.0
     source: str = ""
+    resample: bool = False    # empirical probs may be mapped onto a model with another E (opt-in)
 
     def __post_init__(self):
         if self.kind not in ROUTING_KINDS:
@@ -203,10 +205,13 @@ class Acceptance:
     tau_table: tuple | None = None          # ((gamma, tau), ...)
     alpha_by_draft_experts: tuple | None = None   # ((N, alpha), ...)
     source: str = ""
+    alpha_spread: float = 0.0               # standard deviation of α (feeds prediction intervals)
 
     def __post_init__(self):
         if not 0.0 <= self.alpha < 1.0:
             raise SpecMoEError(f"acceptance alpha={self.alpha}: allowed [0, 1)")
+        if not 0.0 <= self.alpha_spread <= 0.5:
+            raise SpecMoEError(f"acceptance alpha_spread={self.alpha_spread}: allowed [0, 0.5]")
 
     def alpha_for(self, draft_experts) -> np.ndarray:
         n = np.asarray(draft_experts, dtype=float)
@@ -239,6 +244,64 @@ def published_acceptance(draft_set: str = "hottemporal") -> Acceptance:
         raise SpecMoEError(f"draft_set={draft_set!r}: allowed {tuple(PUBLISHED_TAU_GAMMA10)}")
     a = alpha_from_tau(PUBLISHED_TAU_GAMMA10[draft_set], 10)
     return Acceptance(alpha=a, source=f"SpecMoE arXiv 2604.10152, NLLB-MoE, tau(10)={PUBLISHED_TAU_GAMMA10[draft_set]} ({draft_set})")
+
+
+# ---- acceptance per model: published figures, else a stated prior -------------------------------
+
+ALPHA_CAP = 0.999   # a draft never equals the target for certain (α < 1 keeps τ finite)
+
+
+@cache
+def published_acceptance_table() -> dict:
+    """specmoe/data/acceptance_published.yaml: published figures per model and method, and the prior."""
+    path = resources.files("specmoe") / "data" / "acceptance_published.yaml"
+    return yaml.safe_load(path.read_text())
+
+
+def _tiny_curve(draft_set: str) -> tuple[np.ndarray, np.ndarray]:
+    """The measured tiny-MoE α against N/E for a draft set (specmoe/data/tiny/acceptance.json)."""
+    per_n = _load_data_json("tiny", "acceptance.json")["alpha_by_draft_experts"][draft_set]
+    n = np.array(sorted(int(k) for k in per_n), dtype=float)
+    a = np.array([per_n[str(int(k))] for k in n])
+    return n / n.max(), a
+
+
+def shaped_alpha(alpha_ref: float, ref_fraction: float, fractions, draft_set: str) -> np.ndarray:
+    """α at draft fractions N/E, through α_ref at ref_fraction, shaped like the tiny-model curve.
+
+    The rejection rate 1 − α scales with the tiny curve's: 1 − α(f) = (1 − α_ref)·(1 − s(f))/(1 − s(f_ref)),
+    so α stays in [0, 1) and reaches the cap where all experts draft (the draft is the model)."""
+    xs, ys = _tiny_curve(draft_set)
+    s = np.interp(np.asarray(fractions, dtype=float), xs, ys)
+    s_ref = float(np.interp(ref_fraction, xs, ys))
+    return np.clip(1.0 - (1.0 - alpha_ref) * (1.0 - s) / max(1.0 - s_ref, 1e-9), 0.0, ALPHA_CAP)
+
+
+def _entry_for(model_name: str) -> dict | None:
+    entries = published_acceptance_table().get("entries", [])
+    return next((e for e in entries if e.get("model") == model_name and e.get("used_as_default")), None)
+
+
+def default_acceptance(model_name: str, num_experts: int, draft_set: str = "hottemporal") -> Acceptance:
+    """The model's default acceptance for self-drafting: its published figure where one exists
+    (α solved from τ, shaped over N by the tiny-model curve), else the stated prior with its spread."""
+    table = published_acceptance_table()
+    entry = _entry_for(model_name)
+    prior = table["prior"]
+    if entry is not None:
+        tau_v = entry["tau"][draft_set] if isinstance(entry["tau"], dict) else entry["tau"]
+        a_ref = alpha_from_tau(float(tau_v), int(entry["gamma"]))
+        ref_n, spread = int(entry.get("draft_experts", 1)), float(entry.get("alpha_spread", 0.0))
+        source = (f"{entry['source']}: tau({entry['gamma']}) = {tau_v} ({draft_set}) -> alpha = {a_ref:.3f} "
+                  f"at N = {ref_n}; other N shaped by the tiny MoE's measured curve")
+    else:
+        a_ref, spread = float(prior["alpha"]), float(prior["alpha_spread"])
+        ref_n = max(1, round(prior["reference_draft_fraction"] * num_experts))
+        source = f"{model_name}: {prior['source']}; other N shaped by the tiny MoE's measured curve"
+    ns = np.arange(1, num_experts + 1)
+    alphas = shaped_alpha(a_ref, ref_n / num_experts, ns / num_experts, draft_set)
+    return Acceptance(alpha=float(alphas[ref_n - 1]), source=source, alpha_spread=spread,
+                      alpha_by_draft_experts=tuple(zip(ns.tolist(), alphas.tolist(), strict=True)))
 
 
 @dataclass(frozen=True)
@@ -280,7 +343,31 @@ def _load_data_json(name: str, file: str) -> dict:
     return json.loads(path.read_text())
 
 
-def measured_routing(name: str) -> Routing:
+DEFAULT_ROUTING_SOURCE = (
+    "uniform: no published per-model expert-load histogram or reuse rate with numbers was found to "
+    "attribute (Liang et al. 2025, arXiv 2505.16056, measure local routing consistency of 20 MoE "
+    "models as SRP/SCH scores, not as inclusion probabilities); give --routing zipf:S or measured:NAME")
+
+
+def default_routing(model_name: str) -> Routing:
+    """A catalog model's default routing: uniform, with the reason stated (no attributable
+    per-model router statistics yet; add them here with their source when there are)."""
+    return Routing(source=f"{model_name}: {DEFAULT_ROUTING_SOURCE}")
+
+
+def check_routing(routing: Routing, num_experts: int, model_name: str) -> None:
+    """Refuse measured routing of another expert count unless resampling was asked for."""
+    if routing.kind != "empirical" or routing.probs is None or routing.resample:
+        return
+    measured_e = len(routing.probs[0]) if routing.probs else 0
+    if measured_e != num_experts:
+        raise SpecMoEError(
+            f"routing={routing.source or 'empirical'!r}: measured over {measured_e} experts per layer, "
+            f"but {model_name} has {num_experts}; pass '{routing.source or 'measured:NAME'}:resample' "
+            "to map its sorted load profile onto this model explicitly")
+
+
+def measured_routing(name: str, resample: bool = False) -> Routing:
     """Routing measured on a real model, e.g. 'tiny' (specmoe/data/tiny/routing.json)."""
     d = _load_data_json(name, "routing.json")
     probs = d.get("inclusion_probs") or d.get("p")
@@ -288,7 +375,7 @@ def measured_routing(name: str) -> Routing:
         raise SpecMoEError(f"measured routing {name!r}: routing.json lacks 'inclusion_probs'")
     reuse = d.get("temporal_reuse_excess", 0.0)
     return Routing(kind="empirical", probs=tuple(map(tuple, probs)), temporal_reuse=float(reuse),
-                   source=f"measured:{name}")
+                   source=f"measured:{name}", resample=resample)
 
 
 def measured_acceptance(name: str, draft_set: str = "hottemporal") -> Acceptance:
@@ -302,8 +389,14 @@ def measured_acceptance(name: str, draft_set: str = "hottemporal") -> Acceptance
     return Acceptance(alpha=pairs[-1][1], alpha_by_draft_experts=pairs, source=f"measured:{name}:{draft_set}")
 
 
-def parse_acceptance(text: str | float | None, draft_set: str = "hottemporal") -> Acceptance:
-    """CLI form: a number α in [0, 1), 'paper' (SpecMoE's published τ), or 'measured:NAME'."""
+def parse_acceptance(text: str | float | None, draft_set: str = "hottemporal", model=None) -> Acceptance:
+    """CLI form: a number α in [0, 1), 'model' (the model's default: published figure or stated
+    prior; also what None means when a model is given), 'paper' (SpecMoE's NLLB-MoE τ, for every N),
+    or 'measured:NAME'. `model`: a ModelSpec (name, num_experts) for the per-model default."""
+    if text in (None, "model") and model is not None:
+        return default_acceptance(model.name, model.num_experts, draft_set)
+    if text == "model":
+        raise SpecMoEError("acceptance='model': needs the model (give --model, or a number for α)")
     if text is None or text == "paper":
         return published_acceptance(draft_set)
     if isinstance(text, str) and text.startswith("measured:"):
@@ -311,7 +404,7 @@ def parse_acceptance(text: str | float | None, draft_set: str = "hottemporal") -
     try:
         a = float(text)
     except ValueError:
-        raise SpecMoEError(f"acceptance={text!r}: give α in [0, 1), 'paper' or 'measured:NAME'") from None
+        raise SpecMoEError(f"acceptance={text!r}: give α in [0, 1), 'model', 'paper' or 'measured:NAME'") from None
     return Acceptance(alpha=a, source="user")
 
 
@@ -354,7 +447,8 @@ def parse_prefetch_hit_rate(text: str | float | None, batch: int | None = None,
 
 
 def parse_routing(text: str | None) -> Routing:
-    """CLI form: 'uniform', 'zipf:S' or 'measured:NAME'."""
+    """CLI form: 'uniform', 'zipf:S', 'measured:NAME' (refused for a model with another expert
+    count) or 'measured:NAME:resample' (mapped onto the model's experts by quantile shape)."""
     if not text or text == "uniform":
         return Routing()
     if text.startswith("zipf"):
@@ -364,6 +458,9 @@ def parse_routing(text: str | None) -> Routing:
         except ValueError:
             raise SpecMoEError(f"routing={text!r}: zipf exponent must be a number (e.g. zipf:1.2)") from None
     if text.startswith("measured:"):
-        return measured_routing(text.split(":", 1)[1])
-    raise SpecMoEError(f"routing={text!r}: allowed 'uniform', 'zipf:S', 'measured:NAME'")
+        _, name, opt = (text.split(":", 2) + [""])[:3]
+        if opt not in ("", "resample"):
+            raise SpecMoEError(f"routing={text!r}: allowed 'measured:NAME' or 'measured:NAME:resample'")
+        return measured_routing(name, resample=opt == "resample")
+    raise SpecMoEError(f"routing={text!r}: allowed 'uniform', 'zipf:S', 'measured:NAME[:resample]'")
 

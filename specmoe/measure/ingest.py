@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.models import from_hf_config, load_model
+from specmoe.inputs.models import load_model
+from specmoe.inputs.models.hf_import import spec_from_dims
 from specmoe.inputs.models.spec import DTYPE_BYTES
 from specmoe.inputs.policies import Policy, validate_policy
 from specmoe.inputs.workload import Routing, alpha_from_tau
@@ -52,20 +53,10 @@ def model_spec_from_engine(cfg: dict, where: str = "trace"):
         raise SpecMoEError(f"{where}: header model lacks field(s) {missing}")
     if cfg["dtype"] not in DTYPE_BYTES:
         raise SpecMoEError(f"{where}: header model.dtype={cfg['dtype']!r}: allowed {sorted(DTYPE_BYTES)}")
-    b = DTYPE_BYTES[cfg["dtype"]]
-    shared = int(cfg.get("shared_expert_ffn") or 0)
-    hf = {"model_type": "qwen2_moe" if shared else "mixtral", "hidden_size": cfg["hidden"],
-          "num_hidden_layers": cfg["layers"], "num_attention_heads": cfg["heads"],
-          "num_key_value_heads": cfg["kv_heads"], "head_dim": cfg["head_dim"],
-          "vocab_size": cfg["vocab"], "num_experts_per_tok": cfg["top_k"],
-          "tie_word_embeddings": bool(cfg.get("tie_embeddings")),
-          "_specmoe": {"name": "engine-model", "dtype_bytes": b, "expert_dtype_bytes": b, "kv_dtype_bytes": b}}
-    if shared:
-        hf.update(num_experts=cfg["experts"], moe_intermediate_size=cfg["expert_ffn"],
-                  intermediate_size=cfg["expert_ffn"], shared_expert_intermediate_size=shared)
-    else:
-        hf.update(num_local_experts=cfg["experts"], intermediate_size=cfg["expert_ffn"])
-    return from_hf_config(hf)
+    return spec_from_dims("engine-model", DTYPE_BYTES[cfg["dtype"]], cfg["hidden"], cfg["expert_ffn"],
+                          cfg["heads"], cfg["kv_heads"], cfg["head_dim"], cfg["experts"], cfg["top_k"],
+                          cfg["vocab"], cfg["layers"], int(cfg.get("shared_expert_ffn") or 0),
+                          bool(cfg.get("tie_embeddings")))
 
 
 @dataclass

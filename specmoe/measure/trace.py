@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from specmoe.errors import SpecMoEError
+from specmoe.fileio import atomic_write, atomic_write_text
 
 SCHEMA = "specmoe.trace/1"
 # engine: measured by our engine; sim: simulated; table: imported public measured tables
@@ -66,17 +65,14 @@ def write_trace(path: str | Path, header: Header | dict, events: Iterable[dict])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     head = header.to_dict() if isinstance(header, Header) else {"schema": SCHEMA, **header}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix, prefix=".tmp-")
-    os.close(fd)
-    try:
-        with _open(Path(tmp), "w") as f:
+
+    def write(tmp: Path) -> None:
+        with _open(tmp, "w") as f:
             f.write(json.dumps(head) + "\n")
             for ev in events:
                 f.write(json.dumps(ev) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write)
     return path
 
 
@@ -100,31 +96,42 @@ def _check_event(ev: dict, where: str) -> None:
         raise SpecMoEError(f"{where}: event lacks field(s) {missing}; required {REQUIRED_EVENT_FIELDS}")
 
 
-def iter_events(path: str | Path) -> Iterator[dict[str, Any]]:
+def iter_events(path: str | Path, what: str = "trace") -> Iterator[dict[str, Any]]:
     with _open(Path(path), "r") as f:
         next(f, None)
         for i, line in enumerate(f, start=2):
             if line.strip():
-                ev = json.loads(line)
-                _check_event(ev, f"{path}:{i}")
+                try:
+                    ev = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SpecMoEError(f"{what} {path}:{i}: not a JSON event ({exc.msg})") from None
+                if not isinstance(ev, dict):
+                    raise SpecMoEError(f"{what} {path}:{i}: an event must be a JSON object")
+                _check_event(ev, f"{what} {path}:{i}")
                 yield ev
 
 
-def read_trace(path: str | Path) -> Trace:
+def read_trace(path: str | Path, what: str = "trace") -> Trace:
+    """Read a specmoe.trace/1 file; anything else (another format, a binary file) raises
+    SpecMoEError whose message starts with `what` (the CLI passes its flag, e.g. '--trace')."""
     path = Path(path)
-    if not path.exists():
-        raise SpecMoEError(f"trace {path}: no such file")
-    with _open(path, "r") as f:
-        first = f.readline()
+    if not path.is_file():
+        raise SpecMoEError(f"{what} {path}: no such file")
     try:
+        with _open(path, "r") as f:
+            first = f.readline()
         header = json.loads(first)
-    except json.JSONDecodeError as exc:
-        raise SpecMoEError(f"trace {path}: header line is not JSON ({exc.msg})") from None
-    if header.get("schema") != SCHEMA:
-        raise SpecMoEError(f"trace {path}: schema={header.get('schema')!r}, expected {SCHEMA!r}")
-    if header.get("source") not in SOURCES:
-        raise SpecMoEError(f"trace {path}: source={header.get('source')!r}, allowed {SOURCES}")
-    return Trace(header=header, events=list(iter_events(path)), path=path)
+        if not isinstance(header, dict) or header.get("schema") != SCHEMA:
+            header = header if isinstance(header, dict) else {}
+            raise ValueError(f"schema={header.get('schema')!r}, expected {SCHEMA!r}")
+        if header.get("source") not in SOURCES:
+            raise ValueError(f"source={header.get('source')!r}, allowed {SOURCES}")
+        return Trace(header=header, events=list(iter_events(path, what)), path=path)
+    except (UnicodeDecodeError, OSError, EOFError, ValueError) as exc:
+        if isinstance(exc, SpecMoEError):
+            raise
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).splitlines()[0]
+        raise SpecMoEError(f"{what} {path}: not a {SCHEMA} JSONL(.gz) trace ({why})") from None
 
 
 def to_chrome(trace: Trace) -> dict[str, Any]:
@@ -144,5 +151,5 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
 
 def export_chrome(trace_path: str | Path, out_path: str | Path) -> Path:
     out_path = Path(out_path)
-    out_path.write_text(json.dumps(to_chrome(read_trace(trace_path))))
+    atomic_write_text(out_path, json.dumps(to_chrome(read_trace(trace_path))))
     return out_path

@@ -17,24 +17,28 @@ and re-plans as measured acceptance comes in (`observe(accepted, drafted)` → �
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from specmoe.costs.ops import CostModel
+from specmoe.costs.evidence import evidence_for
+from specmoe.costs.ops import CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import ANALYTIC, PARAMS, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
 from specmoe.inputs.workload import Workload, tau
 from specmoe.predictors.analytic import Analytic
-from specmoe.predictors.prediction import summarize
+from specmoe.predictors.intervals import overlap
+from specmoe.predictors.prediction import intervals_for, summarize
 from specmoe.predictors.rounds import expected_rounds
 
 # Registry parameters the planner passes through unchanged (it searches γ and N itself).
 POLICY_PARAMS = tuple(k for k in PARAMS if k not in ("gamma", "draft_experts"))
+INTERVAL_KEYS = tuple(f"{k}_{q}" for k in ("tokens_per_s", "tpot_ms", "ttft_ms") for q in ("p10", "p50", "p90"))
 BEST_KEYS = ("policy", "gamma", "draft_experts", "tokens_per_s", "tpot_ms", "h2d_bytes_per_token",
-             "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration")
+             "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration", *INTERVAL_KEYS)
 SIM_MODES = ("auto", "sim", "analytic")
 
 
@@ -52,11 +56,12 @@ def draft_expert_grid(num_experts: int) -> list[int]:
 def _evaluate(setup: Setup, policy: Policy, gammas: np.ndarray, ns: np.ndarray) -> list[dict[str, Any]]:
     """Candidates of one policy over paired arrays γ, N (one vectorised analytic call)."""
     res = Analytic(setup.model, setup.system, setup.workload).evaluate(policy, gamma=gammas, draft_experts=ns)
+    iv = intervals_for(Setup(setup.model, setup.system, setup.workload, policy), gammas, ns)
     out = []
     for i in range(len(gammas)):
         s = Setup(setup.model, setup.system, setup.workload,
                   policy.with_(gamma=int(gammas[i]), draft_experts=int(ns[i])))
-        c = summarize(s, res, i)
+        c = summarize(s, res, i, iv)
         c["alpha"] = setup.workload.acceptance.alpha_at(int(gammas[i]), int(ns[i]))
         out.append(c)
     return out
@@ -82,8 +87,8 @@ def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params
     lo, hi = ns[max(i - 1, 0)], ns[min(i + 1, len(ns) - 1)]
     # At most 8 more N, geometrically spaced, so a 128-expert model does not add 100 N values.
     extra = sorted({round(x) for x in np.geomspace(lo, hi, 10)} - {*ns, lo, hi})
-    if extra:
-        g2, n2 = _spec_grid([x for x in gammas if x > 0] or [0], extra)
+    if extra:   # every γ, 0 included, so each N's curve starts where the coarse ones do
+        g2, n2 = _spec_grid(gammas, extra)
         cands += _evaluate(setup, pol, g2, n2)
     return cands
 
@@ -199,6 +204,8 @@ def _apply_static_batch(setup: Setup, candidates: list[dict]) -> None:
         c["steady_tokens_per_s"] = c["tokens_per_s"]
         if c["tokens_per_s"] is not None:
             c["tokens_per_s"] *= f
+            for q in ("p10", "p50", "p90"):
+                c[f"tokens_per_s_{q}"] *= f
 
 
 def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: Iterable[str] = ANALYTIC,
@@ -233,7 +240,9 @@ def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: 
            "best": {**{k: best[k] for k in BEST_KEYS}, "speculation": best["gamma"] > 0,
                     **({"sim_tokens_per_s": best["sim_tokens_per_s"]} if key != "tokens_per_s" else {})},
            "best_by_policy": best_by_policy(fitting), "candidates": candidates,
-           "calibrated": bool(base.system.calibration), "engine": engine, "notes": notes}
+           "calibrated": fitting[0]["calibrated"], "engine": engine, "notes": notes,
+           "evidence": fitting[0]["evidence"], "acceptance_source": base.workload.acceptance.source,
+           "verdict": verdict(best, fitting, base)}
     if explain:
         out["explanation"] = explain_choice(base, best, fitting)
     return out
@@ -244,8 +253,62 @@ def best_by_policy(candidates: list[dict[str, Any]]) -> dict[str, dict[str, Any]
     for c in candidates:
         cur = out.get(c["policy"])
         if cur is None or c["tokens_per_s"] > cur["tokens_per_s"]:
-            out[c["policy"]] = {k: c[k] for k in ("gamma", "draft_experts", "tokens_per_s", "tpot_ms")}
+            out[c["policy"]] = {k: c[k] for k in ("gamma", "draft_experts", "tokens_per_s", "tpot_ms",
+                                                  "tokens_per_s_p10", "tokens_per_s_p90")}
     return out
+
+
+def verdict(best: dict, fitting: list[dict], setup: Setup | None = None) -> dict[str, Any]:
+    """Clear winner, or too close to call: does the best option's p10–p90 band of tokens/s overlap
+    the band of the best option of any other policy? The rivals it overlaps are listed."""
+    rivals = {}
+    for c in fitting:
+        if c["policy"] != best["policy"] and c.get("tokens_per_s_p10") is not None:
+            if c["policy"] not in rivals or c["tokens_per_s"] > rivals[c["policy"]]["tokens_per_s"]:
+                rivals[c["policy"]] = c
+    close = [r for r in rivals.values() if overlap(best, r)]
+    brief = [{k: r[k] for k in ("policy", "gamma", "draft_experts", "tokens_per_s", "tokens_per_s_p10",
+                                 "tokens_per_s_p90")} for r in sorted(close, key=lambda r: -r["tokens_per_s"])]
+    out = {"too_close_to_call": bool(close), "overlapping": brief,
+           "band": "p10-p90 of tokens/s, from the spreads of cost parameters and acceptance"}
+    if close and setup is not None:
+        out["measure_to_separate"] = separating_input(setup, best, max(close, key=lambda r: r["tokens_per_s"]))
+    return out
+
+
+def separating_input(setup: Setup, best: dict, rival: dict) -> dict[str, Any]:
+    """The uncertain input whose 1σ change moves best/rival throughput most: measure it first.
+
+    Each input (cost parameter with a spread, and α where a candidate speculates) is moved up by
+    its spread alone; the change of log(tokens/s of best ÷ tokens/s of rival) ranks them."""
+    ev = evidence_for(setup.system)
+    base = params_for(setup.system)
+
+    def ratio(params: CostParams, d_alpha: float = 0.0) -> float:
+        an = Analytic(setup.model, setup.system, setup.workload, CostModel(setup.model, setup.system, params))
+        tps = []
+        for c in (best, rival):
+            pol = make_policy(c["policy"]).with_(**{k: getattr(setup.policy, k) for k in POLICY_PARAMS})
+            pol = pol.with_(gamma=c["gamma"], draft_experts=c["draft_experts"])
+            a = setup.workload.acceptance.alpha_at(pol.gamma, pol.draft_experts)
+            alpha = min(max(a + d_alpha, 0.0), 0.995) if pol.gamma else None
+            tps.append(float(np.ravel(an.evaluate(pol, alpha=alpha).tokens_per_s)[0]))
+        return tps[0] / tps[1]
+
+    r0 = ratio(base)
+    effects = {k: abs(np.log(ratio(replace(base, **{k: getattr(base, k) * np.exp(s)})) / r0))
+               for k, s in ev.spreads.items() if s > 0 and getattr(base, k) is not None}
+    spread = setup.workload.acceptance.alpha_spread
+    if spread > 0 and (best["gamma"] or rival["gamma"]):
+        effects["acceptance (alpha)"] = abs(np.log(ratio(base, spread) / r0))
+    top = max(effects, key=effects.get) if effects else None
+    if top is None or effects[top] < 0.005:   # both do the same work (e.g. every expert resident)
+        return {"input": None, "why": "no uncertain input moves the two apart (they do the same work)"}
+    src = ev.sources.get(top, setup.workload.acceptance.source)
+    return {"input": top, "effect_pct": 100 * float(np.expm1(effects[top])),
+            "effects_pct": {k: 100 * float(np.expm1(v)) for k, v in sorted(effects.items(), key=lambda kv: -kv[1])},
+            "why": f"a 1σ change of {top} moves {best['policy']} ÷ {rival['policy']} throughput by "
+                   f"{100 * float(np.expm1(effects[top])):.0f}%, more than any other input; its evidence: {src}"}
 
 
 # ---- explanation ------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from rich.progress import (
 
 from specmoe.costs.ops import BREAKDOWN
 from specmoe.errors import SpecMoEError, suggest
+from specmoe.fileio import atomic_write
 from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
 from specmoe.inputs.policies import (
@@ -65,8 +65,15 @@ from specmoe.inputs.policies import (
 )
 from specmoe.inputs.policies import DEFAULTS as POLICY_DEFAULTS
 from specmoe.inputs.setup import resolve
-from specmoe.inputs.workload import Acceptance, Workload, parse_acceptance, parse_routing
+from specmoe.inputs.workload import (
+    Acceptance,
+    Workload,
+    check_routing,
+    parse_acceptance,
+    parse_routing,
+)
 from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.intervals import evaluate_intervals
 from specmoe.predictors.sim import Simulator
 
 ENGINES = ("analytic", "sim")
@@ -81,7 +88,7 @@ AXES = GROUP + INNER
 REQUIRED = ("model", "hardware", "policy", "batch")
 DEFAULTS: dict[str, tuple] = {
     "routing": ("uniform",), "prompt_len": (512,), "output_len": (256,), "gamma": (5,), "draft_experts": (2,),
-    "alpha": ("paper",), **{k: (POLICY_DEFAULTS[k],) for k in POLICY_AXES},
+    "alpha": ("model",), **{k: (POLICY_DEFAULTS[k],) for k in POLICY_AXES},
 }
 # Which policies use an axis; for the others it collapses to one empty value (no duplicate rows).
 USED_BY: dict[str, tuple[str, ...]] = {"alpha": SPECULATIVE, **{k: p.used_by for k, p in PARAMS.items()}}
@@ -151,8 +158,8 @@ def _check_value(key: str, v: Any) -> Any:
         return check_param(key, v, "grid axes.")
     if key == "alpha":
         if isinstance(v, str):
-            if v != "paper" and not v.startswith("measured:"):
-                raise _err(key, v, "must be a number in [0, 1), 'paper' or 'measured:NAME'")
+            if v not in ("paper", "model") and not v.startswith("measured:"):
+                raise _err(key, v, "must be a number in [0, 1), 'model', 'paper' or 'measured:NAME'")
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise _err(key, v, "is out of range (allowed [0, 1), 'paper' or 'measured:NAME')")
@@ -297,7 +304,7 @@ def _check_names(grid: Grid) -> None:
         if isinstance(a, str):
             for ds in grid.axes["draft_set"]:
                 try:
-                    parse_acceptance(a, ds)
+                    parse_acceptance(a, ds, model=None if a != "model" else _model(grid.axes["model"][0]))
                 except SpecMoEError as exc:
                     raise SpecMoEError(f"grid axes.alpha: {exc}") from None
     n_max = max(grid.axes["draft_experts"])
@@ -317,14 +324,21 @@ def _check_names(grid: Grid) -> None:
 @lru_cache(maxsize=64)
 def _analytic(model: str, hardware: str, routing: str, prompt_len: int, output_len: int):
 
-    wl = Workload(batch=1, prompt_len=prompt_len, output_len=output_len, routing=parse_routing(routing))
-    return Analytic(load_model(model), load_system(hardware), wl)
+    spec, rout = load_model(model), parse_routing(routing)
+    check_routing(rout, spec.num_experts, spec.name)
+    wl = Workload(batch=1, prompt_len=prompt_len, output_len=output_len, routing=rout)
+    return Analytic(spec, load_system(hardware), wl)
 
 
 @lru_cache(maxsize=256)
-def _acceptance(raw: str, draft_set: str):
+def _acceptance(raw: str, draft_set: str, model: str):
 
-    return parse_acceptance(raw, draft_set)
+    return parse_acceptance(raw, draft_set, model=_model(model))
+
+
+@lru_cache(maxsize=64)
+def _model(name: str):
+    return load_model(name)
 
 
 def _policy(g: dict, gamma: int = 0, n: int = 0):
@@ -341,14 +355,19 @@ def _inner_columns(g: dict, start: int, stop: int) -> dict[str, np.ndarray]:
         vals = np.array([0 if v is None else v for v in g[k]], dtype=np.int64)
         cols[k] = vals[ix]
     alpha, label = np.full(stop - start, np.nan), np.full(stop - start, "", dtype=object)
+    spread = np.zeros(stop - start)
     draft_set = g["draft_set"] or "hottemporal"
     for j, raw in enumerate(g["alpha"]):
         sel = idx[3] == j
         if raw is None:
             continue
         label[sel] = str(raw)
-        alpha[sel] = raw if not isinstance(raw, str) else _acceptance(raw, draft_set).alpha_for(cols["draft_experts"][sel])
-    cols["alpha"], cols["acceptance"] = alpha, label
+        if isinstance(raw, str):
+            acc = _acceptance(raw, draft_set, g["model"])
+            alpha[sel], spread[sel] = acc.alpha_for(cols["draft_experts"][sel]), acc.alpha_spread
+        else:
+            alpha[sel] = raw
+    cols["alpha"], cols["acceptance"], cols["alpha_spread"] = alpha, label, spread
     return cols
 
 
@@ -390,6 +409,12 @@ def _run_analytic(g: dict, cols: dict) -> dict[str, np.ndarray]:
            "resident_experts_per_layer": bcast(r.resident_experts_per_layer)}
     for k in BREAKDOWN:
         out[f"t_{k}_ms"] = bcast(r.breakdown.get(k, 0.0)) * 1e3
+    iv = evaluate_intervals(an.model, an.system, an.workload, pol, batch=cols["batch"],
+                            gamma=cols["gamma"] if spec else 0, draft_experts=cols["draft_experts"],
+                            alpha=alpha, alpha_spread=cols["alpha_spread"] if spec else 0.0)
+    for k, q in iv.items():
+        for j, name in enumerate(("p10", "p50", "p90")):
+            out[f"{k}_{name}"] = nan_unless_fit(q[j])
     return out
 
 
@@ -422,20 +447,9 @@ def _run_chunk_task(args: tuple) -> tuple[int, dict[str, np.ndarray]]:
 
 # ---- results on disk ---------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _save_npz(path: Path, cols: dict[str, np.ndarray]) -> None:
     arrays = {k: (v.astype(str) if v.dtype == object else v) for k, v in cols.items()}
-    _atomic_write(path, lambda p: np.savez(p, **arrays))
+    atomic_write(path, lambda p: np.savez(p, **arrays))
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -444,7 +458,11 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     return {k: (v.astype(object) if v.dtype.kind == "U" else v) for k, v in cols.items()}
 
 
-def _format(out: Path) -> str:
+RESULT_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _format(out: Path, what: str = "output") -> str:
+    """csv or parquet, from the file name; `what` names the file in errors (output, results)."""
     suffix = out.suffix.lower()
     if suffix == ".csv":
         return "csv"
@@ -452,9 +470,13 @@ def _format(out: Path) -> str:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise SpecMoEError(f"output {out}: parquet needs pyarrow (pip install pyarrow) or use a .csv name") from None
+            raise SpecMoEError(f"{what} {out}: parquet needs pyarrow (pip install pyarrow) or use a .csv name") from None
         return "parquet"
-    raise SpecMoEError(f"output {out}: unknown format {suffix!r}; allowed .csv, .parquet")
+    hint = ""
+    if what == "results" and suffix in (".yaml", ".yml"):
+        hint = (f" ({out.name} looks like a grid: run `specmoe sweep {out} -o results.csv`, "
+                "then `specmoe report results.csv`)")
+    raise SpecMoEError(f"{what} {out}: unknown format {suffix!r}; allowed .csv, .parquet{hint}")
 
 
 def write_table(table: dict[str, np.ndarray], out: str | Path) -> Path:
@@ -467,9 +489,9 @@ def write_table(table: dict[str, np.ndarray], out: str | Path) -> Path:
         import pyarrow.parquet as pq
 
         tbl = pa.table({k: (v.tolist() if v.dtype == object else v) for k, v in table.items()})
-        _atomic_write(out, lambda p: pq.write_table(tbl, p))
+        atomic_write(out, lambda p: pq.write_table(tbl, p))
     else:
-        _atomic_write(out, lambda p: _write_csv(table, p))
+        atomic_write(out, lambda p: _write_csv(table, p))
     return out
 
 
@@ -501,21 +523,35 @@ def load_results(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise SpecMoEError(f"results {path}: no such file")
-    if _format(path) == "parquet":
-        import pyarrow.parquet as pq
+    fmt = _format(path, "results")
+    try:
+        return _read_parquet(path) if fmt == "parquet" else _read_csv(path)
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        if isinstance(exc, SpecMoEError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SpecMoEError(f"results {path}: not a readable {fmt} file ({first})") from None
 
-        t = pq.read_table(path)
-        out = {}
-        for name in t.column_names:
-            arr = t.column(name).to_numpy(zero_copy_only=False)
-            out[name] = arr.astype(object) if arr.dtype.kind in "OU" else arr
-        return out
 
+def _read_parquet(path: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    out = {}
+    for name in t.column_names:
+        arr = t.column(name).to_numpy(zero_copy_only=False)
+        out[name] = arr.astype(object) if arr.dtype.kind in "OU" else arr
+    return out
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
         raise SpecMoEError(f"results {path}: empty file")
     head, body = rows[0], rows[1:]
+    if any(len(r) != len(head) for r in body):
+        raise SpecMoEError(f"results {path}: rows of unequal length (not a sweep's CSV)")
     return {k: _column(k, [r[i] for r in body]) for i, k in enumerate(head)}
 
 
@@ -559,7 +595,7 @@ class Manifest:
     def _write(self) -> None:
         body = json.dumps({"schema": "specmoe.planning.sweep/1", "fingerprint": self.fingerprint, "chunks": self.total,
                            "done": sorted(self.done)})
-        _atomic_write(self.path, lambda p: p.write_text(body))
+        atomic_write(self.path, lambda p: p.write_text(body))
 
 
 def _tasks(grid: Grid, groups, chunks) -> list[tuple]:

@@ -106,21 +106,29 @@ class Analytic:
         return Forward(attn, dense, compute, L * fetch_one_layer, zeros, L * missing)
 
     def _cpu_forward(self, tokens, attn, dense, distinct, missing) -> Forward:
-        """Fiddler: a needed non-resident expert runs on the CPU when that beats fetching it.
+        """Fiddler: a layer's needed non-resident experts run on the CPU when that beats fetching them.
 
         GPU (fetch, then compute) and CPU work on a layer's experts at once; the layer pays the
-        slower of the two, so only CPU time beyond the GPU part shows as `cpu_expert`.
+        slower of the two, so only CPU time beyond the GPU part shows as `cpu_expert`. Every
+        non-resident expert of a layer has the same expected tokens, so the choice is all or none:
+        whichever layer time is shorter (a faster link or CPU can then never slow a layer down).
         """
         m, c = self.model, self.costs
         L = m.num_moe_layers
         per_expert = tokens * m.top_k / np.maximum(distinct, 1e-9)
-        on_cpu = c.cpu_expert(per_expert) < c.expert_fetch(1)
-        n_cpu = np.where(on_cpu, missing, 0.0)
-        gpu_share = 1.0 - n_cpu / np.maximum(distinct, 1e-9)
-        gpu_compute = c.experts(tokens * m.top_k * gpu_share, distinct - n_cpu)
-        fetch = c.expert_fetch(missing - n_cpu)
-        cpu_exposed = np.maximum(n_cpu * c.cpu_expert(per_expert) - (fetch + gpu_compute), 0.0)
-        return Forward(attn, dense, L * gpu_compute, L * fetch, L * cpu_exposed, L * (missing - n_cpu))
+
+        def layer(n_cpu):
+            gpu_share = 1.0 - n_cpu / np.maximum(distinct, 1e-9)
+            gpu_compute = c.experts(tokens * m.top_k * gpu_share, distinct - n_cpu)
+            fetch = c.expert_fetch(missing - n_cpu)
+            cpu_exposed = np.maximum(n_cpu * c.cpu_expert(per_expert) - (fetch + gpu_compute), 0.0)
+            return gpu_compute, fetch, cpu_exposed
+
+        fetched, on_cpu = layer(0.0 * missing), layer(missing)
+        use_cpu = sum(on_cpu) < sum(fetched)
+        gpu_compute, fetch, cpu_exposed = (np.where(use_cpu, a, b) for a, b in zip(on_cpu, fetched, strict=True))
+        n_fetched = np.where(use_cpu, 0.0, missing)
+        return Forward(attn, dense, L * gpu_compute, L * fetch, L * cpu_exposed, L * n_fetched)
 
     # ---- residency ------------------------------------------------------------------------------
     def cache_slots(self, batch, gamma, policy: Policy):
@@ -140,11 +148,16 @@ class Analytic:
             raise SpecMoEError(f"policy={policy.name!r}: the analytic model covers {ANALYTIC}; use the simulator")
         w, m = self.workload, self.model
         alpha_given = alpha is not None   # else the workload's acceptance decides τ(γ, N)
-        batch, gamma, n_draft, alpha = np.broadcast_arrays(
+        n_given = np.asarray(policy.draft_experts if draft_experts is None else draft_experts, dtype=float)
+        # α follows each configuration's own N (acceptance measured or shaped per draft-expert count)
+        batch, gamma, n_draft = np.broadcast_arrays(
             np.asarray(w.batch if batch is None else batch, dtype=float),
-            np.asarray(policy.gamma if gamma is None else gamma, dtype=float),
-            np.asarray(policy.draft_experts if draft_experts is None else draft_experts, dtype=float),
-            np.asarray(w.acceptance.alpha_for(policy.draft_experts) if alpha is None else alpha, dtype=float))
+            np.asarray(policy.gamma if gamma is None else gamma, dtype=float), n_given)
+        # α is not broadcast with the rest: draws of α (intervals) add a leading axis that only τ
+        # needs, so expert counts are not recomputed per draw.
+        alpha = np.asarray(w.acceptance.alpha_for(n_given) if alpha is None else alpha, dtype=float)
+        if alpha.ndim <= batch.ndim:
+            alpha = np.broadcast_to(alpha, np.broadcast_shapes(alpha.shape, batch.shape))
         _check_arrays(batch, gamma, n_draft, alpha, m.num_experts)
         if policy.name == "specmoe":
             return self._specmoe(policy, batch, gamma, n_draft, alpha, alpha_given)

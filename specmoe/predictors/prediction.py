@@ -5,14 +5,26 @@ from typing import Any
 
 import numpy as np
 
+from specmoe.costs.evidence import evidence_for
 from specmoe.inputs.setup import Setup
 from specmoe.predictors.analytic import AnalyticResult
+from specmoe.predictors.intervals import evaluate_intervals, interval_block, provenance
 
 GB = 1e9  # reports use GB = 1e9 bytes, as the datasheets do
 
 
-def summarize(setup: Setup, res: AnalyticResult, i: int = 0) -> dict[str, Any]:
-    """One configuration of an AnalyticResult as the JSON object the CLI prints."""
+def intervals_for(setup: Setup, gamma=None, draft_experts=None, batch=None) -> dict[str, np.ndarray]:
+    """p10/p50/p90 arrays ([3, n]) of the setup's policy over configurations (intervals module)."""
+    return evaluate_intervals(setup.model, setup.system, setup.workload, setup.policy, batch=batch,
+                              gamma=gamma, draft_experts=draft_experts)
+
+
+def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
+              intervals: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """One configuration of an AnalyticResult as the JSON object the CLI prints.
+
+    intervals: `intervals_for`'s arrays over the same configurations (computed here when absent):
+    the dict gains tokens_per_s_p10/p50/p90, tpot_ms_*, ttft_ms_* and an `evidence` block."""
     def at(a):
         return float(np.ravel(a)[i])
 
@@ -32,8 +44,12 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0) -> dict[str, Any]:
         "gpu_capacity_gb": have,
         "resident_experts_per_layer": int(np.ravel(res.resident_experts_per_layer)[i]),
         "breakdown": {k: at(v) for k, v in res.breakdown.items()},
-        "calibrated": bool(setup.system.calibration),
+        "calibrated": bool(setup.system.calibration) or evidence_for(setup.system).calibrated,
     }
+    iv = intervals if intervals is not None else intervals_for(setup)
+    block = interval_block(iv, i if np.size(iv["tokens_per_s"]) > 3 else 0)
+    out.update({k: (v if fits else None) for k, v in block.items()})
+    out["evidence"] = provenance(setup.system, setup.workload.acceptance)
     if not fits:
         out["reason"] = (f"needs {need:.1f} GB of GPU memory; {setup.system.name} has {have:g} GB "
                          f"(model resident {setup.model.resident_bytes / GB:.1f} GB)")

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+from specmoe.app.cli.flags import output_path
 from specmoe.errors import SpecMoEError
+from specmoe.fileio import atomic_write_text
 from specmoe.fit.calibrate import (
     FitOptions,
     calibrate,
+    fit_warnings,
     holdout_table,
     markdown_tables,
     params_table,
@@ -46,7 +48,7 @@ def add_calibrate(sub) -> None:
     p.add_argument("--html", default=None, help="write an HTML report with parity plots here")
     p.add_argument("--transfer-from", default=None,
                    help="no fit: the --hardware target with this calibrated profile's efficiencies")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=cmd_calibrate)
     add_validate(sub)
 
@@ -62,7 +64,8 @@ def _parse_fix(text: str) -> tuple[str, float | None]:
 
 
 def cmd_calibrate(args) -> int:
-    out = Path(args.out)
+    out = output_path(args.out, "--out", (".yaml", ".yml"))
+    output_path(args.html, "--html", (".html", ".htm"))
     name = args.name or out.stem
     if args.transfer_from:
         system = transfer(args.transfer_from, args.hardware, name)
@@ -76,13 +79,18 @@ def cmd_calibrate(args) -> int:
     calib = calibrate(args.traces, args.hardware, name=name, opts=opts, command=command)
     save_system(calib.system, out)
     if args.html:
-        write_html(calib, args.html)
+        write_html(calib, args.html, plotlyjs=True)     # opens offline, as `report` does
+    warnings = fit_warnings(calib)
     if args.json:
-        print(json.dumps({"profile": str(out), "holdout": holdout_table(calib),
-                          "parameters": params_table(calib), "fixed": calib.fixed}, indent=2, default=float))
+        print(json.dumps({"profile": str(out), "holdout": holdout_table(calib), "parameters": params_table(calib),
+                          "fixed": calib.fixed, "warnings": warnings}, indent=2, default=float))
     else:
         print(f"wrote {out}" + (f" and {args.html}" if args.html else ""))
         print(markdown_tables(calib))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if warnings:
+        print("warning: see README, 'Which traces to calibrate with'", file=sys.stderr)
     return 0
 
 
@@ -95,17 +103,18 @@ def add_validate(sub) -> None:
     p.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     p.add_argument("--quantile", type=float, default=0.5,
                    help="quantile of each configuration's repeats (decode time) compared")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=cmd_validate)
 
 
 def cmd_validate(args) -> int:
     if not 0.0 <= args.quantile <= 1.0:
         raise SpecMoEError(f"--quantile={args.quantile}: allowed [0, 1]")
+    output_path(args.markdown, "--markdown")
     result = validate(args.traces, args.hardware, args.predictor, quantile=args.quantile)
     table = markdown_table(result)
     if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+        atomic_write_text(args.markdown, table + "\n")
     if args.json:
         print(json.dumps(result, indent=2, default=float))
     else:

@@ -11,8 +11,11 @@ import json
 import random
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
+from specmoe.app.cli.flags import output_path
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.models import load_model
 from specmoe.inputs.policies import SPECULATIVE, make_policy
@@ -22,77 +25,93 @@ from specmoe.planning.search import GammaController
 
 
 def add_engine_commands(subparsers) -> argparse.ArgumentParser:
-    eng = subparsers.add_parser("engine", help="run the real MoE engine (torch; CPU or CUDA)")
-    sub = eng.add_subparsers(dest="engine_command", required=True)
+    eng = subparsers.add_parser("engine", help="run the real engine: run, bench, microbench (needs torch)",
+                                description=__doc__)
+    sub = eng.add_subparsers(dest="engine_command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="generate for a prompt (or random prompts) and report")
+    run = sub.add_parser("run", help="generate for a prompt (or random prompts) and report",
+                         description="Generate with the real engine and print the text (or ids) and "
+                                     "a summary.\nexample: specmoe engine run --weights experiments/tiny_moe "
+                                     "--prompt 'def add(a, b):' --policy specmoe --gamma 4 --draft-experts 2")
     _model_args(run)
     _policy_args(run)
-    run.add_argument("--prompt", help="comma-separated token ids (default: random prompts)")
-    run.add_argument("--batch", type=int, default=1)
-    run.add_argument("--trace", help="write the run's trace here (.jsonl or .jsonl.gz)")
+    run.add_argument("--prompt", help="prompt text, tokenized with the tokenizer.json of --weights "
+                                      "(with --ids: comma-separated token ids); default: random prompts")
+    run.add_argument("--ids", action="store_true",
+                     help="--prompt is token ids, and the output is printed as ids instead of text")
+    run.add_argument("--batch", type=int, default=1, help="sequences generated together (the prompt repeated)")
+    run.add_argument("--trace", metavar="PATH", help="write the run's trace here (.jsonl or .jsonl.gz)")
     run.set_defaults(func=cmd_run)
 
-    bench = sub.add_parser("bench", help="policy x batch x gamma x N grid, one trace per run")
+    bench = sub.add_parser("bench", help="policy x batch x gamma x N grid, one trace per run",
+                           description="Run every policy × batch × γ × N on random prompts, write one "
+                                       "trace per run\nand results.jsonl into --out (resumable), and "
+                                       "print a summary table.")
     _model_args(bench)
-    bench.add_argument("--policies", default="ondemand,specmoe")
-    bench.add_argument("--batches", default="1,8")
-    bench.add_argument("--gammas", default="4", help="for speculative policies")
+    bench.add_argument("--policies", default="ondemand,specmoe", help="comma-separated policies")
+    bench.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    bench.add_argument("--gammas", default="4", help="comma-separated γ values for speculative policies")
     bench.add_argument("--draft-experts", dest="draft_experts_list", default="2",
-                       help="N values for specmoe")
-    bench.add_argument("--draft-set", default="hottemporal")
+                       help="comma-separated N values for specmoe")
+    bench.add_argument("--draft-set", default="hottemporal", help="random | hot | hottemporal")
     bench.add_argument("--resident-experts", type=int,
                        help="caching/cpu: hottest experts pinned per layer (default 10%% of a layer)")
     bench.add_argument("--lru-slots", type=int, default=0,
                        help="caching: expert slots shared by all layers, least recently used evicted")
-    bench.add_argument("--spec-min-batch", type=int, default=1)
+    bench.add_argument("--spec-min-batch", type=int, default=1, help="speculation off below this batch")
     bench.add_argument("--draft-model", help="separate draft model (eagle): weights directory")
-    bench.add_argument("--out", required=True, help="output directory (resumable)")
+    bench.add_argument("--out", required=True, metavar="DIR", help="output directory (resumable)")
     bench.add_argument("--warmup", type=int, default=1, help="untraced runs before each traced one")
     bench.set_defaults(func=cmd_bench)
 
-    mb = sub.add_parser("microbench", help="GEMM, expert, attention, copy, CPU-expert timings")
-    mb.add_argument("--device", default="cpu")
-    mb.add_argument("--out", required=True, help="trace path (.jsonl or .jsonl.gz)")
-    mb.add_argument("--kinds", default="gemm,expert,attn,h2d,d2h,cpu_expert")
+    mb = sub.add_parser("microbench", help="GEMM, expert, attention, copy, CPU-expert timings",
+                        description="Time the ops the cost model needs; `specmoe calibrate` fits a "
+                                    "hardware profile to the trace.")
+    mb.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    mb.add_argument("--out", required=True, metavar="PATH", help="trace path (.jsonl or .jsonl.gz)")
+    mb.add_argument("--kinds", default="gemm,expert,attn,h2d,d2h,cpu_expert",
+                    help="comma-separated op kinds to time")
     mb.add_argument("--quick", action="store_true", help="tiny shapes (tests, CPU)")
-    mb.add_argument("--dtype", default="bfloat16")
-    mb.add_argument("--reps", type=int)
-    mb.add_argument("--model", help="catalog model whose shapes to time (default Mixtral-8x7B's)")
+    mb.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16")
+    mb.add_argument("--reps", type=int, help="repeats per shape (default: per kind)")
+    mb.add_argument("--model", help="catalog model whose shapes to time (default: Mixtral-8x7B's)")
     mb.set_defaults(func=cmd_microbench)
     return eng
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="directory with config.json + *.safetensors")
+    p.add_argument("--weights", metavar="DIR",
+                   help="directory with config.json + *.safetensors (e.g. experiments/tiny_moe)")
     p.add_argument("--model", help="catalog model name: real shapes, random weights")
-    p.add_argument("--layers", type=int, help="use only this many layers")
-    p.add_argument("--dtype", help="float32 | bfloat16 | float16 | float64")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, help="use only this many layers (default: all; 2 for random models)")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16 | float64 (default: the weights')")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--prompt-len", type=int, default=16, help="tokens per random prompt")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate per sequence")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights, prompts and sampling")
     p.add_argument("--synthetic-acceptance", type=float,
                    help="accept each draft with this probability (timing with random weights)")
-    p.add_argument("--expert-slots", type=int)
-    p.add_argument("--cpu-threshold", type=int)
+    p.add_argument("--expert-slots", type=int,
+                   help="expert slots on the device per layer (default: the policy's)")
+    p.add_argument("--cpu-threshold", type=int,
+                   help="(cpu policy) compute an expert on the CPU when it has at most this many tokens")
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", default="ondemand")
+    p.add_argument("--policy", default="ondemand", help="ondemand | overlap | caching | cpu | specmoe | eagle")
     p.add_argument("--gamma", default="0",
                    help="draft tokens per verification, or 'auto' (engine run: planner's γ, re-planned "
                         "as acceptance is measured; needs the core extras)")
     p.add_argument("--hardware", default=None,
                    help="profile the planner uses for --gamma auto (default on a CPU: cpu-local-calibrated)")
-    p.add_argument("--draft-experts", type=int, default=0)
-    p.add_argument("--draft-set", default="hottemporal")
+    p.add_argument("--draft-experts", type=int, default=0, help="N resident draft experts per layer (specmoe)")
+    p.add_argument("--draft-set", default="hottemporal", help="random | hot | hottemporal")
     p.add_argument("--resident-experts", type=int,
                    help="caching/cpu: hottest experts pinned per layer (default 10%% of a layer)")
     p.add_argument("--lru-slots", type=int, default=0,
                    help="caching: expert slots shared by all layers, least recently used evicted")
-    p.add_argument("--spec-min-batch", type=int, default=1)
+    p.add_argument("--spec-min-batch", type=int, default=1, help="speculation off below this batch")
     p.add_argument("--draft-model", help="separate draft model (eagle): weights directory")
 
 
@@ -122,20 +141,46 @@ def _ints(text: str, name: str) -> list[int]:
         raise SpecMoEError(f"{name}={text!r}: expected comma-separated integers") from None
 
 
-def _prompts(args, vocab: int, batch: int) -> list[list[int]]:
-    if getattr(args, "prompt", None):
-        p = _ints(args.prompt, "--prompt")
-        return [p] * batch
+def tokenizer(args):
+    """The tokenizer.json beside --weights (the tiny model ships one), or None."""
+    path = Path(args.weights) / "tokenizer.json" if getattr(args, "weights", None) else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    return Tokenizer.from_file(str(path))
 
+
+def _prompts(args, vocab: int, batch: int, tok=None) -> list[list[int]]:
+    if getattr(args, "prompt", None):
+        if getattr(args, "ids", False):
+            p = _ints(args.prompt, "--prompt")
+        elif tok is None:
+            raise SpecMoEError("--prompt: text needs a tokenizer.json beside --weights (e.g. --weights "
+                               "experiments/tiny_moe); give token ids with --ids")
+        else:
+            p = tok.encode(args.prompt).ids
+        bad = [i for i in p if not 0 <= i < vocab]
+        if not p or bad:
+            raise SpecMoEError(f"--prompt: token ids must lie in 0..{vocab - 1}" + (f", got {bad[0]}" if bad else ""))
+        return [p] * batch
     rng = random.Random(args.seed)
     return [[rng.randrange(vocab) for _ in range(args.prompt_len)] for _ in range(batch)]
 
 
-def _engine(w, policy, args, batch: int, tracer=None, affinity=None):
+def _check_sizes(args) -> None:
+    for flag in ("batch", "prompt_len", "max_new_tokens"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise SpecMoEError(f"--{flag.replace('_', '-')}={v}: must be >= 1")
+
+
+def _engine(w, policy, args, batch: int, longest: int, tracer=None, affinity=None):
     from specmoe.engine.generate import Engine
 
     gamma = policy.gamma if policy.speculative else 0
-    longest = (len(_ints(args.prompt, "--prompt")) if getattr(args, "prompt", None) else args.prompt_len)
     draft = getattr(args, "draft_model", None)
     return Engine(w, policy, device=args.device, tracer=tracer, expert_slots=args.expert_slots,
                   cpu_threshold=args.cpu_threshold, max_batch=batch,
@@ -185,8 +230,12 @@ def gamma_controller(w, args, draft_experts: int):
 def cmd_run(args) -> int:
     from specmoe.engine.tracer import Tracer
 
+    _check_sizes(args)
+    output_path(args.trace, "--trace", (".jsonl", ".jsonl.gz"))
     g = _gamma(args)
     w = build_weights(args)
+    tok = None if args.ids else tokenizer(args)
+    prompts = _prompts(args, w.cfg.vocab, args.batch, tok)
     ctl = None
     if g is None:
         if args.policy != "specmoe":
@@ -198,8 +247,8 @@ def cmd_run(args) -> int:
                          lru_slots=args.lru_slots,
                          spec_min_batch=args.spec_min_batch)
     tracer = Tracer(args.device) if args.trace else None
-    eng = _engine(w, policy, args, args.batch, tracer)
-    res = eng.generate(_prompts(args, w.cfg.vocab, args.batch), args.max_new_tokens,
+    eng = _engine(w, policy, args, args.batch, max(map(len, prompts)), tracer)
+    res = eng.generate(prompts, args.max_new_tokens,
                        temperature=args.temperature, seed=args.seed,
                        synthetic_acceptance=args.synthetic_acceptance, gamma_controller=ctl)
     if ctl is not None:
@@ -209,10 +258,21 @@ def cmd_run(args) -> int:
     if args.trace:
         tracer.header["result"] = res.stats.to_dict()
         tracer.write(args.trace)
-    for b, toks in enumerate(res.tokens[: min(4, len(res.tokens))]):
-        print(f"seq {b}: {toks}")
+    _print_outputs(prompts, res.tokens, tok)
     print(summary(res.stats))
     return 0
+
+
+def _print_outputs(prompts: list[list[int]], outputs: list[list[int]], tok, shown: int = 4) -> None:
+    """The first few sequences: prompt and continuation as text where a tokenizer exists, else ids."""
+    for b, toks in enumerate(outputs[:shown]):
+        if tok is None:
+            print(f"seq {b}: {toks}")
+        else:
+            print(f"--- seq {b}: prompt | continuation ---")
+            print(tok.decode(prompts[b]) + " | " + tok.decode(toks))
+    if len(outputs) > shown:
+        print(f"({len(outputs) - shown} more sequences not shown)")
 
 
 def bench_grid(args) -> list[dict]:
@@ -261,8 +321,8 @@ class _Progress:
 def cmd_bench(args) -> int:
     from specmoe.engine.tracer import Tracer
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_sizes(args)
+    out = output_path(args.out, "--out", directory=True)
     runs = bench_grid(args)
     todo = [r for r in runs if not (out / r["file"]).exists()]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, writing to {out}")
@@ -277,10 +337,10 @@ def cmd_bench(args) -> int:
             bar.step(f"{r['policy']} B={r['batch']} g={r['gamma']} N={r['draft_experts']}")
             policy = make_policy(r["policy"], gamma=r["gamma"], draft_experts=r["draft_experts"],
                                  draft_set=args.draft_set, resident_experts=args.resident_experts,
-                         lru_slots=args.lru_slots,
+                                 lru_slots=args.lru_slots,
                                  spec_min_batch=args.spec_min_batch)
-            eng = _engine(w, policy, args, r["batch"], affinity=affinity)
             prompts = _prompts(args, w.cfg.vocab, r["batch"])
+            eng = _engine(w, policy, args, r["batch"], args.prompt_len, affinity=affinity)
             kw = {"temperature": args.temperature, "seed": args.seed,
                       "synthetic_acceptance": args.synthetic_acceptance}
             for _ in range(args.warmup):
@@ -294,7 +354,32 @@ def cmd_bench(args) -> int:
             bar.advance()
             del eng  # free the slot pool and KV cache before the next run allocates its own
             _empty_cache(args.device)
+    print_bench_table(out / "results.jsonl", runs)
     return 0
+
+
+def print_bench_table(results: Path, runs: list[dict]) -> None:
+    """One row per run of this grid (the latest result of each): tokens/s, bytes moved, acceptance."""
+    latest: dict[str, dict] = {}
+    if results.is_file():
+        for line in results.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                latest[row.get("file", "")] = row
+    t = Table(title=f"engine bench ({results.parent})")
+    for col in ("policy", "batch", "γ", "N", "tokens/s", "GB host→device", "experts fetched",
+                "tokens per verification"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for r in runs:
+        row = latest.get(r["file"])
+        if row is None:
+            continue
+        h2d = row.get("bytes_by_link", {}).get("h2d", 0)
+        t.add_row(r["policy"], str(r["batch"]), str(r["gamma"]), str(r["draft_experts"]),
+                  f"{row['tokens_per_s']:,.1f}", f"{h2d / 1e9:,.3f}", f"{row.get('experts_fetched', 0):,}",
+                  f"{row['tokens_per_verify']:.2f}" if row.get("speculative") else "-")
+    console = Console()
+    Console(width=max(console.width, 112)).print(t)   # headers stay on one line when piped
 
 
 def cmd_microbench(args) -> int:
@@ -307,6 +392,7 @@ def cmd_microbench(args) -> int:
         c = MoEConfig.from_spec(load_model(args.model), layers=1)
         shapes = {"hidden": c.hidden, "ffn": c.expert_ffn, "heads": c.heads,
                   "kv_heads": c.kv_heads, "head_dim": c.head_dim}
+    output_path(args.out, "--out", (".jsonl", ".jsonl.gz"))
     path = run_microbench(args.out, device=args.device, kinds=args.kinds.split(","),
                           quick=args.quick, dtype=args.dtype, reps=args.reps, **shapes)
     print(f"wrote {path}")

@@ -5,18 +5,26 @@ Bad input prints one line `error: ...` naming the field and exits 2; `--json` pr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
+from specmoe import __version__
 from specmoe.app.api import plan, predict
 from specmoe.app.cli.calibrate import add_calibrate
-from specmoe.app.cli.flags import add_config_flags, config_kwargs, print_json
+from specmoe.app.cli.flags import (
+    HelpFormatter,
+    add_config_flags,
+    config_kwargs,
+    output_path,
+    print_json,
+)
 from specmoe.app.cli.measurements import add_measurements
 from specmoe.app.cli.parallel import add_plan_parallel
 from specmoe.app.cli.report import add_report
 from specmoe.app.cli.simulate import add_simulate
 from specmoe.app.cli.sweep import add_sweep
-from specmoe.app.report import plan_figure, print_plan, print_prediction
+from specmoe.app.report import print_plan, print_prediction, write_plan_html
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import list_hardware, load_system, system_to_dict
 from specmoe.inputs.models import list_models, load_model, save_to_catalog
@@ -31,12 +39,18 @@ def cmd_predict(args) -> int:
 
 def cmd_plan(args) -> int:
 
-    policies = tuple(args.policies.split(",")) if args.policies else None
+    if not 0 <= args.max_gamma <= 64:
+        raise SpecMoEError(f"--max-gamma={args.max_gamma}: allowed 0..64 (0 = no speculation)")
+    html = output_path(args.html, "--html", (".html", ".htm"))
+    policies = tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else None
+    if args.policies is not None and not policies:
+        raise SpecMoEError(f"--policies={args.policies!r}: give at least one policy name")
     kw = config_kwargs(args, with_policy=False)
-    result = plan(gammas=range(args.max_gamma + 1), confirm=args.confirm, static_batch=args.static_batch, **({"policies": policies} if policies else {}), **kw)
-    if args.html:
-        plan_figure(result).write_html(args.html, include_plotlyjs=True)
-        result["html"] = args.html
+    result = plan(gammas=range(args.max_gamma + 1), confirm=args.confirm, static_batch=args.static_batch,
+                  **({"policies": policies} if policies else {}), **kw)
+    if html:
+        write_plan_html(result, html)
+        result["html"] = str(html)
     print_json(result) if args.json else print_plan(result)
     return 0
 
@@ -73,36 +87,57 @@ def cmd_models(args) -> int:
     return 0
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specmoe", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+EPILOG = """examples:
+  specmoe predict --model mixtral-8x7b --hardware h100-pcie --batch 64 --gamma 5
+  specmoe plan --model mixtral-8x7b --hardware h100-pcie --html plan.html
+  specmoe hardware list
+  specmoe <command> --help    every flag of a command, with its default"""
 
-    p = sub.add_parser("predict", help="analytic prediction for one configuration")
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specmoe", description=__doc__.splitlines()[0],
+                                     epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"specmoe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="analytic prediction for one configuration",
+                       description="Analytic prediction of one configuration: throughput, latency, "
+                                   "PCIe traffic, GPU memory.\nExit status 1 when it does not fit in GPU memory.")
     add_config_flags(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("plan", help="choose policy, γ and N for a model, hardware and batch")
+    p = sub.add_parser("plan", help="choose policy, γ and N for a model, hardware and batch",
+                       description="Search every policy × draft length γ × draft experts N, confirm the "
+                                   "best with the simulator,\nand explain the choice.")
     add_config_flags(p, with_policy=False)
-    p.add_argument("--policies", default=None, help="comma-separated subset of policies to consider")
-    p.add_argument("--max-gamma", type=int, default=16, help="largest γ to try (0..max)")
-    p.add_argument("--html", default=None, help="write an interactive plotly figure here")
+    p.add_argument("--policies", default=None,
+                   help="comma-separated subset of policies to consider (default: all analytic ones)")
+    p.add_argument("--max-gamma", type=int, default=16, help="largest γ to try (0..64; 0 = no speculation)")
+    p.add_argument("--html", default=None, metavar="PATH",
+                   help="write a page with the recommendation and an interactive figure here")
     p.add_argument("--static-batch", action="store_true",
                    help="the batch runs as one static batch of --output-len tokens (count its slowest sequence)")
     p.add_argument("--confirm", default="auto", choices=("auto", "sim", "analytic"),
                    help="confirm the top candidates with the simulator (auto: when it is installed)")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("hardware", help="list or show hardware profiles")
-    p.add_argument("action", choices=("list", "show"))
-    p.add_argument("name", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("hardware", help="list hardware profiles, or show one",
+                       description="list: the names of every system, GPU, host and link profile.\n"
+                                   "show NAME: one profile, resolved (system parts inline), as JSON.")
+    p.add_argument("action", choices=("list", "show"), help="list every name, or show one profile")
+    p.add_argument("name", nargs="?", help="(show) system or GPU name, or a profile YAML path")
+    p.add_argument("--json", action="store_true", help="(list) print the listing as JSON")
     p.set_defaults(func=cmd_hardware)
 
-    p = sub.add_parser("models", help="list, show or import model specs")
-    p.add_argument("action", choices=("list", "show", "import"))
-    p.add_argument("name", nargs="?", help="catalog name, or config.json path for import/show")
-    p.add_argument("--as", dest="as_name", default=None, help="catalog name for an imported model")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", help="list model specs, show one, or import a config.json",
+                       description="list: every catalog model name.\n"
+                                   "show NAME: one model's shape (layers, experts, sizes) as JSON.\n"
+                                   "import PATH [--as NAME]: add a Hugging Face config.json to your catalog.")
+    p.add_argument("action", choices=("list", "show", "import"),
+                   help="list names, show one model, or import a config.json")
+    p.add_argument("name", nargs="?", help="(show) catalog name or config.json path; (import) config.json path")
+    p.add_argument("--as", dest="as_name", default=None, help="(import) catalog name for the imported model")
+    p.add_argument("--json", action="store_true", help="(list) print the names as JSON")
     p.set_defaults(func=cmd_models)
 
     for adder in (add_simulate, add_calibrate, add_sweep, add_report, add_plan_parallel,
@@ -112,8 +147,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     if argv and argv[0] == "engine":
         _optional_commands(sub, "specmoe.app.cli.engine")
     else:
-        sub.add_parser("engine", help="run the real engine (needs the `engine` extra: torch, triton)")
+        sub.add_parser("engine", help="run the real engine: run, bench, microbench (needs torch)")
+    _use_formatter(parser)
     return parser
+
+
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    """Every sub-command's help shows its defaults (parsers are made in several modules)."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _use_formatter(child)
 
 
 def _optional_commands(sub, module: str) -> None:
@@ -130,19 +175,32 @@ def _optional_commands(sub, module: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
-    if not hasattr(args, "func"):
-        print("error: the engine needs the `engine` extra (pip install 'specmoe[engine]')", file=sys.stderr)
-        return 2
+    """Run the command line; returns the exit status (0 ok, 1 does not fit, 2 bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
+        if not hasattr(args, "func"):
+            print("error: the engine needs the `engine` extra (pip install 'specmoe[engine]')", file=sys.stderr)
+            return 2
         return args.func(args)
     except SpecMoEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `specmoe ... | head`: the reader left. Point stdout at /dev/null so the interpreter's
+        # final flush does not fail again, and exit as a process killed by SIGPIPE would.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):   # stdout without a file descriptor (tests)
+            pass
+        return 141
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:   # a file the checks above did not foresee: name it, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ def add_plan_parallel(sub) -> None:
     p.add_argument("--hardware", default="hgx-h100x8", help="multi-GPU system name or YAML path")
     p.add_argument("--gpus", type=int, default=None, help="override the system's GPU count")
     p.add_argument("--batch", type=int, default=256, help="sequences decoded together (all GPUs)")
-    p.add_argument("--prompt-len", type=int, default=512)
-    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per sequence")
+    p.add_argument("--output-len", type=int, default=256, help="generated tokens per sequence")
     p.add_argument(
         "--routing", default=None, help="'uniform' (default), 'zipf:S' or 'measured:NAME'"
     )
@@ -72,5 +72,5 @@ def add_plan_parallel(sub) -> None:
     )
     p.add_argument("--overlap", action="store_true", help="all-to-all overlapped with compute")
     p.add_argument("--top", type=int, default=8, help="candidates to list")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=cmd_plan_parallel)

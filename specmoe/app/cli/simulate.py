@@ -7,8 +7,10 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from specmoe.app.cli.flags import add_config_flags, config_kwargs, print_json
+from specmoe.app.cli.flags import add_config_flags, config_kwargs, output_path, print_json
 from specmoe.app.report import print_prediction
+from specmoe.errors import SpecMoEError
+from specmoe.fileio import atomic_write_text
 from specmoe.predictors.sim import simulate
 
 
@@ -27,6 +29,11 @@ def add_simulate(subparsers) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
 
+    output_path(args.trace, "--trace", (".jsonl", ".jsonl.gz"))
+    output_path(args.chrome, "--chrome", (".json",))
+    for flag, value, lo in (("--iterations", args.iterations, 1), ("--requests", args.requests, 1)):
+        if value < lo:
+            raise SpecMoEError(f"{flag}={value}: must be >= {lo}")
     kw = config_kwargs(args)
     res = simulate(iterations=args.iterations, seed=args.seed, trace=bool(args.trace or args.chrome),
                    serving=args.serving, rate=args.rate, requests=args.requests, **kw)
@@ -34,8 +41,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.trace:
         out["trace"] = str(res.write_trace(args.trace))
     if args.chrome:
-        with open(args.chrome, "w") as f:
-            json.dump(res.chrome(), f)
+        atomic_write_text(args.chrome, json.dumps(res.chrome()))
         out["chrome_trace"] = args.chrome
     if args.json:
         print_json(out)

@@ -5,11 +5,16 @@ import time
 
 from rich.console import Console
 
-from specmoe.planning.sweep import BACKENDS, ENGINES, load_grid, run_sweep
+from specmoe.app.cli.flags import output_path
+from specmoe.errors import SpecMoEError
+from specmoe.planning.sweep import BACKENDS, ENGINES, RESULT_SUFFIXES, load_grid, run_sweep
 
 
 def cmd_sweep(args) -> int:
     console = Console(stderr=True)
+    output_path(args.output, "--output", RESULT_SUFFIXES)    # before the sweep, not after it
+    if args.jobs is not None and args.jobs < 1:
+        raise SpecMoEError(f"--jobs={args.jobs}: must be >= 1")
     grid = load_grid(args.grid, args.engine)
     groups, chunks = grid.chunks()
     console.print(f"{grid.name}: {grid.size:,} configurations in {len(groups)} groups, {len(chunks)} chunks, "

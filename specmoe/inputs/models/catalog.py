@@ -6,10 +6,10 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from specmoe.errors import SpecMoEError, suggest
+from specmoe.fileio import atomic_write_text
 from specmoe.inputs.models.hf_export import to_hf_config
 from specmoe.inputs.models.hf_import import _read_json, from_hf_config, normalize_name
 from specmoe.inputs.models.spec import ModelSpec
@@ -99,15 +99,5 @@ def save_to_catalog(
     out_dir = Path(directory) if directory is not None else user_catalog_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{key}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(cfg, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, json.dumps(cfg, indent=2) + "\n")
     return target

@@ -56,6 +56,7 @@ class SimResult:
     requests: dict[str, Any] = field(default_factory=dict)
     trace_header: Header | None = None
     trace_events: list[dict] | None = None
+    interval: dict[str, Any] = field(default_factory=dict)   # p10/p50/p90 keys and `evidence`
 
     @property
     def iteration_s(self) -> float:
@@ -91,6 +92,7 @@ class SimResult:
             "accepted_per_verification": self.accepted_per_verification,
             "events": self.events, "wall_s": self.wall_s, "events_per_s": self.events_per_s,
         }
+        out.update({k: (v if fit or k == "evidence" else None) for k, v in self.interval.items()})
         if self.requests:
             out["requests"] = dict(self.requests)
         if not fit:

@@ -32,10 +32,11 @@ import simpy
 
 from specmoe.costs.ops import BREAKDOWN, CostModel
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import validate_policy
+from specmoe.inputs.policies import ANALYTIC, validate_policy
 from specmoe.inputs.setup import resolve
 from specmoe.measure.trace import Header
 from specmoe.predictors.analytic import Analytic
+from specmoe.predictors.intervals import OUTPUTS, evaluate_intervals, provenance
 from specmoe.predictors.sim.entities import DEMAND, PREFETCH, CopyEngine, Cpu, Meter, Recorder, Ssd
 from specmoe.predictors.sim.policies import (
     POLICY_CLASSES,
@@ -528,5 +529,31 @@ def simulate(model="mixtral-8x7b", hardware="h100-pcie", policy="specmoe", batch
     setup = resolve(model=model, hardware=hardware, policy=policy, batch=batch, **kwargs)
     srv = Serving(rate=rate, requests=requests, arrivals=tuple(arrivals) if arrivals is not None else None) \
         if (serving or rate is not None or arrivals is not None) else None
-    return Simulator(setup, iterations=iterations, seed=seed, trace=trace, serving=srv, options=options,
-                     params=params).run()
+    res = Simulator(setup, iterations=iterations, seed=seed, trace=trace, serving=srv, options=options,
+                    params=params).run()
+    res.interval = sim_interval(setup, res) if params is None else {}
+    return res
+
+
+def sim_interval(setup, res) -> dict[str, Any]:
+    """The analytic model's relative p10/p50/p90 band, centred on the simulated numbers.
+
+    The spreads of cost parameters and acceptance move the simulator as they move the analytic
+    model (one cost model); the band's shape comes from the analytic propagation, its centre from
+    the simulation. Policies the analytic model does not cover get no band (keys None)."""
+    keys = [f"{k}_{q}" for k in OUTPUTS for q in ("p10", "p50", "p90")]
+    out: dict[str, Any] = dict.fromkeys(keys)
+    out["evidence"] = provenance(setup.system, setup.workload.acceptance)
+    if setup.policy.name not in ANALYTIC:
+        out["evidence"]["interval"] = f"none: the analytic model does not cover {setup.policy.name}"
+        return out
+    iv = evaluate_intervals(setup.model, setup.system, setup.workload, setup.policy)
+    sim = {"tokens_per_s": res.tokens_per_s, "tpot_ms": res.tpot_ms, "ttft_ms": res.ttft_ms}
+    for k in OUTPUTS:
+        q = np.ravel(iv[k])
+        if sim[k] is None or not np.all(np.isfinite(q)) or q[1] <= 0:
+            continue
+        for name, v in zip(("p10", "p50", "p90"), q, strict=True):
+            out[f"{k}_{name}"] = float(sim[k] * v / q[1])
+    out["evidence"]["interval"] += " (analytic band, centred on the simulation)"
+    return out

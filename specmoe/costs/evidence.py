@@ -1,0 +1,221 @@
+"""The best evidence for each cost parameter of a system: median, spread and source.
+
+Defaults are never the ideal roofline (DESIGN.md §5). For each CostParams field, later rules win:
+1. the ideal value (η = 1, no overhead) — only where nothing below says more;
+2. GPU: its calibrated profile (hwprofiles/calibrated/<gpu>-<backend>.yaml, GPU parameters only),
+   else one of the nearest architecture's, carried over with a wider spread (CARRY_OVER_SPREAD),
+   else the GPU's own `efficiency_prior`, else the stated GPU prior (hwprofiles/priors/gpu.yaml);
+3. host and link: their `efficiency_prior` blocks (published measurements, or stated priors);
+4. the system's own `efficiency_prior` and `efficiency` (a calibrated fit: its values, with the
+   spreads its `efficiency_prior` gives, else CALIBRATED_SPREAD).
+`System.ideal` (CLI `--ideal`) skips all of it: the datasheet upper bound, spread 0.
+
+`model_error` (a prior key, not a cost parameter): the end-to-end error the parameters do not
+explain, as a multiplicative spread on the whole iteration time (a calibration's hold-out error of
+its iteration stage); 0 where none was measured.
+
+A spread is the standard deviation of log(parameter): the parameter's p10/p90 are
+value·exp(∓1.2816·spread). specmoe.predictors.intervals turns spreads into prediction intervals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from specmoe.errors import SpecMoEError
+from specmoe.inputs.hardware import Prior, System
+
+GPU_PARAMS = ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "attn_eff", "kernel_overhead_us",
+              "expert_overhead_us", "layer_overhead_us")
+# Issue 13 measured per-op error of GPUs never fitted (leave-one-GPU-out on aiconfigurator tables):
+# median 25% over every op row. A carried-over profile adds that, in quadrature, to its own spread.
+CARRY_OVER_SPREAD = 0.25
+# A calibrated profile whose fit did not record a spread: stated assumption, not a measurement.
+CALIBRATED_SPREAD = 0.10
+# A calibration's hold-out error per op class (calibration.holdout.mape, written by
+# specmoe.fit.calibrate) sets the spread of the parameters that class's time depends on; the
+# `iteration` stage's error is the end-to-end model error. MAPE ≈ 0.8σ for a normal error.
+HOLDOUT_CLASSES = {
+    "expert": ("gemm_compute_eff", "gemm_half_tokens", "expert_overhead_us", "hbm_eff"),
+    "attn": ("attn_eff", "kernel_overhead_us"),
+    "attn_scores": ("attn_eff",),
+    "h2d": ("link_eff", "transfer_setup_us", "pageable_eff"),
+    "iteration": ("layer_overhead_us", "model_error"),
+}
+MAPE_TO_SIGMA = 1.25
+BACKEND_ORDER = ("vllm", "sglang", "trtllm")
+# Architecture families for carrying a calibrated profile over to a GPU without one.
+ARCHITECTURES = {
+    "hopper": ("h100-sxm", "h100-pcie", "h100-nvl", "h100-96gb", "h200-sxm"),
+    "blackwell": ("b200", "b300", "gb200", "gb300"),
+    "ampere": ("a100-sxm-80gb", "a100-pcie-40gb", "a30"),
+    "ada": ("l40s", "l4", "rtx-4090"),
+    "turing": ("t4",),
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Per-parameter medians (overrides of the ideal CostParams), spreads and sources."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    spreads: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    gpu: str = "ideal"          # where the GPU parameters came from, in words
+    calibrated: bool = False    # a fitted profile (this system's, or its GPU's) is in use
+    model_error: float = 0.0    # σ of log(iteration time) not explained by the parameters
+    model_error_source: str = ""
+
+    def summary(self) -> dict:
+        return {"gpu": self.gpu, "calibrated": self.calibrated,
+                "parameters": {k: {"value": self.values[k], "spread": self.spreads.get(k, 0.0),
+                                   "source": self.sources.get(k, "")} for k in sorted(self.values)}}
+
+
+def _profiles_dir() -> Path:
+    return Path(str(resources.files("specmoe.hwprofiles")))
+
+
+@cache
+def _calibrated_gpus() -> dict[str, list[tuple[str, Path]]]:
+    """GPU name -> [(profile stem, path)] of calibrated profiles, preferred backend first."""
+    out: dict[str, list[tuple[str, Path]]] = {}
+    for path in sorted((_profiles_dir() / "calibrated").glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        gpu = data.get("gpu")
+        name = gpu.get("name") if isinstance(gpu, dict) else gpu
+        if isinstance(name, str) and data.get("efficiency"):
+            out.setdefault(name, []).append((path.stem, path))
+
+    def rank(item):
+        stem = item[0]
+        return next((i for i, b in enumerate(BACKEND_ORDER) if stem.endswith(b)), len(BACKEND_ORDER))
+
+    return {k: sorted(v, key=rank) for k, v in out.items()}
+
+
+@cache
+def _gpu_prior() -> dict[str, Prior]:
+    data = yaml.safe_load((_profiles_dir() / "priors" / "gpu.yaml").read_text())
+    return {k: Prior.model_validate(v) for k, v in data.items()}
+
+
+def _architecture(gpu_name: str) -> str | None:
+    return next((a for a, names in ARCHITECTURES.items() if gpu_name in names), None)
+
+
+_MODEL_ERRORS: dict[Path, tuple[float, str]] = {}
+
+
+def holdout_spreads(calibration: dict | None, where: str) -> dict[str, tuple[float, str]]:
+    """{param or 'model_error': (spread, source)} from a calibration's per-op-class hold-out MAPE."""
+    mape = ((calibration or {}).get("holdout") or {}).get("mape") or {}
+    out: dict[str, tuple[float, str]] = {}
+    for cls, params in HOLDOUT_CLASSES.items():
+        m = (mape.get(cls) or {}).get("mape")
+        if not isinstance(m, (int, float)):
+            continue
+        for p in params:
+            spread = MAPE_TO_SIGMA * float(m)
+            if spread > out.get(p, (0.0, ""))[0]:
+                out[p] = (spread, f"{where}: {MAPE_TO_SIGMA} x the {cls} op class hold-out MAPE "
+                                  f"{100 * m:.1f}% (calibration.holdout)")
+    return out
+
+
+def _fitted_gpu_part(path: Path) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """GPU parameters of a calibrated profile: values, spreads (its priors, else the default)."""
+    data = yaml.safe_load(path.read_text())
+    eff = {k: float(v) for k, v in (data.get("efficiency") or {}).items() if k in GPU_PARAMS and v is not None}
+    priors = data.get("efficiency_prior") or {}
+    held = holdout_spreads(data.get("calibration"), f"calibrated: {path.name}")
+    if MODEL_ERROR in priors:
+        eff_err = Prior.model_validate(priors[MODEL_ERROR])
+        _MODEL_ERRORS[path] = (eff_err.spread, f"calibrated: {path.name}: {eff_err.source}")
+    elif MODEL_ERROR in held:
+        _MODEL_ERRORS[path] = held[MODEL_ERROR]
+    spreads = {k: float((priors.get(k) or {}).get("spread", held.get(k, (CALIBRATED_SPREAD,))[0]))
+               for k in eff}
+    return eff, spreads, {k: held.get(k, (0, f"calibrated: {path.name}"))[1] for k in eff}
+
+
+MODEL_ERROR = "model_error"
+
+
+def _apply(ev: dict, priors: dict[str, Prior] | None, what: str) -> None:
+    for k, p in (priors or {}).items():
+        if k == MODEL_ERROR:
+            ev["model_error"], ev["model_error_source"] = p.spread, f"{what}: {p.source}"
+            continue
+        ev["values"][k], ev["spreads"][k], ev["sources"][k] = p.value, p.spread, f"{what}: {p.source}"
+
+
+def _gpu_evidence(system: System, ev: dict) -> None:
+    name = system.gpu.name
+    own = _calibrated_gpus().get(name)
+    if own:
+        vals, spreads, srcs = _fitted_gpu_part(own[0][1])
+        ev["gpu"], ev["calibrated"] = f"calibrated ({own[0][0]})", True
+    else:
+        arch = _architecture(name)
+        kin = [g for g in ARCHITECTURES.get(arch, ()) if g in _calibrated_gpus()] if arch else []
+        if kin:
+            stem, path = _calibrated_gpus()[kin[0]][0]
+            vals, spreads, srcs = _fitted_gpu_part(path)
+            spreads = {k: (s ** 2 + CARRY_OVER_SPREAD ** 2) ** 0.5 for k, s in spreads.items()}
+            srcs = {k: f"carried over from {stem} ({arch}), spread widened by the leave-one-GPU-out "
+                       f"error {CARRY_OVER_SPREAD:.0%}" for k in vals}
+            ev["gpu"], ev["calibrated"] = f"carried over from {stem} ({arch})", True
+        else:
+            priors = system.gpu.efficiency_prior or _gpu_prior()
+            _apply(ev, priors, "GPU prior")
+            ev["gpu"] = "prior (no calibrated profile for this GPU or its architecture)"
+            return
+    ev["values"].update(vals)
+    ev["spreads"].update(spreads)
+    ev["sources"].update(srcs)
+    path = (own or _calibrated_gpus()[kin[0]])[0][1]
+    if path in _MODEL_ERRORS:
+        ev["model_error"], ev["model_error_source"] = _MODEL_ERRORS[path]
+
+
+def evidence_for(system: System) -> Evidence:
+    """The evidence behind every cost parameter of `system` (see the module docstring)."""
+    if system.ideal:
+        return Evidence(gpu="ideal (datasheet roofline, --ideal)")
+    ev: dict = {"values": {}, "spreads": {}, "sources": {}, "gpu": "", "calibrated": False,
+                "model_error": 0.0, "model_error_source": ""}
+    fitted = {k: v for k, v in (system.efficiency or {}).items() if v is not None}
+    if system.calibration is None or not any(k in GPU_PARAMS for k in fitted):
+        _gpu_evidence(system, ev)
+    else:
+        ev["gpu"] = f"calibrated ({system.name})"
+    _apply(ev, system.host.efficiency_prior, f"host {system.host.name}")
+    _apply(ev, system.link.efficiency_prior, f"link {system.link.name}")
+    _apply(ev, system.efficiency_prior, f"system {system.name}")
+    held = holdout_spreads(system.calibration, f"calibrated: {system.name}")
+    if MODEL_ERROR in held and not (system.efficiency_prior or {}).get(MODEL_ERROR):
+        ev["model_error"], ev["model_error_source"] = held[MODEL_ERROR]
+    for k, v in fitted.items():
+        ev["values"][k] = float(v)
+        own = (system.efficiency_prior or {}).get(k)
+        if own is not None:
+            ev["spreads"][k] = own.spread
+        elif system.calibration is not None:
+            ev["spreads"][k], ev["sources"][k] = held.get(k, (CALIBRATED_SPREAD, f"calibrated: {system.name}"))
+        else:
+            ev["spreads"][k], ev["sources"][k] = 0.0, f"efficiency block of {system.name}"
+        if system.calibration is not None:
+            ev["calibrated"] = True
+    for k, v in ev["values"].items():
+        if v < 0:
+            raise SpecMoEError(f"hardware {system.name}: {k}={v} must be >= 0 ({ev['sources'][k]})")
+    return Evidence(ev["values"], ev["spreads"], ev["sources"], ev["gpu"], ev["calibrated"],
+                    ev["model_error"], ev["model_error_source"])
