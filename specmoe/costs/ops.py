@@ -268,7 +268,7 @@ class CostModel:
         fixed = self._group("attn_fixed_us", "kernel_overhead_us") * US
         t = roofline(score_flops, kv, self.peak_flops * self.p.gemm_compute_eff,
                      self.mem_bw(kv, self.p.attn_eff), fixed)
-        if not self.p.attn_item_us:
+        if not np.any(self.p.attn_item_us):
             return t
         # one CTA per (sequence, kv head), run in waves over the SMs: each has a set-up cost that
         # short contexts do not hide (measured: ~3-4 µs per item per SM on H100 at context <= 16)
@@ -298,7 +298,7 @@ class CostModel:
                 * hd / (hd + self.p.prefill_half_head_dim))
         fixed = self._group("prefill_fixed_us", "kernel_overhead_us") * US
         t = roofline(flops, nbytes, peak, self.mem_bw(nbytes, self.p.attn_eff), fixed)
-        if self.p.prefill_item_us:
+        if np.any(self.p.prefill_item_us):
             # GQA kernels pack a kv head's query heads into one CTA's rows (FlashAttention-3)
             group = m.num_heads / m.num_kv_heads
             items = batch * m.num_kv_heads * np.ceil(seq * group / PREFILL_Q_TILE)
