@@ -6,6 +6,7 @@ a static-batch benchmark should; its output is cut at max_new_tokens.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from specmoe.engine import ops
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.expert_store import ExpertStore
+from specmoe.engine.graphs import DraftGraph
 from specmoe.engine.model import KVCache, Transformer
 from specmoe.engine.moe import ResidentExperts
 from specmoe.engine.policies import default_slots, make_provider, provider_class, resolve_residency
@@ -28,10 +30,12 @@ from specmoe.engine.speculative import (
     verify,
 )
 from specmoe.engine.tracer import NullTracer, device_fingerprint
+from specmoe.engine.tree import tree_round
 from specmoe.engine.weights import Weights, load_weights, random_model
 
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import Policy, validate_policy
+from specmoe.inputs.tree import tree_size
 
 
 @dataclass
@@ -84,7 +88,9 @@ class Engine:
     def __init__(self, model_or_weights, policy: Policy, device: str = "cpu", tracer=None, *,
                  draft=None, expert_slots: int | None = None, cpu_threshold: int | None = None,
                  max_batch: int | None = None, max_seq_len: int | None = None,
-                 affinity: list | None = None) -> None:
+                 affinity: list | None = None, cuda_graphs: bool | None = None) -> None:
+        """cuda_graphs: capture SpecMoE's greedy self-draft step in a CUDA graph (graphs.py);
+        default from SPECMOE_ENGINE_GRAPHS=1, off otherwise until measured on a GPU."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise SpecMoEError("device='cuda' but CUDA is not available; use device='cpu'")
@@ -108,6 +114,9 @@ class Engine:
         self.model.experts = self.provider
         self.cache = KVCache(cfg, cfg.max_batch, cfg.max_seq_len, self.device)
         self.draft = self.draft_cache = None
+        if cuda_graphs is None:
+            cuda_graphs = os.environ.get("SPECMOE_ENGINE_GRAPHS", "").strip() == "1"
+        self.graphs = DraftGraph(self) if cuda_graphs and self.device.type == "cuda" else None
         if policy.name == "eagle":
             self._init_draft(draft)
         elif draft is not None:
@@ -158,14 +167,23 @@ class Engine:
             gamma = int(ctl.gamma)
         alpha = synthetic_acceptance if spec else None
         # A finished sequence rides along in the batch: it may have overshot by γ and still verifies γ+1.
-        self.cache.check(B, max(map(len, prompts)) + max_new_tokens + 2 * gmax + 1)
+        tree = int(tree_size(gmax, self.policy.tree_width, self.policy.tree_levels)) - gmax
+        self.cache.check(B, max(map(len, prompts)) + max_new_tokens + 2 * gmax + 1 + tree)
         self.provider.seed = seed
         self.provider.reset(record=record_routing)
         self._start_trace(prompts, max_new_tokens, temperature, seed, spec, alpha)
         run = _Run(self, B, max_new_tokens, temperature, seed, gamma, alpha, ctl, gmax)
         run.prefill(prompts)
         run.decode_all()
+        self._check_kernels()
         return run.result(record_routing)
+
+    def _check_kernels(self) -> None:
+        """After a run (the first one is the warm-up): every kernel meant to run on Triton did,
+        else SpecMoEError; the trace header records the kernels active after the run."""
+        active = ops.require_kernels(self.device, self.cfg.torch_dtype)
+        if self.tracer.enabled:
+            self.tracer.header.setdefault("engine", {})["kernels"] = active
 
     def _check(self, prompts, max_new_tokens, temperature, alpha) -> None:
         if not prompts or not all(isinstance(p, (list, tuple)) and p for p in prompts):
@@ -192,8 +210,8 @@ class Engine:
                          "seed": seed, "speculative": spec, "synthetic_acceptance": alpha},
             "policy": self.policy.to_dict(),
             "synthetic_acceptance": alpha,
-            "engine": {"expert_slots": self.store.n_slots, "expert_bytes": self.cfg.expert_bytes,
-                       "kernels": ops.active_kernels(),
+            "engine": {"expert_slots": self.store.n_slots, "cuda_graphs": self.graphs is not None, "expert_bytes": self.cfg.expert_bytes,
+                       "kernels_at_start": ops.active_kernels(),
                        "draft_model": self.draft.cfg.to_dict() if self.draft else None},
         }
 
@@ -277,12 +295,17 @@ class _Run:
         self.pending = nxt
 
     def _round(self) -> None:
+        if self.e.policy.tree_width > 1:
+            return tree_round(self)
         e, B, g = self.e, self.B, self.gamma
         active = [len(o) < self.max_new for o in self.out]
         self._phase("draft")
-        if e.draft is None:
+        drafts = q = None
+        if e.graphs is not None and DraftGraph.usable(e, self.T):
+            drafts = e.graphs.draft(self.pending, g, self.step)
+        if drafts is None and e.draft is None:
             drafts, q = draft_self(e.model, e.cache, self.pending, g, self.T, self.gen, self.step)
-        else:
+        elif drafts is None:
             prev = torch.tensor([(s + o)[-2] for s, o in zip(self.seqs, self.out)], device=e.device)
             e.draft_cache.lengths[:B] = e.cache.lengths[:B]
             drafts, q = draft_separate(e.draft, e.draft_cache, prev, self.pending, g, self.T,
@@ -332,4 +355,4 @@ class _Run:
         st.weight_bytes_h2d, st.experts_fetched = store.weight_bytes_h2d, store.experts_fetched
         st.prefetched, st.hits, st.misses = store.prefetched, store.hits, store.misses
         st.policy_counters = self.e.provider.stats()
-        return GenerationResult(toks, st, self.e.provider.record if record_routing else None)
+        return GenerationResult(toks, st, self.e.provider.routing_record() if record_routing else None)

@@ -72,12 +72,21 @@ class Transformer:
         if int(pos.max()) >= cache.seq_len:
             raise SpecMoEError(f"position {int(pos.max())} beyond max_seq_len={cache.seq_len}")
         span = int(pos.max()) + 1
-        pos_d = pos.to(self.device, non_blocking=True)
+        # staged through pinned memory: a pageable copy would first wait for the stream to drain
+        pos_d = (pos.pin_memory() if self.device.type == "cuda" else pos).to(self.device,
+                                                                             non_blocking=True)
+        keep = None if valid is None else valid.flatten().nonzero().squeeze(1).to(self.device)
+        return self.forward_at(tokens.to(self.device), pos_d, span, cache, phase, keep)
+
+    def forward_at(self, tokens: torch.Tensor, pos_d: torch.Tensor, span: int, cache: KVCache,
+                   phase: str, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The device part of forward: tokens [B, T] and positions pos_d [B, T] on the device,
+        span an upper bound of max(pos) + 1 (the torch path's mask width). Reads nothing back,
+        so it can be captured in a CUDA graph (graphs.DraftGraph)."""
         lens = pos_d[:, 0].contiguous()
         mask = (torch.arange(span, device=self.device)[None, None, None, :] <= pos_d[:, None, :, None])
         cos, sin = self.cos[pos_d][:, :, None, :], self.sin[pos_d][:, :, None, :]
-        keep = None if valid is None else valid.flatten().nonzero().squeeze(1).to(self.device)
-        h = self.w["embed"][tokens.to(self.device)]
+        h = self.w["embed"][tokens]
         for l in range(self.cfg.layers):
             h = h + self._attention(l, h, cache, pos_d, lens, span, mask, cos, sin, phase)
             h = h + self._moe(l, h, keep, phase)
@@ -91,7 +100,20 @@ class Transformer:
 
     def _attention(self, l, h, cache, pos, lens, span, mask, cos, sin, phase) -> torch.Tensor:
         cfg, w, p = self.cfg, self.w, f"layers.{l}."
-        tok = self.tracer.begin()
+        tok = self.tracer.begin(name="attn")
+        B, T, _ = h.shape
+        q = self.qkv_into_cache(l, h, cache, pos, cos, sin)
+        o = ops.cache_attention(q, cache.k[l][:B], cache.v[l][:B], lens, span, mask).reshape(B, T, -1)
+        out = o @ w[p + "wo"].t()
+        if self.tracer.enabled:
+            self.tracer.end(tok, "attn", "attn", layer=l, phase=phase, tokens=B * T, context=span,
+                            flops=4 * B * T * span * cfg.heads * cfg.head_dim, shape=[B, T, span])
+        return out
+
+    def qkv_into_cache(self, l, h, cache, pos, cos, sin) -> torch.Tensor:
+        """Layer l's q, k, v projections (with qk-norm and RoPE); k and v written to the cache at
+        positions `pos` [B, T]. Returns q [B, T, heads, head_dim]."""
+        cfg, w, p = self.cfg, self.w, f"layers.{l}."
         B, T, _ = h.shape
         x = ops.rms_norm(h, w[p + "attn_norm"], cfg.rms_eps)
         q = _linear(x, w[p + "wq"], w.get(p + "bq")).view(B, T, cfg.heads, cfg.head_dim)
@@ -104,22 +126,17 @@ class Transformer:
         rows = torch.arange(B, device=self.device)[:, None]
         cache.k[l][rows, pos] = k
         cache.v[l][rows, pos] = v
-        o = ops.cache_attention(q, cache.k[l][:B], cache.v[l][:B], lens, span, mask).reshape(B, T, -1)
-        out = o @ w[p + "wo"].t()
-        if self.tracer.enabled:
-            self.tracer.end(tok, "attn", "attn", layer=l, phase=phase, tokens=B * T, context=span,
-                            flops=4 * B * T * span * cfg.heads * cfg.head_dim, shape=[B, T, span])
-        return out
+        return q
 
     def _moe(self, l, h, keep, phase) -> torch.Tensor:
         cfg, w, p = self.cfg, self.w, f"layers.{l}."
         B, T, H = h.shape
         x = ops.rms_norm(h, w[p + "mlp_norm"], cfg.rms_eps).reshape(B * T, H)
         xs = x if keep is None else x[keep]
-        tok = self.tracer.begin()
+        tok = self.tracer.begin(name="gate")
         weights, ids = ops.route(xs @ self.gates[l].t(), cfg.top_k, cfg.norm_topk_prob)
         self.tracer.end(tok, "gate", "gate", layer=l, phase=phase, tokens=xs.shape[0])
-        tok = self.tracer.begin()
+        tok = self.tracer.begin()  # composite: fetches, waits, host work
         y = self.experts.moe(l, xs, ids, weights, phase)
         if cfg.shared_expert_ffn:
             shared = ops.expert_ffn(xs, w[p + "shared_w13"], w[p + "shared_w2"])

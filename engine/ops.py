@@ -5,7 +5,9 @@ interpreter is far too slow for an engine; SPECMOE_ENGINE_TRITON=1 forces kernel
 test this wiring on a CPU under the interpreter; SPECMOE_ENGINE_TRITON=0 turns them off), the
 dtype is one the kernels take (not float64), and the kernel agrees with the torch path on a small
 probe the first time it is asked for (a changed signature or layout then falls back to torch with
-a warning instead of computing garbage).
+a warning instead of computing garbage). A run that was meant to use the kernels must not time torch
+loops under a header that claims kernels: `require_kernels` (called by Engine.generate after each
+run on CUDA) raises when one of KERNELS is wanted but not active, with the reason it fell back.
 
 Kernels used: rmsnorm, attention (decode / verify / prefill over the static KV cache) and
 fused_moe (expert-slot indirection: slot_of_expert maps expert ids to slots of the pool).
@@ -21,24 +23,30 @@ import torch
 import torch.nn.functional as F
 
 _checked: dict[str, Callable | None] = {}
+_why_not: dict[str, str] = {}  # key -> why the kernel fell back to torch
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+KERNELS = ("rmsnorm", "attention", "fused_moe")  # what the engine runs on Triton when wanted
 
 
 def _want_triton(t: torch.Tensor) -> bool:
-    if t.dtype not in KERNEL_DTYPES:
+    return _want(t.device.type, t.dtype)
+
+
+def _want(device_type: str, dtype: torch.dtype) -> bool:
+    if dtype not in KERNEL_DTYPES:
         return False
     flag = os.environ.get("SPECMOE_ENGINE_TRITON", "").strip()
     if flag in ("0", "1"):
         return flag == "1"
     interp = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
-    return t.device.type == "cuda" and not interp
+    return device_type == "cuda" and not interp
 
 
 def _kernel(name: str, t: torch.Tensor, check: Callable[[Callable], bool]) -> Callable | None:
     """specmoe.kernels.<name> if wanted, importable and agreeing with torch on a probe, else None."""
     if not _want_triton(t):
         return None
-    key = f"{name}@{t.device.type}:{t.dtype}"
+    key = _key(name, t.device, t.dtype)
     if key not in _checked:
         fn = None
         try:
@@ -47,10 +55,11 @@ def _kernel(name: str, t: torch.Tensor, check: Callable[[Callable], bool]) -> Ca
             if check(cand):
                 fn = cand
             else:
-                warnings.warn(f"specmoe.engine: kernel {name} disagrees with torch; using torch",
-                              stacklevel=3)
+                _why_not[key] = "disagrees with the torch path on the probe"
         except Exception as exc:  # noqa: BLE001 - any kernel failure falls back to torch, loudly
-            warnings.warn(f"specmoe.engine: kernel {name} not used ({type(exc).__name__}: {exc})",
+            _why_not[key] = f"{type(exc).__name__}: {exc}"
+        if fn is None:
+            warnings.warn(f"specmoe.engine: kernel {name} not used ({_why_not[key]}); using torch",
                           stacklevel=3)
         _checked[key] = fn
     return _checked[key]
@@ -58,6 +67,36 @@ def _kernel(name: str, t: torch.Tensor, check: Callable[[Callable], bool]) -> Ca
 
 def active_kernels() -> list[str]:
     return sorted(k for k, v in _checked.items() if v is not None)
+
+
+def _key(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    return f"{name}@{torch.device(device).type}:{dtype}"
+
+
+def wanted_kernels(device: torch.device | str, dtype: torch.dtype) -> list[str]:
+    """The kernels the engine should be running for tensors of this device and dtype."""
+    return list(KERNELS) if _want(torch.device(device).type, dtype) else []
+
+
+def require_kernels(device: torch.device | str, dtype: torch.dtype) -> list[str]:
+    """Raise SpecMoEError unless every wanted kernel ran on Triton; -> the active kernel keys.
+
+    Call after a forward pass has exercised them (a warm-up): a kernel never asked for yet is
+    reported as not run."""
+    from specmoe.errors import SpecMoEError
+
+    missing = {}
+    for name in wanted_kernels(device, dtype):
+        key = _key(name, torch.device(device), dtype)
+        if _checked.get(key) is None:
+            missing[name] = _why_not.get(key, "never called")
+    if missing:
+        why = "; ".join(f"{k}: {v}" for k, v in missing.items())
+        raise SpecMoEError(f"kernels {sorted(missing)} wanted on {torch.device(device).type} "
+                           f"{str(dtype).replace('torch.', '')} but not running on Triton ({why}); "
+                           "fix them or set SPECMOE_ENGINE_TRITON=0 to time the torch path on "
+                           "purpose")
+    return active_kernels()
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -5,6 +5,14 @@ Every provider follows one path per MoE layer (OnDemand.moe):
   hook (overlap prefetches the next layer) -> compute -> release (free, cache or pin).
 Policies differ only in the split, the hook and what they keep. Names and parameters are those of
 specmoe.inputs.policies.Policy; `prefetch_hit_rate` is an input of the models, here it is measured.
+
+Host synchronisation: a policy that fetches must know which experts the router chose, so its
+layer reads the routing once (`_read_routing`; Overlap's next-layer prediction rides along in the
+same read). Nothing else in the per-layer path reads the device: slot tables go up through pinned
+staging buffers (moe.upload_table), and SpecMoE's draft layers read nothing at all (their tables
+depend only on the resident draft set, which the host knows; ids -> slot is a gather on the GPU
+inside the fused MoE). Counters and routing records that need ids keep device tensors and are
+resolved once, after the run.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import torch
 from specmoe.engine.affinity import affinity_ranking, substitute
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.expert_store import ExpertStore
-from specmoe.engine.moe import run_slots
+from specmoe.engine.moe import run_slots, upload_table
 from specmoe.engine.tracer import NullTracer
 
 from specmoe.errors import SpecMoEError
@@ -37,6 +45,8 @@ class OnDemand:
         self.record: list[dict] | None = None
         self.step = 0
         self.counters: Counter = Counter()
+        self.device_counters: dict[str, torch.Tensor] = {}  # accumulated on the device
+        self.in_graph = False  # set by graphs.DraftGraph while it captures (it does the waits)
 
     @staticmethod
     def slots_needed(policy: Policy, cfg: MoEConfig) -> int:
@@ -46,6 +56,8 @@ class OnDemand:
         self.store.reset()
         self.record = [] if record else None
         self.counters = Counter()
+        for t in self.device_counters.values():  # zeroed in place: a CUDA graph may hold them
+            t.zero_()
         self.setup()
 
     def setup(self) -> None:
@@ -59,29 +71,44 @@ class OnDemand:
 
     def moe(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
             phase: str) -> torch.Tensor:
-        ids_host = ids.tolist()
+        ids_host, predicted = self._read_routing(layer, x, ids)
         counts = Counter(e for row in ids_host for e in row)
         needed = sorted(counts)
         self._record(layer, phase, ids_host)
         on_device, on_host = self.split(layer, counts, phase)
         slots = {e: self.store.acquire(layer, e) for e in on_device}
-        self.hook(layer, x, phase)
+        self.hook(layer, predicted, phase)
         self.store.wait(slots.values())
         table = [-1] * self.cfg.experts
         for e, s in slots.items():
             table[e] = s
-        y = run_slots(x, ids, weights, table, self.store.w13, self.store.w2, self.tracer, layer,
-                      phase, present=set(needed))
+        slot_of = upload_table(table, x.device)
+        y = run_slots(x, ids, weights, slot_of, slots.values(), self.store.w13, self.store.w2,
+                      self.tracer, layer, phase, used=len(set(slots.values())))
         if on_host:
             y = y + self.host_experts(layer, x, ids, weights, on_host, phase)
         self.release(layer, needed, on_device, counts, phase)
         return y
 
+    def predict(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Device tensor of experts to prefetch for a later layer (read with the routing), or None."""
+        return None
+
+    def _read_routing(self, layer: int, x: torch.Tensor,
+                      ids: torch.Tensor) -> tuple[list[list[int]], list[int] | None]:
+        """The one device->host read of a fetching layer: its routing ids (and the prediction)."""
+        pred = self.predict(layer, x)
+        if pred is None:
+            return ids.tolist(), None
+        flat = torch.cat((ids.reshape(-1), pred.reshape(-1).to(ids.dtype))).tolist()
+        n, k = ids.shape[0], ids.shape[1]
+        return [flat[r * k:(r + 1) * k] for r in range(n)], flat[n * k:]
+
     def split(self, layer: int, counts: Counter, phase: str) -> tuple[list[int], list[int]]:
         """(experts computed on the device, experts computed on the host)."""
         return sorted(counts), []
 
-    def hook(self, layer: int, x: torch.Tensor, phase: str) -> None:
+    def hook(self, layer: int, predicted: list[int] | None, phase: str) -> None:
         """Runs after this layer's fetches were issued, before its compute."""
 
     def release(self, layer: int, needed: list[int], on_device: list[int], counts: Counter,
@@ -104,7 +131,22 @@ class OnDemand:
         return sorted(cand, key=lambda e: (-counts.get(e, 0), e not in pinned, e))[:n]
 
     def stats(self) -> dict:
-        return dict(self.counters)
+        out = dict(self.counters)
+        for k, v in self.device_counters.items():  # resolved once, after the run
+            out[k] = out.get(k, 0) + int(v)
+        return out
+
+    def routing_record(self) -> list[dict] | None:
+        """The routing record with device tensors (draft layers) turned into lists."""
+        if self.record is None:
+            return None
+        for r in self.record:
+            if isinstance(r["ids"], torch.Tensor):
+                r["ids"] = r["ids"].tolist()
+                serve = r.pop("serve", None)
+                if serve is not None:
+                    r["served"] = [[serve[e] for e in row] for row in r["ids"]]
+        return self.record
 
 
 class Overlap(OnDemand):
@@ -121,12 +163,17 @@ class Overlap(OnDemand):
     def setup(self) -> None:
         self.prefetched = {}
 
-    def hook(self, layer: int, x: torch.Tensor, phase: str) -> None:
+    def predict(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
         nxt = layer + 1
         if nxt >= self.cfg.layers or x.shape[0] == 0:
+            return None
+        return torch.topk(x @ self.gates[nxt].t(), self.cfg.top_k, dim=-1).indices
+
+    def hook(self, layer: int, predicted: list[int] | None, phase: str) -> None:
+        if predicted is None:
             return
-        pred = torch.topk(x @ self.gates[nxt].t(), self.cfg.top_k, dim=-1).indices
-        self.prefetched[nxt] = set(pred.flatten().tolist())
+        nxt = layer + 1
+        self.prefetched[nxt] = set(predicted)
         for e in sorted(self.prefetched[nxt]):
             self.store.prefetch(nxt, e)
 
@@ -189,7 +236,7 @@ class CpuOffload(Caching):
         y = torch.zeros_like(x)
         for e in experts:
             rows, pos = (ids == e).nonzero(as_tuple=True)
-            tok = self.tracer.begin()
+            tok = self.tracer.begin(name="cpu_expert")
             xh = x[rows].cpu()
             row = buf[e]
             out = (torch.nn.functional.silu(xh @ row[: i * h].view(i, h).t())
@@ -225,6 +272,7 @@ class SpecMoE(OnDemand):
         return cfg.layers * policy.draft_experts + cfg.experts
 
     def setup(self) -> None:
+        self.setup_tables()
         if self.policy.draft_set == "random":
             rng = random.Random(self.seed)
             for l in range(self.cfg.layers):
@@ -235,22 +283,52 @@ class SpecMoE(OnDemand):
     def draft_set(self, layer: int) -> list[int]:
         return sorted(self.store.pinned_experts(layer))
 
+    def setup_tables(self) -> None:
+        self._tables: dict[int, tuple[frozenset, list[int], torch.Tensor, list[int]]] = {}
+        if not hasattr(self, "_static"):
+            self._static: dict[int, torch.Tensor] = {}
+
+    def draft_tables(self, layer: int, device: torch.device):
+        """(serve, device tables [2, E] int32: slot serving each expert | 1 if resident, slots).
+        Rebuilt only when the layer's draft set changed (after a verification), so the γ draft
+        steps in between upload nothing. The device tables live in one buffer per layer, updated
+        in place, so a captured draft step (graphs.DraftGraph) sees the current ones."""
+        resident = self.store.pinned_experts(layer)
+        key = frozenset((e, self.store.lookup(layer, e)) for e in resident)
+        cached = self._tables.get(layer)
+        if cached is None or cached[0] != key:
+            serve = (substitute(self.rank[layer], resident) if self.policy.substitution
+                     else [e if e in resident else -1 for e in range(self.cfg.experts)])
+            slot = [self.store.lookup(layer, e) if e >= 0 else -1 for e in serve]
+            is_res = [int(e in resident) for e in range(self.cfg.experts)]
+            dev = upload_table(slot + is_res, device).view(2, self.cfg.experts)
+            static = self._static.get(layer)
+            if static is None or static.device != dev.device:
+                static = self._static[layer] = dev
+            else:
+                static.copy_(dev)
+            cached = (key, serve, static, sorted({s for s in slot if s >= 0}))
+            self._tables[layer] = cached
+        return cached[1:]
+
     def moe(self, layer, x, ids, weights, phase):
         if phase != "draft":
             return super().moe(layer, x, ids, weights, phase)
-        resident = self.store.pinned_experts(layer)
-        serve = (substitute(self.rank[layer], resident) if self.policy.substitution
-                 else [e if e in resident else -1 for e in range(self.cfg.experts)])
-        ids_host = ids.tolist()
-        served = [[serve[e] for e in row] for row in ids_host]
-        self._record(layer, phase, ids_host, served=served)
-        self.counters["draft_pairs"] += len(ids_host) * self.cfg.top_k
-        self.counters["substituted"] += sum(a != b for r, s in zip(ids_host, served) for a, b in zip(r, s))
-        table = [self.store.lookup(layer, e) if e >= 0 else -1 for e in serve]
-        present = {e for row in ids_host for e in row}
-        self.store.wait({table[e] for e in present} - {-1})
-        return run_slots(x, ids, weights, table, self.store.w13, self.store.w2, self.tracer,
-                         layer, phase, present=present)
+        serve, tables, slots = self.draft_tables(layer, x.device)
+        if self.record is not None:
+            self.record.append({"step": self.step, "phase": phase, "layer": layer, "ids": ids,
+                                "serve": serve, "resident": sorted(self.store.resident(layer))})
+        self.counters["draft_pairs"] += ids.numel()
+        off = (tables[1].long()[ids] == 0).sum()  # pairs whose expert is not resident, on device
+        acc = self.device_counters.get("substituted")
+        if acc is None:
+            self.device_counters["substituted"] = off.clone()
+        else:
+            acc.add_(off)  # in place: a captured draft step keeps counting on replay
+        if not self.in_graph:
+            self.store.wait(slots)
+        return run_slots(x, ids, weights, tables[0], slots, self.store.w13, self.store.w2,
+                         self.tracer, layer, phase)
 
     def release(self, layer, needed, on_device, counts, phase) -> None:
         update = phase == "prefill" and (self.policy.draft_set != "random") or (

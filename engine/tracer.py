@@ -3,6 +3,14 @@
 On CUDA a span is a pair of CUDA events recorded on the stream that does the work (the compute
 stream, or the copy stream for H2D); times are resolved once, at `events()`, relative to a base
 event, so tracing adds no synchronisation. On the CPU a span is two time.perf_counter() readings.
+
+Python gaps: when a span opens on an idle compute stream (after a host sync, say), its begin event
+fires at once and the span would time the host's Python until the first kernel is enqueued. So
+the tracer then gives the host a head start (op spans only, those that pass `name` to begin;
+composite spans such as iteration or verify keep the wall time the host spends): a short device sleep before the begin event, as long
+as the host took to enqueue that span last time (per span name, moving average, capped), so the
+span's kernels are queued by the time the event fires and the span measures device work. The
+stream was idle anyway; a head start too long delays the GPU by the excess only.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ class NullTracer:
 
     enabled = False
 
-    def begin(self, on=None):
+    def begin(self, on=None, name: str | None = None):
         return None
 
     def end(self, token, name: str, cat: str, on=None, **fields: Any) -> None:
@@ -42,9 +50,10 @@ class NullTracer:
 class Tracer(NullTracer):
     enabled = True
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    def __init__(self, device: str | torch.device = "cpu", head_start: bool = True) -> None:
         self.device = torch.device(device)
         self.header: dict[str, Any] = {}
+        self.head = HeadStart(_cuda_sleep_us) if head_start else None
         self.reset()
 
     @property
@@ -53,34 +62,41 @@ class Tracer(NullTracer):
 
     def reset(self) -> None:
         self._pending: list[tuple[Any, Any, dict]] = []
-        self._events: list[dict] = []
+        self._events: list[dict] = []   # raw fields (tensors unresolved)
+        self._done: list[dict] = []     # schema events
         if self.cuda:
             self._base = torch.cuda.Event(enable_timing=True)
             self._base.record()
         self._t0 = time.perf_counter()
 
-    def begin(self, on=None):
-        """Start a span; on: the CUDA stream doing the work (default: the current stream)."""
+    def begin(self, on=None, name: str | None = None):
+        """Start a span; on: the CUDA stream doing the work (default: the current stream);
+        name: the span's name, for the head start (see the module doc)."""
         if self.cuda:
+            if on is None and self.head is not None and name is not None:
+                self.head.before(name, torch.cuda.current_stream(self.device).query())
             ev = torch.cuda.Event(enable_timing=True)
             ev.record(on)
-            return ev
+            return (ev, time.perf_counter())
         return time.perf_counter()
 
     def end(self, token, name: str, cat: str, on=None, **fields: Any) -> None:
         fields.setdefault("stream", "compute")
         if self.cuda:
+            start, host0 = token
+            if on is None and self.head is not None:
+                self.head.after(name, (time.perf_counter() - host0) * 1e6)
             ev = torch.cuda.Event(enable_timing=True)
             ev.record(on)
-            self._pending.append((token, ev, dict(name=name, cat=cat, **fields)))
+            self._pending.append((start, ev, dict(name=name, cat=cat, **fields)))
         else:
             t = time.perf_counter()
             ts = (token - self._t0) * 1e6
-            self._events.append(event(name, cat, ts, (t - token) * 1e6, **fields))
+            self._events.append(dict(name=name, cat=cat, ts=ts, dur=(t - token) * 1e6, **fields))
 
     @contextmanager
     def span(self, name: str, cat: str, **fields: Any) -> Iterator[None]:
-        tok = self.begin()
+        tok = self.begin()  # composite spans (iteration, verify, ...) keep the host's time
         try:
             yield
         finally:
@@ -91,15 +107,18 @@ class Tracer(NullTracer):
         self.end(self.begin(), name, cat, **fields)
 
     def events(self) -> list[dict]:
-        """All events in time order (on CUDA this waits for the recorded work once)."""
+        """All events in time order (on CUDA this waits for the recorded work once). Field values
+        that are tensors (counts the engine computed on the device, so as not to stall) are read
+        here, once."""
         if self._pending:
             torch.cuda.synchronize()
             for a, b, f in self._pending:
-                name, cat = f.pop("name"), f.pop("cat")
-                self._events.append(event(name, cat, self._base.elapsed_time(a) * 1e3,
-                                          a.elapsed_time(b) * 1e3, **f))
+                self._events.append(dict(f, ts=self._base.elapsed_time(a) * 1e3,
+                                         dur=a.elapsed_time(b) * 1e3))
             self._pending = []
-        return sorted(self._events, key=lambda e: e["ts_us"])
+        self._done.extend(_resolve(f) for f in self._events)
+        self._events = []
+        return sorted(self._done, key=lambda e: e["ts_us"])
 
     def write(self, path: str | Path) -> Path:
         head = dict(self.header)
@@ -107,6 +126,48 @@ class Tracer(NullTracer):
                      model=head.pop("model", None), workload=head.pop("workload", {}),
                      policy=head.pop("policy", {}), extra=head)
         return write_trace(path, hdr, self.events())
+
+
+class HeadStart:
+    """Per span name, a moving average of the host's enqueue time; `before` sleeps the device that
+    long (at most cap_us) when the stream is idle."""
+
+    def __init__(self, sleep_us, cap_us: float = 500.0, weight: float = 0.5) -> None:
+        self.sleep_us, self.cap_us, self.weight = sleep_us, cap_us, weight
+        self.host_us: dict[str, float] = {}
+
+    def before(self, name: str, idle: bool) -> float:
+        us = min(self.host_us.get(name, 0.0), self.cap_us) if idle else 0.0
+        if us > 0:
+            self.sleep_us(us)
+        return us
+
+    def after(self, name: str, host_us: float) -> None:
+        old = self.host_us.get(name)
+        self.host_us[name] = host_us if old is None else old + self.weight * (host_us - old)
+
+
+_CYCLES_PER_US: float | None = None
+
+
+def _cuda_sleep_us(us: float) -> None:
+    """A device-side busy wait of about `us` microseconds on the current stream."""
+    global _CYCLES_PER_US
+    if _CYCLES_PER_US is None:
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1000)  # load the kernel
+        a.record()
+        torch.cuda._sleep(1_000_000)
+        b.record()
+        b.synchronize()
+        _CYCLES_PER_US = 1_000_000 / max(a.elapsed_time(b) * 1e3, 1e-3)
+    torch.cuda._sleep(max(1, int(us * _CYCLES_PER_US)))
+
+
+def _resolve(f: dict) -> dict:
+    f = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in f.items()}
+    name, cat, ts, dur = f.pop("name"), f.pop("cat"), f.pop("ts"), f.pop("dur")
+    return event(name, cat, ts, dur, **f)
 
 
 def device_fingerprint(device: str | torch.device = "cpu") -> dict[str, Any]:

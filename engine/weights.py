@@ -7,8 +7,11 @@ copies a row into a GPU slot with one transfer.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +45,84 @@ _MOE = {
 @dataclass
 class Weights:
     cfg: MoEConfig
-    dense: dict[str, torch.Tensor]      # canonical name -> tensor (host)
+    dense: dict[str, torch.Tensor]      # canonical name -> tensor (host, or the init device)
     experts: list[torch.Tensor]         # per layer [experts, 3*ffn*hidden] (host; pinned for CUDA)
 
     def pin(self) -> Weights:
-        """Page-lock the expert buffers so H2D copies run asynchronously at full bandwidth."""
-        self.experts = [b if b.is_pinned() else b.pin_memory() for b in self.experts]
+        """Page-lock the expert buffers so H2D copies run asynchronously at full bandwidth: the
+        flat host allocation they live in is registered in place (one cudaHostRegister), else they
+        are copied into a new pinned one."""
+        if all(b.is_pinned() for b in self.experts):
+            return self
+        arena = arena_of(self.experts)
+        if arena is not None:
+            arena.pin()
+            return self
+        bufs = expert_buffers(self.cfg)
+        for dst, src in zip(bufs, self.experts):
+            dst.copy_(src)
+        arena_of(bufs).pin()
+        self.experts = bufs
         return self
+
+
+# ----------------------------------------------------------------------------- host expert memory
+
+
+class HostArena(mmap.mmap):
+    """One anonymous, page-aligned host allocation for every layer's expert buffer.
+
+    PyTorch's pinned (caching host) allocator rounds each request up to a power of two: a 2.8 GB
+    Mixtral layer would take 4 GiB, 32 layers 128 GiB. This allocation has exactly the bytes asked
+    (rounded to a page) and is page-locked in place with one cudaHostRegister; it is unregistered
+    when the last tensor viewing it is gone."""
+
+    def pin(self) -> None:
+        if getattr(self, "pinned", False):
+            return
+        _cuda_host_register(self.ptr, len(self))
+        self.pinned = True
+        weakref.finalize(self, _cuda_host_unregister, self.ptr)
+
+    def tensor(self, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.frombuffer(self, dtype=dtype)
+        self.ptr = t.data_ptr()
+        return t
+
+
+_ARENAS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # flat data_ptr -> arena
+
+
+def expert_buffers(cfg: MoEConfig, pin: bool = False) -> list[torch.Tensor]:
+    """Per layer [experts, expert_params] views into one flat HostArena (pinned if `pin`)."""
+    per_layer = cfg.experts * cfg.expert_params
+    nbytes = max(1, cfg.layers * per_layer * cfg.torch_dtype.itemsize)
+    arena = HostArena(-1, -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE)
+    flat = arena.tensor(cfg.torch_dtype)
+    _ARENAS[arena.ptr] = arena
+    if pin:
+        arena.pin()
+    return [flat[l * per_layer:(l + 1) * per_layer].view(cfg.experts, cfg.expert_params)
+            for l in range(cfg.layers)]
+
+
+def arena_of(bufs: list[torch.Tensor]) -> HostArena | None:
+    """The HostArena the buffers are views of (all of them), else None."""
+    if not bufs or bufs[0].device.type != "cpu":
+        return None
+    ptr = bufs[0].untyped_storage().data_ptr()
+    arena = _ARENAS.get(ptr)
+    same = arena is not None and all(b.untyped_storage().data_ptr() == ptr for b in bufs)
+    return arena if same else None
+
+
+def _cuda_host_register(ptr: int, nbytes: int) -> None:
+    torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0))
+
+
+def _cuda_host_unregister(ptr: int) -> None:
+    with contextlib.suppress(Exception):  # at interpreter exit CUDA may already be gone
+        torch.cuda.cudart().cudaHostUnregister(ptr)
 
 
 def dense_shapes(cfg: MoEConfig) -> dict[str, tuple[int, ...]]:
@@ -98,33 +172,46 @@ def hf_expert_name(cfg: MoEConfig, layer: int, expert: int, part: str) -> str:
 # ----------------------------------------------------------------------------- random init
 
 
-def random_model(cfg: MoEConfig, seed: int = 0, pin: bool = False) -> Weights:
+def random_model(cfg: MoEConfig, seed: int = 0, pin: bool = False,
+                 init_device: str | torch.device | None = None) -> Weights:
     """Random weights at any shape. Linear weights ~ U(±sqrt(3/fan_in)) (unit variance outputs), so
-    logits are O(1) and routing is far from uniform: useful for tests and timing at real shapes."""
-    g = torch.Generator().manual_seed(seed)
+    logits are O(1) and routing is far from uniform: useful for tests and timing at real shapes.
+
+    init_device="cuda": draw on the GPU (seconds instead of a minute of CPU time at Mixtral
+    shapes), dense weights stay there, expert weights are copied layer by layer into the (pinned)
+    host buffers. Other values than the CPU's for the same seed."""
+    dev = torch.device(init_device or "cpu")
+    g = torch.Generator(device=dev).manual_seed(seed)
     dt = cfg.torch_dtype
     dense = {}
     for name, shape in dense_shapes(cfg).items():
         key = name.rsplit(".", 1)[-1]
         if key.endswith("norm"):
-            dense[name] = (1.0 + 0.1 * _uniform(shape, 1.0, g, torch.float32)).to(dt)
+            dense[name] = (1.0 + 0.1 * _uniform(shape, 1.0, g, torch.float32, dev)).to(dt)
         elif key == "embed":
-            dense[name] = _uniform(shape, 1.0, g, dt)
+            dense[name] = _uniform(shape, 1.0, g, dt, dev)
         elif key.startswith("b"):
-            dense[name] = _uniform(shape, 0.1, g, dt)
+            dense[name] = _uniform(shape, 0.1, g, dt, dev)
         else:
-            dense[name] = _uniform(shape, 1.0 / math.sqrt(shape[-1]), g, dt)
-    experts = []
-    for _ in range(cfg.layers):
-        buf = torch.empty(cfg.experts, cfg.expert_params, dtype=dt, pin_memory=pin)
-        _fill_uniform(buf, g, cfg)
-        experts.append(buf)
+            dense[name] = _uniform(shape, 1.0 / math.sqrt(shape[-1]), g, dt, dev)
+    experts = expert_buffers(cfg, pin=pin)
+    for buf in experts:
+        if dev.type == "cpu":
+            _fill_uniform(buf, g, cfg)
+            continue
+        tmp = torch.empty(buf.shape, dtype=dt, device=dev)
+        _fill_uniform(tmp, g, cfg)
+        buf.copy_(tmp, non_blocking=pin)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     return Weights(cfg, dense, experts)
 
 
-def _uniform(shape, std: float, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+def _uniform(shape, std: float, g: torch.Generator, dtype: torch.dtype,
+             device: torch.device | None = None) -> torch.Tensor:
     a = math.sqrt(3.0) * std
-    return torch.empty(shape, dtype=torch.float32).uniform_(-a, a, generator=g).to(dtype)
+    return torch.empty(shape, dtype=torch.float32, device=device).uniform_(
+        -a, a, generator=g).to(dtype)
 
 
 def _fill_uniform(buf: torch.Tensor, g: torch.Generator, cfg: MoEConfig) -> None:
@@ -203,8 +290,7 @@ def _read(cfg: MoEConfig, index: dict, wanted: dict, wanted_experts: dict, pin: 
 
     dt = cfg.torch_dtype
     shapes, eshapes = dense_shapes(cfg), expert_shapes(cfg)
-    experts = [torch.empty(cfg.experts, cfg.expert_params, dtype=dt, pin_memory=pin)
-               for _ in range(cfg.layers)]
+    experts = expert_buffers(cfg, pin=pin)
     offsets = {"w1": 0, "w3": cfg.expert_ffn * cfg.hidden, "w2": 2 * cfg.expert_ffn * cfg.hidden}
     dense: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list] = {}

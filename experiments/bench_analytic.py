@@ -4,6 +4,7 @@
 
 Target (DESIGN.md §11): >= 100,000 configurations/s. Prints the figure measured in this run.
 """
+
 import argparse
 import os
 import time
@@ -36,11 +37,18 @@ def main() -> None:
     for name in ("ondemand", "overlap", "caching", "cpu", "specmoe"):
         pol = make_policy(name)
         t0 = time.perf_counter()
-        res = an.evaluate(pol, batch=batch, gamma=gamma if name == "specmoe" else 0,
-                          draft_experts=draft if name == "specmoe" else 0, alpha=alpha)
+        res = an.evaluate(
+            pol,
+            batch=batch,
+            gamma=gamma if name == "specmoe" else 0,
+            draft_experts=draft if name == "specmoe" else 0,
+            alpha=alpha,
+        )
         dt = time.perf_counter() - t0
-        print(f"{name:9s} {n:,} configs in {dt:.3f} s = {n / dt:,.0f} configs/s "
-              f"(median {np.median(res.tokens_per_s):,.1f} tokens/s)")
+        print(
+            f"{name:9s} {n:,} configs in {dt:.3f} s = {n / dt:,.0f} configs/s "
+            f"(median {np.median(res.tokens_per_s):,.1f} tokens/s)"
+        )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,15 @@ Per kernel and shape it prints the median time, achieved TFLOP/s and GB/s, the f
 roofline (max(FLOPs/peak, bytes/bandwidth) / time) and the speed against the torch reference
 run in the same dtype. Bytes are the unique bytes a kernel must move (for fused MoE: the
 weights of the experts that received tokens, x and out; intermediates excluded), so the
-roofline fraction is against the ideal. Defaults are the NVIDIA H100 SXM datasheet's dense bf16
-989 TFLOP/s and 3350 GB/s HBM3; --hardware NAME reads them from specmoe.inputs.hardware.load_system.
-On a GPU, times come from CUDA events around each call with L2 flushed before it; on a CPU (only
-with --tiny, under TRITON_INTERPRET=1) from time.perf_counter, which measures the interpreter.
+roofline fraction is against the ideal; each row also gives the HBM fraction (achieved bytes/s
+over the HBM peak). Peaks: the GPU's name selects its hwprofiles/gpus file (GPU_PROFILES; the
+datasheet's dense bf16 and HBM bandwidth, read without pyyaml or pydantic, so this runs where only
+torch, triton and numpy are installed); --peak-tflops/--peak-gbps override, --hardware NAME reads
+specmoe.inputs.hardware.load_system.
+A GPU not in the table needs --peak-* (no silent H100 default: an H200 row would be inflated
+1.43x). On a GPU, times come from CUDA events around each call with L2 flushed before it; on a
+CPU (only with --tiny, under TRITON_INTERPRET=1) from time.perf_counter, which measures the
+interpreter (peaks then default to the H100 SXM's, which only scale the printed fractions).
 """
 
 from __future__ import annotations
@@ -28,6 +33,38 @@ from pathlib import Path
 
 H100_SXM_BF16_TFLOPS = 989.0  # NVIDIA H100 datasheet, SXM, dense BF16 tensor core
 H100_SXM_HBM_GBPS = 3350.0  # NVIDIA H100 datasheet, SXM, HBM3
+# torch.cuda.get_device_name() substring -> hwprofiles/gpus/<profile>.yaml, whose datasheet
+# numbers (bf16_tflops dense, hbm_bw_gbps, with their sources) are the one place peaks live. First
+# match wins, so more specific names come first. Read with a regex: no pyyaml needed.
+GPU_PROFILES = (
+    ("H200", "h200-sxm"), ("H100 NVL", "h100-nvl"), ("H100 PCIe", "h100-pcie"),
+    ("H100", "h100-sxm"), ("B200", "b200"), ("A100-PCIE-40GB", "a100-pcie-40gb"),
+    ("A100", "a100-sxm-80gb"), ("L40S", "l40s"), ("L4", "l4"), ("A30", "a30"),
+    ("RTX 4090", "rtx-4090"), ("RTX A5000", "rtx-a5000"), ("T4", "t4"),
+)
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "hwprofiles" / "gpus"
+
+
+def profile_peaks(profile: str) -> tuple[float, float]:
+    """(bf16_tflops, hbm_bw_gbps) read from a GPU profile's top-level keys."""
+    import re
+
+    text = (PROFILE_DIR / f"{profile}.yaml").read_text()
+    vals = {}
+    for key in ("bf16_tflops", "hbm_bw_gbps"):
+        m = re.search(rf"^{key}:\s*([0-9.]+)\s*$", text, re.MULTILINE)
+        if m is None:
+            raise SystemExit(f"{PROFILE_DIR / profile}.yaml: no top-level {key}")
+        vals[key] = float(m.group(1))
+    return vals["bf16_tflops"], vals["hbm_bw_gbps"]
+
+
+def device_peaks(name: str) -> tuple[float, float, str] | None:
+    """(bf16 TFLOP/s, HBM GB/s, source) for a GPU name, from its hwprofiles/gpus file."""
+    for key, profile in GPU_PROFILES:
+        if key.lower() in name.lower():
+            return (*profile_peaks(profile), f"hwprofiles/gpus/{profile}.yaml (datasheet)")
+    return None
 
 MOE_MODELS = {  # hidden D, expert intermediate F, experts E, top-k (Hugging Face configs)
     "mixtral-8x7b": (4096, 14336, 8, 2),
@@ -45,9 +82,13 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernels", default="moe,gating,rmsnorm,rope,attention")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
-    ap.add_argument("--peak-tflops", type=float, default=H100_SXM_BF16_TFLOPS)
-    ap.add_argument("--peak-gbps", type=float, default=H100_SXM_HBM_GBPS)
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="override the detected device's dense bf16 peak")
+    ap.add_argument("--peak-gbps", type=float, default=None,
+                    help="override the detected device's HBM bandwidth")
     ap.add_argument("--hardware", help="system name for specmoe.inputs.hardware.load_system")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated, of {','.join(MOE_MODELS)} (default all)")
     ap.add_argument("--tokens-per-expert", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--reps", type=int, default=None, help="timed calls per case")
@@ -56,9 +97,18 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def _peaks(args) -> tuple[float, float, str]:
+def _peaks(args, device_name: str | None = None) -> tuple[float, float, str]:
     if not args.hardware:
-        return args.peak_tflops, args.peak_gbps, "cli"
+        found = device_peaks(device_name) if device_name else None
+        if found is None and device_name and (args.peak_tflops is None or args.peak_gbps is None):
+            raise SystemExit(f"GPU {device_name!r} is not in bench_kernels.GPU_PROFILES: pass "
+                             "--peak-tflops and --peak-gbps (datasheet dense bf16, HBM GB/s)")
+        tflops, gbps, source = found or (H100_SXM_BF16_TFLOPS, H100_SXM_HBM_GBPS,
+                                         "H100 SXM datasheet (no GPU: interpreter timings)")
+        if args.peak_tflops is not None or args.peak_gbps is not None:
+            source = "cli"
+        return (args.peak_tflops if args.peak_tflops is not None else tflops,
+                args.peak_gbps if args.peak_gbps is not None else gbps, source)
     try:
         from specmoe.inputs.hardware import load_system
     except ImportError as exc:
@@ -77,7 +127,8 @@ def _peaks(args) -> tuple[float, float, str]:
 class Bench:
     def __init__(self, args, torch, dev):
         self.args, self.torch, self.dev = args, torch, dev
-        self.tflops, self.gbps, self.peak_source = _peaks(args)
+        name = torch.cuda.get_device_name() if dev == "cuda" else None
+        self.tflops, self.gbps, self.peak_source = _peaks(args, name)
         self.dtype = getattr(torch, args.dtype)
         on_gpu = dev == "cuda"
         self.reps = args.reps or (20 if on_gpu else 1)
@@ -105,14 +156,25 @@ class Bench:
                "speedup_vs_ref": None if t_ref is None else t_ref / t,
                "tflops": flops / t / 1e12, "gbps": nbytes / t / 1e9,
                "roofline_fraction": max(t_flops, t_bytes) / t,
+               "hbm_fraction": t_bytes / t, "flops_fraction": t_flops / t,
                "bound": "compute" if t_flops > t_bytes else "memory", "max_abs_err": err,
                "flops": flops, "bytes": nbytes}
         self.rows.append(row)
         ref_s = "" if t_ref is None else f" ref {t_ref * 1e6:10.1f} us ({t_ref / t:6.2f}x)"
         err_s = "" if err is None else f" err {err:.2e}"
         print(f"{kernel:10s} {shape:40s} {t * 1e6:10.1f} us {row['tflops']:8.2f} TFLOP/s "
-              f"{row['gbps']:8.1f} GB/s {100 * row['roofline_fraction']:5.1f}% roofline "
-              f"({row['bound']}){ref_s}{err_s}", flush=True)
+              f"{row['gbps']:8.1f} GB/s {100 * row['hbm_fraction']:5.1f}% HBM "
+              f"{100 * row['roofline_fraction']:5.1f}% roofline ({row['bound']}){ref_s}{err_s}",
+              flush=True)
+
+
+def _pick(models: dict, names: str | None) -> dict:
+    if not names:
+        return models
+    bad = set(names.split(",")) - set(models)
+    if bad:
+        raise SystemExit(f"--models: unknown {sorted(bad)}; allowed: {', '.join(models)}")
+    return {n: models[n] for n in names.split(",")}
 
 
 def _first(out):
@@ -123,7 +185,7 @@ def bench_moe(b: Bench):
     from specmoe.kernels.fused_moe import fused_moe, fused_moe_reference
 
     torch = b.torch
-    models = TINY_MOE if b.args.tiny else MOE_MODELS
+    models = TINY_MOE if b.args.tiny else _pick(MOE_MODELS, b.args.models)
     tpes = [1, 4] if b.args.tiny else [int(v) for v in b.args.tokens_per_expert.split(",")]
     g = torch.Generator(device="cpu").manual_seed(0)
     for name, (D, Fi, E, k) in models.items():
@@ -190,7 +252,7 @@ def bench_attention(b: Bench):
     from specmoe.kernels.attention import attention, attention_reference
 
     torch = b.torch
-    models = TINY_ATTN if b.args.tiny else ATTN_MODELS
+    models = TINY_ATTN if b.args.tiny else _pick(ATTN_MODELS, b.args.models)
     grid = [(2, 40, 1), (2, 40, 3)] if b.args.tiny else [
         (B, ctx, Q) for B in (1, 8, 32) for ctx in (1024, 4096) for Q in (1, 5)]
     for name, (H, Hkv, Dh) in models.items():

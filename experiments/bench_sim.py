@@ -7,6 +7,7 @@ batch 64, γ = 5, specmoe, 200 decode iterations (offline mode). Events are SimP
 (timeouts, resource requests and releases, process starts and ends). Prints each run's figures
 and the best; `--trace` adds a run that records the trace, to show what recording costs.
 """
+
 import argparse
 import os
 import time
@@ -36,17 +37,26 @@ def main() -> None:
     ap.add_argument("--gamma", type=int, default=5)
     ap.add_argument("--trace", action="store_true", help="also time a run that records the trace")
     args = ap.parse_args()
-    setup = resolve(model=args.model, hardware=args.hardware, policy=args.policy, batch=args.batch,
-                    gamma=args.gamma)
-    print(f"{args.model} on {args.hardware}, {args.policy}, batch {args.batch}, γ={args.gamma}, "
-          f"{args.iterations} iterations")
+    setup = resolve(
+        model=args.model,
+        hardware=args.hardware,
+        policy=args.policy,
+        batch=args.batch,
+        gamma=args.gamma,
+    )
+    print(
+        f"{args.model} on {args.hardware}, {args.policy}, batch {args.batch}, γ={args.gamma}, "
+        f"{args.iterations} iterations"
+    )
     best = 0.0
     for i in range(args.repeat):
         build, wall, events, tps = run_once(setup, args.iterations, False)
         best = max(best, events / wall)
-        print(f"run {i}: {events:,} events in {wall:.3f} s (+{build:.3f} s set-up) = "
-              f"{events / wall:,.0f} events/s; wall incl. set-up {build + wall:.3f} s; "
-              f"simulated {tps:,.1f} tokens/s")
+        print(
+            f"run {i}: {events:,} events in {wall:.3f} s (+{build:.3f} s set-up) = "
+            f"{events / wall:,.0f} events/s; wall incl. set-up {build + wall:.3f} s; "
+            f"simulated {tps:,.1f} tokens/s"
+        )
     print(f"best: {best:,.0f} events/s (target >= 100,000)")
     if args.trace:
         build, wall, events, _ = run_once(setup, args.iterations, True)

@@ -6,6 +6,7 @@ Target (issue 9): under 60 s on this 2-core machine. Prints the figures measured
 whole `run_sweep` (grid checks, process pool, chunk files and manifest, final CSV and Parquet)
 for the local pool and for one process.
 """
+
 import argparse
 import tempfile
 import time
@@ -33,15 +34,22 @@ def main() -> None:
     grid = load_grid(args.grid)
     check_s = time.perf_counter() - t0
     n = grid.size
-    print(f"grid {grid.name}: {n:,} configurations, {len(grid.chunks()[1])} chunks (checked in {check_s:.2f} s)")
+    print(
+        f"grid {grid.name}: {n:,} configurations, {len(grid.chunks()[1])} chunks (checked in "
+        f"{check_s:.2f} s)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        for label, out, kw in (("local pool, csv", "r.csv", {"jobs": args.jobs}),
-                               ("local pool, parquet", "r.parquet", {"jobs": args.jobs}),
-                               ("one process, parquet", "s.parquet", {"backend": "serial"})):
+        for label, out, kw in (
+            ("local pool, csv", "r.csv", {"jobs": args.jobs}),
+            ("local pool, parquet", "r.parquet", {"jobs": args.jobs}),
+            ("one process, parquet", "s.parquet", {"backend": "serial"}),
+        ):
             dt = timed(grid, Path(tmp) / out, **kw)
             size = (Path(tmp) / out).stat().st_size / 1e6
-            print(f"{label:22s} {dt:6.2f} s = {n / dt:10,.0f} configurations/s  ({size:.1f} MB written)"
-                  f"  {'OK' if dt < 60 else 'SLOWER THAN'} (target < 60 s)")
+            print(
+                f"{label:22s} {dt:6.2f} s = {n / dt:10,.0f} configurations/s  ({size:.1f} MB "
+                f"written)  {'OK' if dt < 60 else 'SLOWER THAN'} (target < 60 s)"
+            )
 
 
 if __name__ == "__main__":

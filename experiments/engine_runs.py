@@ -77,12 +77,13 @@ def seq_len_needed(prompt_len: int, max_new: int, gamma: int) -> int:
 def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 16,
             max_new_tokens: int = 16, synthetic_acceptance: float = 0.7,
             resident_experts: int | None = 2, warmup_tokens: int = 4, seed: int = 0,
-            max_interference: float = 1.15, max_tries: int = 4) -> float:
+            max_interference: float = 1.15, max_tries: int = 4, affinity: list | None = None) -> float:
     """One traced generate() of `run` = {policy, batch, gamma, draft_experts}; returns tokens/s.
 
     On a CPU shared with other work, a run whose wall time exceeds its own CPU time by more than
     `max_interference` (it waited for the core) is measured again, up to `max_tries` times, and
-    the least disturbed attempt is kept; the header records its ratio."""
+    the least disturbed attempt is kept; the header records its ratio. affinity: the weights'
+    expert ranking (affinity.affinity_ranking), computed once per run set and passed in."""
     from specmoe.engine.generate import Engine
     from specmoe.engine.tracer import Tracer
 
@@ -92,7 +93,8 @@ def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 
     kw = {"resident_experts": resident_experts} if name in ("caching", "cpu") else {}
     policy = make_policy(name, gamma=gamma, draft_experts=run["draft_experts"], **kw)
     eng = Engine(w, policy, device, max_batch=batch,
-                 max_seq_len=seq_len_needed(prompt_len, max_new_tokens, gamma))
+                 max_seq_len=seq_len_needed(prompt_len, max_new_tokens, gamma),
+                 affinity=affinity if name == "specmoe" else None)
     g = torch.Generator().manual_seed(seed + batch)
     prompts = torch.randint(0, w.cfg.vocab, (batch, prompt_len), generator=g).tolist()
     alpha = synthetic_acceptance if gamma else None
@@ -155,6 +157,7 @@ def plan(args) -> list[tuple[str, dict]]:
 def main(args) -> list[Path]:
     """Every run of the plan, `repeats` times, repeats outermost; existing traces are kept
     (an interrupted campaign resumes)."""
+    from specmoe.engine.affinity import affinity_ranking
     from specmoe.engine.weights import random_model
 
     if args.threads:
@@ -162,7 +165,15 @@ def main(args) -> list[Path]:
     runs = plan(args)
     cfg = model_config(args.preset, args.layers, max(r["batch"] for _, r in runs),
                        seq_len_needed(args.prompt_len, args.max_new_tokens, max(r["gamma"] for _, r in runs)))
-    w = random_model(cfg, seed=args.seed, pin=args.device.startswith("cuda"))
+    cuda = args.device.startswith("cuda")
+    t0 = time.perf_counter()
+    # On a GPU the weights are drawn there and copied into the pinned host arena (seconds, where
+    # a CPU draw of Mixtral's 4 layers takes half a minute)
+    w = random_model(cfg, seed=args.seed, pin=cuda, init_device=args.device if cuda else None)
+    affinity = None
+    if any(r["policy"] == "specmoe" for _, r in runs):  # once for the whole run set
+        affinity = affinity_ranking(w.experts, args.device)
+    print(f"weights and affinity: {time.perf_counter() - t0:.1f} s", flush=True)
     written = []
     for rep in range(args.repeats):
         for split, run in runs:
@@ -173,7 +184,7 @@ def main(args) -> list[Path]:
             tps = run_one(w, run, path, device=args.device, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, seed=args.seed + rep,
                           synthetic_acceptance=args.synthetic_acceptance,
-                          resident_experts=args.resident_experts)
+                          resident_experts=args.resident_experts, affinity=affinity)
             written.append(path)
             print(f"{split}/{path.name}: {tps:.1f} tokens/s", flush=True)
     return written

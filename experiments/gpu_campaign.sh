@@ -1,40 +1,69 @@
 #!/usr/bin/env bash
-# GPU calibration campaign, one command, everything under OUTDIR (<= 10 min on one H100: the
-# measuring steps are capped at 200 s + 360 s; run it again to resume what a cap cut short):
-#   1. engine microbenchmarks at Mixtral-8x7B shapes (GEMM, expert FFN over tokens, attention over
-#      batch x context, H2D/D2H over sizes pinned/pageable/chunked, CPU expert GEMM);
-#   2. end-to-end engine runs at Mixtral-8x7B shapes (LAYERS of its 32 layers, random weights,
-#      synthetic acceptance 0.7) for ondemand / overlap / caching / specmoe over a batch x gamma
-#      grid, split into training and held-out configurations, REPEATS times (repeats outermost);
-#   3. calibrate + validate, if scipy, yaml, pydantic and plotly import here (simpy too for the
-#      simulator); else it writes the two commands to run where they do (copy OUTDIR back).
-# Measuring needs only torch, numpy and this repository: when specmoe is not installed, a link
-# farm under OUTDIR makes `specmoe`, `specmoe.engine` and `specmoe.kernels` importable.
+# GPU campaign: one command, at most BUDGET seconds (470 by default: under 8 minutes on an H200),
+# everything under OUTDIR, needing only torch, triton and numpy besides this repository. Each step
+# is its own process under `timeout` (a step that fails or runs out of time costs only its own
+# output; later steps still run, with whatever budget is left):
+#   1. env       interpreter, torch/triton/numpy versions, GPU, imports of specmoe.engine/kernels
+#   2. checks    experiments/gpu_checks.py: compiled kernels vs references at Mixtral shapes, one
+#                Mixtral layer kernels vs torch, engine CUDA = CPU tokens and bytes, kernels
+#                active, no host sync in draft layers/attention, pinned arena, moe_align at scale;
+#      tests     the CUDA test files with compiled kernels, if pytest and hypothesis are there
+#   3. kernels   bench_kernels.py (fused MoE at 1..64 and 2048 tokens/expert, attention): HBM and
+#                bf16 fractions against the detected GPU's datasheet; engine microbenchmarks
+#                (GEMM, fused MoE by tokens, cache attention) -> traces/micro-ops.jsonl.gz
+#   4. copies    H2D/D2H over sizes, pinned/pageable, chunked -> traces/micro-copy.jsonl.gz
+#   5. e2e       engine runs at Mixtral-8x7B shape (LAYERS of 32, random weights drawn on the GPU,
+#                synthetic acceptance 0.7): ondemand/caching/specmoe x batches x gamma 2/4
+#                -> traces/e2e/{train,heldout}/*.jsonl.gz (resumes: existing traces are kept)
+#   6. tune      experiments/quick_tune.py: ~12 tile configs at decode sizes -> tune/<device>.json
+#                (copy into kernels/configs/ to use) and tune/quick_tune.json
+#   then campaign_summary.py prints the figures against DESIGN.md's targets (summary.json).
 #
-#   experiments/gpu_campaign.sh OUTDIR                                        # on the GPU machine
-#   DEVICE=cpu PRESET=cpu-small LAYERS=2 QUICK=1 REPEATS=1 experiments/gpu_campaign.sh /tmp/dry
-#
-# Environment: PYTHON (python3), DEVICE (cuda), PRESET (mixtral-8x7b), LAYERS (4), REPEATS (2),
-# HARDWARE (base profile; default from the GPU's name), NAME (profile name), QUICK (1 = tiny grids),
-# THREADS (torch threads when DEVICE is a CPU; 1).
-set -euo pipefail
+#   experiments/gpu_campaign.sh OUTDIR                 # on the GPU machine
+#   DRY=1 experiments/gpu_campaign.sh OUTDIR           # CPU dry run: same steps, tiny shapes,
+#                                                      # kernels under TRITON_INTERPRET=1
+# Environment: PYTHON (python3), BUDGET (470 s), LAYERS (2), DRY (0).
+# Python runs with PYTHONSAFEPATH=1 from OUTDIR/run, never from the repository root (whose
+# specmoe/ would shadow an installed package); where specmoe is not installed, a link farm under
+# OUTDIR makes specmoe, specmoe.engine and specmoe.kernels importable from this checkout.
+set -uo pipefail
 
 OUT=${1:?usage: experiments/gpu_campaign.sh OUTDIR}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 if [[ "$PY" == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; fi
-DEVICE=${DEVICE:-cuda}
-PRESET=${PRESET:-mixtral-8x7b}
-LAYERS=${LAYERS:-4}
-REPEATS=${REPEATS:-2}
-QUICK=${QUICK:-0}
-mkdir -p "$OUT/traces/e2e" "$OUT/logs"
+DRY=${DRY:-0}
+BUDGET=${BUDGET:-470}
+LAYERS=${LAYERS:-2}
+mkdir -p "$OUT/traces/e2e" "$OUT/logs" "$OUT/tune" "$OUT/run"
 OUT=$(cd "$OUT" && pwd)
 START=$(date +%s)
+X="$REPO/experiments"
+export PYTHONSAFEPATH=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+if [[ "$DRY" == "1" ]]; then export TRITON_INTERPRET=1; else unset TRITON_INTERPRET; fi
+cd "$OUT/run"
+
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/logs/campaign.log"; }
 
+# step NAME CAP CMD...: run CMD under timeout min(CAP, what is left of BUDGET), log to logs/NAME.log
+step() {
+  local name=$1 cap=$2; shift 2
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  (( cap > left )) && cap=$left
+  if (( cap < 5 )); then log "$name: skipped, budget spent"; echo -e "$name\tskipped\t0" >> "$OUT/logs/steps.tsv"; return; fi
+  local t0=$(date +%s) rc=0
+  log "$name: start (cap ${cap} s)"
+  timeout --kill-after=10 "$cap" "$@" > "$OUT/logs/$name.log" 2>&1 || rc=$?
+  local dt=$(( $(date +%s) - t0 )) what=ok
+  (( rc == 124 || rc == 137 )) && what=timeout
+  (( rc != 0 && rc != 124 && rc != 137 )) && what="failed($rc)"
+  log "$name: $what after ${dt} s"
+  echo -e "$name\t$what\t$dt" >> "$OUT/logs/steps.tsv"
+  [[ "$what" == ok ]] || tail -n 15 "$OUT/logs/$name.log" | sed "s/^/    $name| /"
+}
+
 # ---------------------------------------------------------------- make specmoe importable
-if ! (cd /tmp && "$PY" -c "import specmoe.engine" 2>/dev/null); then
+if ! "$PY" -c "import specmoe.engine, specmoe.kernels" 2>/dev/null; then
   PKG="$OUT/_pkg/specmoe"
   rm -rf "$OUT/_pkg" && mkdir -p "$PKG"
   for f in "$REPO"/specmoe/*; do ln -s "$f" "$PKG/$(basename "$f")"; done
@@ -43,113 +72,86 @@ if ! (cd /tmp && "$PY" -c "import specmoe.engine" 2>/dev/null); then
   ln -s "$REPO/hwprofiles" "$PKG/hwprofiles"
   export PYTHONPATH="$OUT/_pkg${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONDONTWRITEBYTECODE=1
+: > "$OUT/logs/steps.tsv"
+log "campaign: repo $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), DRY=$DRY, budget ${BUDGET} s"
 
-# ---------------------------------------------------------------- the machine
-{
-  date -u +%FT%TZ
-  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
-  "$PY" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
-  if command -v nvidia-smi >/dev/null; then
-    nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit,pcie.link.gen.max,pcie.link.width.max --format=csv
-  fi
-  git -C "$REPO" rev-parse HEAD 2>/dev/null || true
-} > "$OUT/logs/env.txt" 2>&1
-log "env: $(tr '\n' ' ' < "$OUT/logs/env.txt")"
-
-if [[ -z "${HARDWARE:-}" ]]; then
-  GPU_NAME=cpu
-  if [[ "$DEVICE" == cuda* ]] && command -v nvidia-smi >/dev/null; then
-    GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-  fi
-  case "$GPU_NAME" in
-    *H100*PCIe*) HARDWARE=h100-pcie ;;
-    *H100*NVL*) HARDWARE=h100-nvl ;;
-    *H100*) HARDWARE=h100-sxm ;;
-    *H200*) HARDWARE=h200-sxm ;;
-    *A100*PCIE*40GB*) HARDWARE=a100-pcie-40gb ;;
-    *A100*) HARDWARE=a100-sxm-80gb ;;
-    *L40S*) HARDWARE=l40s ;;
-    *L4*) HARDWARE=l4 ;;
-    *) HARDWARE=cpu-local ;;
-  esac
+# ---------------------------------------------------------------- 1. environment
+step env 20 "$PY" -c "
+import sys, torch, triton, numpy, specmoe.engine, specmoe.kernels
+from specmoe.kernels import _runtime as rt
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda,
+      'triton', triton.__version__, 'numpy', numpy.__version__, 'interpreter', rt.interpreting())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print('gpu', p.name, 'sms', p.multi_processor_count, 'mem', p.total_memory,
+          'l2', getattr(p, 'L2_cache_size', None))
+elif '$DRY' != '1':
+    sys.exit('no CUDA device (DRY=1 for a CPU dry run)')
+"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,pcie.link.gen.max,pcie.link.width.max --format=csv >> "$OUT/logs/env.log" 2>&1
 fi
-log "base hardware profile: $HARDWARE"
+cat "$OUT/logs/env.log"
 
-# ---------------------------------------------------------------- 1. microbenchmarks
-# One trace per kind, so that a kind that fails (e.g. out of memory) costs only its own file.
-cd "$REPO"
-log "microbenchmarks ($DEVICE, $PRESET shapes)"
-timeout 200 "$PY" - "$OUT/traces" "$DEVICE" "$PRESET" "$QUICK" "${THREADS:-1}" <<'PYEOF' 2>&1 | tee -a "$OUT/logs/micro.log" || log "microbenchmarks stopped early; run again to resume"
-import sys, time
-from pathlib import Path
-import torch
-sys.path.insert(0, "experiments")
-import engine_runs as er
-from specmoe.engine.microbench import run_microbench
-out, device, preset, quick = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
-if not device.startswith("cuda"):
-    torch.set_num_threads(int(sys.argv[5]))  # as the end-to-end runs: one device, one fingerprint
-p = er.PRESETS[preset]
-# the quick grid times CPU experts at 3 sizes only: too few for their 3 parameters, so left out
-kinds = [k for k in ("gemm", "expert", "attn", "h2d", "d2h", "cpu_expert") if not (quick and k == "cpu_expert")]
-for kind in kinds:
-    path = out / f"micro-{kind}.jsonl.gz"
-    if path.exists():
-        continue
-    t = time.perf_counter()
-    try:
-        run_microbench(path, device=device, kinds=[kind], quick=quick, dtype=p["dtype"], hidden=p["hidden"],
-                       ffn=p["expert_ffn"], heads=p["heads"], kv_heads=p["kv_heads"],
-                       head_dim=p["head_dim"], reps=5 if quick else 10)
-        print(f"microbenchmark {kind}: {time.perf_counter() - t:.0f} s -> {path}", flush=True)
-    except Exception as exc:  # noqa: BLE001  (keep the other kinds)
-        print(f"microbenchmark {kind} FAILED after {time.perf_counter() - t:.0f} s: "
-              f"{type(exc).__name__}: {exc}", flush=True)
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-PYEOF
-
-# ---------------------------------------------------------------- 2. end-to-end runs
-# SPLIT:POLICIES:BATCHES:GAMMAS rows; speculative policies take every gamma, N = 2 draft experts.
-if [[ "$QUICK" == "1" ]]; then
-  GRID=(train:ondemand,caching:1,2,3:0 train:specmoe:2:2 heldout:ondemand,overlap:4:0 heldout:specmoe:3:2)
-  MAX_NEW=6; PROMPT=8
+# ---------------------------------------------------------------- 2. correctness
+if [[ "$DRY" == "1" ]]; then
+  step checks 60 "$PY" "$X/gpu_checks.py" --dry --out "$OUT/checks.json"
 else
-  GRID=(train:ondemand,caching:1,4,16,64:0 train:specmoe:4,32:2
-        heldout:ondemand,overlap,caching:2,8,32:0 heldout:specmoe:1,8,32:2,4)
-  MAX_NEW=24; PROMPT=64
+  step checks 80 "$PY" "$X/gpu_checks.py" --out "$OUT/checks.json"
+  if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
+    step tests 35 "$PY" -m pytest -q -x -p no:cacheprovider --rootdir "$REPO" \
+      "$REPO/tests/test_engine_cuda.py" "$REPO/tests/test_engine_kernels.py" \
+      "$REPO/tests/test_kernels_ops.py" "$REPO/tests/test_kernels_moe.py"
+  else
+    log "tests: pytest/hypothesis not importable here; gpu_checks.py covered the CUDA paths"
+  fi
 fi
-ARGS=()
-for row in "${GRID[@]}"; do ARGS+=(--grid "$row"); done
-# On a CPU device one torch thread (a dry run on a shared machine); a GPU run keeps torch's default
-[[ "$DEVICE" == cuda* ]] || ARGS+=(--threads "${THREADS:-1}")
-log "end-to-end runs: ${GRID[*]} x $REPEATS repeats"
-status=0
-timeout 360 "$PY" experiments/engine_runs.py --out "$OUT/traces/e2e" "${ARGS[@]}" \
-    --preset "$PRESET" --layers "$LAYERS" --device "$DEVICE" --draft-experts 2 --resident-experts 2 \
-    --synthetic-acceptance 0.7 --prompt-len "$PROMPT" --max-new-tokens "$MAX_NEW" \
-    --repeats "$REPEATS" 2>&1 | tee -a "$OUT/logs/e2e.log" || status=$?
-[[ $status -eq 0 ]] || log "end-to-end runs stopped early (status $status); run again to resume"
-log "measured: $(find "$OUT/traces/e2e" -name '*.jsonl.gz' | wc -l) end-to-end traces"
 
-# ---------------------------------------------------------------- 3. calibrate and validate
-# Paths relative to OUTDIR, so the written commands work wherever OUTDIR is copied to.
-cd "$OUT"
-NAME=${NAME:-$HARDWARE-campaign}
-CAL=(calibrate traces/micro-*.jsonl.gz traces/e2e/train/*.jsonl.gz --hardware "$HARDWARE"
-     -o "$NAME.yaml" --html "calibration_$NAME.html" --min-samples 3)
-# the quick grid's copies come in too few sizes to separate per-copy time from bandwidth
-[[ "$QUICK" != "1" ]] || CAL+=(--fix transfer_setup_us)
-VAL=(validate traces/e2e/heldout/*.jsonl.gz --hardware "$NAME.yaml" --markdown "validation_$NAME.md")
-{ echo "cd OUTDIR"; echo "specmoe ${CAL[*]}"; echo "specmoe ${VAL[*]}"; } > fit_commands.txt
-if "$PY" -c "import scipy, yaml, pydantic, plotly" 2>/dev/null; then
-  log "calibrating"
-  "$PY" -m specmoe.app.cli.main "${CAL[@]}" 2>&1 | tee "calibration_$NAME.md"
-  log "validating"
-  "$PY" -m specmoe.app.cli.main "${VAL[@]}" 2>&1 | tee -a logs/validate.log
+# ---------------------------------------------------------------- 3. kernel benchmarks
+if [[ "$DRY" == "1" ]]; then
+  step kernels 60 "$PY" "$X/bench_kernels.py" --tiny --kernels moe,attention --out "$OUT/kernels.json"
+  step micro 30 "$PY" -m specmoe.engine.microbench "$OUT/traces/micro-ops.jsonl.gz" --device cpu \
+    --quick --dtype float32 --kinds gemm,moe,attn --reps 2
 else
-  log "scipy/yaml/pydantic/plotly not importable here: copy $OUT back and run fit_commands.txt there"
-  cat fit_commands.txt
+  step kernels 60 "$PY" "$X/bench_kernels.py" --kernels moe,attention --models mixtral-8x7b \
+    --tokens-per-expert 1,2,4,8,16,32,64,2048 --reps 10 --out "$OUT/kernels.json"
+  step micro 65 "$PY" -m specmoe.engine.microbench "$OUT/traces/micro-ops.jsonl.gz" --device cuda \
+    --kinds gemm,moe,attn --reps 10 --launches 10
 fi
-log "done in $(( $(date +%s) - START )) s"
+
+# ---------------------------------------------------------------- 4. copies
+if [[ "$DRY" == "1" ]]; then
+  step copies 30 "$PY" -m specmoe.engine.microbench "$OUT/traces/micro-copy.jsonl.gz" --device cpu \
+    --quick --kinds h2d,d2h --reps 2
+else
+  step copies 40 "$PY" -m specmoe.engine.microbench "$OUT/traces/micro-copy.jsonl.gz" --device cuda \
+    --kinds h2d,d2h --reps 5
+fi
+
+# ---------------------------------------------------------------- 5. end-to-end runs
+# SPLIT:POLICIES:BATCHES:GAMMAS; speculative policies take every gamma, N = 2 draft experts.
+if [[ "$DRY" == "1" ]]; then
+  E2E=(--preset cpu-small --layers 2 --device cpu --threads 1 --prompt-len 8 --max-new-tokens 4
+       --grid train:ondemand,caching:1,2:0 --grid train:specmoe:2:2 --grid heldout:specmoe:1:4)
+else
+  E2E=(--preset mixtral-8x7b --layers "$LAYERS" --device cuda --prompt-len 32 --max-new-tokens 16
+       --grid train:ondemand,caching:1,16,128:0 --grid train:specmoe:1,16,128:2,4
+       --grid heldout:ondemand,caching:64:0 --grid heldout:specmoe:64:4)
+fi
+step e2e 120 "$PY" "$X/engine_runs.py" --out "$OUT/traces/e2e" "${E2E[@]}" --draft-experts 2 \
+  --resident-experts 2 --synthetic-acceptance 0.7 --repeats 1
+
+# ---------------------------------------------------------------- 6. decode-size quick tune
+if [[ "$DRY" == "1" ]]; then
+  step tune 30 "$PY" "$X/quick_tune.py" --out "$OUT/tune" --dry
+else
+  step tune 50 "$PY" "$X/quick_tune.py" --out "$OUT/tune"
+fi
+
+# ---------------------------------------------------------------- summary
+"$PY" "$X/campaign_summary.py" "$OUT" | tee "$OUT/summary.txt"
+log "done in $(( $(date +%s) - START )) s; steps: $(cut -f1,2 "$OUT/logs/steps.tsv" | tr '\t\n' ': ')"
+echo "Calibrate where the core's dependencies are installed (copy OUTDIR back):"
+echo "  specmoe calibrate $OUT/traces/micro-*.jsonl.gz $OUT/traces/e2e/train/*.jsonl.gz --hardware h200-sxm -o h200-campaign.yaml"
+echo "  specmoe validate $OUT/traces/e2e/heldout/*.jsonl.gz --hardware h200-campaign.yaml"
+! grep -qv $'\tok\t' "$OUT/logs/steps.tsv"

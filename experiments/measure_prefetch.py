@@ -1,4 +1,5 @@
-"""Measure the overlap policy's next-layer prediction on the shipped tiny MoE; write specmoe/data/tiny/prefetch.json.
+"""Measure the overlap policy's next-layer prediction on the shipped tiny MoE; write \
+specmoe/data/tiny/prefetch.json.
 
 The engine's `overlap` provider, while layer l−1 runs, applies layer l's router to layer l−1's MoE
 input and prefetches the top-k experts of every token (the union over the batch). This script runs
@@ -20,6 +21,7 @@ hits. A 95% bootstrap interval resamples generate() calls (one prompt at batch 1
     python experiments/measure_prefetch.py                 # ~1 minute on one CPU thread
     python experiments/measure_prefetch.py --prompts 8 --new-tokens 16 --out /tmp/p.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +64,15 @@ def layer_steps(res, log) -> list[dict]:
         if rec["layer"] == 0:
             continue
         key = (rec["phase"], rec["step"], rec["layer"])
-        rows.append({"phase": key[0], "step": key[1], "layer": key[2],
-                     "needed": {e for ids in rec["ids"] for e in ids}, "prefetched": pre.pop(key, set())})
+        rows.append(
+            {
+                "phase": key[0],
+                "step": key[1],
+                "layer": key[2],
+                "needed": {e for ids in rec["ids"] for e in ids},
+                "prefetched": pre.pop(key, set()),
+            }
+        )
     if pre:
         raise RuntimeError(f"prefetches without a routed layer: {sorted(pre)[:3]}")
     return rows
@@ -74,20 +83,32 @@ def check_counters(rows: list[dict], res) -> dict:
     useful = sum(len(r["needed"] & r["prefetched"]) for r in rows)
     wasted = sum(len(r["prefetched"] - r["needed"]) for r in rows)
     pc = res.stats.policy_counters
-    got = {"prefetch_useful": pc.get("prefetch_useful", 0), "prefetch_wasted": pc.get("prefetch_wasted", 0),
-           "store_hits": res.stats.hits, "store_prefetched": res.stats.prefetched}
-    want = {"prefetch_useful": useful, "prefetch_wasted": wasted, "store_hits": useful,
-            "store_prefetched": useful + wasted}
+    got = {
+        "prefetch_useful": pc.get("prefetch_useful", 0),
+        "prefetch_wasted": pc.get("prefetch_wasted", 0),
+        "store_hits": res.stats.hits,
+        "store_prefetched": res.stats.prefetched,
+    }
+    want = {
+        "prefetch_useful": useful,
+        "prefetch_wasted": wasted,
+        "store_hits": useful,
+        "store_prefetched": useful + wasted,
+    }
     if got != want:
-        raise RuntimeError(f"engine counters {got} disagree with the routing record / fetch log {want}")
+        raise RuntimeError(
+            f"engine counters {got} disagree with the routing record / fetch log {want}"
+        )
     return got
 
 
-def run_batches(eng: Engine, prompts: list[list[int]], batch: int, new_tokens: int) -> tuple[list, dict]:
+def run_batches(
+    eng: Engine, prompts: list[list[int]], batch: int, new_tokens: int
+) -> tuple[list, dict]:
     """rows tagged with their call index; the engine counters summed over calls."""
     rows, counters = [], defaultdict(int)
     for call, s in enumerate(range(0, len(prompts), batch)):
-        res = eng.generate(prompts[s: s + batch], new_tokens, temperature=0.0, record_routing=True)
+        res = eng.generate(prompts[s : s + batch], new_tokens, temperature=0.0, record_routing=True)
         r = layer_steps(res, eng.store.stats.log)
         for k, v in check_counters(r, res).items():
             counters[k] += v
@@ -109,10 +130,14 @@ def sums(rows: list[dict], experts: int) -> np.ndarray:
 
 def rates(s: np.ndarray) -> dict:
     useful, needed, pre, chance = s
-    return {"hit_rate": useful / needed if needed else None,
-            "precision": useful / pre if pre else None,
-            "chance_hit_rate": chance / needed if needed else None,
-            "needed": int(needed), "prefetched": int(pre), "useful": int(useful)}
+    return {
+        "hit_rate": useful / needed if needed else None,
+        "precision": useful / pre if pre else None,
+        "chance_hit_rate": chance / needed if needed else None,
+        "needed": int(needed),
+        "prefetched": int(pre),
+        "useful": int(useful),
+    }
 
 
 def bootstrap(rows: list[dict], experts: int, reps: int, seed: int) -> dict:
@@ -122,22 +147,29 @@ def bootstrap(rows: list[dict], experts: int, reps: int, seed: int) -> dict:
     idx = np.random.default_rng(seed).integers(0, len(calls), (reps, len(calls)))
     tot = per[idx].sum(axis=1)
     h, prec = tot[:, 0] / tot[:, 1], tot[:, 0] / tot[:, 2]
-    return {"hit_rate": np.percentile(h, [2.5, 97.5]).tolist(),
-            "precision": np.percentile(prec, [2.5, 97.5]).tolist(), "units": len(calls)}
+    return {
+        "hit_rate": np.percentile(h, [2.5, 97.5]).tolist(),
+        "precision": np.percentile(prec, [2.5, 97.5]).tolist(),
+        "units": len(calls),
+    }
 
 
 def summarize(rows: list[dict], cfg, reps: int, seed: int) -> dict:
     dec = [r for r in rows if r["phase"] == "decode"]
     out = rates(sums(dec, cfg.experts))
-    out["per_layer"] = {str(l): rates(sums([r for r in dec if r["layer"] == l], cfg.experts))
-                        for l in range(1, cfg.layers)}
+    out["per_layer"] = {
+        str(l): rates(sums([r for r in dec if r["layer"] == l], cfg.experts))
+        for l in range(1, cfg.layers)
+    }
     out["ci95"] = bootstrap(dec, cfg.experts, reps, seed)
     out["decode_steps"] = len({(r["call"], r["step"]) for r in dec})
     out["mean_needed_per_layer"] = out["needed"] / len(dec)
     out["mean_prefetched_per_layer"] = out["prefetched"] / len(dec)
-    out["prefill"] = {k: v for k, v in rates(sums([r for r in rows if r["phase"] == "prefill"],
-                                                    cfg.experts)).items()
-                      if k in ("hit_rate", "precision")}
+    out["prefill"] = {
+        k: v
+        for k, v in rates(sums([r for r in rows if r["phase"] == "prefill"], cfg.experts)).items()
+        if k in ("hit_rate", "precision")
+    }
     return out
 
 
@@ -145,23 +177,35 @@ def summarize(rows: list[dict], cfg, reps: int, seed: int) -> dict:
 
 
 def table(by_batch: dict, layers: int) -> str:
-    head = ["batch", "steps"] + [f"h L{l}" for l in range(1, layers)] + ["h mean", "h 95% CI",
-                                                                        "precision", "chance h"]
+    head = (
+        ["batch", "steps"]
+        + [f"h L{l}" for l in range(1, layers)]
+        + ["h mean", "h 95% CI", "precision", "chance h"]
+    )
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for b, d in by_batch.items():
         ci = d["ci95"]["hit_rate"]
-        cells = [b, str(d["decode_steps"])] + [f"{d['per_layer'][str(l)]['hit_rate']:.3f}"
-                                              for l in range(1, layers)]
-        cells += [f"{d['hit_rate']:.3f}", f"{ci[0]:.3f}–{ci[1]:.3f}", f"{d['precision']:.3f}",
-                  f"{d['chance_hit_rate']:.3f}"]
+        cells = [b, str(d["decode_steps"])] + [
+            f"{d['per_layer'][str(l)]['hit_rate']:.3f}" for l in range(1, layers)
+        ]
+        cells += [
+            f"{d['hit_rate']:.3f}",
+            f"{ci[0]:.3f}–{ci[1]:.3f}",
+            f"{d['precision']:.3f}",
+            f"{d['chance_hit_rate']:.3f}",
+        ]
         lines.append(" | ".join(cells))
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model-dir", default=str(tm.DEFAULT_OUT))
-    p.add_argument("--prompts", type=int, default=64, help="held-out prompts (a multiple of every batch)")
+    p.add_argument(
+        "--prompts", type=int, default=64, help="held-out prompts (a multiple of every batch)"
+    )
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per prompt")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
@@ -187,8 +231,13 @@ def main(argv=None) -> dict:
     cfg = w.cfg
     windows, data = ma.heldout_windows(model_dir, cfg.max_seq_len)
     _, prompts, _, prompt_idx = ma.split_windows(windows, a.prompts, 0, a.prompt_len, a.seed)
-    eng = Engine(w, make_policy("overlap"), device="cpu", max_batch=max(a.batches),
-                 max_seq_len=a.prompt_len + a.new_tokens + 2)
+    eng = Engine(
+        w,
+        make_policy("overlap"),
+        device="cpu",
+        max_batch=max(a.batches),
+        max_seq_len=a.prompt_len + a.new_tokens + 2,
+    )
     by_batch, counters = {}, {}
     for b in a.batches:
         rows, counters[str(b)] = run_batches(eng, prompts, b, a.new_tokens)
@@ -198,28 +247,49 @@ def main(argv=None) -> dict:
     doc = {
         "schema": "specmoe.prefetch/1",
         "prefetch_hit_rate": by_batch[primary]["hit_rate"],
-        "primary": {"batch": int(primary), "phase": "decode", "layers": f"1..{cfg.layers - 1}",
-                    "why": "batch 1 is the per-token prediction; a larger batch unions the predictions "
-                           "of more tokens, so its h is higher (by_batch)"},
+        "primary": {
+            "batch": int(primary),
+            "phase": "decode",
+            "layers": f"1..{cfg.layers - 1}",
+            "why": "batch 1 is the per-token prediction; a larger batch unions the predictions "
+            "of more tokens, so its h is higher (by_batch)",
+        },
         "by_batch": by_batch,
         "definitions": {
             "hit_rate": "Σ|prefetched ∩ needed| / Σ|needed| over decode steps and layers >= 1 "
-                        "(Policy.prefetch_hit_rate)",
+            "(Policy.prefetch_hit_rate)",
             "precision": "Σ|prefetched ∩ needed| / Σ|prefetched| (share of prefetch bytes used)",
-            "chance_hit_rate": "hit rate of a random prediction of the same size: Σ|P|·|N|/E / Σ|N|",
+            "chance_hit_rate": (
+                "hit rate of a random prediction of the same size: Σ|P|·|N|/E / Σ|N|"
+            ),
             "prediction": "engine overlap policy: top-k of layer l's router applied to layer l-1's "
-                          "MoE input, per token, union over the batch",
+            "MoE input, per token, union over the batch",
             "ci95": "bootstrap over generate() calls",
         },
         "metadata": {
-            "model": {"name": "tiny", "path": ma.rel(model_dir),
-                      "sha256": ma.sha256(model_dir / "model.safetensors"), "layers": cfg.layers,
-                      "experts": cfg.experts, "top_k": cfg.top_k, "engine_dtype": cfg.dtype},
-            "data": data | {"prompt_windows": prompt_idx, "prompts": a.prompts, "prompt_len": a.prompt_len,
-                            "new_tokens": a.new_tokens, "batches": a.batches, "temperature": 0.0},
+            "model": {
+                "name": "tiny",
+                "path": ma.rel(model_dir),
+                "sha256": ma.sha256(model_dir / "model.safetensors"),
+                "layers": cfg.layers,
+                "experts": cfg.experts,
+                "top_k": cfg.top_k,
+                "engine_dtype": cfg.dtype,
+            },
+            "data": data
+            | {
+                "prompt_windows": prompt_idx,
+                "prompts": a.prompts,
+                "prompt_len": a.prompt_len,
+                "new_tokens": a.new_tokens,
+                "batches": a.batches,
+                "temperature": 0.0,
+            },
             "engine_counters": counters,
-            "command": ("python experiments/measure_prefetch.py "
-                        + shlex.join(argv if argv is not None else sys.argv[1:])).strip(),
+            "command": (
+                "python experiments/measure_prefetch.py "
+                + shlex.join(argv if argv is not None else sys.argv[1:])
+            ).strip(),
             "device": {k: v for k, v in device_fingerprint("cpu").items() if k != "host"},
             "seed": a.seed,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -229,8 +299,10 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     ma.write_atomic(out, json.dumps(doc, indent=1) + "\n")
     print(table(by_batch, cfg.layers))
-    print(f"prefetch_hit_rate (batch {primary}, decode, layers 1..{cfg.layers - 1}) = "
-          f"{doc['prefetch_hit_rate']:.3f}; wall {wall:.0f}s; wrote {out}")
+    print(
+        f"prefetch_hit_rate (batch {primary}, decode, layers 1..{cfg.layers - 1}) = "
+        f"{doc['prefetch_hit_rate']:.3f}; wall {wall:.0f}s; wrote {out}"
+    )
     return doc
 
 

@@ -107,7 +107,7 @@ def _balanced(E, ep):
 def score(top, pred_expert, gpu_of, ep, layer):
     k = top.shape[-1]
     experts = top[layer].reshape(-1, k)
-    dest = gpu_of[experts]                                 # [N, k]
+    dest = gpu_of[experts]  # [N, k]
     g_pred = gpu_of[pred_expert]
     q = float(np.mean(g_pred == dest[:, 0]))
     c = float(np.mean(dest[:, 1:] == dest[:, :1]))
@@ -121,7 +121,7 @@ def main() -> int:
     model, cfg = tm.load_pretrained(tm.DEFAULT_OUT)
     stream, _ = rs.heldout_stream(tm.DEFAULT_OUT, "")
     windows = tm.heldout_windows(stream, cfg.max_position_embeddings)
-    top = rs.route(model, windows)                         # [L, W, T, k], top-1 first
+    top = rs.route(model, windows)  # [L, W, T, k], top-1 first
     E, k, L = cfg.num_local_experts, cfg.num_experts_per_tok, cfg.num_hidden_layers
     half = windows.shape[0] // 2
     fit, test = top[:, :half], top[:, half:]
@@ -132,29 +132,46 @@ def main() -> int:
         for name, gpu_of in placements.items():
             for layer in range(L):
                 pred = predict(test, windows[half:], tok_tab, layer_tab, layer)
-                rows.append({"ep": ep, "placement": name, "layer": layer,
-                             **score(test, pred, gpu_of, ep, layer)})
+                rows.append(
+                    {
+                        "ep": ep,
+                        "placement": name,
+                        "layer": layer,
+                        **score(test, pred, gpu_of, ep, layer),
+                    }
+                )
     summary = {}
     for ep in (2, 4):
         for name in ("random", "grouped"):
             sel = [r for r in rows if r["ep"] == ep and r["placement"] == name and r["layer"] > 0]
-            summary[f"ep{ep}-{name}"] = {key: float(np.mean([r[key] for r in sel]))
-                                         for key in ("q", "c", "local_measured", "local_formula")}
-    doc = {"schema": "specmoe.shuffle/1", "model": "tiny (experiments/tiny_moe)", "num_experts": E,
-           "top_k": k, "layers": L, "fit_windows": int(half),
-           "test_windows": int(windows.shape[0] - half),
-           "tokens_scored_per_layer": int(test[0].size // k),
-           "command": "python experiments/measure_shuffle_accuracy.py",
-           "note": "means over layers 1..L-1 (layer 0 has no inter-layer table)",
-           "summary": summary, "rows": rows}
+            summary[f"ep{ep}-{name}"] = {
+                key: float(np.mean([r[key] for r in sel]))
+                for key in ("q", "c", "local_measured", "local_formula")
+            }
+    doc = {
+        "schema": "specmoe.shuffle/1",
+        "model": "tiny (experiments/tiny_moe)",
+        "num_experts": E,
+        "top_k": k,
+        "layers": L,
+        "fit_windows": int(half),
+        "test_windows": int(windows.shape[0] - half),
+        "tokens_scored_per_layer": int(test[0].size // k),
+        "command": "python experiments/measure_shuffle_accuracy.py",
+        "note": "means over layers 1..L-1 (layer 0 has no inter-layer table)",
+        "summary": summary,
+        "rows": rows,
+    }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     print("| ep | placement | q | c | local share measured | formula | baseline 1/ep |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for key, s in summary.items():
         ep, name = key[2], key.split("-")[1]
-        print(f"| {ep} | {name} | {s['q']:.3f} | {s['c']:.3f} | {s['local_measured']:.3f} | "
-              f"{s['local_formula']:.3f} | {1 / int(ep):.3f} |")
+        print(
+            f"| {ep} | {name} | {s['q']:.3f} | {s['c']:.3f} | {s['local_measured']:.3f} | "
+            f"{s['local_formula']:.3f} | {1 / int(ep):.3f} |"
+        )
     print(f"wrote {OUT}")
     return 0
 

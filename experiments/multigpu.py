@@ -261,7 +261,8 @@ latency on an 8-GPU server, and the local activation rate rising from about 25% 
   a much larger batch within the SLO); this table is unconstrained decode throughput at a fixed
   batch. (2) Uncalibrated links: datasheet bandwidth at η = 1 makes the all-to-all cheap (17-21%
   of the MoE layer on NVLink 4, 30-34% on NVLink 5, against the reported 59.2%); the sensitivity
-  table (η = 0.25, 50 µs) raises that share to 62-84% yet the gain on NVLink stays small, because a latency-bound
+  table (η = 0.25, 50 µs) raises that share to 62-84% yet the gain on NVLink stays small, because \
+a latency-bound
   collective does not get faster when its bytes shrink. Calibrating `CommParams` from measured
   all-to-all rows (aiconfigurator-core's NCCL / DeepEP tables, through the measured-kernels
   importer) is the missing step. (3) q and c are assumed, not measured on the paper's models.

@@ -28,7 +28,7 @@ import train_tiny_moe as tm  # the one home of the model forward and the data sp
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "specmoe" / "data" / "tiny" / "routing.json"
-BATCH_SIZES = [2 ** i for i in range(9)]  # 1 .. 256
+BATCH_SIZES = [2**i for i in range(9)]  # 1 .. 256
 
 
 def heldout_stream(model_dir: Path, stdlib: str) -> tuple[np.ndarray, dict]:
@@ -41,8 +41,12 @@ def heldout_stream(model_dir: Path, stdlib: str) -> tuple[np.ndarray, dict]:
     if names != summary["heldout_files"]:
         raise ValueError(f"held-out files under {root} differ from those in train_summary.json")
     stream = tm.encode_docs(tm.load_tokenizer(model_dir), tm.read_texts(held))
-    return stream, {"stdlib_root": str(root), "heldout_files": len(held), "seed": data["seed"],
-                    "heldout_frac": data["heldout_frac"]}
+    return stream, {
+        "stdlib_root": str(root),
+        "heldout_files": len(held),
+        "seed": data["seed"],
+        "heldout_frac": data["heldout_frac"],
+    }
 
 
 @torch.no_grad()
@@ -50,8 +54,8 @@ def route(model: tm.TinyMixtral, windows: np.ndarray, batch: int = 16) -> np.nda
     """Top-k expert ids for every position: int array [L, windows, T, k]."""
     out = []
     for i in range(0, len(windows), batch):
-        _, routing = model(torch.from_numpy(windows[i: i + batch]), with_routing=True)
-        b, t = windows[i: i + batch].shape
+        _, routing = model(torch.from_numpy(windows[i : i + batch]), with_routing=True)
+        b, t = windows[i : i + batch].shape
         out.append(np.stack([top_i.reshape(b, t, -1).numpy() for _, top_i in routing]))
     return np.concatenate(out, axis=1)
 
@@ -95,7 +99,9 @@ def distinct_consecutive(top, sizes, samples, rng) -> np.ndarray:
         w = rng.integers(0, n_win, size=samples)
         s0 = rng.integers(0, t - n + 1, size=samples)
         for layer in range(n_layers):
-            mean[layer, j] = np.mean([len(np.unique(top[layer, a, b: b + n])) for a, b in zip(w, s0)])
+            mean[layer, j] = np.mean(
+                [len(np.unique(top[layer, a, b : b + n])) for a, b in zip(w, s0)]
+            )
     return mean
 
 
@@ -109,7 +115,7 @@ def summarise(top: np.ndarray, cfg: tm.TinyMoEConfig, samples: int, seed: int) -
     rng = np.random.default_rng(seed)
     p = inclusion_probs(top, e)
     reuse = step_reuse(top, e)
-    chance = (p ** 2).sum(1) / k
+    chance = (p**2).sum(1) / k
     excess = np.clip((reuse - chance) / (1.0 - chance), 0.0, 1.0)
     ind_mean, ind_std = distinct_independent(top, e, BATCH_SIZES, samples, rng)
     cons = distinct_consecutive(top, BATCH_SIZES, samples, rng)
@@ -123,46 +129,59 @@ def summarise(top: np.ndarray, cfg: tm.TinyMoEConfig, samples: int, seed: int) -
             "normalised_entropy": entropy.tolist(),
             "coverage_top_n": (np.cumsum(sorted_p, 1) / k).tolist(),
             "coverage_top_n_definition": "share of routed (token, expert) slots served by the "
-                                         "layer's N most used experts, N = 1..E",
+            "layer's N most used experts, N = 1..E",
         },
-        "step_reuse": {"per_layer": reuse.tolist(), "chance_per_layer": chance.tolist(),
-                       "excess_per_layer": excess.tolist(),
-                       "definition": "reuse = mean over consecutive positions of |S_t ∩ S_t-1|/k; "
-                                     "chance = Σ_e p_e²/k (independent tokens); "
-                                     "excess = (reuse − chance)/(1 − chance), i.e. reuse = "
-                                     "x + (1 − x)·chance for a slot copied from the previous "
-                                     "token with probability x"},
+        "step_reuse": {
+            "per_layer": reuse.tolist(),
+            "chance_per_layer": chance.tolist(),
+            "excess_per_layer": excess.tolist(),
+            "definition": "reuse = mean over consecutive positions of |S_t ∩ S_t-1|/k; "
+            "chance = Σ_e p_e²/k (independent tokens); "
+            "excess = (reuse − chance)/(1 − chance), i.e. reuse = "
+            "x + (1 − x)·chance for a slot copied from the previous "
+            "token with probability x",
+        },
         "temporal_reuse": float(reuse.mean()),
         "temporal_reuse_excess": float(excess.mean()),
         "distinct_experts": {
-            "n": BATCH_SIZES, "samples_per_n": samples,
+            "n": BATCH_SIZES,
+            "samples_per_n": samples,
             "independent_measured": ind_mean.tolist(),
             "independent_std": ind_std.tolist(),
             "formula": formula_u(p, BATCH_SIZES).tolist(),
             "consecutive_measured": cons.tolist(),
             "definition": "mean distinct experts per layer among n token positions; independent: "
-                          "positions drawn at random from all held-out positions; consecutive: "
-                          "n adjacent positions of one sequence; formula: U(n) = Σ_e [1 − (1 − p_e)^n]",
+            "positions drawn at random from all held-out positions; consecutive: "
+            "n adjacent positions of one sequence; formula: U(n) = Σ_e [1 − (1 − p_e)^n]",
         },
     }
 
 
 def print_table(res: dict, cfg: tm.TinyMoEConfig):
     d = res["distinct_experts"]
-    print("layer  max p/unif  min p/unif  reuse  chance  excess   " +
-          "  ".join(f"U({n}) meas/form/consec" for n in (4, 16, 64)))
+    print(
+        "layer  max p/unif  min p/unif  reuse  chance  excess   "
+        + "  ".join(f"U({n}) meas/form/consec" for n in (4, 16, 64))
+    )
     for layer in range(cfg.num_hidden_layers):
         cols = [d["n"].index(n) for n in (4, 16, 64)]
-        u = "  ".join(f"{d['independent_measured'][layer][c]:5.2f}/{d['formula'][layer][c]:5.2f}/"
-                      f"{d['consecutive_measured'][layer][c]:5.2f}" for c in cols)
+        u = "  ".join(
+            f"{d['independent_measured'][layer][c]:5.2f}/{d['formula'][layer][c]:5.2f}/"
+            f"{d['consecutive_measured'][layer][c]:5.2f}"
+            for c in cols
+        )
         s, r = res["skew"], res["step_reuse"]
-        print(f"{layer:5d}  {s['max_over_uniform'][layer]:10.2f}  {s['min_over_uniform'][layer]:10.2f}"
-              f"  {r['per_layer'][layer]:5.3f}  {r['chance_per_layer'][layer]:6.3f}"
-              f"  {r['excess_per_layer'][layer]:6.3f}   {u}")
+        print(
+            f"{layer:5d}  {s['max_over_uniform'][layer]:10.2f}  "
+            f"{s['min_over_uniform'][layer]:10.2f}  {r['per_layer'][layer]:5.3f}  "
+            f"{r['chance_per_layer'][layer]:6.3f}  {r['excess_per_layer'][layer]:6.3f}   {u}"
+        )
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model-dir", default=str(tm.DEFAULT_OUT))
     ap.add_argument("--stdlib", default="", help="standard library root (default: as in training)")
     ap.add_argument("--seq-len", type=int, default=0, help="window length (default: model's max)")
@@ -181,15 +200,26 @@ def main(argv=None):
     res = summarise(top, cfg, args.samples, args.seed)
     doc = {
         "schema": "specmoe.routing/1",
-        "model": {"name": "tiny", "path": str(model_dir.relative_to(REPO)) if model_dir.is_relative_to(REPO)
-                  else str(model_dir), "num_layers": cfg.num_hidden_layers,
-                  "num_experts": cfg.num_local_experts, "top_k": cfg.num_experts_per_tok,
-                  "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size},
+        "model": {
+            "name": "tiny",
+            "path": str(model_dir.relative_to(REPO))
+            if model_dir.is_relative_to(REPO)
+            else str(model_dir),
+            "num_layers": cfg.num_hidden_layers,
+            "num_experts": cfg.num_local_experts,
+            "top_k": cfg.num_experts_per_tok,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+        },
         "data": {**data, "tokens": int(windows.size), "windows": len(windows), "seq_len": seq_len},
-        "command": ("python experiments/routing_stats.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip(),
+        "command": (
+            "python experiments/routing_stats.py "
+            + shlex.join(argv if argv is not None else sys.argv[1:])
+        ).strip(),
         "date": datetime.date.today().isoformat(),
         "torch_version": torch.__version__,
-        "num_layers": cfg.num_hidden_layers, "num_experts": cfg.num_local_experts,
+        "num_layers": cfg.num_hidden_layers,
+        "num_experts": cfg.num_local_experts,
         "top_k": cfg.num_experts_per_tok,
         **res,
     }

@@ -31,7 +31,9 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "tiny_moe"
-DEFAULT_WORK = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "specmoe" / "tiny_moe"
+DEFAULT_WORK = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "specmoe" / "tiny_moe"
+)
 STDLIB = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
 SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2 as in Mixtral's tokenizer
@@ -60,7 +62,8 @@ class TinyMoEConfig:
     initializer_range: float = 0.02
 
     def to_hf(self) -> dict:
-        """config.json as Hugging Face MixtralConfig writes it (keys of transformers 4.x and 5.x)."""
+        """config.json as Hugging Face MixtralConfig writes it (keys of transformers 4.x and
+        5.x)."""
         return {
             "architectures": ["MixtralForCausalLM"],
             "attention_dropout": 0.0,
@@ -96,7 +99,9 @@ class TinyMoEConfig:
     @classmethod
     def from_hf(cls, d: dict) -> TinyMoEConfig:
         if d.get("model_type") != "mixtral":
-            raise ValueError(f"config model_type={d.get('model_type')!r}; only 'mixtral' is allowed")
+            raise ValueError(
+                f"config model_type={d.get('model_type')!r}; only 'mixtral' is allowed"
+            )
         theta = d.get("rope_theta") or (d.get("rope_parameters") or {}).get("rope_theta")
         fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "rope_theta"}
         heads = fields.get("num_attention_heads", cls.num_attention_heads)
@@ -117,7 +122,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """cos/sin [T, head_dim] in the HF rotate-half convention (frequencies repeated, not interleaved)."""
+    """cos/sin [T, head_dim] in the HF rotate-half convention (frequencies repeated, not
+    interleaved)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -229,11 +235,17 @@ class TinyMixtral(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=g) * self.config.initializer_range)
 
     def forward(self, ids: torch.Tensor, with_routing: bool = False):
-        """ids [B, T] -> logits [B, T, V]; with_routing also returns per-layer (router logits, top-k ids)."""
+        """ids [B, T] -> logits [B, T, V]; with_routing also returns per-layer (router logits, top-k
+        ids)."""
         c = self.config
         if ids.shape[1] > c.max_position_embeddings:
-            raise ValueError(f"sequence length {ids.shape[1]} > max_position_embeddings {c.max_position_embeddings}")
-        cos, sin = rope_cos_sin(torch.arange(ids.shape[1], device=ids.device), c.head_dim, c.rope_theta)
+            raise ValueError(
+                f"sequence length {ids.shape[1]} > max_position_embeddings "
+                f"{c.max_position_embeddings}"
+            )
+        cos, sin = rope_cos_sin(
+            torch.arange(ids.shape[1], device=ids.device), c.head_dim, c.rope_theta
+        )
         x = self.model.embed_tokens(ids)
         routing = []
         for layer in self.model.layers:
@@ -244,15 +256,21 @@ class TinyMixtral(nn.Module):
 
 
 def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Switch/Mixtral auxiliary loss for one layer, as HF's load_balancing_loss_func: E * sum_e f_e P_e.
+    """Switch/Mixtral auxiliary loss for one layer, as HF's load_balancing_loss_func:
+    E * sum_e f_e P_e.
 
-    f_e = top-k assignments to e per token, P_e = mean router probability; equals top_k when balanced.
+    f_e = top-k assignments to e per token, P_e = mean router probability; equals top_k when
+    balanced.
     """
     probs = F.softmax(router_logits.float(), dim=-1)
     n, n_exp = probs.shape
     top_i = torch.topk(probs, top_k, dim=-1).indices
-    f = torch.zeros(n_exp, device=probs.device).scatter_add_(
-        0, top_i.reshape(-1), torch.ones(top_i.numel(), device=probs.device)) / n
+    f = (
+        torch.zeros(n_exp, device=probs.device).scatter_add_(
+            0, top_i.reshape(-1), torch.ones(top_i.numel(), device=probs.device)
+        )
+        / n
+    )
     return n_exp * torch.sum(f * probs.mean(0))
 
 
@@ -262,10 +280,10 @@ def greedy_generate(model: TinyMixtral, ids: list[int], n_new: int) -> list[int]
     dev = next(model.parameters()).device
     out = list(ids)
     for _ in range(n_new):
-        ctx = out[-model.config.max_position_embeddings:]
+        ctx = out[-model.config.max_position_embeddings :]
         logits = model(torch.tensor([ctx], device=dev))
         out.append(int(logits[0, -1].argmax()))
-    return out[len(ids):]
+    return out[len(ids) :]
 
 
 def hf_state_dict(model: TinyMixtral, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
@@ -276,13 +294,16 @@ def hf_state_dict(model: TinyMixtral, dtype=torch.bfloat16) -> dict[str, torch.T
 
 
 def load_pretrained(path: str | Path = DEFAULT_OUT, device: str = "cpu", dtype=torch.float32):
-    """(TinyMixtral, TinyMoEConfig) from a HF Mixtral directory (config.json + model.safetensors)."""
+    """(TinyMixtral, TinyMoEConfig) from a HF Mixtral directory (config.json +
+    model.safetensors)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     for name in ("config.json", "model.safetensors"):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} is missing; train with experiments/train_tiny_moe.py")
+            raise FileNotFoundError(
+                f"{path / name} is missing; train with experiments/train_tiny_moe.py"
+            )
     cfg = TinyMoEConfig.from_hf(json.loads((path / "config.json").read_text()))
     model = TinyMixtral(cfg)
     sd = load_file(str(path / "model.safetensors"))
@@ -297,9 +318,13 @@ def hf_parity(path: str | Path = DEFAULT_OUT, seq_len: int = 128, seed: int = 0)
     same saved weights (both fp32, eager attention). Needs `transformers`; nothing else does."""
     from transformers import MixtralForCausalLM
 
-    hf = MixtralForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    hf = MixtralForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, attn_implementation="eager"
+    )
     mine, cfg = load_pretrained(path)
-    ids = torch.randint(3, cfg.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(
+        3, cfg.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(seed)
+    )
     with torch.no_grad():
         return float((hf.eval()(ids).logits - mine(ids)).abs().max())
 
@@ -340,8 +365,11 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     return tok
 
@@ -367,19 +395,33 @@ def heldout_windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
 
 
 def write_tokenizer_files(tok, out: Path, cfg: TinyMoEConfig):
-    """tokenizer.json (+ HF side files); encode(..., add_special_tokens=True) prepends <s> as Mixtral's does."""
+    """tokenizer.json (+ HF side files); encode(..., add_special_tokens=True) prepends <s> as
+    Mixtral's does."""
     from tokenizers import processors
 
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)])
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)]
+    )
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-        "model_max_length": cfg.max_position_embeddings, "clean_up_tokenization_spaces": False,
-    }, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "model_max_length": cfg.max_position_embeddings,
+                "clean_up_tokenization_spaces": False,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    (out / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n"
+    )
 
 
 def prepare_data(args) -> dict:
@@ -399,14 +441,18 @@ def prepare_data(args) -> dict:
     np.save(work / "train.npy", train_s)
     np.save(work / "heldout.npy", held_s)
     meta = {
-        "stdlib_root": str(root), "seed": args.seed, "heldout_frac": args.heldout_frac,
+        "stdlib_root": str(root),
+        "seed": args.seed,
+        "heldout_frac": args.heldout_frac,
         "excluded_dirs": sorted(SKIP_DIRS),
         "train_files": [str(p.relative_to(root)) for p in train_f],
         "heldout_files": [str(p.relative_to(root)) for p in held_f],
         "train_bytes": sum(len(t.encode()) for t in train_t),
         "heldout_bytes": sum(len(t.encode()) for t in held_t),
-        "train_tokens": len(train_s), "heldout_tokens": len(held_s),
-        "vocab_size": tok.get_vocab_size(), "tokenizer_seconds": round(time.time() - t0, 1),
+        "train_tokens": len(train_s),
+        "heldout_tokens": len(held_s),
+        "vocab_size": tok.get_vocab_size(),
+        "tokenizer_seconds": round(time.time() - t0, 1),
     }
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
@@ -431,10 +477,16 @@ def ngram_baselines(train: np.ndarray, windows: np.ndarray, vocab: int) -> dict:
     c_pair = np.where(keys[pos] == q, counts[pos], 0).astype(np.float64)
     p_bi = np.divide(c_pair, ctx[prev], out=np.zeros_like(c_pair), where=ctx[prev] > 0)
     # λ picked on the held-out set itself: flatters the baseline, so the comparison is conservative
-    best = min((float(-np.log(lam * p_bi + (1 - lam) * uni[tgt]).mean()), lam)
-               for lam in np.linspace(0.05, 0.95, 19))
-    return {"unigram_ce": ce_uni, "bigram_ce": best[0], "bigram_lambda": round(best[1], 2),
-            "targets": len(tgt)}
+    best = min(
+        (float(-np.log(lam * p_bi + (1 - lam) * uni[tgt]).mean()), lam)
+        for lam in np.linspace(0.05, 0.95, 19)
+    )
+    return {
+        "unigram_ce": ce_uni,
+        "bigram_ce": best[0],
+        "bigram_lambda": round(best[1], 2),
+        "targets": len(tgt),
+    }
 
 
 # ----------------------------------------------------------------------------- training
@@ -444,22 +496,32 @@ def lr_at(step: int, args) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     frac = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return args.lr * (
+        args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac))
+    )
 
 
 def batch_for_step(stream: np.ndarray, step: int, args) -> torch.Tensor:
     """Random windows; the generator is seeded by (seed, step) so order survives a restart."""
     rng = np.random.default_rng([args.seed, step])
     starts = rng.integers(0, len(stream) - args.seq_len, size=args.batch)
-    return torch.from_numpy(np.stack([stream[s: s + args.seq_len] for s in starts]).astype(np.int64))
+    return torch.from_numpy(
+        np.stack([stream[s : s + args.seq_len] for s in starts]).astype(np.int64)
+    )
 
 
 def make_optimizer(model: TinyMixtral, args):
     decay = [p for n, p in model.named_parameters() if p.ndim == 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
 
 
 def autocast(device: str):
@@ -485,11 +547,14 @@ def evaluate(model, windows: np.ndarray, device: str, batch: int = 16) -> dict:
     c = model.config
     usage = torch.zeros(c.num_hidden_layers, c.num_local_experts, dtype=torch.float64)
     for i in range(0, len(windows), batch):
-        ids = torch.from_numpy(windows[i: i + batch]).to(device)
+        ids = torch.from_numpy(windows[i : i + batch]).to(device)
         with autocast(device):
             logits, routing = model(ids, with_routing=True)
-        ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                             ids[:, 1:].reshape(-1), reduction="sum")
+        ce = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            ids[:, 1:].reshape(-1),
+            reduction="sum",
+        )
         tot += float(ce)
         n += ids[:, 1:].numel()
         for layer, (_, top_i) in enumerate(routing):
@@ -501,8 +566,15 @@ def evaluate(model, windows: np.ndarray, device: str, batch: int = 16) -> dict:
 
 def save_checkpoint(path: Path, model, opt, step: int, train_seconds: float):
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                "train_seconds": train_seconds}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "train_seconds": train_seconds,
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
@@ -522,12 +594,20 @@ def train(args):
     meta = prepare_data(args)
     train_s = np.load(work / "train.npy")
     held = heldout_windows(np.load(work / "heldout.npy"), args.seq_len)
-    cfg = TinyMoEConfig(vocab_size=meta["vocab_size"], hidden_size=args.hidden,
-                        intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                        head_dim=args.hidden // args.heads, num_local_experts=args.experts,
-                        num_experts_per_tok=args.top_k, max_position_embeddings=args.seq_len,
-                        router_aux_loss_coef=args.aux_coef, tie_word_embeddings=args.tie)
+    cfg = TinyMoEConfig(
+        vocab_size=meta["vocab_size"],
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        head_dim=args.hidden // args.heads,
+        num_local_experts=args.experts,
+        num_experts_per_tok=args.top_k,
+        max_position_embeddings=args.seq_len,
+        router_aux_loss_coef=args.aux_coef,
+        tie_word_embeddings=args.tie,
+    )
     model = TinyMixtral(cfg)
     model.init_weights(args.seed)
     model.to(args.device).train()
@@ -540,9 +620,17 @@ def train(args):
         opt.load_state_dict(state["opt"])
         step, train_seconds = state["step"], state["train_seconds"]
     with open(out / "train_log.jsonl", "a" if step else "w") as fh:
-        log(fh, event="start", step=step, device=args.device, threads=torch.get_num_threads(),
-            params=sum(p.numel() for p in model.parameters()), args=vars(args),
-            train_tokens=meta["train_tokens"], heldout_tokens=meta["heldout_tokens"])
+        log(
+            fh,
+            event="start",
+            step=step,
+            device=args.device,
+            threads=torch.get_num_threads(),
+            params=sum(p.numel() for p in model.parameters()),
+            args=vars(args),
+            train_tokens=meta["train_tokens"],
+            heldout_tokens=meta["heldout_tokens"],
+        )
         step, train_seconds = run_steps(model, opt, train_s, held, step, train_seconds, args, fh)
         finish(model, cfg, meta, held, train_s, args, step, train_seconds, fh)
 
@@ -567,15 +655,25 @@ def run_steps(model, opt, train_s, held, step, train_seconds, args, fh):
         step += 1
         train_seconds += time.time() - t0
         if step % args.log_every == 0 or step == args.steps:
-            log(fh, step=step, ce=round(ce.item(), 4), aux=round(aux.item(), 4),
-                lr=round(lr_at(step - 1, args), 6), gnorm=round(float(gnorm), 3),
+            log(
+                fh,
+                step=step,
+                ce=round(ce.item(), 4),
+                aux=round(aux.item(), 4),
+                lr=round(lr_at(step - 1, args), 6),
+                gnorm=round(float(gnorm), 3),
                 train_seconds=round(train_seconds, 1),
-                tok_per_s=round(ids[:, 1:].numel() / (time.time() - t0)))
+                tok_per_s=round(ids[:, 1:].numel() / (time.time() - t0)),
+            )
         if step % args.eval_every == 0 and step < args.steps:
             ev = evaluate(model, held[: args.eval_windows], args.device)
-            log(fh, step=step, heldout_loss_subset=round(ev["loss"], 4),
+            log(
+                fh,
+                step=step,
+                heldout_loss_subset=round(ev["loss"], 4),
                 usage_max=round(max(max(u) for u in ev["usage"]), 3),
-                usage_min=round(min(min(u) for u in ev["usage"]), 3))
+                usage_min=round(min(min(u) for u in ev["usage"]), 3),
+            )
         if time.time() - last_ckpt > args.ckpt_seconds or step == args.steps:
             save_checkpoint(ckpt, model, opt, step, train_seconds)
             last_ckpt = time.time()
@@ -596,10 +694,16 @@ def finish(model, cfg, meta, held, train_s, args, step, train_seconds, fh):
     ev = evaluate(shipped, held, args.device)
     base = ngram_baselines(train_s, held, cfg.vocab_size)
     summary = {
-        "event": "final", "steps": step, "planned_steps": args.steps, "train_seconds": round(train_seconds, 1),
-        "heldout_loss": ev["loss"], "heldout_ppl": math.exp(ev["loss"]),
-        "heldout_targets": ev["tokens"], "eval_seconds": round(time.time() - t0, 1),
-        **base, "usage": ev["usage"],
+        "event": "final",
+        "steps": step,
+        "planned_steps": args.steps,
+        "train_seconds": round(train_seconds, 1),
+        "heldout_loss": ev["loss"],
+        "heldout_ppl": math.exp(ev["loss"]),
+        "heldout_targets": ev["tokens"],
+        "eval_seconds": round(time.time() - t0, 1),
+        **base,
+        "usage": ev["usage"],
         "params_total": sum(p.numel() for p in shipped.parameters()),
         "data": {k: v for k, v in meta.items() if not k.endswith("_files")},
         "heldout_files": meta["heldout_files"],
@@ -609,7 +713,9 @@ def finish(model, cfg, meta, held, train_s, args, step, train_seconds, fh):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -639,14 +745,24 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-seconds", type=float, default=120)
     p.add_argument("--workdir", default=str(DEFAULT_WORK), help="cache: token streams, checkpoint")
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    p.add_argument("--max-train-seconds", type=float, default=2100,
-                   help="stop early (and say so in the log) once training time passes this")
+    p.add_argument(
+        "--max-train-seconds",
+        type=float,
+        default=2100,
+        help="stop early (and say so in the log) once training time passes this",
+    )
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--hf-parity", action="store_true",
-                   help="only compare --out's logits with transformers' MixtralForCausalLM")
+    p.add_argument(
+        "--hf-parity",
+        action="store_true",
+        help="only compare --out's logits with transformers' MixtralForCausalLM",
+    )
     args = p.parse_args(argv)
     if args.hidden % args.heads or args.heads % args.kv_heads:
-        p.error(f"--hidden {args.hidden} must divide by --heads {args.heads}, which must divide by --kv-heads {args.kv_heads}")
+        p.error(
+            f"--hidden {args.hidden} must divide by --heads {args.heads}, which must divide by "
+            f"--kv-heads {args.kv_heads}"
+        )
     if not 1 <= args.top_k <= args.experts:
         p.error(f"--top-k {args.top_k} must lie in 1..--experts ({args.experts})")
     return args
@@ -655,7 +771,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.hf_parity:
-        print(f"max abs logit difference vs transformers MixtralForCausalLM: {hf_parity(args.out):.3g}")
+        print(
+            "max abs logit difference vs transformers MixtralForCausalLM: "
+            f"{hf_parity(args.out):.3g}"
+        )
     else:
         train(args)
 

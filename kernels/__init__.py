@@ -6,7 +6,8 @@ Set TRITON_INTERPRET=1 before importing them to run on CPU tensors under the Tri
 
     moe_align   moe_align_block_size, MoEAlignment       token-to-expert alignment to the block size
     fused_moe   fused_moe, nonresident_mask              grouped expert GEMM, SwiGLU, slot indirection
-    moe_config  get_fused_moe_config, tune_fused_moe     tile configs, per-device JSON in configs/
+    moe_config  get_fused_moe_config                     tile configs, per-device JSON in configs/
+    moe_tune    tune_fused_moe                           measuring them on a device
     gating      topk_gating                              softmax/sigmoid top-k routing
     rmsnorm     rmsnorm                                  RMSNorm with fused residual add
     rope        rope                                     rotary embeddings (rotate-half)

@@ -1,5 +1,5 @@
 """Tile configs of the fused MoE kernels: a default that works on every device, plus per-device
-JSON overrides written by `tune_fused_moe` (kernels/configs/<device_name>.json).
+JSON overrides written by `moe_tune.tune_fused_moe` (kernels/configs/<device_name>.json).
 
 File format (one file per device, as named by `_runtime.device_name()`):
 
@@ -16,10 +16,7 @@ and num_stages; the same config drives both the gate/up and the down kernel.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
-import os
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,7 +52,15 @@ def default_config(num_tokens: int, num_experts: int, top_k: int) -> dict:
 
 
 def config_path(device: str | None = None) -> Path:
-    return CONFIG_DIR / f"{device or rt.device_name()}.json"
+    return CONFIG_DIR / f"{device or _device_name()}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _device_name() -> str:
+    return rt.device_name()
+
+
+_generation = 0  # bumped whenever this process writes a config file (invalidates the cache)
 
 
 @functools.lru_cache(maxsize=16)
@@ -90,7 +95,22 @@ def validate_config(cfg: dict) -> dict:
 
 def get_fused_moe_config(num_tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
                          dtype: torch.dtype, path: Path | str | None = None) -> dict:
-    """The tuned config for this shape on this device (nearest token count), else the default."""
+    """The tuned config for this shape on this device (nearest token count), else the default.
+
+    Cached: the device's own file is read once per process (no device-name lookup or stat() per
+    fused_moe call; a tune in this process invalidates it); an explicit path is re-read when its
+    modification time changes."""
+    stamp = None
+    if path is not None:
+        p = Path(path)
+        stamp = p.stat().st_mtime_ns if p.exists() else None
+    return dict(_cached_config(num_tokens, num_experts, hidden, inter, top_k, dtype,
+                               None if path is None else str(path), stamp, _generation))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_config(num_tokens, num_experts, hidden, inter, top_k, dtype, path, stamp,
+                   generation) -> dict:
     table = load_device_configs(path).get(shape_key(num_experts, inter, hidden, top_k, dtype))
     if table:
         nearest = min(table, key=lambda m: abs(int(m) - num_tokens))
@@ -98,70 +118,12 @@ def get_fused_moe_config(num_tokens: int, num_experts: int, hidden: int, inter: 
     return default_config(num_tokens, num_experts, top_k)
 
 
-def candidate_configs() -> list[dict]:
-    """The search space of tune_fused_moe on a GPU (configs a device cannot compile are skipped)."""
-    out = []
-    for bm, bn, bk, gm, w, s in itertools.product((16, 32, 64, 128), (32, 64, 128), (64, 128),
-                                                  (1, 8), (4, 8), (3, 4)):
-        out.append({"BLOCK_SIZE_M": bm, "BLOCK_SIZE_N": bn, "BLOCK_SIZE_K": bk, "GROUP_SIZE_M": gm,
-                        "num_warps": w, "num_stages": s})
-    return out
-
-
-def tune_fused_moe(num_experts: int, hidden: int, inter: int, top_k: int, *,
-                   dtype: torch.dtype = torch.bfloat16,
-                   token_counts=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
-                   candidates: list[dict] | None = None, reps: int = 10, warmup: int = 2,
-                   path: Path | str | None = None, seed: int = 0, verbose: bool = True) -> dict:
-    """Time every candidate config for each token count and write the fastest per count into the
-    device's JSON file (merged with what is there). Returns {T: best config}.
-
-    Inputs: random weights in all num_experts slots, router logits from a seeded normal, so
-    routing is random like a real router's. Meant for a GPU; runs under the interpreter too (with
-    a tiny shape and candidate list) so the code path is tested on the CPU.
-    """
-    from .fused_moe import fused_moe
-    from .gating import topk_gating
-
-    for name, v in (("num_experts", num_experts), ("hidden", hidden), ("inter", inter)):
-        rt.check_int(name, v, 1)
-    rt.check_int("top_k", top_k, 1, num_experts)
-    dev = "cpu" if rt.interpreting() else "cuda"
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    scale = hidden ** -0.5
-    w13 = (torch.randn(num_experts, 2 * inter, hidden, generator=gen) * scale).to(dev, dtype)
-    w2 = (torch.randn(num_experts, hidden, inter, generator=gen) * inter ** -0.5).to(dev, dtype)
-    slots = torch.arange(num_experts, dtype=torch.int32, device=dev)
-    candidates = [validate_config(c) for c in (candidates or candidate_configs())]
-    best: dict[int, dict] = {}
-    flush = 0 if rt.interpreting() else 256 << 20  # evict L2: weights come from HBM in serving
-    for T in token_counts:
-        x = torch.randn(T, hidden, generator=gen).to(dev, dtype)
-        logits = torch.randn(T, num_experts, generator=gen).to(dev, torch.float32)
-        w, ids = topk_gating(logits, top_k)
-        results = []
-        for cfg in candidates:
-            run = partial(fused_moe, x, w13, w2, w, ids, slots, config=cfg, check_values=False)
-            try:
-                times = rt.time_fn(run, reps=reps, warmup=warmup, flush_bytes=flush)
-            except Exception as exc:  # noqa: BLE001 - out of resources on this device: skip it
-                if verbose:
-                    print(f"T={T} skip {cfg}: {type(exc).__name__}")
-                continue
-            results.append((sorted(times)[len(times) // 2], cfg))
-        if not results:
-            raise rt.SpecMoEError(f"candidates: none ran for T={T}; allowed: configs this device "
-                                  "can compile")
-        t_best, best[T] = min(results, key=lambda r: r[0])
-        if verbose:
-            print(f"T={T}: {t_best * 1e6:.1f} us with {best[T]}")
-    _write(path, shape_key(num_experts, inter, hidden, top_k, dtype), best)
-    return best
-
-
-def _write(path, key: str, best: dict[int, dict]) -> None:
+def write_configs(path, key: str, best: dict[int, dict]) -> None:
+    """Merge tuned configs {T: config} for shape `key` into the device's JSON file."""
     import triton
 
+    global _generation
+    _generation += 1
     p = Path(path) if path is not None else config_path()
     data = json.loads(p.read_text()) if p.exists() else {}
     data.update(device=rt.device_name(), triton=triton.__version__, torch=torch.__version__)

@@ -3,7 +3,8 @@ import difflib
 
 
 class SpecMoEError(ValueError):
-    """Bad input or an impossible configuration; the message names the field, value and what is allowed."""
+    """Bad input or an impossible configuration; the message names the field, value and what is
+    allowed."""
 
 
 def suggest(name: str, choices) -> str:

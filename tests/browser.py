@@ -8,6 +8,7 @@ many were actually drawn as SVG. `screenshot(html_path, png_path)` saves what th
 Chromium: Debian's `chromium` package (`make test` installs it where missing). `find_chromium()`
 returns None where there is none, and the tests skip with that message.
 """
+
 from __future__ import annotations
 
 import html
@@ -19,11 +20,22 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-         "--disable-dev-shm-usage", "--mute-audio")
-NO_BROWSER = ("no Chromium found (install Debian's `chromium` package: apt-get install -y chromium; "
-              "`make test` does this where it can)")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--disable-dev-shm-usage",
+    "--mute-audio",
+)
+NO_BROWSER = (
+    "no Chromium found (install Debian's `chromium` package: apt-get install -y chromium; "
+    "`make test` does this where it can)"
+)
 
 PROBE = """<script>
 window.__errors = [];
@@ -31,14 +43,16 @@ window.addEventListener('error', e => window.__errors.push('uncaught: ' + e.mess
 window.addEventListener('unhandledrejection', e => window.__errors.push('rejection: ' + e.reason));
 (function () {
   const orig = console.error;
-  console.error = function (...a) { window.__errors.push('console.error: ' + a.join(' ')); orig.apply(console, a); };
+  console.error = function (...a) { window.__errors.push('console.error: ' + a.join(' '));\
+ orig.apply(console, a); };
 })();
 window.addEventListener('load', () => setTimeout(() => {
   const figs = [...document.querySelectorAll('.plotly-graph-div')].map(gd => ({
     id: gd.id,
     traces: (gd._fullData || []).length,
     drawn: [...gd.querySelectorAll('.scatterlayer .trace, .barlayer .trace')].filter(
-      g => [...g.querySelectorAll('path')].some(p => (p.getAttribute('d') || '').length > 4)).length,
+      g => [...g.querySelectorAll('path')].some(p => \
+(p.getAttribute('d') || '').length > 4)).length,
     title: ((gd._fullLayout || {}).title || {}).text || ''}));
   const pre = document.createElement('pre');
   pre.id = '__probe';
@@ -49,7 +63,12 @@ window.addEventListener('load', () => setTimeout(() => {
 
 
 def find_chromium() -> str | None:
-    for name in (os.environ.get("SPECMOE_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+    for name in (
+        os.environ.get("SPECMOE_CHROMIUM"),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ):
         if name and shutil.which(name):
             return shutil.which(name)
     return None
@@ -60,8 +79,13 @@ def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     if exe is None:
         raise RuntimeError(NO_BROWSER)
     with tempfile.TemporaryDirectory(prefix="specmoe-chromium-") as profile:
-        return subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [exe, *FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 def check_page(page: str | Path) -> dict:
@@ -74,13 +98,18 @@ def check_page(page: str | Path) -> dict:
         proc = _run(["--virtual-time-budget=20000", "--dump-dom", copy.as_uri()])
     m = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.DOTALL)
     if m is None:
-        return {"errors": [f"probe did not report (chromium exit {proc.returncode}): {proc.stderr[-500:]}"],
-                "figures": []}
+        return {
+            "errors": [
+                f"probe did not report (chromium exit {proc.returncode}): {proc.stderr[-500:]}"
+            ],
+            "figures": [],
+        }
     return json.loads(html.unescape(m.group(1)))
 
 
-def screenshot(page: str | Path, png: str | Path, width: int = 1280, height: int = 1300,
-               offset: int = 0) -> Path:
+def screenshot(
+    page: str | Path, png: str | Path, width: int = 1280, height: int = 1300, offset: int = 0
+) -> Path:
     """What the page looks like in a width × height window scrolled down by `offset` pixels (the
     command line cannot scroll: a copy of the page is shifted up by `offset` instead)."""
     png = Path(png)
@@ -90,12 +119,19 @@ def screenshot(page: str | Path, png: str | Path, width: int = 1280, height: int
     with tempfile.TemporaryDirectory(prefix="specmoe-page-") as d:
         copy = Path(d) / "page.html"
         copy.write_text(text.replace("<head>", "<head>" + shift, 1), encoding="utf-8")
-        _run(["--virtual-time-budget=20000", f"--window-size={width},{height}", f"--screenshot={png}",
-              copy.as_uri()])
+        _run(
+            [
+                "--virtual-time-budget=20000",
+                f"--window-size={width},{height}",
+                f"--screenshot={png}",
+                copy.as_uri(),
+            ]
+        )
     return png
 
 
-def screenshots(page: str | Path, stem: str | Path, pages: int = 4, width: int = 1280,
-                height: int = 1300) -> list[Path]:
+def screenshots(
+    page: str | Path, stem: str | Path, pages: int = 4, width: int = 1280, height: int = 1300
+) -> list[Path]:
     """`pages` window-sized screenshots down the page: stem-0.png, stem-1.png, ..."""
     return [screenshot(page, f"{stem}-{i}.png", width, height, i * height) for i in range(pages)]

@@ -1,4 +1,6 @@
-"""Shared fixtures. Engine tests run torch on one thread: small ops are faster so on 2 shared cores."""
+"""Shared fixtures. Engine tests run torch on one thread: small ops are faster so on 2 shared
+cores."""
+
 import pytest
 
 
@@ -16,7 +18,8 @@ def _engine_tests_one_thread(request):
 
 
 def _greedy_reference(cfg, weights, prompts, new_tokens):
-    """Greedy decoding one sequence at a time with every expert resident: no engine policy involved."""
+    """Greedy decoding one sequence at a time with every expert resident: no engine policy
+    involved."""
     import torch
     from specmoe.engine.model import KVCache, Transformer
     from specmoe.engine.moe import ResidentExperts

@@ -1,4 +1,5 @@
-"""Measured acceptance of the tiny MoE (specmoe/data/tiny/acceptance.json) and a live check of it."""
+"""Measured acceptance of the tiny MoE (specmoe/data/tiny/acceptance.json) and a live check of
+it."""
 
 import hashlib
 import json
@@ -33,7 +34,8 @@ def test_loads_through_workload(doc, draft_set):
 
 
 def test_tau_tables_are_proper(doc):
-    """Every table: τ(γ) in [1, γ+1], non-decreasing in γ; all experts resident accept everything."""
+    """Every table: τ(γ) in [1, γ+1], non-decreasing in γ; all experts resident accept
+    everything."""
     e = doc["metadata"]["model"]["experts"]
     for tkey, bt in doc["by_temperature"].items():
         for ds, per_n in bt["tau_by_gamma"].items():
@@ -45,7 +47,10 @@ def test_tau_tables_are_proper(doc):
                 assert (np.diff(t) >= -1e-12).all(), (tkey, ds, n, t)
                 if int(n) == e:
                     np.testing.assert_allclose(t, g + 1.0)
-    assert doc["tau_by_gamma"] == doc["by_temperature"][f"{doc['primary_temperature']:g}"]["tau_by_gamma"]
+    assert (
+        doc["tau_by_gamma"]
+        == doc["by_temperature"][f"{doc['primary_temperature']:g}"]["tau_by_gamma"]
+    )
 
 
 def test_alpha_fit_matches_its_table(doc):
@@ -58,13 +63,31 @@ def test_alpha_fit_matches_its_table(doc):
                 table = np.array(list(bt["tau_by_gamma"][ds][n].values()))
                 g = np.arange(1, len(table) + 1, dtype=float)
                 model = g + 1.0 if fit["capped"] else (1 - a ** (g + 1)) / (1 - a)
-                assert np.abs(model / table - 1).max() == pytest.approx(fit["max_rel_err"], abs=1e-6)
+                assert np.abs(model / table - 1).max() == pytest.approx(
+                    fit["max_rel_err"], abs=1e-6
+                )
 
 
 @pytest.mark.parametrize("draft_set", DRAFT_SETS)
 def test_predict_with_measured_acceptance(capsys, draft_set):
-    code = main(["predict", "--policy", "specmoe", "--gamma", "4", "--draft-experts", "2",
-                 "--draft-set", draft_set, "--batch", "64", "--acceptance", "measured:tiny", "--json"])
+    code = main(
+        [
+            "predict",
+            "--policy",
+            "specmoe",
+            "--gamma",
+            "4",
+            "--draft-experts",
+            "2",
+            "--draft-set",
+            draft_set,
+            "--batch",
+            "64",
+            "--acceptance",
+            "measured:tiny",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["tokens_per_s"] > 0
     assert out["acceptance_source"] == f"measured:tiny:{draft_set}"
@@ -74,12 +97,14 @@ def test_data_belongs_to_the_shipped_model(doc):
     path = MODEL_DIR / "model.safetensors"
     if not path.is_file():
         pytest.skip("experiments/tiny_moe/model.safetensors is not present")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == doc["metadata"]["model"]["sha256"], \
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == doc["metadata"]["model"]["sha256"], (
         "the model was retrained: rerun experiments/measure_acceptance.py"
+    )
 
 
 def test_live_all_experts_resident_accepts_every_draft():
-    """specmoe with N = E drafts with the full model, so greedy verification accepts all γ drafts."""
+    """specmoe with N = E drafts with the full model, so greedy verification accepts all γ
+    drafts."""
     torch = pytest.importorskip("torch")
     if not (MODEL_DIR / "model.safetensors").is_file():
         pytest.skip("experiments/tiny_moe/model.safetensors is not present")

@@ -7,7 +7,7 @@ from specmoe.costs.ops import CostModel
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
-from specmoe.inputs.policies import ANALYTIC, make_policy
+from specmoe.inputs.policies import ANALYTIC, Policy, make_policy
 from specmoe.inputs.workload import Acceptance, Routing, Workload
 from specmoe.predictors.analytic import Analytic
 
@@ -23,12 +23,15 @@ def _faster(system, link_x=1.0, hbm_x=1.0):
 
 def _run(policy, system=H100, model=MIXTRAL, workload=None, **kw):
     return Analytic(model, system, workload or Workload(batch=kw.pop("batch", 16))).evaluate(
-        make_policy(policy, **kw))
+        make_policy(policy, **kw)
+    )
 
 
 def test_ondemand_by_hand():
     """Batch 1, uniform routing: exactly top_k experts fetched per layer, serial with compute."""
-    wl = Workload(batch=1, prompt_len=100, output_len=2, routing=Routing(), acceptance=Acceptance(0.0))
+    wl = Workload(
+        batch=1, prompt_len=100, output_len=2, routing=Routing(), acceptance=Acceptance(0.0)
+    )
     r = Analytic(MIXTRAL, H100, wl).evaluate(make_policy("ondemand"))
     c = CostModel(MIXTRAL, H100)
     L, k = 32, 2
@@ -44,14 +47,24 @@ def test_ondemand_by_hand():
 def test_breakdown_and_bytes_add_up(policy):
     kw = {"gamma": 4, "draft_experts": 2} if policy == "specmoe" else {}
     r = _run(policy, batch=32, **kw)
-    assert sum(float(v) for v in r.breakdown.values()) == pytest.approx(float(r.iteration_s), rel=1e-9)
-    assert float(r.h2d_bytes_per_token * r.tokens_per_iteration) == pytest.approx(float(r.h2d_bytes_per_iteration))
+    assert sum(float(v) for v in r.breakdown.values()) == pytest.approx(
+        float(r.iteration_s), rel=1e-9
+    )
+    assert float(r.h2d_bytes_per_token * r.tokens_per_iteration) == pytest.approx(
+        float(r.h2d_bytes_per_iteration)
+    )
     assert float(r.tokens_per_s) == pytest.approx(float(r.tokens_per_iteration / r.iteration_s))
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(ANALYTIC), st.integers(1, 512), st.integers(0, 16), st.integers(1, 8),
-       st.floats(1.0, 8.0), st.floats(1.0, 4.0))
+@given(
+    st.sampled_from(ANALYTIC),
+    st.integers(1, 512),
+    st.integers(0, 16),
+    st.integers(1, 8),
+    st.floats(1.0, 8.0),
+    st.floats(1.0, 4.0),
+)
 def test_more_bandwidth_never_slower(policy, batch, gamma, n, link_x, hbm_x):
     kw = {"gamma": gamma, "draft_experts": n} if policy == "specmoe" else {}
     base = _run(policy, batch=batch, **kw)
@@ -92,27 +105,38 @@ def test_caching_fetches_less_than_ondemand_and_skew_helps_it():
     od = Analytic(MIXTRAL, H100, skew).evaluate(make_policy("ondemand"))
     ca = Analytic(MIXTRAL, H100, skew).evaluate(make_policy("caching", resident_experts=2))
     ca_flat = Analytic(MIXTRAL, H100, flat).evaluate(make_policy("caching", resident_experts=2))
-    assert float(ca.h2d_bytes_per_token) < float(ca_flat.h2d_bytes_per_token) < float(od.h2d_bytes_per_token)
+    assert (
+        float(ca.h2d_bytes_per_token)
+        < float(ca_flat.h2d_bytes_per_token)
+        < float(od.h2d_bytes_per_token)
+    )
 
 
 def test_model_that_cannot_fit_is_reported_not_predicted():
-    r = Analytic(load_model("deepseek-v3"), load_system("t4"), Workload(batch=1)).evaluate(make_policy("ondemand"))
+    r = Analytic(load_model("deepseek-v3"), load_system("t4"), Workload(batch=1)).evaluate(
+        make_policy("ondemand")
+    )
     assert not bool(r.fits) and float(r.gpu_memory_bytes) > 16e9
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"batch": 0}, "batch=0"), ({"gamma": 70}, "gamma=70"), ({"draft_experts": 9}, "draft_experts=9"),
-    ({"alpha": 1.0}, "alpha=1"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"batch": 0}, "batch=0"),
+        ({"gamma": 70}, "gamma=70"),
+        ({"draft_experts": 9}, "draft_experts=9"),
+        ({"alpha": 1.0}, "alpha=1"),
+    ],
+)
 def test_bad_arrays_name_the_field(kw, match):
     an = Analytic(MIXTRAL, H100, Workload())
     with pytest.raises(SpecMoEError, match=match):
         an.evaluate(make_policy("specmoe", gamma=2, draft_experts=2), **kw)
 
 
-def test_sim_only_policies_are_refused_clearly():
+def test_policies_outside_the_analytic_set_are_refused_clearly():
     with pytest.raises(SpecMoEError, match="simulator"):
-        Analytic(MIXTRAL, H100).evaluate(make_policy("fate"))
+        Analytic(MIXTRAL, H100).evaluate(Policy(name="spec-ep"))
 
 
 def test_wrong_prefetches_cost_link_bytes_and_never_speed_up():
@@ -122,7 +146,11 @@ def test_wrong_prefetches_cost_link_bytes_and_never_speed_up():
     wasteful = an.evaluate(make_policy("overlap", prefetch_hit_rate=0.8, prefetch_precision=0.5))
     assert float(wasteful.h2d_bytes_per_token) > float(exact.h2d_bytes_per_token)
     assert float(wasteful.iteration_s) >= float(exact.iteration_s)
-    # prefetched = h·missing/precision on layers 1..L−1: 0.8/0.5 − 0.8 = 0.8 extra experts per needed one
-    extra = float(wasteful.h2d_bytes_per_iteration - exact.h2d_bytes_per_iteration) / MIXTRAL.expert_bytes
+    # prefetched = h·missing/precision on layers 1..L−1: 0.8/0.5 − 0.8 = 0.8 extra experts per
+    # needed one
+    extra = (
+        float(wasteful.h2d_bytes_per_iteration - exact.h2d_bytes_per_iteration)
+        / MIXTRAL.expert_bytes
+    )
     missing = float(exact.h2d_bytes_per_iteration) / MIXTRAL.expert_bytes / 32
     assert extra == pytest.approx(31 * 0.8 * missing, rel=1e-9)

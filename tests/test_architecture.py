@@ -1,5 +1,6 @@
 """The layers hold: engine and kernels never import predict/plan/fit/app, and imports inside
 functions are only for the optional heavy dependencies (import-linter checks the core's layers)."""
+
 import ast
 import shutil
 import subprocess
@@ -10,9 +11,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The one list of dependencies that may be imported inside a function: optional or slow to import.
 # The simulator needs simpy, which GPU machines lack: callers that can fall back import it late.
-HEAVY = ("torch", "triton", "ray", "plotly", "kaleido", "pandas", "pyarrow", "aiconfigurator_core",
-         "nbclient", "nbformat", "safetensors", "transformers", "tokenizers", "importlib",
-         "specmoe.engine", "specmoe.kernels", "specmoe.predictors.sim")
+HEAVY = (
+    "torch",
+    "triton",
+    "ray",
+    "plotly",
+    "kaleido",
+    "pandas",
+    "pyarrow",
+    "aiconfigurator_core",
+    "nbclient",
+    "nbformat",
+    "safetensors",
+    "transformers",
+    "tokenizers",
+    "importlib",
+    "specmoe.engine",
+    "specmoe.kernels",
+    "specmoe.predictors.sim",
+)
 # specmoe/__init__.py resolves its public names lazily: `import specmoe.engine` on a GPU machine
 # must not pull in pydantic, simpy or plotly.
 LAZY_ROOT = "specmoe/__init__.py"
@@ -39,9 +56,12 @@ def _files(*dirs):
 
 
 def test_engine_and_kernels_never_import_the_upper_layers():
-    bad = [f"{p.relative_to(ROOT)}:{line} imports {mod}"
-           for p in _files("engine", "kernels") for line, mod in _imports(p, inside_functions=False)
-           if mod.startswith(UPPER_LAYERS)]
+    bad = [
+        f"{p.relative_to(ROOT)}:{line} imports {mod}"
+        for p in _files("engine", "kernels")
+        for line, mod in _imports(p, inside_functions=False)
+        if mod.startswith(UPPER_LAYERS)
+    ]
     assert not bad, bad
 
 
@@ -49,9 +69,12 @@ def test_imports_inside_functions_are_only_heavy_dependencies():
     def heavy(mod):
         return any(mod == h or mod.startswith(h + ".") for h in HEAVY)
 
-    bad = [f"{p.relative_to(ROOT)}:{line} imports {mod} inside a function"
-           for p in _files("specmoe") for line, mod in _imports(p, inside_functions=True)
-           if not heavy(mod) and str(p.relative_to(ROOT)) != LAZY_ROOT]
+    bad = [
+        f"{p.relative_to(ROOT)}:{line} imports {mod} inside a function"
+        for p in _files("specmoe")
+        for line, mod in _imports(p, inside_functions=True)
+        if not heavy(mod) and str(p.relative_to(ROOT)) != LAZY_ROOT
+    ]
     assert not bad, bad
 
 

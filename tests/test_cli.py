@@ -8,8 +8,20 @@ import specmoe
 from specmoe.app.cli.main import main
 from specmoe.errors import SpecMoEError
 
-PREDICT_KEYS = {"tokens_per_s", "tpot_ms", "iteration_ms", "h2d_bytes_per_token", "gpu_memory_gb", "breakdown",
-                "model", "hardware", "policy", "batch", "gamma", "draft_experts"}
+PREDICT_KEYS = {
+    "tokens_per_s",
+    "tpot_ms",
+    "iteration_ms",
+    "h2d_bytes_per_token",
+    "gpu_memory_gb",
+    "breakdown",
+    "model",
+    "hardware",
+    "policy",
+    "batch",
+    "gamma",
+    "draft_experts",
+}
 
 
 def _json(capsys, argv):
@@ -18,15 +30,37 @@ def _json(capsys, argv):
 
 
 def test_predict_json_has_the_promised_keys(capsys):
-    code, out = _json(capsys, ["predict", "--policy", "specmoe", "--gamma", "4", "--draft-experts", "2",
-                               "--batch", "32", "--acceptance", "0.7", "--json"])
+    code, out = _json(
+        capsys,
+        [
+            "predict",
+            "--policy",
+            "specmoe",
+            "--gamma",
+            "4",
+            "--draft-experts",
+            "2",
+            "--batch",
+            "32",
+            "--acceptance",
+            "0.7",
+            "--json",
+        ],
+    )
     assert code == 0 and PREDICT_KEYS <= set(out)
-    assert out["gamma"] == 4 and out["draft_experts"] == 2 and out["alpha"] == 0.7 and out["tokens_per_s"] > 0
+    assert (
+        out["gamma"] == 4
+        and out["draft_experts"] == 2
+        and out["alpha"] == 0.7
+        and out["tokens_per_s"] > 0
+    )
 
 
 def test_plan_json_best_and_candidates(capsys, tmp_path):
     html = tmp_path / "plan.html"
-    code, out = _json(capsys, ["plan", "--batch", "128", "--max-gamma", "6", "--json", "--html", str(html)])
+    code, out = _json(
+        capsys, ["plan", "--batch", "128", "--max-gamma", "6", "--json", "--html", str(html)]
+    )
     assert code == 0 and set(out["best"]) >= {"policy", "gamma", "draft_experts", "tokens_per_s"}
     best = max(c["tokens_per_s"] for c in out["candidates"] if c["fits"])
     assert out["best"]["tokens_per_s"] == best
@@ -36,8 +70,21 @@ def test_plan_json_best_and_candidates(capsys, tmp_path):
 
 def test_api_matches_cli(capsys):
     p = specmoe.predict(model="qwen3-30b-a3b", hardware="l40s", policy="caching", batch=16)
-    _, out = _json(capsys, ["predict", "--model", "qwen3-30b-a3b", "--hardware", "l40s", "--policy", "caching",
-                            "--batch", "16", "--json"])
+    _, out = _json(
+        capsys,
+        [
+            "predict",
+            "--model",
+            "qwen3-30b-a3b",
+            "--hardware",
+            "l40s",
+            "--policy",
+            "caching",
+            "--batch",
+            "16",
+            "--json",
+        ],
+    )
     assert p["tokens_per_s"] == pytest.approx(out["tokens_per_s"])
 
 
@@ -51,16 +98,19 @@ def test_listing_commands(capsys):
     assert json.loads(capsys.readouterr().out)["num_experts"] == 8
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["predict", "--model", "mixtral-8x8b"], "did you mean"),
-    (["predict", "--hardware", "h100-pcei"], "did you mean"),
-    (["predict", "--batch", "0"], "batch=0"),
-    (["predict", "--acceptance", "1.2"], "alpha=1.2"),
-    (["predict", "--gamma", "99"], "gamma=99"),
-    (["predict", "--draft-experts", "9"], "draft_experts=9"),
-    (["predict", "--policy", "ondemand", "--gamma", "3"], "does not speculate"),
-    (["plan", "--model", "deepseek-v3", "--hardware", "t4"], "cannot fit"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["predict", "--model", "mixtral-8x8b"], "did you mean"),
+        (["predict", "--hardware", "h100-pcei"], "did you mean"),
+        (["predict", "--batch", "0"], "batch=0"),
+        (["predict", "--acceptance", "1.2"], "alpha=1.2"),
+        (["predict", "--gamma", "99"], "gamma=99"),
+        (["predict", "--draft-experts", "9"], "draft_experts=9"),
+        (["predict", "--policy", "ondemand", "--gamma", "3"], "does not speculate"),
+        (["plan", "--model", "deepseek-v3", "--hardware", "t4"], "cannot fit"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_field(capsys, argv, match):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -69,9 +119,21 @@ def test_bad_input_is_one_line_naming_the_field(capsys, argv, match):
 
 def test_model_import_round_trip(tmp_path, capsys):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 128,
-                               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                               "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 100}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model_type": "mixtral",
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 2,
+                "vocab_size": 100,
+            }
+        )
+    )
     assert main(["predict", "--model", str(cfg), "--batch", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tokens_per_s"] > 0
     bad = tmp_path / "bad.json"
@@ -81,9 +143,14 @@ def test_model_import_round_trip(tmp_path, capsys):
 
 
 def test_core_imports_no_torch():
-    code = ("import specmoe, specmoe.app.api, specmoe.predictors.analytic, specmoe.app.cli.main, specmoe.predictors.sim, specmoe.planning.search, sys; "
-            "specmoe.app.cli.main.build_parser(['plan']); print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import specmoe, specmoe.app.api, specmoe.predictors.analytic, specmoe.app.cli.main, "
+        "specmoe.predictors.sim, specmoe.planning.search, sys; "
+        "specmoe.app.cli.main.build_parser(['plan']); print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"
 
 

@@ -7,8 +7,8 @@ from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
 
 MIXTRAL = load_model("mixtral-8x7b")
-H100 = load_system("h100-pcie", ideal=True)    # the roofline arithmetic, no priors
-H100_DEFAULT = load_system("h100-pcie")          # best evidence: published priors
+H100 = load_system("h100-pcie", ideal=True)  # the roofline arithmetic, no priors
+H100_DEFAULT = load_system("h100-pcie")  # best evidence: published priors
 
 
 def test_decode_expert_gemm_is_memory_bound_and_large_batch_compute_bound():
@@ -16,7 +16,9 @@ def test_decode_expert_gemm_is_memory_bound_and_large_batch_compute_bound():
     one = float(c.experts(1, 1))
     assert one == pytest.approx(MIXTRAL.expert_bytes / (H100.gpu.hbm_bw_gbps * 1e9), rel=0.01)
     big = float(c.experts(8192, 1))
-    assert big == pytest.approx(8192 * MIXTRAL.expert_flops_per_token / (H100.gpu.bf16_tflops * 1e12), rel=0.01)
+    assert big == pytest.approx(
+        8192 * MIXTRAL.expert_flops_per_token / (H100.gpu.bf16_tflops * 1e12), rel=0.01
+    )
 
 
 def test_expert_fetch_is_setup_plus_bytes_over_link():
@@ -27,9 +29,13 @@ def test_expert_fetch_is_setup_plus_bytes_over_link():
 
 
 def test_efficiencies_slow_things_down_as_stated():
-    sys2 = H100_DEFAULT.model_copy(update={"efficiency": {"link_eff": 0.5, "gemm_half_tokens": 64.0}})
+    sys2 = H100_DEFAULT.model_copy(
+        update={"efficiency": {"link_eff": 0.5, "gemm_half_tokens": 64.0}}
+    )
     c1, c2 = CostModel(MIXTRAL, H100), CostModel(MIXTRAL, sys2)
-    assert float(c2.h2d(1e9)) - c2.link_setup == pytest.approx(2 * (float(c1.h2d(1e9)) - c1.link_setup))
+    assert float(c2.h2d(1e9)) - c2.link_setup == pytest.approx(
+        2 * (float(c1.h2d(1e9)) - c1.link_setup)
+    )
     # the efficiency block overrides the GPU prior's m_half; η_c(m_half) is half the prior's η_c
     assert c2.p.gemm_compute_eff == pytest.approx(0.7)
     assert float(c2.compute_eff(64)) == pytest.approx(0.5 * 0.7)

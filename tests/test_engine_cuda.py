@@ -4,7 +4,7 @@ import pytest
 import torch
 from specmoe.engine.config import MoEConfig
 from specmoe.engine.generate import Engine
-from specmoe.engine.microbench import run_microbench
+from specmoe.engine.microbench import CUDA_KINDS, run_microbench
 from specmoe.engine.tracer import Tracer
 from specmoe.engine.weights import random_model
 
@@ -75,4 +75,56 @@ def test_cuda_microbench(tmp_path):
     t = read_trace(run_microbench(tmp_path / "mb.jsonl", device="cuda", quick=True))
     copies = [e for e in t.events if e["cat"] in ("h2d", "d2h")]
     assert {e["pinned"] for e in copies} == {True, False}
-    assert {e["cat"] for e in t.events} == {"gemm", "expert", "attn", "h2d", "d2h", "cpu_expert"}
+    assert {e["cat"] for e in t.events} == set(CUDA_KINDS)
+    assert all(e["launches"] >= 1 and e["rotation"] >= 1 for e in t.events if e["cat"] != "h2d")
+
+
+def test_cuda_draft_layers_and_attention_never_sync():
+    """With CUDA's sync debug mode at 'error', SpecMoE's draft layers and every attention block
+    run (a host sync there raises); the kernels are active after the run."""
+    cfg = CFG.with_(dtype="bfloat16", hidden=256, expert_ffn=512, experts=16, max_batch=8)
+    tracer = Tracer("cuda")
+    eng = Engine(random_model(cfg, seed=1, pin=True),
+                 make_policy("specmoe", gamma=3, draft_experts=4), device="cuda", tracer=tracer)
+    prompts = [[1, 2, 3, 4]] * 8
+    eng.generate(prompts, 6, synthetic_acceptance=0.6)  # warm-up: compiles and probes
+    hot = []
+
+    def strict(obj, method, is_hot):
+        orig = getattr(obj, method)
+
+        def run(*a, **k):
+            if not is_hot(a):
+                return orig(*a, **k)
+            hot.append(method)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return orig(*a, **k)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        setattr(obj, method, run)
+    strict(eng.provider, "moe", lambda a: a[4] == "draft")
+    strict(eng.model, "_attention", lambda a: True)
+    eng.generate(prompts, 10, synthetic_acceptance=0.6)
+    assert hot.count("moe") > 0 and hot.count("_attention") > 0
+    assert {k.split("@")[0] for k in tracer.header["engine"]["kernels"]} == {
+        "rmsnorm", "attention", "fused_moe"}
+
+
+def test_cuda_graph_draft_gives_the_eager_tokens():
+    """A captured self-draft step drafts what the eager one does (fp32: no near-tie flips from
+    the attention's different split counts), counts the same, and was not dropped to eager."""
+    import warnings
+
+    cfg = CFG.with_(dtype="float32", hidden=128, expert_ffn=256, experts=16, max_batch=8)
+    w = random_model(cfg, seed=2, pin=True)
+    pol = make_policy("specmoe", gamma=3, draft_experts=4)
+    prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9], [10]] * 2
+    eager = Engine(w, pol, device="cuda", cuda_graphs=False).generate(prompts, 12)
+    eng = Engine(w, pol, device="cuda", cuda_graphs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a capture that falls back warns
+        res = eng.generate(prompts, 12)
+    assert eng.graphs.graphs[8] is not None
+    assert res.tokens == eager.tokens
+    assert res.stats.policy_counters == eager.stats.policy_counters

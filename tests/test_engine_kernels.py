@@ -62,3 +62,28 @@ def test_engine_with_kernels_emits_the_torch_tokens(monkeypatch, kernels_on):
     assert len(ops.active_kernels()) == 3
     monkeypatch.setenv("SPECMOE_ENGINE_TRITON", "0")
     assert Engine(w, pol, device=DEVICE).generate(prompts, 4).tokens == with_k
+
+
+def test_a_kernel_that_falls_back_fails_the_run(monkeypatch, kernels_on):
+    """A kernel error must not leave a run timing torch loops under a header that claims kernels:
+    after the run the engine requires rmsnorm, attention and fused_moe on Triton."""
+    import specmoe.kernels.fused_moe as fm
+    from specmoe.engine.tracer import Tracer
+
+    from specmoe.errors import SpecMoEError
+
+    w = random_model(CFG, seed=2)
+    tracer = Tracer(DEVICE)
+    eng = Engine(w, make_policy("ondemand"), device=DEVICE, tracer=tracer)
+    eng.generate([[1, 2, 3]], 2)
+    assert {k.split("@")[0] for k in tracer.header["engine"]["kernels"]} == set(ops.KERNELS)
+    ops._checked.clear()
+
+    def broken(*a, **k):
+        raise RuntimeError("out of resources")
+    monkeypatch.setattr(fm, "fused_moe", broken)
+    with pytest.warns(UserWarning, match="fused_moe"), pytest.raises(
+            SpecMoEError, match=r"\['fused_moe'\].*out of resources"):
+        eng.generate([[1, 2, 3]], 2)
+    monkeypatch.setenv("SPECMOE_ENGINE_TRITON", "0")  # torch on purpose: no complaint
+    eng.generate([[1, 2, 3]], 2)

@@ -27,17 +27,32 @@ def _write(path: Path, data) -> Path:
 
 # ---------------------------------------------------------------- shipped data
 
+
 def test_required_profiles_are_shipped():
-    gpus = {"h100-sxm", "h100-pcie", "h100-nvl", "h200-sxm", "a100-sxm-80gb", "a100-pcie-40gb",
-            "l40s", "l4", "a30", "t4", "rtx-4090", "b200", "h100-96gb"}
+    gpus = {
+        "h100-sxm",
+        "h100-pcie",
+        "h100-nvl",
+        "h200-sxm",
+        "a100-sxm-80gb",
+        "a100-pcie-40gb",
+        "l40s",
+        "l4",
+        "a30",
+        "t4",
+        "rtx-4090",
+        "b200",
+        "h100-96gb",
+    }
     assert gpus <= set(LISTED["gpus"])
     assert {"ddr4-server", "ddr5-server", "ddr5-epyc", "workstation-ddr5"} <= set(LISTED["hosts"])
     assert {"pcie3-x16", "pcie4-x16", "pcie5-x16", "nvlink4"} <= set(LISTED["links"])
     assert gpus | {"specmoe-paper-h100"} <= set(LISTED["systems"])
 
 
-@pytest.mark.parametrize("kind,loader", [("gpus", hw.load_gpu), ("hosts", hw.load_host),
-                                         ("links", hw.load_link)])
+@pytest.mark.parametrize(
+    "kind,loader", [("gpus", hw.load_gpu), ("hosts", hw.load_host), ("links", hw.load_link)]
+)
 def test_every_shipped_part_loads_and_is_named_like_its_file(kind, loader):
     for name in LISTED[kind]:
         part = loader(name)
@@ -57,8 +72,10 @@ def test_every_shipped_system_loads(name):
 def test_each_gpu_system_uses_the_gpus_defaults():
     for name in LISTED["gpus"]:
         system = hw.load_system(name)
-        assert (system.host.name, system.link.name) == (system.gpu.default_host,
-                                                        system.gpu.default_link)
+        assert (system.host.name, system.link.name) == (
+            system.gpu.default_host,
+            system.gpu.default_link,
+        )
 
 
 def test_sanity_relations_between_datasheet_numbers():
@@ -82,6 +99,7 @@ def test_sanity_relations_between_datasheet_numbers():
 
 # ---------------------------------------------------------------- composition
 
+
 def test_names_are_case_insensitive_and_accept_underscores():
     assert hw.load_system("H100_PCIE") == hw.load_system("h100-pcie")
     assert hw.load_gpu(" RTX_4090 ").name == "rtx-4090"
@@ -100,8 +118,16 @@ def test_overrides_replace_parts_and_mark_the_name():
 def test_user_system_file_names_and_inlines_parts(tmp_path):
     link = hw.load_link("pcie4-x16").model_dump()
     link.update(name="slow-link", h2d_gbps=10.0)
-    path = _write(tmp_path / "mine.yaml", {"gpu": "l40s", "host": "DDR5_EPYC", "link": link,
-                                           "gpu_count": 2, "efficiency": {"link": 0.8}})
+    path = _write(
+        tmp_path / "mine.yaml",
+        {
+            "gpu": "l40s",
+            "host": "DDR5_EPYC",
+            "link": link,
+            "gpu_count": 2,
+            "efficiency": {"link": 0.8},
+        },
+    )
     s = hw.load_system(str(path))
     assert (s.name, s.gpu.name, s.host.name, s.link.h2d_gbps) == ("mine", "l40s", "ddr5-epyc", 10)
     assert s.gpu_count == 2 and s.efficiency == {"link": 0.8}
@@ -111,8 +137,12 @@ def test_user_system_file_names_and_inlines_parts(tmp_path):
 def test_user_gpu_file_is_composed_with_its_defaults_and_parts_can_be_relative(tmp_path):
     gpu_path = _write(tmp_path / "gpu.yaml", _gpu_fields(hbm_gb=123, default_host="ddr4-server"))
     s = hw.load_system(str(gpu_path))
-    assert (s.name, s.gpu.hbm_gb, s.host.name, s.link.name) == ("my-gpu", 123, "ddr4-server",
-                                                                "pcie5-x16")
+    assert (s.name, s.gpu.hbm_gb, s.host.name, s.link.name) == (
+        "my-gpu",
+        123,
+        "ddr4-server",
+        "pcie5-x16",
+    )
     assert hw.load_gpu(str(gpu_path)).hbm_gb == 123
     sub = tmp_path / "sys"
     sub.mkdir()
@@ -125,7 +155,8 @@ def test_calibrated_profiles_resolve_after_systems(tmp_path, monkeypatch):
     shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(hw, "_profiles_dir", lambda: root)
     fitted = hw.load_system("h100-pcie").model_copy(
-        update={"name": "lab-h100", "efficiency": {"hbm": 0.9}, "calibration": {"mape": 0.03}})
+        update={"name": "lab-h100", "efficiency": {"hbm": 0.9}, "calibration": {"mape": 0.03}}
+    )
     hw.save_system(fitted, root / "calibrated" / "lab-h100.yaml")
     assert hw.load_system("lab_h100") == fitted
     assert "lab-h100" in hw.list_hardware()["systems"]
@@ -136,13 +167,22 @@ def test_calibrated_profiles_resolve_after_systems(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- writing
 
+
 def test_save_system_round_trips(tmp_path):
     import numpy as np
 
-    s = hw.load_system("rtx-4090", host="ddr5-server").model_copy(update={
-        "efficiency": {"hbm": 0.85, "link": 0.9},
-        "calibration": {"date": "2025-01-01", "mape": np.float64(0.031), "n": np.int64(12),
-                        "traces": ["a.jsonl.gz"], "per_op": {"gemm": [0.1, 0.2]}}})
+    s = hw.load_system("rtx-4090", host="ddr5-server").model_copy(
+        update={
+            "efficiency": {"hbm": 0.85, "link": 0.9},
+            "calibration": {
+                "date": "2025-01-01",
+                "mape": np.float64(0.031),
+                "n": np.int64(12),
+                "traces": ["a.jsonl.gz"],
+                "per_op": {"gemm": [0.1, 0.2]},
+            },
+        }
+    )
     out = tmp_path / "deep" / "cal.yaml"
     hw.save_system(s, out)
     back = hw.load_system(str(out))
@@ -160,6 +200,7 @@ def test_system_to_dict_is_json_and_self_contained():
 
 
 # ---------------------------------------------------------------- errors
+
 
 def _error(fn, *args, **kw) -> str:
     with pytest.raises(SpecMoEError) as e:
@@ -207,15 +248,20 @@ def test_unknown_field_and_source_key_are_rejected_with_suggestions(tmp_path):
 
 
 def test_bad_types_names_and_nested_errors(tmp_path):
-    assert "must be a number" in _error(hw.load_gpu, str(_write(tmp_path / "a.yaml",
-                                                               _gpu_fields(tdp_w=True))))
-    assert "lowercase" in _error(hw.load_gpu, str(_write(tmp_path / "b.yaml",
-                                                         _gpu_fields(name="My GPU"))))
+    assert "must be a number" in _error(
+        hw.load_gpu, str(_write(tmp_path / "a.yaml", _gpu_fields(tdp_w=True)))
+    )
+    assert "lowercase" in _error(
+        hw.load_gpu, str(_write(tmp_path / "b.yaml", _gpu_fields(name="My GPU")))
+    )
     host = hw.load_host("ddr4-server").model_dump()
     host["dram_gb"] = -1
     msg = _error(hw.load_system, str(_write(tmp_path / "s.yaml", {"gpu": "t4", "host": host})))
     assert "s.yaml" in msg and "dram_gb = -1" in msg
     assert "required field is missing" in _error(
-        hw.load_gpu, str(_write(tmp_path / "c.yaml", {k: v for k, v in _gpu_fields().items()
-                                                      if k != "sm_count"})))
+        hw.load_gpu,
+        str(
+            _write(tmp_path / "c.yaml", {k: v for k, v in _gpu_fields().items() if k != "sm_count"})
+        ),
+    )
     assert "neither a system" in _error(hw.load_system, str(_write(tmp_path / "d.yaml", {"x": 1})))

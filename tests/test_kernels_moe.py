@@ -1,8 +1,8 @@
 """Fused MoE and its alignment against the torch references (Triton interpreter on the CPU)."""
 
-import os
+# TRITON_INTERPRET comes from the environment (CI's .ci/run and `make test` set it): a GPU run
+# of these files then tests the compiled kernels, not the interpreter.
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
 import json
 
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from specmoe.kernels import _runtime as rt
-from specmoe.kernels import moe_config
+from specmoe.kernels import moe_config, moe_tune
 from specmoe.kernels.fused_moe import fused_moe, fused_moe_reference, nonresident_mask
 from specmoe.kernels.moe_align import (
     max_padded_size,
@@ -59,16 +59,21 @@ def tol(dtype):
 # ----------------------------------------------------------------------------- alignment
 
 
+@pytest.mark.parametrize("parallel", [None, True], ids=["auto", "parallel"])
 @pytest.mark.parametrize("T,k,E,bs,drop", [(1, 2, 8, 16, ()), (24, 2, 8, 16, (1,)),
                                             (7, 3, 5, 4, (0, 4)), (40, 8, 128, 16, (5,)),
-                                            (5, 1, 3, 1, ()), (0, 2, 4, 16, ())])
-def test_align_matches_reference(T, k, E, bs, drop):
+                                            (5, 1, 3, 1, ()), (0, 2, 4, 16, ()),
+                                            (600, 2, 8, 16, (1,)), (300, 8, 128, 16, (5, 9))])
+def test_align_matches_reference(T, k, E, bs, drop, parallel):
+    """Both implementations (the one-program kernel at decode sizes, the multi-program one past
+    PARALLEL_MIN_CHUNKS chunks: the last two cases take it by default) give the reference's
+    output, order within each expert included."""
     g = torch.Generator().manual_seed(T + E)
     ids = routing(T, E, k, g)
     slot = torch.randperm(E, generator=g).to(torch.int32)
     slot[list(drop)] = -1
     slot = slot.to(DEV)
-    a = moe_align_block_size(ids, bs, E, slot)
+    a = moe_align_block_size(ids, bs, E, slot, parallel=parallel)
     r = moe_align_block_size_reference(ids, bs, E, slot)
     for f in FIELDS:
         assert torch.equal(getattr(a, f), getattr(r, f)), f
@@ -231,7 +236,7 @@ def test_config_json_override_and_tuner(tmp_path):
                   "num_warps": 4, "num_stages": 2},
              {"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1,
                   "num_warps": 4, "num_stages": 2}]
-    best = moe_config.tune_fused_moe(E, D, Fi, k, dtype=torch.float32, token_counts=(2, 8),
+    best = moe_tune.tune_fused_moe(E, D, Fi, k, dtype=torch.float32, token_counts=(2, 8),
                                      candidates=cands, reps=1, warmup=0, path=path,
                                      verbose=False)
     data = json.loads(path.read_text())
@@ -244,3 +249,41 @@ def test_config_json_override_and_tuner(tmp_path):
     # other shapes keep the default
     assert moe_config.get_fused_moe_config(7, E, D, Fi, k, torch.bfloat16, path=path) == \
         moe_config.default_config(7, E, k)
+
+
+def test_quick_tuning_candidates_are_few_valid_and_fit_shared_memory():
+    cands = moe_tune.quick_candidates()
+    assert 10 <= len(cands) <= 14
+    assert cands[0] == {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 128,
+                        "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}  # the GPU default
+    for c in cands:
+        assert moe_config.validate_config(c) == c and c["BLOCK_SIZE_M"] == 16
+        smem = c["num_stages"] * (16 * c["BLOCK_SIZE_K"] + 2 * c["BLOCK_SIZE_K"] * c["BLOCK_SIZE_N"]) * 2
+        assert smem <= 227 * 1024, c
+    assert len({tuple(sorted(c.items())) for c in cands}) == len(cands)
+
+
+def test_quick_tune_uses_decode_sizes(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(rt, "time_fn", lambda fn, **kw: seen.append(1) or [1e-3])
+    best = moe_tune.tune_fused_moe(4, 32, 48, 2, dtype=torch.float32, quick=True,
+                                     candidates=moe_tune.quick_candidates()[:2], reps=1,
+                                     warmup=0, path=tmp_path / "q.json", verbose=False)
+    assert sorted(best) == list(moe_tune.QUICK_TOKEN_COUNTS) and len(seen) == 2 * len(best)
+
+
+def test_config_lookup_is_cached_until_the_file_changes(tmp_path, monkeypatch):
+    E, D, Fi, k = 4, 32, 48, 2
+    path = tmp_path / "dev.json"
+    loads = []
+    real = moe_config.load_device_configs
+    monkeypatch.setattr(moe_config, "load_device_configs", lambda p=None: loads.append(p) or real(p))
+    moe_config._cached_config.cache_clear()
+    for _ in range(3):
+        moe_config.get_fused_moe_config(8, E, D, Fi, k, torch.float32, path=path)
+    assert len(loads) == 1
+    cfg = {**moe_config.default_config(8, E, k), "BLOCK_SIZE_N": 64}
+    path.write_text(json.dumps({"fused_moe": {moe_config.shape_key(E, Fi, D, k, torch.float32):
+                                              {"8": cfg}}}))
+    assert moe_config.get_fused_moe_config(8, E, D, Fi, k, torch.float32, path=path) == cfg
+    assert len(loads) == 2

@@ -1,12 +1,11 @@
 """The kernel benchmark's --tiny smoke run, and ahead-of-time compilation for a GPU (no GPU needed)."""
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
-
+# TRITON_INTERPRET comes from the environment (CI's .ci/run and `make test` set it): a GPU run
+# of these files then tests the compiled kernels, not the interpreter.
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +94,22 @@ def test_time_fn_counts_reps():
     calls = []
     times = rt.time_fn(lambda: calls.append(1), reps=3, warmup=2)
     assert len(times) == 3 and len(calls) == 5 and all(t >= 0 for t in times)
+
+
+def test_bench_detects_the_gpu_and_reads_its_profile():
+    """No H100 default for an H200: the name picks the profile (read without pyyaml)."""
+    bench = load_bench()
+    assert bench.device_peaks("NVIDIA H200")[:2] == (989.5, 4800.0)
+    assert bench.device_peaks("NVIDIA H100 80GB HBM3")[:2] == (989.5, 3350.0)
+    assert bench.device_peaks("NVIDIA H100 PCIe")[:2] == (756.5, 2000.0)
+    assert bench.device_peaks("NVIDIA A100-SXM4-80GB")[:2] == (312.0, 2039.0)
+    assert bench.device_peaks("Some Future GPU") is None
+    args = bench.parse_args([])
+    with pytest.raises(SystemExit, match="GPU_PROFILES"):
+        bench._peaks(args, "Some Future GPU")
+    assert bench._peaks(bench.parse_args(["--peak-tflops", "1", "--peak-gbps", "2"]),
+                        "Some Future GPU") == (1.0, 2.0, "cli")
+    tflops, gbps, src = bench._peaks(args, "NVIDIA H200")
+    assert (tflops, gbps) == (989.5, 4800.0) and "h200-sxm" in src
+    for _, profile in bench.GPU_PROFILES:  # every mapped profile exists and parses
+        assert all(v > 0 for v in bench.profile_peaks(profile))

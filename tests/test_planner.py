@@ -1,4 +1,5 @@
 """Planner: picks near the exhaustive best, explains itself, and the online γ controller adapts."""
+
 import itertools
 
 import numpy as np
@@ -10,16 +11,25 @@ from specmoe.inputs.workload import Acceptance, Routing, Workload
 from specmoe.planning import search as planner
 from specmoe.planning.search import GammaController, compare_with_measured, plan, search
 
-CASES = list(itertools.product(
-    [("mixtral-8x7b", "h100-pcie"), ("qwen3-30b-a3b", "l40s"), ("nllb-moe-54b", "specmoe-paper-h100"),
-     ("olmoe-1b-7b", "a100-pcie-40gb")],
-    [1, 8, 64, 256],
-    [None, 0.55]))
+CASES = list(
+    itertools.product(
+        [
+            ("mixtral-8x7b", "h100-pcie"),
+            ("qwen3-30b-a3b", "l40s"),
+            ("nllb-moe-54b", "specmoe-paper-h100"),
+            ("olmoe-1b-7b", "a100-pcie-40gb"),
+        ],
+        [1, 8, 64, 256],
+        [None, 0.55],
+    )
+)
 
 
 def _exhaustive_analytic(model, hardware, batch, acceptance, **kw):
     """Every policy, every N in 1..E, γ in 0..24: the best analytic throughput."""
-    setup = resolve(model=model, hardware=hardware, batch=batch, policy="ondemand", acceptance=acceptance, **kw)
+    setup = resolve(
+        model=model, hardware=hardware, batch=batch, policy="ondemand", acceptance=acceptance, **kw
+    )
     E = setup.model.num_experts
     cands = search(setup, gammas=range(25), draft_experts=range(1, E + 1), refine=False)
     return max(c["tokens_per_s"] for c in cands if c["fits"])
@@ -28,13 +38,23 @@ def _exhaustive_analytic(model, hardware, batch, acceptance, **kw):
 @pytest.mark.parametrize("pair,batch,acceptance", CASES)
 def test_pick_reaches_97_percent_of_exhaustive_analytic(pair, batch, acceptance):
     model, hardware = pair
-    p = plan(model=model, hardware=hardware, batch=batch, acceptance=acceptance, confirm="analytic", explain=False)
+    p = plan(
+        model=model,
+        hardware=hardware,
+        batch=batch,
+        acceptance=acceptance,
+        confirm="analytic",
+        explain=False,
+    )
     best = _exhaustive_analytic(model, hardware, batch, acceptance)
     assert p["best"]["tokens_per_s"] >= 0.97 * best
     assert p["engine"] == "analytic" and "analytic only" in p["notes"][0]
 
 
-SIM_CASES = [("mixtral-8x7b", "h100-pcie", 32, 0.7), ("nllb-moe-54b", "specmoe-paper-h100", 256, None)]
+SIM_CASES = [
+    ("mixtral-8x7b", "h100-pcie", 32, 0.7),
+    ("nllb-moe-54b", "specmoe-paper-h100", 256, None),
+]
 
 
 @pytest.mark.parametrize("model,hardware,batch,acceptance", SIM_CASES)
@@ -44,13 +64,22 @@ def test_pick_reaches_97_percent_of_exhaustive_simulation(model, hardware, batch
     if run is None:
         pytest.skip(why)
     opts = {"iterations": 12, "seed": 0}
-    p = plan(model=model, hardware=hardware, batch=batch, acceptance=acceptance, sim_options=opts,
-             policies=("ondemand", "caching", "specmoe"))
+    p = plan(
+        model=model,
+        hardware=hardware,
+        batch=batch,
+        acceptance=acceptance,
+        sim_options=opts,
+        policies=("ondemand", "caching", "specmoe"),
+    )
     assert p["engine"] == "analytic+sim"
-    setup = resolve(model=model, hardware=hardware, batch=batch, policy="ondemand", acceptance=acceptance)
+    setup = resolve(
+        model=model, hardware=hardware, batch=batch, policy="ondemand", acceptance=acceptance
+    )
     E = setup.model.num_experts
     grid = [("ondemand", 0, 0), ("caching", 0, 0)] + [
-        ("specmoe", g, n) for g in (0, 4, 8, 12, 16) for n in sorted({1, 4, E // 4, E})]
+        ("specmoe", g, n) for g in (0, 4, 8, 12, 16) for n in sorted({1, 4, E // 4, E})
+    ]
     sims = []
     for pol, g, n in grid:
         c = {"policy": pol, "gamma": g, "draft_experts": n}
@@ -72,7 +101,9 @@ def test_without_simulator_plan_says_analytic_only(monkeypatch):
 def test_plan_keeps_api_keys_and_best_is_the_max():
     import specmoe
 
-    p = specmoe.plan(model="mixtral-8x7b", hardware="h100-pcie", batch=64, gammas=range(7), confirm="analytic")
+    p = specmoe.plan(
+        model="mixtral-8x7b", hardware="h100-pcie", batch=64, gammas=range(7), confirm="analytic"
+    )
     assert {"best", "best_by_policy", "candidates"} <= set(p)
     assert {"policy", "gamma", "draft_experts", "tokens_per_s"} <= set(p["best"])
     assert p["best"]["tokens_per_s"] == max(c["tokens_per_s"] for c in p["candidates"] if c["fits"])
@@ -87,7 +118,13 @@ def test_refinement_adds_n_between_the_doubling_grid():
 
 
 def test_explanation_names_pcie_when_only_fetching_policies_compete():
-    p = plan(model="mixtral-8x7b", hardware="h100-pcie", batch=64, policies=("ondemand",), confirm="analytic")
+    p = plan(
+        model="mixtral-8x7b",
+        hardware="h100-pcie",
+        batch=64,
+        policies=("ondemand",),
+        confirm="analytic",
+    )
     ex = p["explanation"]
     assert ex["limited_by"] == "pcie" and ex["time_shares"]["h2d"] > 0.5
     assert ex["sensitivity"]["pcie"] > 1.5 > ex["sensitivity"]["compute"]
@@ -95,8 +132,14 @@ def test_explanation_names_pcie_when_only_fetching_policies_compete():
 
 
 def test_speculation_off_at_batch_1_with_a_reason_and_on_at_large_batch():
-    kw = {"model": "nllb-moe-54b", "hardware": "specmoe-paper-h100", "policies": ("ondemand", "caching", "specmoe"),
-          "resident_experts": 13, "confirm": "analytic", "draft_experts": [2, 4, 8, 16]}
+    kw = {
+        "model": "nllb-moe-54b",
+        "hardware": "specmoe-paper-h100",
+        "policies": ("ondemand", "caching", "specmoe"),
+        "resident_experts": 13,
+        "confirm": "analytic",
+        "draft_experts": [2, 4, 8, 16],
+    }
     small = plan(batch=1, **kw)
     assert small["best"]["gamma"] == 0 and not small["explanation"]["speculation"]["on"]
     assert small["explanation"]["speculation"]["why"].startswith("speculation off")
@@ -112,18 +155,33 @@ def test_plan_rejects_bad_input():
         plan(confirm="maybe")
     with pytest.raises(SpecMoEError, match="draft_experts=9"):
         plan(model="mixtral-8x7b", draft_experts=[9], confirm="analytic")
-    with pytest.raises(SpecMoEError, match="policy='spmoe'"):
-        plan(policies=("spmoe",), confirm="analytic")
+    with pytest.raises(SpecMoEError, match="policy='nope'"):
+        plan(policies=("nope",), confirm="analytic")
+
+
+def test_plan_searches_gamma_for_a_separate_draft_model():
+    p = plan(
+        batch=64, policies=("eagle", "spmoe"), gammas=range(5), confirm="analytic", acceptance=0.8
+    )
+    gammas = {c["gamma"] for c in p["candidates"] if c["policy"] == "spmoe"}
+    assert gammas == {0, 1, 2, 3, 4} and p["best"]["gamma"] > 0
 
 
 # ---- measured γ ------------------------------------------------------------------------------
 
+
 def test_compare_with_measured():
     pts = [(0, 100.0), (2, 180.0), (4, 210.0), (8, 200.0)]
     r = compare_with_measured(pts, 4)
-    assert r["best_gamma"] == 4 and r["ratio"] == 1.0 and r["meets_target"] and not r["interpolated"]
-    r = compare_with_measured(pts, 6)          # interpolated between 210 and 200
-    assert r["interpolated"] and r["planned_tokens_per_s"] == pytest.approx(205.0) and r["meets_target"]
+    assert (
+        r["best_gamma"] == 4 and r["ratio"] == 1.0 and r["meets_target"] and not r["interpolated"]
+    )
+    r = compare_with_measured(pts, 6)  # interpolated between 210 and 200
+    assert (
+        r["interpolated"]
+        and r["planned_tokens_per_s"] == pytest.approx(205.0)
+        and r["meets_target"]
+    )
     r = compare_with_measured(pts, 2)
     assert r["ratio"] == pytest.approx(180 / 210) and not r["meets_target"]
     with pytest.raises(SpecMoEError, match="outside"):
@@ -134,6 +192,7 @@ def test_compare_with_measured():
 
 # ---- the online controller -------------------------------------------------------------------
 
+
 def _controller(batch=128, alpha=0.8, **kw):
     wl = Workload(batch=batch, acceptance=Acceptance(alpha=alpha, source="test"), routing=Routing())
     return GammaController("mixtral-8x7b", "h100-pcie", wl, **kw)
@@ -141,8 +200,16 @@ def _controller(batch=128, alpha=0.8, **kw):
 
 def test_controller_starts_at_the_planners_gamma():
     ctl = _controller()
-    p = plan(model="mixtral-8x7b", hardware="h100-pcie", batch=128, acceptance=0.8, policies=("specmoe",),
-             draft_experts=[ctl.draft_experts], confirm="analytic", explain=False)
+    p = plan(
+        model="mixtral-8x7b",
+        hardware="h100-pcie",
+        batch=128,
+        acceptance=0.8,
+        policies=("specmoe",),
+        draft_experts=[ctl.draft_experts],
+        confirm="analytic",
+        explain=False,
+    )
     assert ctl.gamma == p["best"]["gamma"] > 0
     assert ctl.alpha == pytest.approx(0.8)
 
@@ -179,25 +246,31 @@ def test_controller_best_gamma_grows_with_alpha():
 
 def test_controller_hysteresis_and_decay():
     rng = np.random.default_rng(1)
-    sticky = _controller(alpha=0.8, min_gain=10.0)       # never worth switching
+    sticky = _controller(alpha=0.8, min_gain=10.0)  # never worth switching
     g0 = sticky.gamma
     _feed(sticky, 0.3, 20, rng)
     assert sticky.gamma == g0
     forgetful = _controller(alpha=0.8, decay=0.5)
     _feed(forgetful, 0.3, 20, rng)
-    _feed(forgetful, 0.95, 10, rng)                      # old evidence forgotten fast
+    _feed(forgetful, 0.95, 10, rng)  # old evidence forgotten fast
     assert forgetful.alpha > 0.9
 
 
 def test_controller_turns_speculation_off_at_batch_1_and_probes():
     wl = Workload(batch=256, acceptance=Acceptance(alpha=0.9, source="test"))
-    ctl = GammaController("nllb-moe-54b", "specmoe-paper-h100", wl, draft_experts=4, probe_every=3,
-                          resident_experts=13)
+    ctl = GammaController(
+        "nllb-moe-54b",
+        "specmoe-paper-h100",
+        wl,
+        draft_experts=4,
+        probe_every=3,
+        resident_experts=13,
+    )
     assert ctl.gamma > 0
     assert ctl.set_batch(1) == 0
     answers = [ctl.observe(0, 0) for _ in range(3)]
-    assert answers[:2] == [0, 0] and answers[2] > 0          # the third off iteration probes
-    assert ctl.observe([0], [answers[2]]) == 0                # measured: still not worth it at batch 1
+    assert answers[:2] == [0, 0] and answers[2] > 0  # the third off iteration probes
+    assert ctl.observe([0], [answers[2]]) == 0  # measured: still not worth it at batch 1
 
 
 def test_controller_rejects_bad_observations():

@@ -1,4 +1,5 @@
-"""Measured overlap prefetch hit rate of the tiny MoE (specmoe/data/tiny/prefetch.json) and its CLI form."""
+"""Measured overlap prefetch hit rate of the tiny MoE (specmoe/data/tiny/prefetch.json) and its CLI
+form."""
 
 import hashlib
 import io
@@ -28,14 +29,18 @@ def doc():
 def test_loads_through_workload(doc):
     h = measured_prefetch_hit_rate("tiny")
     assert 0.0 <= h <= 1.0
-    assert h == doc["prefetch_hit_rate"] == doc["by_batch"][str(doc["primary"]["batch"])]["hit_rate"]
+    assert (
+        h == doc["prefetch_hit_rate"] == doc["by_batch"][str(doc["primary"]["batch"])]["hit_rate"]
+    )
 
 
 def test_batch_picks_largest_measured_batch_not_above(doc):
     measured = sorted(int(b) for b in doc["by_batch"])
     for b in measured:
         assert measured_prefetch_hit_rate("tiny", b) == doc["by_batch"][str(b)]["hit_rate"]
-    assert measured_prefetch_hit_rate("tiny", 10 ** 6) == doc["by_batch"][str(measured[-1])]["hit_rate"]
+    assert (
+        measured_prefetch_hit_rate("tiny", 10**6) == doc["by_batch"][str(measured[-1])]["hit_rate"]
+    )
 
 
 def test_rates_match_their_counts_and_beat_chance(doc):
@@ -45,7 +50,7 @@ def test_rates_match_their_counts_and_beat_chance(doc):
         layers = d["per_layer"].values()
         assert sum(x["needed"] for x in layers) == d["needed"]
         assert sum(x["useful"] for x in layers) == d["useful"]
-        assert d["hit_rate"] > d["chance_hit_rate"], b   # the router-based prediction is informative
+        assert d["hit_rate"] > d["chance_hit_rate"], b  # the router-based prediction is informative
         lo, hi = d["ci95"]["hit_rate"]
         assert lo <= d["hit_rate"] <= hi
         counters = doc["metadata"]["engine_counters"][b]  # decode + prefill, all layers >= 1
@@ -56,8 +61,9 @@ def test_data_belongs_to_the_shipped_model(doc):
     path = MODEL_DIR / "model.safetensors"
     if not path.is_file():
         pytest.skip("experiments/tiny_moe/model.safetensors is not present")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == doc["metadata"]["model"]["sha256"], \
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == doc["metadata"]["model"]["sha256"], (
         "the model was retrained: rerun experiments/measure_prefetch.py"
+    )
 
 
 def _predict(*flags: str) -> dict:
@@ -73,7 +79,9 @@ def test_predict_with_measured_hit_rate_lies_between_none_and_oracle():
     assert none < oracle, "no longer compute-bound: pick a configuration where the hit rate matters"
     measured = _predict("--prefetch-hit-rate", "measured:tiny")["tokens_per_s"]
     assert none < measured < oracle
-    same = _predict("--prefetch-hit-rate", repr(measured_prefetch_hit_rate("tiny", 1)))["tokens_per_s"]
+    same = _predict("--prefetch-hit-rate", repr(measured_prefetch_hit_rate("tiny", 1)))[
+        "tokens_per_s"
+    ]
     assert measured == pytest.approx(same)
 
 
@@ -87,7 +95,8 @@ def test_bad_values_name_the_flag(capsys, value):
 
 
 def test_live_measurement_agrees_with_engine_counters(tmp_path):
-    """A few greedy steps through the script: its per-layer sets must add up to the engine's counters."""
+    """A few greedy steps through the script: its per-layer sets must add up to the engine's
+    counters."""
     torch = pytest.importorskip("torch")
     if not (MODEL_DIR / "model.safetensors").is_file():
         pytest.skip("experiments/tiny_moe/model.safetensors is not present")
@@ -100,8 +109,20 @@ def test_live_measurement_agrees_with_engine_counters(tmp_path):
     out = tmp_path / "p.json"
     try:
         with redirect_stdout(io.StringIO()):
-            doc = mp.main(["--prompts", "2", "--new-tokens", "6", "--batches", "1,2", "--bootstrap", "50",
-                           "--out", str(out)])
+            doc = mp.main(
+                [
+                    "--prompts",
+                    "2",
+                    "--new-tokens",
+                    "6",
+                    "--batches",
+                    "1,2",
+                    "--bootstrap",
+                    "50",
+                    "--out",
+                    str(out),
+                ]
+            )
     finally:
         torch.set_num_threads(threads)
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))

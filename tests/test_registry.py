@@ -1,4 +1,5 @@
 """The policy registry is the one spelling: predictors, engine, CLI and sweeps follow it."""
+
 import pytest
 
 from specmoe.app.cli.main import build_parser
@@ -10,7 +11,7 @@ from specmoe.predictors.sim.policies import POLICY_CLASSES
 
 
 def test_every_predictor_implements_registry_policies_only():
-    assert set(POLICY_CLASSES) == set(POLICIES)          # the simulator covers every policy
+    assert set(POLICY_CLASSES) == set(POLICIES)  # the simulator covers every policy
     assert set(ANALYTIC) <= set(POLICIES)
 
 
@@ -22,8 +23,10 @@ def test_engine_providers_are_registry_policies():
 
 
 def test_cli_sweep_and_planner_take_every_registry_parameter():
-    helps = {name: build_parser(["simulate"])._subparsers._group_actions[0].choices[name].format_help()
-             for name in ("predict", "simulate")}
+    helps = {
+        name: build_parser(["simulate"])._subparsers._group_actions[0].choices[name].format_help()
+        for name in ("predict", "simulate")
+    }
     for name in PARAMS:
         flag = "--" + name.replace("_", "-")
         assert all(flag in h for h in helps.values()), flag

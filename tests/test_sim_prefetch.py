@@ -1,4 +1,6 @@
-"""Wrong prefetches (Policy.prefetch_precision < 1) occupy the link in the simulator as in the analytic model."""
+"""Wrong prefetches (Policy.prefetch_precision < 1) occupy the link in the simulator as in the
+analytic model."""
+
 import pytest
 
 from specmoe.errors import SpecMoEError
@@ -7,8 +9,16 @@ from specmoe.predictors.sim import simulate
 
 
 def _run(precision):
-    return simulate(model="mixtral-8x7b", hardware="h100-pcie", policy="overlap", batch=1, iterations=40,
-                    seed=1, prefetch_hit_rate=0.8, prefetch_precision=precision)
+    return simulate(
+        model="mixtral-8x7b",
+        hardware="h100-pcie",
+        policy="overlap",
+        batch=1,
+        iterations=40,
+        seed=1,
+        prefetch_hit_rate=0.8,
+        prefetch_precision=precision,
+    )
 
 
 def test_wrong_prefetches_move_more_bytes_in_the_simulator():

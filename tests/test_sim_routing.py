@@ -1,4 +1,5 @@
 """The simulator's samplers: routing keeps the inclusion probabilities, acceptance follows τ(γ)."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Simulator serving mode, trace output (specmoe.trace/1 and Chrome) and the `simulate` command."""
+
 import json
 
 import numpy as np
@@ -18,12 +19,22 @@ def test_single_request_ttft_is_one_prefill():
     setup = resolve(policy="ondemand", batch=1, output_len=3, prompt_len=512)
     an = Analytic(setup.model, setup.system, setup.workload).evaluate(setup.policy)
     assert r.ttft_ms == pytest.approx(float(an.ttft_ms), rel=0.01)
-    assert r.requests["completed"] == 1 and r.iterations == 2          # tokens 2 and 3
+    assert r.requests["completed"] == 1 and r.iterations == 2  # tokens 2 and 3
 
 
 def test_poisson_serving_completes_every_request():
-    r = simulate(policy="specmoe", model="olmoe-1b-7b", batch=8, gamma=3, serving=True, rate=20.0,
-                 requests=24, output_len=16, prompt_len=64, seed=5)
+    r = simulate(
+        policy="specmoe",
+        model="olmoe-1b-7b",
+        batch=8,
+        gamma=3,
+        serving=True,
+        rate=20.0,
+        requests=24,
+        output_len=16,
+        prompt_len=64,
+        seed=5,
+    )
     d = r.to_dict()
     assert d["requests"]["completed"] == 24 and d["mode"] == "serving"
     assert r.tokens == 24 * 16
@@ -33,8 +44,16 @@ def test_poisson_serving_completes_every_request():
 
 
 def test_heavier_load_waits_longer():
-    kw = dict(policy="ondemand", model="olmoe-1b-7b", batch=4, serving=True, requests=30, output_len=8,
-              prompt_len=64, seed=1)
+    kw = dict(
+        policy="ondemand",
+        model="olmoe-1b-7b",
+        batch=4,
+        serving=True,
+        requests=30,
+        output_len=8,
+        prompt_len=64,
+        seed=1,
+    )
     light, heavy = simulate(rate=1.0, **kw), simulate(rate=1000.0, **kw)
     assert heavy.ttft_ms_percentiles["p90"] > light.ttft_ms_percentiles["p90"]
 
@@ -65,16 +84,53 @@ def test_h2d_stream_in_trace_and_trace_off_by_default():
 
 def test_cli_simulate_json(capsys, tmp_path):
     trace = tmp_path / "t.jsonl"
-    rc = main(["simulate", "--policy", "specmoe", "--batch", "8", "--gamma", "3", "--iterations", "3",
-               "--seed", "2", "--trace", str(trace), "--json"])
+    rc = main(
+        [
+            "simulate",
+            "--policy",
+            "specmoe",
+            "--batch",
+            "8",
+            "--gamma",
+            "3",
+            "--iterations",
+            "3",
+            "--seed",
+            "2",
+            "--trace",
+            str(trace),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["iterations"] == 3 and out["events"] > 0 and out["trace"] == str(trace)
     assert read_trace(trace).events
 
 
 def test_cli_simulate_serving_table_and_errors(capsys):
-    assert main(["simulate", "--policy", "ondemand", "--model", "olmoe-1b-7b", "--batch", "4", "--serving",
-                 "--rate", "50", "--requests", "5", "--output-len", "4", "--prompt-len", "32"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--policy",
+                "ondemand",
+                "--model",
+                "olmoe-1b-7b",
+                "--batch",
+                "4",
+                "--serving",
+                "--rate",
+                "50",
+                "--requests",
+                "5",
+                "--output-len",
+                "4",
+                "--prompt-len",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "serving" in capsys.readouterr().out
     assert main(["simulate", "--iterations", "0"]) == 2
     assert "iterations" in capsys.readouterr().err
@@ -83,6 +139,13 @@ def test_cli_simulate_serving_table_and_errors(capsys):
 
 
 def test_explicit_arrivals_are_used():
-    r = simulate(policy="ondemand", model="olmoe-1b-7b", batch=2, arrivals=[0.0, 5.0], output_len=2, prompt_len=16)
+    r = simulate(
+        policy="ondemand",
+        model="olmoe-1b-7b",
+        batch=2,
+        arrivals=[0.0, 5.0],
+        output_len=2,
+        prompt_len=16,
+    )
     assert r.requests["first_arrival_s"] == 0.0 and r.requests["last_done_s"] > 5.0
     assert np.isfinite(r.tpot_ms)

@@ -67,7 +67,8 @@ def tokenizer(tm):
 
 
 def expected_shapes(c: dict) -> dict:
-    """HF MixtralForCausalLM tensor names and (out_features, in_features) shapes, from config alone."""
+    """HF MixtralForCausalLM tensor names and (out_features, in_features) shapes, from config
+    alone."""
     h, inter, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
     hd = c.get("head_dim") or h // c["num_attention_heads"]
     q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
@@ -76,15 +77,26 @@ def expected_shapes(c: dict) -> dict:
         shapes["lm_head.weight"] = (v, h)
     for layer in range(c["num_hidden_layers"]):
         p = f"model.layers.{layer}."
-        shapes.update({
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-            p + "block_sparse_moe.gate.weight": (c["num_local_experts"], h),
-        })
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+                p + "self_attn.q_proj.weight": (q, h),
+                p + "self_attn.k_proj.weight": (kv, h),
+                p + "self_attn.v_proj.weight": (kv, h),
+                p + "self_attn.o_proj.weight": (h, q),
+                p + "block_sparse_moe.gate.weight": (c["num_local_experts"], h),
+            }
+        )
         for e in range(c["num_local_experts"]):
             x = f"{p}block_sparse_moe.experts.{e}."
-            shapes.update({x + "w1.weight": (inter, h), x + "w2.weight": (h, inter), x + "w3.weight": (inter, h)})
+            shapes.update(
+                {
+                    x + "w1.weight": (inter, h),
+                    x + "w2.weight": (h, inter),
+                    x + "w3.weight": (inter, h),
+                }
+            )
     return shapes
 
 
@@ -105,7 +117,7 @@ def test_safetensors_names_shapes_dtype(config):
     for name, shape in want.items():
         assert tuple(sd[name].shape) == shape, name
         assert sd[name].dtype == torch.bfloat16, name
-    assert (MODEL_DIR / "model.safetensors").stat().st_size <= 20 * 2 ** 20
+    assert (MODEL_DIR / "model.safetensors").stat().st_size <= 20 * 2**20
 
 
 def test_tokenizer_round_trip_and_specials(tokenizer, config):
@@ -168,7 +180,7 @@ def test_routing_json_invariants(routing, config):
     assert ((p >= 0) & (p <= 1)).all()
     reuse = routing["step_reuse"]
     assert all(0.0 <= r <= 1.0 for r in reuse["per_layer"])
-    assert np.allclose(reuse["chance_per_layer"], (p ** 2).sum(1) / k)
+    assert np.allclose(reuse["chance_per_layer"], (p**2).sum(1) / k)
     assert 0.0 <= routing["temporal_reuse_excess"] <= 1.0
 
 
@@ -190,6 +202,7 @@ def test_routing_distinct_experts_match_formula(routing, config):
 
 
 def test_logits_match_transformers_mixtral(tm):
-    """Same logits as HF MixtralForCausalLM on the shipped weights (skipped without transformers)."""
+    """Same logits as HF MixtralForCausalLM on the shipped weights (skipped without
+    transformers)."""
     pytest.importorskip("transformers")
     assert tm.hf_parity(MODEL_DIR, seq_len=64) < 1e-4

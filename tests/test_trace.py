@@ -7,13 +7,17 @@ from specmoe.measure.trace import Header, event, export_chrome, read_trace, writ
 
 
 def _events():
-    return [event("expert", "moe", 0.0, 5.0, layer=0, expert=3, tokens=7, custom="kept"),
-            event("fetch", "h2d", 1.0, 10.0, stream="copy", bytes=1024)]
+    return [
+        event("expert", "moe", 0.0, 5.0, layer=0, expert=3, tokens=7, custom="kept"),
+        event("fetch", "h2d", 1.0, 10.0, stream="copy", bytes=1024),
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
 def test_round_trip_keeps_unknown_fields(tmp_path, suffix):
-    p = write_trace(tmp_path / f"t{suffix}", Header(source="sim", policy={"name": "ondemand"}), _events())
+    p = write_trace(
+        tmp_path / f"t{suffix}", Header(source="sim", policy={"name": "ondemand"}), _events()
+    )
     tr = read_trace(p)
     assert tr.source == "sim" and tr.header["policy"]["name"] == "ondemand"
     assert tr.events[0]["custom"] == "kept" and tr.by_cat("h2d")[0]["bytes"] == 1024
@@ -33,6 +37,11 @@ def test_bad_traces_are_named(tmp_path):
     bad.write_text(json.dumps({"schema": "other/1", "source": "sim"}) + "\n")
     with pytest.raises(SpecMoEError, match="schema"):
         read_trace(bad)
-    bad.write_text(json.dumps({"schema": "specmoe.trace/1", "source": "sim"}) + "\n" + json.dumps({"name": "x"}) + "\n")
+    bad.write_text(
+        json.dumps({"schema": "specmoe.trace/1", "source": "sim"})
+        + "\n"
+        + json.dumps({"name": "x"})
+        + "\n"
+    )
     with pytest.raises(SpecMoEError, match="lacks field"):
         read_trace(bad)

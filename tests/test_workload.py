@@ -20,7 +20,7 @@ from specmoe.inputs.workload import (
 def test_tau_closed_form_matches_series():
     for a in (0.0, 0.3, 0.8, 0.95):
         for g in range(12):
-            assert tau(a, g) == pytest.approx(sum(a ** i for i in range(g + 1)))
+            assert tau(a, g) == pytest.approx(sum(a**i for i in range(g + 1)))
 
 
 def test_tau_alpha_zero_gives_one_token():
@@ -62,7 +62,9 @@ def test_empirical_resampled_onto_other_expert_counts():
     same = r.inclusion_probs(8, 2, 3)
     assert same.shape == (3, 8) and np.allclose(same[0], np.sort(probs[0])[::-1])
     more = r.inclusion_probs(64, 4, 2)
-    assert more.shape == (2, 64) and np.allclose(more.sum(1), 4) and np.all(np.diff(more[0]) <= 1e-12)
+    assert (
+        more.shape == (2, 64) and np.allclose(more.sum(1), 4) and np.all(np.diff(more[0]) <= 1e-12)
+    )
 
 
 def test_tau_table_overrides_alpha():
@@ -70,16 +72,19 @@ def test_tau_table_overrides_alpha():
     assert float(acc.tau(2)) == pytest.approx(2.7) and float(acc.tau(0)) == 1.0
 
 
-@pytest.mark.parametrize("bad,match", [
-    (lambda: Acceptance(alpha=1.0), "alpha=1.0"),
-    (lambda: Acceptance(alpha=-0.1), "alpha"),
-    (lambda: Workload(batch=0), "batch=0"),
-    (lambda: Workload(prompt_len=-3), "prompt_len"),
-    (lambda: Routing(kind="pareto"), "routing kind"),
-    (lambda: parse_acceptance("lots"), "acceptance="),
-    (lambda: parse_routing("zipf:x"), "zipf"),
-    (lambda: alpha_from_tau(12.0, 10), "tau=12"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (lambda: Acceptance(alpha=1.0), "alpha=1.0"),
+        (lambda: Acceptance(alpha=-0.1), "alpha"),
+        (lambda: Workload(batch=0), "batch=0"),
+        (lambda: Workload(prompt_len=-3), "prompt_len"),
+        (lambda: Routing(kind="pareto"), "routing kind"),
+        (lambda: parse_acceptance("lots"), "acceptance="),
+        (lambda: parse_routing("zipf:x"), "zipf"),
+        (lambda: alpha_from_tau(12.0, 10), "tau=12"),
+    ],
+)
 def test_bad_input_names_the_field(bad, match):
     with pytest.raises(SpecMoEError, match=match):
         bad()

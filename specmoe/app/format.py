@@ -27,7 +27,8 @@ def number(v: float | None, digits: int = 1) -> str:
 
 
 def with_interval(d: dict[str, Any], key: str, unit: str = "", digits: int = 1) -> str:
-    """'1,234.5 tok/s (p10-p90 1,100.0-1,400.0)', or without the bracket when there is no interval."""
+    """'1,234.5 tok/s (p10-p90 1,100.0-1,400.0)', or without the bracket when there is no
+    interval."""
     v = d.get(key)
     text = number(v, digits) + (f" {unit}" if unit and v is not None else "")
     iv = interval(d, key)
@@ -64,21 +65,29 @@ def provenance_lines(d: dict[str, Any]) -> list[str]:
     cost parameters' evidence (empty when the dict carries none of them)."""
     lines = []
     if interval(d, "tokens_per_s") is not None:
-        lines.append(f"p10-p90: tokens/s {band(d, 'tokens_per_s')}, TPOT ms {band(d, 'tpot_ms', 2)}, "
-                     f"TTFT ms {band(d, 'ttft_ms', 0)}")
+        lines.append(
+            f"p10-p90: tokens/s {band(d, 'tokens_per_s')}, TPOT ms {band(d, 'tpot_ms', 2)}, "
+            f"TTFT ms {band(d, 'ttft_ms', 0)}"
+        )
     if d.get("gamma"):
         spread = d.get("alpha_spread")
-        lines.append(alpha_text(d) + (f", ± {spread:.2f}" if isinstance(spread, (int, float)) else ""))
+        lines.append(
+            alpha_text(d) + (f", ± {spread:.2f}" if isinstance(spread, (int, float)) else "")
+        )
     ev = d.get("evidence") or d.get("provenance") or {}
     if ev.get("ideal"):
         lines.append("--ideal: datasheet roofline efficiencies (an upper bound on speed)")
     elif ev.get("gpu_parameters"):
-        lines.append(f"GPU parameters: {ev['gpu_parameters']}; host and link: published measurements "
-                     "or stated priors (hwprofiles)")
+        lines.append(
+            f"GPU parameters: {ev['gpu_parameters']}; host and link: published measurements "
+            "or stated priors (hwprofiles)"
+        )
         if ev.get("interval"):
             lines.append(f"interval: {ev['interval']}")
         if ev.get("spreads"):
-            lines.append("spreads (σ of log): " + ", ".join(f"{k} {v:.2f}" for k, v in ev["spreads"].items()))
+            lines.append(
+                "spreads (σ of log): " + ", ".join(f"{k} {v:.2f}" for k, v in ev["spreads"].items())
+            )
     return lines
 
 
@@ -91,8 +100,12 @@ def band(d: dict[str, Any], key: str, digits: int = 1) -> str:
 def calibration_words(calibrated: bool, hardware: str) -> str:
     """One sentence on how far the hardware numbers can be trusted."""
     if calibrated:
-        return (f"Hardware profile {hardware} is calibrated: its efficiencies were fitted to measured "
-                "traces (see the profile's hold-out error).")
-    return (f"Hardware profile {hardware} is not calibrated on its own measurements: its efficiencies "
-            "are published measurements or stated priors, each with a spread that the p10-p90 "
-            "interval carries; --ideal gives the datasheet upper bound instead.")
+        return (
+            f"Hardware profile {hardware} is calibrated: its efficiencies were fitted to measured "
+            "traces (see the profile's hold-out error)."
+        )
+    return (
+        f"Hardware profile {hardware} is not calibrated on its own measurements: its efficiencies "
+        "are published measurements or stated priors, each with a spread that the p10-p90 "
+        "interval carries; --ideal gives the datasheet upper bound instead."
+    )

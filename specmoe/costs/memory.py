@@ -4,6 +4,10 @@ planner use.
 Bytes on the GPU = resident (non-expert) weights + KV cache + activations/logits workspace
 + pinned experts in every MoE layer + LRU slots shared by all layers + staging slots that hold
 one layer's fetched experts.
+What a plan may fill is not the whole HBM: a serving engine keeps to a utilisation limit
+(Workload.gpu_memory_utilization, default 0.9 like vLLM's gpu_memory_utilization) and the CUDA
+context takes its share before any tensor (CUDA_CONTEXT_GB, a prior: PyTorch's process measured
+723 MiB after its first CUDA call, discuss.pytorch.org/t/73021; it varies with driver and GPU).
 Staging holds the experts a pass must fetch (needed and not resident), twice over where a
 policy prefetches the next layer while this one runs (double buffering). Every policy pays the
 same rule, so a policy never looks better for reserving less room than its twin.
@@ -14,13 +18,22 @@ import numpy as np
 
 from specmoe.inputs.policies import DOUBLE_BUFFERED
 
+CUDA_CONTEXT_GB = 0.75
+
 
 class Memory:
     """GPU memory of one model × system × workload; arrays broadcast over configurations."""
 
     def __init__(self, model, system, workload):
         self.model, self.workload = model, workload
-        self.capacity_bytes = system.gpu.hbm_gb * 1e9
+        self.hbm_bytes = system.gpu.hbm_gb * 1e9
+        self.context_bytes = CUDA_CONTEXT_GB * 1e9
+        self.capacity_bytes = self.hbm_bytes * workload.gpu_memory_utilization - self.context_bytes
+
+    def explain_capacity(self) -> str:
+        """'80 GB × 0.90 utilisation − 0.75 GB CUDA context = 71.25 GB usable'."""
+        return (f"{self.hbm_bytes / 1e9:g} GB × {self.workload.gpu_memory_utilization:.2f} utilisation − "
+                f"{self.context_bytes / 1e9:g} GB CUDA context = {self.capacity_bytes / 1e9:.2f} GB usable")
 
     def bytes(self, batch, gamma, resident, staging, lru=0, tp=1):
         """Bytes at batch B, draft length γ, `resident` experts per MoE layer, `staging` slots and
@@ -36,7 +49,15 @@ class Memory:
         # fp32 logits (split tp ways) and activations
         workspace = tokens * (m.vocab_size * 4 / tp + 8 * m.hidden_size * m.dtype_bytes)
         experts = (np.asarray(resident) * m.num_moe_layers + np.asarray(staging) + lru) * m.expert_bytes
-        return m.resident_bytes / tp + kv + workspace + experts
+        return m.resident_bytes / tp + kv + workspace + experts + self.small_module_bytes
+
+    @property
+    def small_module_bytes(self) -> float:
+        """Duo-LLM's small FFN per MoE layer, resident (workload.Routing.small_module_ratio)."""
+        r = self.workload.routing
+        if not (r.small_share and r.small_module_ratio):
+            return 0.0
+        return self.model.num_moe_layers * r.small_module_ratio * self.model.expert_bytes
 
     def staging(self, missing_per_layer, resident, policy_name: str):
         """Slots for one layer's fetched experts: ⌈expected missing⌉, ×2 when double-buffered."""

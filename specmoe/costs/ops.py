@@ -254,6 +254,15 @@ class CostModel:
         used["model"] += int(np.size(inside) - np.sum(inside))
         return np.where(inside, measured, model_t)
 
+    def small_module(self, tokens, ratio):
+        """A resident FFN of `ratio` × one routed expert's parameters over `tokens` (Duo-LLM's
+        small module): a dense GEMM pair with its weights streamed from HBM."""
+        m = self.model
+        tokens = np.asarray(tokens, dtype=float)
+        act = tokens * 2 * m.hidden_size * m.dtype_bytes
+        t = self.gemm(tokens * ratio * m.expert_flops_per_token, ratio * m.expert_bytes, tokens, act, kernels=2)
+        return np.where((tokens > 0) & (ratio > 0), t, 0.0)
+
     def attention_block(self, tokens, batch, context):
         """Projections (q,k,v,o) plus scores over the cache, one layer. Norms and RoPE are overhead."""
         m = self.model

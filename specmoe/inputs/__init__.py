@@ -1,1 +1,2 @@
-"""Inputs: hardware profiles, model shapes, workload (routing, acceptance) and the policy registry."""
+"""Inputs: hardware profiles, model shapes, workload (routing, acceptance) and the policy
+registry."""

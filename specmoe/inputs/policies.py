@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from specmoe.errors import SpecMoEError, suggest
+from specmoe.inputs.tree import check_tree
 
 # name -> (what moves, when; where it comes from). Order = how listings show them.
 POLICIES: dict[str, str] = {
@@ -15,7 +16,8 @@ POLICIES: dict[str, str] = {
     "overlap": "prefetch the next layer's predicted experts during this layer (MoE-Overlap)",
     "caching": "pin the hottest fraction of experts resident, LRU for the rest (MoE-Caching)",
     "cpu": "compute a non-resident expert on the host CPU where cheaper than fetching (Fiddler)",
-    "specmoe": "self-draft with N resident experts + substitution; verify fetching each expert once",
+    "specmoe": "self-draft with N resident experts + substitution; "
+               "verify fetching each expert once",
     "spmoe": "separate draft model whose gates predict experts; prefetch up to a cutoff layer",
     "moespec": "verification-time expert budget: drop low-weight experts of long-tail tokens",
     "fate": "cross-layer gate prediction, prefetch next layer, shallow-favouring cache",
@@ -23,7 +25,11 @@ POLICIES: dict[str, str] = {
 }
 SPECULATIVE = ("specmoe", "spmoe", "moespec", "eagle")
 # Policies the analytic model covers; the simulator covers all of POLICIES.
-ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe")
+ANALYTIC = ("ondemand", "overlap", "caching", "cpu", "specmoe", "spmoe", "moespec", "fate", "eagle")
+# The planner's default candidates: every parameter they need has a measured or published value.
+# The separate-draft policies (spmoe, moespec, eagle) need the user's draft model: its cost
+# (draft_model_ratio) and its acceptance; fate needs a prediction hit rate. Ask for them by name.
+PLANNED = ("ondemand", "overlap", "caching", "cpu", "specmoe")
 DRAFT_SETS = ("random", "hot", "hottemporal")
 # Policies that prefetch the next layer while this one runs: their staging is double-buffered.
 DOUBLE_BUFFERED = ("overlap", "fate")
@@ -52,7 +58,9 @@ class Param:
         lo = "-inf" if self.lo is None else f"{self.lo:g}"
         hi = "inf" if self.hi is None else f"{self.hi:g}"
         rng = f"{'(' if self.lo_open else '['}{lo}, {hi}]"
-        return (f"whole numbers in {rng}" if self.kind == "int" else rng) + (" or none" if self.optional else "")
+        return (f"whole numbers in {rng}" if self.kind == "int" else rng) + (
+            " or none" if self.optional else ""
+        )
 
 
 def _p(default, **meta):
@@ -99,6 +107,13 @@ class Policy:
                                   used_by=("eagle", "spmoe", "moespec"),
                                   help="a separate draft model's cost per token as a fraction of "
                                        "the target's resident compute")
+    tree_width: int = _p(1, kind="int", lo=1, hi=16, used_by=SPECULATIVE,
+                         help="draft-tree branching: children drawn without replacement per node "
+                              "(RSD, arXiv 2402.14160); 1 = a chain, gamma = the tree's depth")
+    tree_levels: int | None = _p(None, kind="int", lo=0, optional=True, used_by=SPECULATIVE,
+                                 help="levels from the root that branch; deeper ones extend each "
+                                      "leaf by one token (none: every level, RSD-C; 1: tree_width "
+                                      "chains)")
 
     @property
     def speculative(self) -> bool:
@@ -111,7 +126,9 @@ class Policy:
         return replace(self, **changes)
 
 
-PARAMS: dict[str, Param] = {f.name: f.metadata["param"] for f in fields(Policy) if "param" in f.metadata}
+PARAMS: dict[str, Param] = {
+    f.name: f.metadata["param"] for f in fields(Policy) if "param" in f.metadata
+}
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Policy) if f.name in PARAMS}
 
 
@@ -165,19 +182,33 @@ def make_policy(name: str, **params: Any) -> Policy:
         raise SpecMoEError(f"policy={name!r}: give a policy name ({', '.join(POLICIES)})")
     key = name.strip().lower()
     if key not in POLICIES:
-        raise SpecMoEError(f"policy={name!r} is unknown; allowed: {', '.join(POLICIES)}{suggest(key, POLICIES)}")
+        raise SpecMoEError(
+            f"policy={name!r} is unknown; allowed: {', '.join(POLICIES)}{suggest(key, POLICIES)}"
+        )
     p = Policy(name=key, **{k: check_param(k, v) for k, v in params.items() if v is not None})
     validate_policy(p)
     return p
 
 
-def validate_policy(p: Policy, num_experts: int | None = None, num_layers: int | None = None) -> None:
+def validate_policy(
+    p: Policy, num_experts: int | None = None, num_layers: int | None = None
+) -> None:
     """Every parameter in its registry range, plus the checks that need the model's shape."""
     for k in PARAMS:
         check_param(k, getattr(p, k))
     if num_experts is not None and p.draft_experts > num_experts:
-        raise SpecMoEError(f"draft_experts={p.draft_experts}: the model has only {num_experts} experts per layer")
+        raise SpecMoEError(
+            f"draft_experts={p.draft_experts}: the model has only {num_experts} experts per layer"
+        )
     if p.name == "specmoe" and p.gamma > 0 and p.draft_experts < 1:
-        raise SpecMoEError("draft_experts=0: specmoe drafts with at least 1 resident expert per layer")
+        raise SpecMoEError(
+            "draft_experts=0: specmoe drafts with at least 1 resident expert per layer"
+        )
     if p.cutoff_layer is not None and num_layers and p.cutoff_layer > num_layers:
         raise SpecMoEError(f"cutoff_layer={p.cutoff_layer}: allowed 0..{num_layers}")
+    if p.tree_width > 1 and p.name not in SPECULATIVE:
+        raise SpecMoEError(
+            f"tree_width={p.tree_width}: policy {p.name!r} does not draft; draft trees "
+            f"need a speculative policy ({', '.join(SPECULATIVE)})"
+        )
+    check_tree(p.gamma, p.tree_width, p.tree_levels)

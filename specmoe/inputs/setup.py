@@ -36,25 +36,35 @@ class Setup:
     policy: Policy
 
     def echo(self) -> dict[str, Any]:
-        return {"model": self.model.name, "hardware": self.system.name, "policy": self.policy.name,
-                "batch": self.workload.batch, "gamma": self.policy.gamma,
-                "draft_experts": self.policy.draft_experts, "prompt_len": self.workload.prompt_len,
-                "output_len": self.workload.output_len, "alpha": self.workload.acceptance.alpha,
-                "alpha_spread": self.workload.acceptance.alpha_spread,
-                "acceptance_source": self.workload.acceptance.source,
-                "routing": self.workload.routing.kind, "routing_source": self.workload.routing.source,
-                "ideal": self.system.ideal}
+        return {
+            "model": self.model.name,
+            "hardware": self.system.name,
+            "policy": self.policy.name,
+            "batch": self.workload.batch,
+            "gamma": self.policy.gamma,
+            "draft_experts": self.policy.draft_experts,
+            "prompt_len": self.workload.prompt_len,
+            "output_len": self.workload.output_len,
+            "alpha": self.workload.acceptance.alpha,
+            "alpha_spread": self.workload.acceptance.alpha_spread,
+            "acceptance_source": self.workload.acceptance.source,
+            "routing": self.workload.routing.kind,
+            "routing_source": self.workload.routing.source,
+            "ideal": self.system.ideal,
+        }
 
 
 def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h100-pcie",
             policy: str | Policy = "specmoe", batch: int = 64, gamma: int | None = None,
             draft_experts: int | None = None, acceptance: str | float | Acceptance | None = None,
             routing: str | Routing | None = None, prompt_len: int = 512, output_len: int = 256,
-            ideal: bool = False, **policy_params: Any) -> Setup:
+            ideal: bool = False, gpu_memory_utilization: float = 0.9,
+            **policy_params: Any) -> Setup:
     """Turn names and numbers into validated objects; every error names the field.
 
     acceptance None: the model's default (published figure, else a stated prior with its spread).
     ideal: predict at the datasheet roofline (an upper bound) instead of the best evidence.
+    gpu_memory_utilization: share of the GPU's memory a plan may fill (costs.memory).
     policy_params: further Policy parameters (draft_set, resident_experts, prefetch_hit_rate, ...);
     an unknown name raises SpecMoEError naming it and the closest known argument.
     """
@@ -73,8 +83,10 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
                           **policy_params)
     validate_policy(pol, spec.num_experts, spec.num_layers)
     if pol.gamma > 0 and pol.name not in SPECULATIVE:
-        raise SpecMoEError(f"gamma={pol.gamma}: policy {pol.name!r} does not speculate; use gamma 0 "
-                           f"or a speculative policy ({', '.join(SPECULATIVE)})")
+        raise SpecMoEError(
+            f"gamma={pol.gamma}: policy {pol.name!r} does not speculate; use gamma 0 "
+            f"or a speculative policy ({', '.join(SPECULATIVE)})"
+        )
     acc = (acceptance if isinstance(acceptance, Acceptance)
            else parse_acceptance(acceptance, pol.draft_set, model=spec))
     if routing is None:
@@ -82,13 +94,32 @@ def resolve(model: str | ModelSpec = "mixtral-8x7b", hardware: str | System = "h
     else:
         rout = routing if isinstance(routing, Routing) else parse_routing(routing)
     check_routing(rout, spec.num_experts, spec.name)
-    wl = Workload(batch=batch, prompt_len=prompt_len, output_len=output_len, routing=rout, acceptance=acc)
+    wl = Workload(
+        batch=batch,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        routing=rout,
+        acceptance=acc,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )
     return Setup(spec, system, wl, pol)
 
 
 def resolve_arguments() -> tuple[str, ...]:
     """Every keyword `resolve` (and so `specmoe.predict`) accepts."""
-    named = ("model", "hardware", "policy", "batch", "gamma", "draft_experts", "acceptance", "routing",
-             "prompt_len", "output_len", "ideal")
+    named = (
+        "model",
+        "hardware",
+        "policy",
+        "batch",
+        "gamma",
+        "draft_experts",
+        "acceptance",
+        "routing",
+        "prompt_len",
+        "output_len",
+        "ideal",
+        "gpu_memory_utilization",
+    )
     return named + tuple(k for k in policy_parameters() if k not in named)
 

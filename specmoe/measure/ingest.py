@@ -33,7 +33,8 @@ def device_identity(fp: dict | None) -> dict[str, Any]:
     return {k: fp.get(k) for k in keys}
 
 
-ENGINE_CACHE_FRACTION = 0.1  # legacy traces: the engine's pinned fraction when cache_fraction was None
+# legacy traces: the engine's pinned fraction when cache_fraction was None
+ENGINE_CACHE_FRACTION = 0.1
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -52,11 +53,24 @@ def model_spec_from_engine(cfg: dict, where: str = "trace"):
     if missing:
         raise SpecMoEError(f"{where}: header model lacks field(s) {missing}")
     if cfg["dtype"] not in DTYPE_BYTES:
-        raise SpecMoEError(f"{where}: header model.dtype={cfg['dtype']!r}: allowed {sorted(DTYPE_BYTES)}")
-    return spec_from_dims("engine-model", DTYPE_BYTES[cfg["dtype"]], cfg["hidden"], cfg["expert_ffn"],
-                          cfg["heads"], cfg["kv_heads"], cfg["head_dim"], cfg["experts"], cfg["top_k"],
-                          cfg["vocab"], cfg["layers"], int(cfg.get("shared_expert_ffn") or 0),
-                          bool(cfg.get("tie_embeddings")))
+        raise SpecMoEError(
+            f"{where}: header model.dtype={cfg['dtype']!r}: allowed {sorted(DTYPE_BYTES)}"
+        )
+    return spec_from_dims(
+        "engine-model",
+        DTYPE_BYTES[cfg["dtype"]],
+        cfg["hidden"],
+        cfg["expert_ffn"],
+        cfg["heads"],
+        cfg["kv_heads"],
+        cfg["head_dim"],
+        cfg["experts"],
+        cfg["top_k"],
+        cfg["vocab"],
+        cfg["layers"],
+        int(cfg.get("shared_expert_ffn") or 0),
+        bool(cfg.get("tie_embeddings")),
+    )
 
 
 @dataclass
@@ -109,7 +123,9 @@ class Run:
     def model_label(self) -> str:
         m = self.header.get("model")
         if isinstance(m, dict):
-            return f"h{m.get('hidden')}/ffn{m.get('expert_ffn')}/L{m.get('layers')}/{m.get('dtype')}"
+            return (
+                f"h{m.get('hidden')}/ffn{m.get('expert_ffn')}/L{m.get('layers')}/{m.get('dtype')}"
+            )
         return str(m)
 
     def label(self) -> str:

@@ -93,7 +93,9 @@ class Trace:
 def _check_event(ev: dict, where: str) -> None:
     missing = [k for k in REQUIRED_EVENT_FIELDS if k not in ev]
     if missing:
-        raise SpecMoEError(f"{where}: event lacks field(s) {missing}; required {REQUIRED_EVENT_FIELDS}")
+        raise SpecMoEError(
+            f"{where}: event lacks field(s) {missing}; required {REQUIRED_EVENT_FIELDS}"
+        )
 
 
 def iter_events(path: str | Path, what: str = "trace") -> Iterator[dict[str, Any]]:

@@ -6,10 +6,11 @@
 
 Search: the analytic model evaluates every policy over γ × N in one vectorised call per policy
 (N on a doubling grid, then every integer N between the best one's neighbours). Confirmation:
-where the simulator (`specmoe.predictors.sim`) is importable, the top candidates are simulated and the
-simulator's throughput decides; otherwise the choice is analytic and the result says so.
-Explanation: where the iteration's time goes, and what limits it, measured as the speed-up the
-chosen configuration would get from 2× PCIe, 2× HBM bandwidth, 2× compute or half the rejections.
+where the simulator (`specmoe.predictors.sim`) is importable, the top candidates are simulated and
+the simulator's throughput decides; otherwise the choice is analytic and the result says so.
+Explanation (`specmoe.planning.explain`): where the iteration's time goes, and what limits it,
+measured as the speed-up the chosen configuration would get from 2× PCIe, 2× HBM bandwidth, 2×
+compute or half the rejections ("balanced" when none gains much).
 
 `GammaController` is the online form for an engine's `--gamma auto`: it starts at the planner's γ
 and re-plans as measured acceptance comes in (`observe(accepted, drafted)` → γ).
@@ -26,9 +27,10 @@ import numpy as np
 from specmoe.costs.evidence import evidence_for
 from specmoe.costs.ops import CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.policies import ANALYTIC, PARAMS, Policy, make_policy
+from specmoe.inputs.policies import ANALYTIC, PARAMS, PLANNED, SPECULATIVE, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
-from specmoe.inputs.workload import Workload, tau
+from specmoe.inputs.workload import Workload
+from specmoe.planning.explain import explain_choice
 from specmoe.predictors.analytic import Analytic
 from specmoe.predictors.intervals import overlap
 from specmoe.predictors.prediction import intervals_for, summarize
@@ -36,7 +38,9 @@ from specmoe.predictors.rounds import expected_rounds
 
 # Registry parameters the planner passes through unchanged (it searches γ and N itself).
 POLICY_PARAMS = tuple(k for k in PARAMS if k not in ("gamma", "draft_experts"))
-INTERVAL_KEYS = tuple(f"{k}_{q}" for k in ("tokens_per_s", "tpot_ms", "ttft_ms") for q in ("p10", "p50", "p90"))
+INTERVAL_KEYS = tuple(
+    f"{k}_{q}" for k in ("tokens_per_s", "tpot_ms", "ttft_ms") for q in ("p10", "p50", "p90")
+)
 BEST_KEYS = ("policy", "gamma", "draft_experts", "tokens_per_s", "tpot_ms", "h2d_bytes_per_token",
              "gpu_memory_gb", "alpha", "iteration_ms", "tokens_per_iteration", *INTERVAL_KEYS)
 SIM_MODES = ("auto", "sim", "analytic")
@@ -53,9 +57,13 @@ def draft_expert_grid(num_experts: int) -> list[int]:
     return [*out, num_experts]
 
 
-def _evaluate(setup: Setup, policy: Policy, gammas: np.ndarray, ns: np.ndarray) -> list[dict[str, Any]]:
+def _evaluate(
+    setup: Setup, policy: Policy, gammas: np.ndarray, ns: np.ndarray
+) -> list[dict[str, Any]]:
     """Candidates of one policy over paired arrays γ, N (one vectorised analytic call)."""
-    res = Analytic(setup.model, setup.system, setup.workload).evaluate(policy, gamma=gammas, draft_experts=ns)
+    res = Analytic(setup.model, setup.system, setup.workload).evaluate(
+        policy, gamma=gammas, draft_experts=ns
+    )
     iv = intervals_for(Setup(setup.model, setup.system, setup.workload, policy), gammas, ns)
     out = []
     for i in range(len(gammas)):
@@ -72,8 +80,13 @@ def _spec_grid(gammas: Sequence[int], ns: Sequence[int]) -> tuple[np.ndarray, np
     return g.ravel(), n.ravel()
 
 
-def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params: dict) -> list[dict]:
+def _policy_candidates(
+    setup: Setup, name: str, gammas, ns, refine: bool, params: dict
+) -> list[dict]:
     pol = make_policy(name, **params)
+    if name in SPECULATIVE and name != "specmoe":     # a separate draft model: γ only, no N
+        g = np.asarray(gammas, dtype=int)
+        return _evaluate(setup, pol, g, np.zeros_like(g))
     if name != "specmoe":
         return _evaluate(setup, pol, np.zeros(1, dtype=int), np.zeros(1, dtype=int))
     g, n = _spec_grid(gammas, ns)
@@ -93,10 +106,11 @@ def _policy_candidates(setup: Setup, name: str, gammas, ns, refine: bool, params
     return cands
 
 
-def search(setup: Setup, policies: Iterable[str] = ANALYTIC, gammas: Iterable[int] = range(17),
+def search(setup: Setup, policies: Iterable[str] = PLANNED, gammas: Iterable[int] = range(17),
            draft_experts: Iterable[int] | None = None, refine: bool = True,
            policy_params: dict | None = None) -> list[dict[str, Any]]:
-    """Every analytic candidate (dicts as `predict` returns) for the setup's model, system, workload."""
+    """Every analytic candidate (dicts as `predict` returns) for the setup's model, system,
+    workload."""
     gammas = sorted({int(g) for g in gammas})
     if not gammas:
         raise SpecMoEError("gammas: give at least one draft length (0 = no speculation)")
@@ -104,19 +118,24 @@ def search(setup: Setup, policies: Iterable[str] = ANALYTIC, gammas: Iterable[in
     ns = sorted({int(n) for n in draft_experts}) if draft_experts else draft_expert_grid(E)
     bad = [n for n in ns if not 1 <= n <= E]
     if bad:
-        raise SpecMoEError(f"draft_experts={bad[0]}: allowed 1..{E} (experts per layer of {setup.model.name})")
+        raise SpecMoEError(
+            f"draft_experts={bad[0]}: allowed 1..{E} (experts per layer of {setup.model.name})"
+        )
     out = []
     for name in policies:
         if name not in ANALYTIC:
             raise SpecMoEError(f"policy={name!r}: the planner searches {ANALYTIC} analytically")
-        out += _policy_candidates(setup, name, gammas, ns, refine and not draft_experts, policy_params or {})
+        out += _policy_candidates(
+            setup, name, gammas, ns, refine and not draft_experts, policy_params or {}
+        )
     return out
 
 
 # ---- simulator confirmation ------------------------------------------------------------------
 
 def simulator():
-    """(run, "") where `run(setup, **options)` simulates a resolved Setup, or (None, why) when absent."""
+    """(run, "") where `run(setup, **options)` simulates a resolved Setup, or (None, why) when
+    absent."""
     try:
         from specmoe.predictors.sim import Simulator
     except ImportError as exc:
@@ -129,7 +148,8 @@ def simulator():
 
 
 def simulate_candidate(run, setup: Setup, candidate: dict, **sim_kw) -> dict[str, Any]:
-    """Simulate one candidate (a dict from `search`) with the setup's workload and policy parameters."""
+    """Simulate one candidate (a dict from `search`) with the setup's workload and policy
+    parameters."""
     s = Setup(setup.model, setup.system, setup.workload,
               setup.policy.with_(name=candidate["policy"], gamma=candidate["gamma"],
                                  draft_experts=candidate["draft_experts"]))
@@ -148,8 +168,11 @@ def sim_iterations(setup: Setup, candidate: dict, lo: int = 10, hi: int = 60) ->
     return int(np.clip(SIM_EVENTS / max(per_iter, 1.0), lo, hi))
 
 
-def _confirm(setup: Setup, fitting: list[dict], top: int, mode: str, sim_kw: dict) -> tuple[str, list[str]]:
-    """Simulate the best `top` candidates and the best of each policy; mark them with sim numbers."""
+def _confirm(
+    setup: Setup, fitting: list[dict], top: int, mode: str, sim_kw: dict
+) -> tuple[str, list[str]]:
+    """Simulate the best `top` candidates and the best of each policy; mark them with sim
+    numbers."""
     if mode == "analytic":
         return "analytic", ["analytic only (confirmation by the simulator not asked for)"]
     fn, why = simulator()
@@ -169,7 +192,9 @@ def _confirm(setup: Setup, fitting: list[dict], top: int, mode: str, sim_kw: dic
         d = simulate_candidate(fn, setup, c, **kw)
         tps = d.get("tokens_per_s")
         c["sim_tokens_per_s"] = None if tps is None else tps * c.get("static_batch_factor", 1.0)
-    return "analytic+sim", [f"simulator confirmed {len(chosen)} candidates (top {top} and each policy's best)"]
+    return "analytic+sim", [
+        f"simulator confirmed {len(chosen)} candidates (top {top} and each policy's best)"
+    ]
 
 
 # ---- the plan ---------------------------------------------------------------------------------
@@ -188,7 +213,9 @@ def static_batch_factor(setup: Setup, candidate: dict, reps: int = 1000) -> floa
     alpha = wl.acceptance.alpha_at(candidate["gamma"], candidate["draft_experts"])
     tau = candidate["tokens_per_iteration"] / candidate["batch"]
     steady = (wl.output_len - 1) / tau
-    return steady / _rounds(candidate["batch"], candidate["gamma"], round(alpha, 4), wl.output_len, reps)
+    return steady / _rounds(
+        candidate["batch"], candidate["gamma"], round(alpha, 4), wl.output_len, reps
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -208,10 +235,21 @@ def _apply_static_batch(setup: Setup, candidates: list[dict]) -> None:
                 c[f"tokens_per_s_{q}"] *= f
 
 
-def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: Iterable[str] = ANALYTIC,
-         gammas: Iterable[int] = range(17), draft_experts: Iterable[int] | None = None, confirm: str = "auto",
-         top: int = 3, refine: bool = True, explain: bool = True, sim_options: dict | None = None,
-         static_batch: bool = False, **kwargs: Any) -> dict[str, Any]:
+def plan(
+    model="mixtral-8x7b",
+    hardware="h100-pcie",
+    batch: int = 64,
+    policies: Iterable[str] = PLANNED,
+    gammas: Iterable[int] = range(17),
+    draft_experts: Iterable[int] | None = None,
+    confirm: str = "auto",
+    top: int = 3,
+    refine: bool = True,
+    explain: bool = True,
+    sim_options: dict | None = None,
+    static_batch: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Search analytically, confirm by simulation where available, explain the choice.
 
     static_batch: the batch is served as one static batch of output_len tokens per sequence (as
@@ -223,26 +261,43 @@ def plan(model="mixtral-8x7b", hardware="h100-pcie", batch: int = 64, policies: 
     """
     if confirm not in SIM_MODES:
         raise SpecMoEError(f"confirm={confirm!r}: allowed {SIM_MODES}")
-    params = {k: kwargs.pop(k) for k in list(kwargs) if k in POLICY_PARAMS and kwargs[k] is not None}
-    base = resolve(model=model, hardware=hardware, batch=batch, policy="ondemand", **params, **kwargs)
+    params = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in POLICY_PARAMS and kwargs[k] is not None
+    }
+    base = resolve(
+        model=model, hardware=hardware, batch=batch, policy="ondemand", **params, **kwargs
+    )
     candidates = search(base, policies, gammas, draft_experts, refine, params)
     if static_batch:
         _apply_static_batch(base, candidates)
     fitting = [c for c in candidates if c["fits"]]
     if not fitting:
         least = min(candidates, key=lambda c: c["gpu_memory_gb"])
-        raise SpecMoEError(f"model {base.model.name} cannot fit on {base.system.name} at batch {batch} "
-                           f"with any policy: {least['reason']}")
+        raise SpecMoEError(
+            f"model {base.model.name} cannot fit on {base.system.name} at batch {batch} "
+            f"with any policy: {least['reason']}"
+        )
     engine, notes = _confirm(base, fitting, top, confirm, sim_options or {})
     key = "sim_tokens_per_s" if engine == "analytic+sim" else "tokens_per_s"
     best = max((c for c in fitting if c.get(key) is not None), key=lambda c: c[key])
-    out = {"model": base.model.name, "hardware": base.system.name, "batch": batch,
-           "best": {**{k: best[k] for k in BEST_KEYS}, "speculation": best["gamma"] > 0,
-                    **({"sim_tokens_per_s": best["sim_tokens_per_s"]} if key != "tokens_per_s" else {})},
-           "best_by_policy": best_by_policy(fitting), "candidates": candidates,
-           "calibrated": fitting[0]["calibrated"], "engine": engine, "notes": notes,
-           "evidence": fitting[0]["evidence"], "acceptance_source": base.workload.acceptance.source,
-           "verdict": verdict(best, fitting, base)}
+    out = {
+        "model": base.model.name,
+        "hardware": base.system.name,
+        "batch": batch,
+        "best": {
+            **{k: best[k] for k in BEST_KEYS},
+            "speculation": best["gamma"] > 0,
+            **({"sim_tokens_per_s": best["sim_tokens_per_s"]} if key != "tokens_per_s" else {}),
+        },
+        "best_by_policy": best_by_policy(fitting),
+        "candidates": candidates,
+        "calibrated": fitting[0]["calibrated"],
+        "engine": engine,
+        "notes": notes,
+        "evidence": fitting[0]["evidence"],
+        "acceptance_source": base.workload.acceptance.source,
+        "verdict": verdict(best, fitting, base),
+    }
     if explain:
         out["explanation"] = explain_choice(base, best, fitting)
     return out
@@ -253,8 +308,17 @@ def best_by_policy(candidates: list[dict[str, Any]]) -> dict[str, dict[str, Any]
     for c in candidates:
         cur = out.get(c["policy"])
         if cur is None or c["tokens_per_s"] > cur["tokens_per_s"]:
-            out[c["policy"]] = {k: c[k] for k in ("gamma", "draft_experts", "tokens_per_s", "tpot_ms",
-                                                  "tokens_per_s_p10", "tokens_per_s_p90")}
+            out[c["policy"]] = {
+                k: c[k]
+                for k in (
+                    "gamma",
+                    "draft_experts",
+                    "tokens_per_s",
+                    "tpot_ms",
+                    "tokens_per_s_p10",
+                    "tokens_per_s_p90",
+                )
+            }
     return out
 
 
@@ -267,12 +331,26 @@ def verdict(best: dict, fitting: list[dict], setup: Setup | None = None) -> dict
             if c["policy"] not in rivals or c["tokens_per_s"] > rivals[c["policy"]]["tokens_per_s"]:
                 rivals[c["policy"]] = c
     close = [r for r in rivals.values() if overlap(best, r)]
-    brief = [{k: r[k] for k in ("policy", "gamma", "draft_experts", "tokens_per_s", "tokens_per_s_p10",
-                                 "tokens_per_s_p90")} for r in sorted(close, key=lambda r: -r["tokens_per_s"])]
+    brief = [
+        {
+            k: r[k]
+            for k in (
+                "policy",
+                "gamma",
+                "draft_experts",
+                "tokens_per_s",
+                "tokens_per_s_p10",
+                "tokens_per_s_p90",
+            )
+        }
+        for r in sorted(close, key=lambda r: -r["tokens_per_s"])
+    ]
     out = {"too_close_to_call": bool(close), "overlapping": brief,
            "band": "p10-p90 of tokens/s, from the spreads of cost parameters and acceptance"}
     if close and setup is not None:
-        out["measure_to_separate"] = separating_input(setup, best, max(close, key=lambda r: r["tokens_per_s"]))
+        out["measure_to_separate"] = separating_input(
+            setup, best, max(close, key=lambda r: r["tokens_per_s"])
+        )
     return out
 
 
@@ -285,10 +363,14 @@ def separating_input(setup: Setup, best: dict, rival: dict) -> dict[str, Any]:
     base = params_for(setup.system)
 
     def ratio(params: CostParams, d_alpha: float = 0.0) -> float:
-        an = Analytic(setup.model, setup.system, setup.workload, CostModel(setup.model, setup.system, params))
+        an = Analytic(
+            setup.model, setup.system, setup.workload, CostModel(setup.model, setup.system, params)
+        )
         tps = []
         for c in (best, rival):
-            pol = make_policy(c["policy"]).with_(**{k: getattr(setup.policy, k) for k in POLICY_PARAMS})
+            pol = make_policy(c["policy"]).with_(
+                **{k: getattr(setup.policy, k) for k in POLICY_PARAMS}
+            )
             pol = pol.with_(gamma=c["gamma"], draft_experts=c["draft_experts"])
             a = setup.workload.acceptance.alpha_at(pol.gamma, pol.draft_experts)
             alpha = min(max(a + d_alpha, 0.0), 0.995) if pol.gamma else None
@@ -302,107 +384,22 @@ def separating_input(setup: Setup, best: dict, rival: dict) -> dict[str, Any]:
     if spread > 0 and (best["gamma"] or rival["gamma"]):
         effects["acceptance (alpha)"] = abs(np.log(ratio(base, spread) / r0))
     top = max(effects, key=effects.get) if effects else None
-    if top is None or effects[top] < 0.005:   # both do the same work (e.g. every expert resident)
-        return {"input": None, "why": "no uncertain input moves the two apart (they do the same work)"}
+    if top is None or effects[top] < 0.005:  # both do the same work (e.g. every expert resident)
+        return {
+            "input": None,
+            "why": "no uncertain input moves the two apart (they do the same work)",
+        }
     src = ev.sources.get(top, setup.workload.acceptance.source)
-    return {"input": top, "effect_pct": 100 * float(np.expm1(effects[top])),
-            "effects_pct": {k: 100 * float(np.expm1(v)) for k, v in sorted(effects.items(), key=lambda kv: -kv[1])},
-            "why": f"a 1σ change of {top} moves {best['policy']} ÷ {rival['policy']} throughput by "
-                   f"{100 * float(np.expm1(effects[top])):.0f}%, more than any other input; its evidence: {src}"}
-
-
-# ---- explanation ------------------------------------------------------------------------------
-
-LIMITS = {"pcie": "PCIe (expert fetches)", "hbm": "HBM bandwidth", "compute": "GPU compute",
-          "host_cpu": "host CPU (experts computed there)", "acceptance": "acceptance (draft quality)"}
-
-
-def _scaled(setup: Setup, link=1.0, hbm=1.0, compute=1.0, host=1.0) -> Analytic:
-    """The analytic model with one resource made faster (the cost model's own rates, scaled)."""
-    costs = CostModel(setup.model, setup.system)
-    costs.link_bw *= link
-    costs.hbm_bw *= hbm
-    costs.peak_flops *= compute
-    costs.cpu_flops *= host
-    costs.dram_bw *= host
-    return Analytic(setup.model, setup.system, setup.workload, costs=costs)
-
-
-def sensitivities(setup: Setup, candidate: dict) -> dict[str, float]:
-    """Speed-up of `candidate` from 2× link, 2× HBM, 2× FLOP/s, and half the draft rejections."""
-    pol = make_policy(candidate["policy"]).with_(**{k: getattr(setup.policy, k) for k in POLICY_PARAMS})
-    pol = pol.with_(gamma=candidate["gamma"], draft_experts=candidate["draft_experts"])
-    alpha = setup.workload.acceptance.alpha_at(pol.gamma, pol.draft_experts)
-
-    def tps(an: Analytic, a: float | None = None) -> float:
-        return float(an.evaluate(pol, alpha=a).tokens_per_s)
-
-    base = tps(_scaled(setup))
-    out = {"pcie": tps(_scaled(setup, link=2.0)) / base, "hbm": tps(_scaled(setup, hbm=2.0)) / base,
-           "compute": tps(_scaled(setup, compute=2.0)) / base}
-    if pol.name == "cpu":
-        out["host_cpu"] = tps(_scaled(setup, host=2.0)) / base
-    if pol.name == "specmoe" and pol.gamma > 0:
-        out["acceptance"] = tps(_scaled(setup), 1.0 - (1.0 - alpha) / 2.0) / tps(_scaled(setup), alpha)
-    return out
-
-
-def explain_choice(setup: Setup, best: dict, fitting: list[dict]) -> dict[str, Any]:
-    """Where the time goes, what limits the chosen configuration, and why speculation is on or off."""
-    it = best["iteration_ms"] / 1e3
-    shares = {k: v / it for k, v in best["breakdown"].items() if v > 0}
-    sens = sensitivities(setup, best)
-    limit = max(sens, key=sens.get)
-    lines = [f"{best['policy']} " + (f"with γ={best['gamma']}, N={best['draft_experts']}" if best["gamma"]
-                                       else "without speculation")
-             + f": {best['tokens_per_s']:,.1f} tokens/s (analytic)",
-             "time per iteration: " + ", ".join(f"{k} {v:.0%}" for k, v in
-                                                  sorted(shares.items(), key=lambda kv: -kv[1])),
-             "limited by " + LIMITS[limit] + " (" + ", ".join(
-                 f"2× {k} → {v:.2f}×" if k != "acceptance" else f"half the rejections → {v:.2f}×"
-                 for k, v in sens.items()) + ")"]
-    spec = speculation_verdict(setup, best, fitting)
-    lines.append(spec["why"])
-    return {"time_shares": shares, "sensitivity": sens, "limited_by": limit, "speculation": spec,
-            "summary": lines}
-
-
-def speculation_verdict(setup: Setup, best: dict, fitting: list[dict]) -> dict[str, Any]:
-    """Why speculation is on or off, from the best speculative and best non-speculative candidates."""
-    spec = [c for c in fitting if c["gamma"] > 0]
-    plain = [c for c in fitting if c["gamma"] == 0]
-    if not spec or not plain:
-        return {"on": best["gamma"] > 0, "why": "speculation not compared (only one kind of candidate searched)"}
-    s = max(spec, key=lambda c: c["tokens_per_s"])
-    p = max(plain, key=lambda c: c["tokens_per_s"])
-    out = {"on": best["gamma"] > 0, "best_speculative": _brief(s), "best_plain": _brief(p)}
-    t = float(tau(s["alpha"], s["gamma"]))
-    if best["gamma"] > 0:
-        out["why"] = (f"speculation on: {t:.2f} tokens per verification (α={s['alpha']:.3f}) share each fetched "
-                      f"expert, {s['h2d_bytes_per_token'] / 1e6:,.1f} MB over PCIe per token vs "
-                      f"{p['h2d_bytes_per_token'] / 1e6:,.1f} MB for the best non-speculative option ({p['policy']}, "
-                      f"{p['tokens_per_s']:,.1f} tokens/s; the choice is {s['tokens_per_s'] / p['tokens_per_s']:.2f}× faster)")
-        return out
-    loss = 1.0 - s["tokens_per_s"] / p["tokens_per_s"]
-    if p["h2d_bytes_per_token"] == 0:
-        reason = (f"{p['policy']} moves no expert over PCIe (experts resident"
-                  + (" or computed on the CPU" if p["policy"] == "cpu" else "") + "): nothing to amortise")
-    elif s["h2d_bytes_per_token"] >= p["h2d_bytes_per_token"]:
-        reason = (f"at batch {setup.workload.batch} verifying B(γ+1) positions fetches more bytes per accepted "
-                  f"token ({s['h2d_bytes_per_token'] / 1e6:,.1f} MB) than plain decoding "
-                  f"({p['h2d_bytes_per_token'] / 1e6:,.1f} MB): few tokens share each expert")
-    elif s["breakdown"].get("draft", 0.0) > 0.2 * s["iteration_ms"] / 1e3:
-        reason = (f"drafting takes {s['breakdown']['draft'] / (s['iteration_ms'] / 1e3):.0%} of a speculative "
-                  f"iteration and {t:.2f} accepted tokens per verification do not repay it")
-    else:
-        reason = f"acceptance α={s['alpha']:.3f} gives only {t:.2f} tokens per verification"
-    out["why"] = (f"speculation off: the best speculative option (specmoe γ={s['gamma']}, N={s['draft_experts']}) "
-                  f"is {loss:.0%} slower; {reason}")
-    return out
-
-
-def _brief(c: dict) -> dict[str, Any]:
-    return {k: c[k] for k in ("policy", "gamma", "draft_experts", "tokens_per_s", "h2d_bytes_per_token")}
+    return {
+        "input": top,
+        "effect_pct": 100 * float(np.expm1(effects[top])),
+        "effects_pct": {
+            k: 100 * float(np.expm1(v)) for k, v in sorted(effects.items(), key=lambda kv: -kv[1])
+        },
+        "why": f"a 1σ change of {top} moves {best['policy']} ÷ {rival['policy']} throughput by "
+        f"{100 * float(np.expm1(effects[top])):.0f}%, more than any other input; its evidence: "
+        f"{src}",
+    }
 
 
 # ---- checks against measurements ---------------------------------------------------------------
@@ -421,14 +418,22 @@ def compare_with_measured(measured: Iterable[tuple[int, float]], planned_gamma: 
         raise SpecMoEError("measured: tokens_per_s must be > 0")
     gs, vs = np.array([g for g, _ in pts]), np.array([v for _, v in pts])
     if not gs[0] <= planned_gamma <= gs[-1]:
-        raise SpecMoEError(f"planned_gamma={planned_gamma}: outside the measured γ range {gs[0]}..{gs[-1]}")
+        raise SpecMoEError(
+            f"planned_gamma={planned_gamma}: outside the measured γ range {gs[0]}..{gs[-1]}"
+        )
     i = int(np.argmax(vs))
     at_plan = float(np.interp(planned_gamma, gs, vs))
     ratio = at_plan / vs[i]
-    return {"planned_gamma": int(planned_gamma), "planned_tokens_per_s": at_plan,
-            "interpolated": int(planned_gamma) not in set(gs.tolist()), "best_gamma": int(gs[i]),
-            "best_tokens_per_s": float(vs[i]), "ratio": float(ratio), "meets_target": bool(ratio >= target),
-            "target": target}
+    return {
+        "planned_gamma": int(planned_gamma),
+        "planned_tokens_per_s": at_plan,
+        "interpolated": int(planned_gamma) not in set(gs.tolist()),
+        "best_gamma": int(gs[i]),
+        "best_tokens_per_s": float(vs[i]),
+        "ratio": float(ratio),
+        "meets_target": bool(ratio >= target),
+        "target": target,
+    }
 
 
 # ---- online γ for an engine ------------------------------------------------------------------
@@ -449,9 +454,19 @@ class GammaController:
     iterations with the best speculative γ to keep measuring.
     """
 
-    def __init__(self, model, system, workload: Workload | None = None, draft_experts: int | None = None,
-                 gammas: Iterable[int] = range(17), prior_tokens: float = 32.0, decay: float = 1.0,
-                 min_gain: float = 0.01, probe_every: int = 0, **policy_params: Any):
+    def __init__(
+        self,
+        model,
+        system,
+        workload: Workload | None = None,
+        draft_experts: int | None = None,
+        gammas: Iterable[int] = range(17),
+        prior_tokens: float = 32.0,
+        decay: float = 1.0,
+        min_gain: float = 0.01,
+        probe_every: int = 0,
+        **policy_params: Any,
+    ):
         wl = workload or Workload()
         if not 0.0 < decay <= 1.0:
             raise SpecMoEError(f"decay={decay}: allowed (0, 1]")
@@ -467,7 +482,12 @@ class GammaController:
         self.batch = wl.batch
         self.draft_experts = draft_experts or self._plan_draft_experts()
         self.prior_alpha = float(self.setup.workload.acceptance.alpha_for(self.draft_experts))
-        self.prior_tokens, self.decay, self.min_gain, self.probe_every = prior_tokens, decay, min_gain, probe_every
+        self.prior_tokens, self.decay, self.min_gain, self.probe_every = (
+            prior_tokens,
+            decay,
+            min_gain,
+            probe_every,
+        )
         self.accepted = self.rejections = 0.0
         self.observations = self._off_iterations = 0
         self._probing = False
@@ -493,7 +513,8 @@ class GammaController:
         return self._gamma
 
     def predicted(self, alpha: float | None = None) -> np.ndarray:
-        """Analytic tokens/s per γ of `self.gammas` at the current batch and α (−inf where it does not fit)."""
+        """Analytic tokens/s per γ of `self.gammas` at the current batch and α (−inf where it does
+        not fit)."""
         a = self.alpha if alpha is None else alpha
         a = min(max(a, 0.0), 0.999)
         res = self.analytic.evaluate(self.setup.policy, batch=self.batch, gamma=self.gammas,
@@ -503,7 +524,10 @@ class GammaController:
     def best_gamma(self, alpha: float | None = None) -> int:
         tps = self.predicted(alpha)
         if not np.isfinite(tps).any():
-            raise SpecMoEError(f"{self.setup.model.name} does not fit on {self.setup.system.name} at batch {self.batch}")
+            raise SpecMoEError(
+                f"{self.setup.model.name} does not fit on {self.setup.system.name} "
+                f"at batch {self.batch}"
+            )
         return int(self.gammas[int(np.argmax(tps))])
 
     def _replan(self) -> int:
@@ -516,13 +540,20 @@ class GammaController:
         return self._gamma
 
     def observe(self, accepted, drafted) -> int:
-        """Feed one verification: accepted and drafted tokens per sequence (ints or arrays). Returns γ."""
+        """Feed one verification: accepted and drafted tokens per sequence (ints or arrays). Returns
+        γ."""
         a = np.atleast_1d(np.asarray(accepted, dtype=float))
         d = np.atleast_1d(np.asarray(drafted, dtype=float))
         if a.shape != d.shape:
-            raise SpecMoEError(f"observe: accepted has shape {a.shape}, drafted {d.shape}; give one count per sequence")
+            raise SpecMoEError(
+                f"observe: accepted has shape {a.shape}, drafted {d.shape}; "
+                "give one count per sequence"
+            )
         if np.any(d < 0) or np.any(a < 0) or np.any(a > d):
-            raise SpecMoEError(f"observe: need 0 <= accepted <= drafted (got accepted={a.tolist()}, drafted={d.tolist()})")
+            raise SpecMoEError(
+                f"observe: need 0 <= accepted <= drafted (got accepted={a.tolist()}, "
+                f"drafted={d.tolist()})"
+            )
         if d.sum() == 0:   # speculation was off: nothing to learn; probe now and then if asked
             return self._off_iteration()
         self._probing = False
@@ -552,6 +583,13 @@ class GammaController:
         return self._replan()
 
     def state(self) -> dict[str, Any]:
-        return {"gamma": self._gamma, "alpha": self.alpha, "prior_alpha": self.prior_alpha,
-                "accepted": self.accepted, "rejections": self.rejections, "observations": self.observations,
-                "batch": self.batch, "draft_experts": self.draft_experts}
+        return {
+            "gamma": self._gamma,
+            "alpha": self.alpha,
+            "prior_alpha": self.prior_alpha,
+            "accepted": self.accepted,
+            "rejections": self.rejections,
+            "observations": self.observations,
+            "batch": self.batch,
+            "draft_experts": self.draft_experts,
+        }

@@ -55,13 +55,16 @@ def draws_for(system, alpha_spread: float = 0.0, draws: int = DRAWS) -> Draws:
     """The fixed draws of a system's cost parameters (and α's score) around the evidence."""
     base = params_for(system)
     ev: Evidence = evidence_for(system) if not getattr(system, "ideal", False) else Evidence()
-    uncertain = tuple(k for k in PARAM_NAMES if ev.spreads.get(k, 0.0) > 0 and getattr(base, k) is not None)
+    uncertain = tuple(
+        k for k in PARAM_NAMES if ev.spreads.get(k, 0.0) > 0 and getattr(base, k) is not None
+    )
     z = normal_scores(len(uncertain) + 2, draws)
     changes: dict[str, Any] = {}
     for j, k in enumerate(uncertain):
         v = float(getattr(base, k))
         x = v * np.exp(ev.spreads[k] * z[:, j])
-        if k.endswith("_eff"):   # no efficiency above the physical peak (or above a fitted value > 1)
+        # no efficiency above the physical peak (or above a fitted value > 1)
+        if k.endswith("_eff"):
             x = np.minimum(x, max(1.0, v))
         changes[k] = x[:, None]
     factor = np.exp(ev.model_error * z[:, -2])[:, None]
@@ -126,7 +129,11 @@ def overlap(a: dict[str, float], b: dict[str, float], key: str = "tokens_per_s")
 
 def provenance(system, acceptance) -> dict[str, Any]:
     """Where the numbers come from: GPU parameters, every uncertain input, α and its source."""
-    ev = evidence_for(system) if not getattr(system, "ideal", False) else Evidence(gpu="ideal (--ideal)")
+    ev = (
+        evidence_for(system)
+        if not getattr(system, "ideal", False)
+        else Evidence(gpu="ideal (--ideal)")
+    )
     return {"ideal": bool(getattr(system, "ideal", False)), "gpu_parameters": ev.gpu,
             "calibrated": ev.calibrated, "alpha_source": acceptance.source,
             "alpha_spread": acceptance.alpha_spread,

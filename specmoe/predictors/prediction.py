@@ -1,4 +1,5 @@
-"""The one Prediction form every predictor returns to callers: a JSON-ready dict per configuration."""
+"""The one Prediction form every predictor returns to callers: a JSON-ready dict per
+configuration."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from specmoe.costs.evidence import evidence_for
+from specmoe.costs.memory import Memory
 from specmoe.inputs.setup import Setup
 from specmoe.predictors.analytic import AnalyticResult
 from specmoe.predictors.intervals import evaluate_intervals, interval_block, provenance
@@ -13,7 +15,9 @@ from specmoe.predictors.intervals import evaluate_intervals, interval_block, pro
 GB = 1e9  # reports use GB = 1e9 bytes, as the datasheets do
 
 
-def intervals_for(setup: Setup, gamma=None, draft_experts=None, batch=None) -> dict[str, np.ndarray]:
+def intervals_for(
+    setup: Setup, gamma=None, draft_experts=None, batch=None
+) -> dict[str, np.ndarray]:
     """p10/p50/p90 arrays ([3, n]) of the setup's policy over configurations (intervals module)."""
     return evaluate_intervals(setup.model, setup.system, setup.workload, setup.policy, batch=batch,
                               gamma=gamma, draft_experts=draft_experts)
@@ -29,7 +33,8 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
         return float(np.ravel(a)[i])
 
     fits = bool(np.ravel(res.fits)[i])
-    need, have = at(res.gpu_memory_bytes) / GB, setup.system.gpu.hbm_gb
+    need = at(res.gpu_memory_bytes) / GB
+    have = Memory(setup.model, setup.system, setup.workload).capacity_bytes / GB
     out = {
         **setup.echo(),
         "fits": fits,
@@ -41,7 +46,8 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
         "h2d_bytes_per_token": at(res.h2d_bytes_per_token),
         "h2d_bytes_per_iteration": at(res.h2d_bytes_per_iteration),
         "gpu_memory_gb": need,
-        "gpu_capacity_gb": have,
+        "gpu_capacity_gb": have,          # usable: HBM × utilisation − CUDA context
+        "gpu_hbm_gb": setup.system.gpu.hbm_gb,
         "resident_experts_per_layer": int(np.ravel(res.resident_experts_per_layer)[i]),
         "breakdown": {k: at(v) for k, v in res.breakdown.items()},
         "calibrated": bool(setup.system.calibration) or evidence_for(setup.system).calibrated,
@@ -51,6 +57,9 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
     out.update({k: (v if fits else None) for k, v in block.items()})
     out["evidence"] = provenance(setup.system, setup.workload.acceptance)
     if not fits:
-        out["reason"] = (f"needs {need:.1f} GB of GPU memory; {setup.system.name} has {have:g} GB "
-                         f"(model resident {setup.model.resident_bytes / GB:.1f} GB)")
+        cap = Memory(setup.model, setup.system, setup.workload)
+        out["reason"] = (
+            f"needs {need:.1f} GB of GPU memory; {setup.system.name} allows "
+            f"{cap.explain_capacity()} (model resident {setup.model.resident_bytes / GB:.1f} GB)"
+        )
     return out

@@ -7,7 +7,8 @@ import numpy as np
 def expected_rounds(batch: int, gamma: int, alpha: float, max_new: int, reps: int = 4000,
                     seed: int = 0) -> float:
     """Mean speculative rounds until every sequence of a static batch has max_new tokens (the first
-    comes from the prefill), each round adding 1 + (leading accepted drafts, i.i.d. α) per sequence."""
+    comes from the prefill), each round adding 1 + (leading accepted drafts, i.i.d. α) per
+    sequence."""
     rng = np.random.default_rng(seed)
     length = np.ones((reps, batch))
     rounds = np.zeros(reps)

@@ -27,11 +27,18 @@ def add_calibrate(sub) -> None:
                                              "and/or end-to-end runs of one device")
     p.add_argument("--hardware", required=True, help="base system (name or YAML) whose peaks the "
                                                      "fitted efficiencies scale")
-    p.add_argument("-o", "--out", required=True, help="profile to write, e.g. hwprofiles/calibrated/NAME.yaml")
+    p.add_argument(
+        "-o", "--out", required=True, help="profile to write, e.g. hwprofiles/calibrated/NAME.yaml"
+    )
     p.add_argument("--name", default=None, help="profile name (default: the output file's stem)")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold hold-out by configuration")
-    p.add_argument("--fix", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="hold a parameter at VALUE (default: the base profile's) instead of fitting it")
+    p.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="hold a parameter at VALUE (default: the base profile's) instead of fitting it",
+    )
     p.add_argument("--min-samples", type=int, default=1,
                    help="drop op configurations measured fewer times than this")
     p.add_argument("--quantile", type=float, default=0.5,
@@ -72,9 +79,15 @@ def cmd_calibrate(args) -> int:
         save_system(system, out)
         print(f"wrote {out} ({args.hardware} with efficiencies of {args.transfer_from})")
         return 0
-    opts = FitOptions(folds=args.folds, loss=args.loss, min_samples=args.min_samples, quantile=args.quantile,
-                      op_traces=args.op_traces, groups=args.groups,
-                      fix=tuple(_parse_fix(f) for f in args.fix))
+    opts = FitOptions(
+        folds=args.folds,
+        loss=args.loss,
+        min_samples=args.min_samples,
+        quantile=args.quantile,
+        op_traces=args.op_traces,
+        groups=args.groups,
+        fix=tuple(_parse_fix(f) for f in args.fix),
+    )
     command = "specmoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["calibrate"] else None
     calib = calibrate(args.traces, args.hardware, name=name, opts=opts, command=command)
     save_system(calib.system, out)
@@ -82,8 +95,19 @@ def cmd_calibrate(args) -> int:
         write_html(calib, args.html, plotlyjs=True)     # opens offline, as `report` does
     warnings = fit_warnings(calib)
     if args.json:
-        print(json.dumps({"profile": str(out), "holdout": holdout_table(calib), "parameters": params_table(calib),
-                          "fixed": calib.fixed, "warnings": warnings}, indent=2, default=float))
+        print(
+            json.dumps(
+                {
+                    "profile": str(out),
+                    "holdout": holdout_table(calib),
+                    "parameters": params_table(calib),
+                    "fixed": calib.fixed,
+                    "warnings": warnings,
+                },
+                indent=2,
+                default=float,
+            )
+        )
     else:
         print(f"wrote {out}" + (f" and {args.html}" if args.html else ""))
         print(markdown_tables(calib))
@@ -95,7 +119,9 @@ def cmd_calibrate(args) -> int:
 
 
 def add_validate(sub) -> None:
-    p = sub.add_parser("validate", help="predict measured end-to-end engine runs; print the error table")
+    p = sub.add_parser(
+        "validate", help="predict measured end-to-end engine runs; print the error table"
+    )
     p.add_argument("traces", nargs="+", help="end-to-end engine traces (.jsonl or .jsonl.gz)")
     p.add_argument("--hardware", required=True, help="calibrated profile (name or YAML)")
     p.add_argument("--predictor", default="auto", choices=("auto", "sim", "analytic"),
@@ -118,6 +144,8 @@ def cmd_validate(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=float))
     else:
-        print(f"{result['hardware']} ({'calibrated' if result['calibrated'] else 'not calibrated'})")
+        print(
+            f"{result['hardware']} ({'calibrated' if result['calibrated'] else 'not calibrated'})"
+        )
         print(table)
     return 0

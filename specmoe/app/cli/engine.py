@@ -19,46 +19,73 @@ from specmoe.app.cli.flags import output_path
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.models import load_model
 from specmoe.inputs.policies import SPECULATIVE, make_policy
+from specmoe.inputs.tree import tree_size
 from specmoe.inputs.workload import Workload
 from specmoe.measure.ingest import model_spec_from_engine
 from specmoe.planning.search import GammaController
 
 
 def add_engine_commands(subparsers) -> argparse.ArgumentParser:
-    eng = subparsers.add_parser("engine", help="run the real engine: run, bench, microbench (needs torch)",
-                                description=__doc__)
+    eng = subparsers.add_parser(
+        "engine",
+        help="run the real engine: run, bench, microbench (needs torch)",
+        description=__doc__,
+    )
     sub = eng.add_subparsers(dest="engine_command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="generate for a prompt (or random prompts) and report",
-                         description="Generate with the real engine and print the text (or ids) and "
-                                     "a summary.\nexample: specmoe engine run --weights experiments/tiny_moe "
-                                     "--prompt 'def add(a, b):' --policy specmoe --gamma 4 --draft-experts 2")
+    run = sub.add_parser(
+        "run",
+        help="generate for a prompt (or random prompts) and report",
+        description="Generate with the real engine and print the text (or ids) and "
+        "a summary.\nexample: specmoe engine run --weights experiments/tiny_moe "
+        "--prompt 'def add(a, b):' --policy specmoe --gamma 4 --draft-experts 2",
+    )
     _model_args(run)
     _policy_args(run)
-    run.add_argument("--prompt", help="prompt text, tokenized with the tokenizer.json of --weights "
-                                      "(with --ids: comma-separated token ids); default: random prompts")
+    run.add_argument(
+        "--prompt",
+        help="prompt text, tokenized with the tokenizer.json of --weights "
+        "(with --ids: comma-separated token ids); default: random prompts",
+    )
     run.add_argument("--ids", action="store_true",
                      help="--prompt is token ids, and the output is printed as ids instead of text")
-    run.add_argument("--batch", type=int, default=1, help="sequences generated together (the prompt repeated)")
-    run.add_argument("--trace", metavar="PATH", help="write the run's trace here (.jsonl or .jsonl.gz)")
+    run.add_argument(
+        "--batch", type=int, default=1, help="sequences generated together (the prompt repeated)"
+    )
+    run.add_argument(
+        "--trace", metavar="PATH", help="write the run's trace here (.jsonl or .jsonl.gz)"
+    )
     run.set_defaults(func=cmd_run)
 
-    bench = sub.add_parser("bench", help="policy x batch x gamma x N grid, one trace per run",
-                           description="Run every policy × batch × γ × N on random prompts, write one "
-                                       "trace per run\nand results.jsonl into --out (resumable), and "
-                                       "print a summary table.")
+    bench = sub.add_parser(
+        "bench",
+        help="policy x batch x gamma x N grid, one trace per run",
+        description="Run every policy × batch × γ × N on random prompts, write one trace per "
+        "run\nand results.jsonl into --out (resumable), and print a summary table.",
+    )
     _model_args(bench)
     bench.add_argument("--policies", default="ondemand,specmoe", help="comma-separated policies")
     bench.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    bench.add_argument("--gammas", default="4", help="comma-separated γ values for speculative policies")
+    bench.add_argument(
+        "--gammas", default="4", help="comma-separated γ values for speculative policies"
+    )
     bench.add_argument("--draft-experts", dest="draft_experts_list", default="2",
                        help="comma-separated N values for specmoe")
     bench.add_argument("--draft-set", default="hottemporal", help="random | hot | hottemporal")
-    bench.add_argument("--resident-experts", type=int,
-                       help="caching/cpu: hottest experts pinned per layer (default 10%% of a layer)")
-    bench.add_argument("--lru-slots", type=int, default=0,
-                       help="caching: expert slots shared by all layers, least recently used evicted")
-    bench.add_argument("--spec-min-batch", type=int, default=1, help="speculation off below this batch")
+    bench.add_argument(
+        "--resident-experts",
+        type=int,
+        help="caching/cpu: hottest experts pinned per layer (default 10%% of a layer)",
+    )
+    bench.add_argument(
+        "--lru-slots",
+        type=int,
+        default=0,
+        help="caching: expert slots shared by all layers, least recently used evicted",
+    )
+    bench.add_argument(
+        "--spec-min-batch", type=int, default=1, help="speculation off below this batch"
+    )
     bench.add_argument("--draft-model", help="separate draft model (eagle): weights directory")
     bench.add_argument("--out", required=True, metavar="DIR", help="output directory (resumable)")
     bench.add_argument("--warmup", type=int, default=1, help="untraced runs before each traced one")
@@ -69,7 +96,7 @@ def add_engine_commands(subparsers) -> argparse.ArgumentParser:
                                     "hardware profile to the trace.")
     mb.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     mb.add_argument("--out", required=True, metavar="PATH", help="trace path (.jsonl or .jsonl.gz)")
-    mb.add_argument("--kinds", default="gemm,expert,attn,h2d,d2h,cpu_expert",
+    mb.add_argument("--kinds", default="gemm,moe,expert,attn,h2d,d2h,cpu_expert",
                     help="comma-separated op kinds to time")
     mb.add_argument("--quick", action="store_true", help="tiny shapes (tests, CPU)")
     mb.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16")
@@ -83,35 +110,62 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="DIR",
                    help="directory with config.json + *.safetensors (e.g. experiments/tiny_moe)")
     p.add_argument("--model", help="catalog model name: real shapes, random weights")
-    p.add_argument("--layers", type=int, help="use only this many layers (default: all; 2 for random models)")
+    p.add_argument(
+        "--layers", type=int, help="use only this many layers (default: all; 2 for random models)"
+    )
     p.add_argument("--dtype", help="float32 | bfloat16 | float16 | float64 (default: the weights')")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     p.add_argument("--prompt-len", type=int, default=16, help="tokens per random prompt")
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate per sequence")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random weights, prompts and sampling")
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of random weights, prompts and sampling"
+    )
     p.add_argument("--synthetic-acceptance", type=float,
                    help="accept each draft with this probability (timing with random weights)")
     p.add_argument("--expert-slots", type=int,
                    help="expert slots on the device per layer (default: the policy's)")
-    p.add_argument("--cpu-threshold", type=int,
-                   help="(cpu policy) compute an expert on the CPU when it has at most this many tokens")
+    p.add_argument(
+        "--cpu-threshold",
+        type=int,
+        help="(cpu policy) compute an expert on the CPU when it has at most this many tokens",
+    )
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", default="ondemand", help="ondemand | overlap | caching | cpu | specmoe | eagle")
-    p.add_argument("--gamma", default="0",
-                   help="draft tokens per verification, or 'auto' (engine run: planner's γ, re-planned "
-                        "as acceptance is measured; needs the core extras)")
-    p.add_argument("--hardware", default=None,
-                   help="profile the planner uses for --gamma auto (default on a CPU: cpu-local-calibrated)")
-    p.add_argument("--draft-experts", type=int, default=0, help="N resident draft experts per layer (specmoe)")
+    p.add_argument(
+        "--policy", default="ondemand", help="ondemand | overlap | caching | cpu | specmoe | eagle"
+    )
+    p.add_argument(
+        "--gamma",
+        default="0",
+        help="draft tokens per verification, or 'auto' (engine run: planner's γ, re-planned "
+        "as acceptance is measured; needs the core extras)",
+    )
+    p.add_argument(
+        "--hardware",
+        default=None,
+        help="profile the planner uses for --gamma auto (default on a CPU: cpu-local-calibrated)",
+    )
+    p.add_argument(
+        "--draft-experts", type=int, default=0, help="N resident draft experts per layer (specmoe)"
+    )
     p.add_argument("--draft-set", default="hottemporal", help="random | hot | hottemporal")
     p.add_argument("--resident-experts", type=int,
                    help="caching/cpu: hottest experts pinned per layer (default 10%% of a layer)")
     p.add_argument("--lru-slots", type=int, default=0,
                    help="caching: expert slots shared by all layers, least recently used evicted")
     p.add_argument("--spec-min-batch", type=int, default=1, help="speculation off below this batch")
+    p.add_argument(
+        "--tree-width",
+        type=int,
+        default=1,
+        help="draft tree: children per node, drawn without replacement (RSD); 1 = a chain",
+    )
+    p.add_argument("--tree-levels", type=int, default=None,
+                   help="draft tree: levels that branch (default every level)")
     p.add_argument("--draft-model", help="separate draft model (eagle): weights directory")
 
 
@@ -158,13 +212,18 @@ def _prompts(args, vocab: int, batch: int, tok=None) -> list[list[int]]:
         if getattr(args, "ids", False):
             p = _ints(args.prompt, "--prompt")
         elif tok is None:
-            raise SpecMoEError("--prompt: text needs a tokenizer.json beside --weights (e.g. --weights "
-                               "experiments/tiny_moe); give token ids with --ids")
+            raise SpecMoEError(
+                "--prompt: text needs a tokenizer.json beside --weights (e.g. --weights "
+                "experiments/tiny_moe); give token ids with --ids"
+            )
         else:
             p = tok.encode(args.prompt).ids
         bad = [i for i in p if not 0 <= i < vocab]
         if not p or bad:
-            raise SpecMoEError(f"--prompt: token ids must lie in 0..{vocab - 1}" + (f", got {bad[0]}" if bad else ""))
+            raise SpecMoEError(
+                f"--prompt: token ids must lie in 0..{vocab - 1}"
+                + (f", got {bad[0]}" if bad else "")
+            )
         return [p] * batch
     rng = random.Random(args.seed)
     return [[rng.randrange(vocab) for _ in range(args.prompt_len)] for _ in range(batch)]
@@ -181,10 +240,12 @@ def _engine(w, policy, args, batch: int, longest: int, tracer=None, affinity=Non
     from specmoe.engine.generate import Engine
 
     gamma = policy.gamma if policy.speculative else 0
+    # a tree's extra slots
+    tree = int(tree_size(gamma, policy.tree_width, policy.tree_levels)) - gamma
     draft = getattr(args, "draft_model", None)
     return Engine(w, policy, device=args.device, tracer=tracer, expert_slots=args.expert_slots,
                   cpu_threshold=args.cpu_threshold, max_batch=batch,
-                  max_seq_len=longest + args.max_new_tokens + 2 * gamma + 2, draft=draft,
+                  max_seq_len=longest + args.max_new_tokens + 2 * gamma + 2 + tree, draft=draft,
                   affinity=affinity)
 
 
@@ -221,10 +282,14 @@ def gamma_controller(w, args, draft_experts: int):
 
     hardware = args.hardware or ("cpu-local-calibrated" if str(args.device) == "cpu" else None)
     if hardware is None:
-        raise SpecMoEError("--gamma auto on a GPU needs --hardware (a profile of this GPU, ideally calibrated)")
+        raise SpecMoEError(
+            "--gamma auto on a GPU needs --hardware (a profile of this GPU, ideally calibrated)"
+        )
     spec = model_spec_from_engine(w.cfg.to_dict(), "engine model")
     wl = Workload(batch=args.batch, prompt_len=args.prompt_len, output_len=args.max_new_tokens)
-    return GammaController(spec, hardware, wl, draft_experts=draft_experts or None, gammas=AUTO_GAMMAS)
+    return GammaController(
+        spec, hardware, wl, draft_experts=draft_experts or None, gammas=AUTO_GAMMAS
+    )
 
 
 def cmd_run(args) -> int:
@@ -239,13 +304,16 @@ def cmd_run(args) -> int:
     ctl = None
     if g is None:
         if args.policy != "specmoe":
-            raise SpecMoEError(f"--gamma auto: plans the specmoe policy's γ, got --policy {args.policy}")
+            raise SpecMoEError(
+                f"--gamma auto: plans the specmoe policy's γ, got --policy {args.policy}"
+            )
         ctl = gamma_controller(w, args, args.draft_experts)
         g, args.draft_experts = max(AUTO_GAMMAS), ctl.draft_experts
     policy = make_policy(args.policy, gamma=g, draft_experts=args.draft_experts,
                          draft_set=args.draft_set, resident_experts=args.resident_experts,
                          lru_slots=args.lru_slots,
-                         spec_min_batch=args.spec_min_batch)
+                         spec_min_batch=args.spec_min_batch, tree_width=args.tree_width,
+                         tree_levels=args.tree_levels)
     tracer = Tracer(args.device) if args.trace else None
     eng = _engine(w, policy, args, args.batch, max(map(len, prompts)), tracer)
     res = eng.generate(prompts, args.max_new_tokens,
@@ -264,7 +332,8 @@ def cmd_run(args) -> int:
 
 
 def _print_outputs(prompts: list[list[int]], outputs: list[list[int]], tok, shown: int = 4) -> None:
-    """The first few sequences: prompt and continuation as text where a tokenizer exists, else ids."""
+    """The first few sequences: prompt and continuation as text where a tokenizer exists, else
+    ids."""
     for b, toks in enumerate(outputs[:shown]):
         if tok is None:
             print(f"seq {b}: {toks}")
@@ -279,7 +348,9 @@ def bench_grid(args) -> list[dict]:
     """The runs of a bench: speculative policies take every gamma (and N for specmoe)."""
 
     runs = []
-    for name, batch in itertools.product(args.policies.split(","), _ints(args.batches, "--batches")):
+    for name, batch in itertools.product(
+        args.policies.split(","), _ints(args.batches, "--batches")
+    ):
         name = name.strip()
         gammas = _ints(args.gammas, "--gammas") if name in SPECULATIVE else [0]
         ns = _ints(args.draft_experts_list, "--draft-experts") if name == "specmoe" else [0]
@@ -359,7 +430,8 @@ def cmd_bench(args) -> int:
 
 
 def print_bench_table(results: Path, runs: list[dict]) -> None:
-    """One row per run of this grid (the latest result of each): tokens/s, bytes moved, acceptance."""
+    """One row per run of this grid (the latest result of each): tokens/s, bytes moved,
+    acceptance."""
     latest: dict[str, dict] = {}
     if results.is_file():
         for line in results.read_text().splitlines():
@@ -375,9 +447,16 @@ def print_bench_table(results: Path, runs: list[dict]) -> None:
         if row is None:
             continue
         h2d = row.get("bytes_by_link", {}).get("h2d", 0)
-        t.add_row(r["policy"], str(r["batch"]), str(r["gamma"]), str(r["draft_experts"]),
-                  f"{row['tokens_per_s']:,.1f}", f"{h2d / 1e9:,.3f}", f"{row.get('experts_fetched', 0):,}",
-                  f"{row['tokens_per_verify']:.2f}" if row.get("speculative") else "-")
+        t.add_row(
+            r["policy"],
+            str(r["batch"]),
+            str(r["gamma"]),
+            str(r["draft_experts"]),
+            f"{row['tokens_per_s']:,.1f}",
+            f"{h2d / 1e9:,.3f}",
+            f"{row.get('experts_fetched', 0):,}",
+            f"{row['tokens_per_verify']:.2f}" if row.get("speculative") else "-",
+        )
     console = Console()
     Console(width=max(console.width, 112)).print(t)   # headers stay on one line when piped
 

@@ -43,7 +43,9 @@ def output_path(path: str | os.PathLike | None, flag: str, suffixes: tuple[str, 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SpecMoEError(f"{flag} {p}: cannot create the folder {folder} ({exc.strerror or exc})") from None
+        raise SpecMoEError(
+            f"{flag} {p}: cannot create the folder {folder} ({exc.strerror or exc})"
+        ) from None
     if not folder.is_dir():
         raise SpecMoEError(f"{flag} {p}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -54,8 +56,11 @@ def output_path(path: str | os.PathLike | None, flag: str, suffixes: tuple[str, 
 
 
 def add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> None:
-    p.add_argument("--model", default="mixtral-8x7b",
-                   help="catalog name (`specmoe models list`) or path to a Hugging Face config.json")
+    p.add_argument(
+        "--model",
+        default="mixtral-8x7b",
+        help="catalog name (`specmoe models list`) or path to a Hugging Face config.json",
+    )
     p.add_argument("--hardware", default="h100-pcie",
                    help="system or GPU name (`specmoe hardware list`), or a profile YAML path")
     p.add_argument("--host", default=None, help="override the system's host profile (CPU and DRAM)")
@@ -63,14 +68,22 @@ def add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> No
     p.add_argument("--batch", type=int, default=64, help="sequences decoded together")
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per sequence")
     p.add_argument("--output-len", type=int, default=256, help="generated tokens per sequence")
-    p.add_argument("--acceptance", default=None,
-                   help="draft acceptance: α in [0,1), 'model' (default: the model's published "
-                        "figure, else a stated prior with its spread), 'paper' (SpecMoE's NLLB-MoE "
-                        "τ) or 'measured:NAME'")
+    p.add_argument(
+        "--acceptance",
+        default="model",
+        help="draft acceptance: α in [0,1), 'model' (the model's published figure, else a stated "
+        "prior with its spread), 'paper' (SpecMoE's NLLB-MoE τ) or 'measured:NAME'",
+    )
     p.add_argument("--routing", default=None,
                    help="'uniform' (default), 'zipf:S' or 'measured:NAME[:resample]'")
-    p.add_argument("--ideal", action="store_true",
-                   help="datasheet roofline (an upper bound) instead of calibrated/published evidence")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="share of the GPU's memory a plan may fill, as a serving engine's limit "
+                        "(a CUDA context of 0.75 GB comes off the rest)")
+    p.add_argument(
+        "--ideal",
+        action="store_true",
+        help="datasheet roofline (an upper bound) instead of calibrated/published evidence",
+    )
     if with_policy:
         p.add_argument("--policy", default="specmoe",
                        help=" | ".join(POLICIES) + " (predict covers the first five; simulate all)")
@@ -95,7 +108,9 @@ def _policy_value(name: str, text: str, batch: int) -> Any:
     kind = PARAMS[name].kind
     try:
         none = text.strip().lower() in ("none", "auto")
-        return check_param(name, text if none else {"int": int, "float": float}.get(kind, str)(text))
+        return check_param(
+            name, text if none else {"int": int, "float": float}.get(kind, str)(text)
+        )
     except (ValueError, SpecMoEError):
         raise SpecMoEError(f"{flag}={text}: allowed {PARAMS[name].allowed()}") from None
 
@@ -105,8 +120,16 @@ def _hardware(args):
 
 
 def config_kwargs(args, with_policy: bool = True) -> dict[str, Any]:
-    kw = {"model": args.model, "hardware": _hardware(args), "batch": args.batch, "prompt_len": args.prompt_len,
-              "output_len": args.output_len, "acceptance": args.acceptance, "routing": args.routing}
+    kw = {
+        "model": args.model,
+        "hardware": _hardware(args),
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "output_len": args.output_len,
+        "acceptance": args.acceptance,
+        "routing": args.routing,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+    }
     if with_policy:
         kw["policy"] = args.policy
         kw.update({k: _policy_value(k, getattr(args, k), args.batch)

@@ -24,7 +24,7 @@ from specmoe.app.cli.parallel import add_plan_parallel
 from specmoe.app.cli.report import add_report
 from specmoe.app.cli.simulate import add_simulate
 from specmoe.app.cli.sweep import add_sweep
-from specmoe.app.report import print_plan, print_prediction, write_plan_html
+from specmoe.app.report import print_plan, print_prediction, print_slo_plan, write_plan_html
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import list_hardware, load_system, system_to_dict
 from specmoe.inputs.models import list_models, load_model, save_to_catalog
@@ -42,17 +42,40 @@ def cmd_plan(args) -> int:
     if not 0 <= args.max_gamma <= 64:
         raise SpecMoEError(f"--max-gamma={args.max_gamma}: allowed 0..64 (0 = no speculation)")
     html = output_path(args.html, "--html", (".html", ".htm"))
-    policies = tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else None
+    policies = (
+        tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else None
+    )
     if args.policies is not None and not policies:
         raise SpecMoEError(f"--policies={args.policies!r}: give at least one policy name")
     kw = config_kwargs(args, with_policy=False)
-    result = plan(gammas=range(args.max_gamma + 1), confirm=args.confirm, static_batch=args.static_batch,
-                  **({"policies": policies} if policies else {}), **kw)
+    if args.tpot_ms is not None or args.ttft_ms is not None or args.rate is not None:
+        return _plan_slo(args, policies, kw)
+    result = plan(
+        gammas=range(args.max_gamma + 1),
+        confirm=args.confirm,
+        static_batch=args.static_batch,
+        **({"policies": policies} if policies else {}),
+        **kw,
+    )
     if html:
         write_plan_html(result, html)
         result["html"] = str(html)
     print_json(result) if args.json else print_plan(result)
     return 0
+
+
+def _plan_slo(args, policies, kw) -> int:
+    """`plan --tpot-ms/--ttft-ms [--rate]`: the batch is searched (1..--max-batch), not given."""
+    if args.html or args.static_batch:
+        raise SpecMoEError("--html/--static-batch: not available with service-level targets "
+                           "(--tpot-ms, --ttft-ms, --rate)")
+    kw.pop("batch")
+    result = plan(gammas=range(args.max_gamma + 1), confirm=args.confirm, tpot_ms=args.tpot_ms,
+                  ttft_ms=args.ttft_ms, rate=args.rate, max_batch=args.max_batch,
+                  **({"policies": policies} if policies else {}), **kw)
+    print_json(result) if args.json else print_slo_plan(result)
+    confirmation = result.get("confirmation", {})
+    return 1 if confirmation.get("ran") and not confirmation["meets"] else 0
 
 
 def cmd_hardware(args) -> int:
@@ -100,43 +123,89 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"specmoe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="analytic prediction for one configuration",
-                       description="Analytic prediction of one configuration: throughput, latency, "
-                                   "PCIe traffic, GPU memory.\nExit status 1 when it does not fit in GPU memory.")
+    p = sub.add_parser(
+        "predict",
+        help="analytic prediction for one configuration",
+        description="Analytic prediction of one configuration: throughput, latency, "
+        "PCIe traffic, GPU memory.\nExit status 1 when it does not fit in GPU memory.",
+    )
     add_config_flags(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("plan", help="choose policy, γ and N for a model, hardware and batch",
-                       description="Search every policy × draft length γ × draft experts N, confirm the "
-                                   "best with the simulator,\nand explain the choice.")
+    p = sub.add_parser(
+        "plan",
+        help="choose policy, γ and N for a model, hardware and batch",
+        description="Search every policy × draft length γ × draft experts N, confirm the "
+        "best with the simulator,\nand explain the choice.",
+    )
     add_config_flags(p, with_policy=False)
-    p.add_argument("--policies", default=None,
-                   help="comma-separated subset of policies to consider (default: all analytic ones)")
-    p.add_argument("--max-gamma", type=int, default=16, help="largest γ to try (0..64; 0 = no speculation)")
+    p.add_argument(
+        "--policies",
+        default=None,
+        help="comma-separated subset of policies to consider (default: all analytic ones)",
+    )
+    p.add_argument(
+        "--max-gamma", type=int, default=16, help="largest γ to try (0..64; 0 = no speculation)"
+    )
     p.add_argument("--html", default=None, metavar="PATH",
                    help="write a page with the recommendation and an interactive figure here")
-    p.add_argument("--static-batch", action="store_true",
-                   help="the batch runs as one static batch of --output-len tokens (count its slowest sequence)")
-    p.add_argument("--confirm", default="auto", choices=("auto", "sim", "analytic"),
-                   help="confirm the top candidates with the simulator (auto: when it is installed)")
+    p.add_argument(
+        "--static-batch",
+        action="store_true",
+        help="the batch runs as one static batch of --output-len tokens "
+             "(count its slowest sequence)",
+    )
+    p.add_argument(
+        "--confirm",
+        default="auto",
+        choices=("auto", "sim", "analytic"),
+        help="confirm the top candidates with the simulator (auto: when it is installed)",
+    )
+    p.add_argument(
+        "--tpot-ms",
+        type=float,
+        default=None,
+        help="service level: time per output token target (p90); the batch is then searched",
+    )
+    p.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=None,
+        help="service level: time to first token target (p90)",
+    )
+    p.add_argument("--rate", type=float, default=None,
+                   help="service level: requests/s to serve; answers how many GPUs (replicas)")
+    p.add_argument(
+        "--max-batch", type=int, default=512, help="largest batch the service-level search tries"
+    )
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("hardware", help="list hardware profiles, or show one",
-                       description="list: the names of every system, GPU, host and link profile.\n"
-                                   "show NAME: one profile, resolved (system parts inline), as JSON.")
+    p = sub.add_parser(
+        "hardware",
+        help="list hardware profiles, or show one",
+        description="list: the names of every system, GPU, host and link profile.\n"
+        "show NAME: one profile, resolved (system parts inline), as JSON.",
+    )
     p.add_argument("action", choices=("list", "show"), help="list every name, or show one profile")
     p.add_argument("name", nargs="?", help="(show) system or GPU name, or a profile YAML path")
     p.add_argument("--json", action="store_true", help="(list) print the listing as JSON")
     p.set_defaults(func=cmd_hardware)
 
-    p = sub.add_parser("models", help="list model specs, show one, or import a config.json",
-                       description="list: every catalog model name.\n"
-                                   "show NAME: one model's shape (layers, experts, sizes) as JSON.\n"
-                                   "import PATH [--as NAME]: add a Hugging Face config.json to your catalog.")
+    p = sub.add_parser(
+        "models",
+        help="list model specs, show one, or import a config.json",
+        description="list: every catalog model name.\n"
+        "show NAME: one model's shape (layers, experts, sizes) as JSON.\n"
+        "import PATH [--as NAME]: add a Hugging Face config.json to your catalog.",
+    )
     p.add_argument("action", choices=("list", "show", "import"),
                    help="list names, show one model, or import a config.json")
-    p.add_argument("name", nargs="?", help="(show) catalog name or config.json path; (import) config.json path")
-    p.add_argument("--as", dest="as_name", default=None, help="(import) catalog name for the imported model")
+    p.add_argument(
+        "name", nargs="?", help="(show) catalog name or config.json path; (import) config.json path"
+    )
+    p.add_argument(
+        "--as", dest="as_name", default=None, help="(import) catalog name for the imported model"
+    )
     p.add_argument("--json", action="store_true", help="(list) print the names as JSON")
     p.set_defaults(func=cmd_models)
 
@@ -169,7 +238,9 @@ def _optional_commands(sub, module: str) -> None:
         mod = importlib.import_module(module)
     except ImportError:
         return
-    adder: Callable | None = getattr(mod, "add_commands", None) or getattr(mod, "add_engine_commands", None)
+    adder: Callable | None = getattr(mod, "add_commands", None) or getattr(
+        mod, "add_engine_commands", None
+    )
     if adder:
         adder(sub)
 
@@ -180,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
         if not hasattr(args, "func"):
-            print("error: the engine needs the `engine` extra (pip install 'specmoe[engine]')", file=sys.stderr)
+            print(
+                "error: the engine needs the `engine` extra (pip install 'specmoe[engine]')",
+                file=sys.stderr,
+            )
             return 2
         return args.func(args)
     except SpecMoEError as exc:

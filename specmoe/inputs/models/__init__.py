@@ -4,5 +4,16 @@ from specmoe.inputs.models.hf_export import to_hf_config
 from specmoe.inputs.models.hf_import import from_hf_config, normalize_name, spec_from_dims
 from specmoe.inputs.models.spec import FAMILIES, MODEL_TYPES, ModelSpec
 
-__all__ = ["FAMILIES", "MODEL_TYPES", "ModelSpec", "from_hf_config", "list_models", "load_model",
-           "normalize_name", "save_to_catalog", "spec_from_dims", "to_hf_config", "user_catalog_dir"]
+__all__ = [
+    "FAMILIES",
+    "MODEL_TYPES",
+    "ModelSpec",
+    "from_hf_config",
+    "list_models",
+    "load_model",
+    "normalize_name",
+    "save_to_catalog",
+    "spec_from_dims",
+    "to_hf_config",
+    "user_catalog_dir",
+]

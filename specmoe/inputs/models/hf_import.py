@@ -480,13 +480,25 @@ def spec_from_dims(name: str, dtype_bytes: float, hidden: int, ffn: int, heads: 
                    head_dim: int, experts: int, top_k: int, vocab: int, layers: int,
                    shared_ffn: int = 0, tie_embeddings: bool = False) -> ModelSpec:
     """A ModelSpec from bare dimensions (an engine config, a microbenchmark's op): Mixtral layout,
-    or Qwen2-MoE's where there is a shared expert. The inverse of the engine's MoEConfig.from_spec."""
-    cfg = {"model_type": "qwen2_moe" if shared_ffn else "mixtral", "hidden_size": hidden,
-           "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-           "head_dim": head_dim, "vocab_size": vocab, "num_experts_per_tok": min(top_k, experts),
-           "tie_word_embeddings": bool(tie_embeddings),
-           "_specmoe": {"name": name, "dtype_bytes": dtype_bytes, "expert_dtype_bytes": dtype_bytes,
-                        "kv_dtype_bytes": dtype_bytes}}
+    or Qwen2-MoE's where there is a shared expert. The inverse of the engine's
+    MoEConfig.from_spec."""
+    cfg = {
+        "model_type": "qwen2_moe" if shared_ffn else "mixtral",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab_size": vocab,
+        "num_experts_per_tok": min(top_k, experts),
+        "tie_word_embeddings": bool(tie_embeddings),
+        "_specmoe": {
+            "name": name,
+            "dtype_bytes": dtype_bytes,
+            "expert_dtype_bytes": dtype_bytes,
+            "kv_dtype_bytes": dtype_bytes,
+        },
+    }
     if shared_ffn:
         cfg.update(num_experts=experts, moe_intermediate_size=ffn, intermediate_size=ffn,
                    shared_expert_intermediate_size=shared_ffn)

@@ -26,7 +26,9 @@ class Recorder:
         self.events: list[dict] = []
 
     def span(self, name, cat, start_s, dur_s, stream, **fields):
-        self.events.append(trace_event(name, cat, start_s * 1e6, dur_s * 1e6, stream=stream, **fields))
+        self.events.append(
+            trace_event(name, cat, start_s * 1e6, dur_s * 1e6, stream=stream, **fields)
+        )
 
 
 class Meter:
@@ -53,17 +55,30 @@ class CopyEngine:
         self.meter = Meter(name)
         self._batch = itertools.count()
 
-    def copy(self, n: int, each_s: float, each_bytes: float, cls: int = DEMAND, label: str = "expert",
-             ssd=None, ssd_s: float = 0.0, ids=None, **fields) -> simpy.Process:
+    def copy(
+        self,
+        n: int,
+        each_s: float,
+        each_bytes: float,
+        cls: int = DEMAND,
+        label: str = "expert",
+        ssd=None,
+        ssd_s: float = 0.0,
+        ids=None,
+        **fields,
+    ) -> simpy.Process:
         """Start `n` copies of `each_bytes` (one expert, or one activation buffer); returns the
         process whose completion means all have arrived."""
         prio = (cls, next(self._batch))
-        return self.env.process(self._copies(n, each_s, each_bytes, prio, label, ssd, ssd_s, ids, fields))
+        return self.env.process(
+            self._copies(n, each_s, each_bytes, prio, label, ssd, ssd_s, ids, fields)
+        )
 
     def _copies(self, n, each_s, each_bytes, prio, label, ssd, ssd_s, ids, fields):
         env, res, rec = self.env, self.res, self.rec
         for i in range(n):
-            if ssd is not None:                 # the expert's share on SSD is read into host memory first
+            # the expert's share on SSD is read into host memory first
+            if ssd is not None:
                 yield from ssd.read(ssd_s, ids[i] if ids is not None else None, **fields)
             with res.request(priority=prio) as req:
                 yield req
@@ -72,8 +87,17 @@ class CopyEngine:
             self.meter.add(each_s, each_bytes)
             if rec is not None:
                 expert = int(ids[i]) if ids is not None else None
-                rec.span(f"{label} {self.name}", self.name, start, each_s, self.name, bytes=each_bytes,
-                         expert=expert, prefetch=prio[0] == PREFETCH, **fields)
+                rec.span(
+                    f"{label} {self.name}",
+                    self.name,
+                    start,
+                    each_s,
+                    self.name,
+                    bytes=each_bytes,
+                    expert=expert,
+                    prefetch=prio[0] == PREFETCH,
+                    **fields,
+                )
 
 
 class Ssd:
@@ -104,9 +128,20 @@ class Cpu:
         self.res = simpy.Resource(env, capacity=1)
         self.meter = Meter("cpu")
 
-    def experts(self, durations, tokens, ids, d2h: CopyEngine, h2d: CopyEngine, act_s: float, act_bytes: float,
-                **fields) -> simpy.Process:
-        return self.env.process(self._run(durations, tokens, ids, d2h, h2d, act_s, act_bytes, fields))
+    def experts(
+        self,
+        durations,
+        tokens,
+        ids,
+        d2h: CopyEngine,
+        h2d: CopyEngine,
+        act_s: float,
+        act_bytes: float,
+        **fields,
+    ) -> simpy.Process:
+        return self.env.process(
+            self._run(durations, tokens, ids, d2h, h2d, act_s, act_bytes, fields)
+        )
 
     def _run(self, durations, tokens, ids, d2h, h2d, act_s, act_bytes, fields):
         """Hidden states go down, the experts run one after another, results come back up."""
@@ -160,7 +195,8 @@ class ExpertSlots:
         self.clock += 1
         used = counts > 0
         self.last_use[used] = self.clock
-        share = counts / (counts.sum(axis=1, keepdims=True) + 1.0)      # tie-break within a pass, < 1
+        # tie-break within a pass, < 1
+        share = counts / (counts.sum(axis=1, keepdims=True) + 1.0)
         score = np.where(self.pinned | (self.last_use < 0), -1.0, self.last_use + share).ravel()
         keep = np.zeros(score.shape, bool)
         top = np.argsort(-score, kind="stable")[:self.lru_slots]

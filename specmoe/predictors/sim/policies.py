@@ -1,4 +1,5 @@
-"""What each policy decides, as plans the simulator's processes execute (names as specmoe.inputs.policies).
+"""What each policy decides, as plans the simulator's processes execute (names as
+specmoe.inputs.policies).
 
 A policy sees the routed token counts of a pass (counts[l, e] tokens of MoE layer l on expert e)
 and returns a PassPlan: grouped GPU expert time per layer, which experts are fetched at the gate
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from specmoe.predictors.analytic import shallow_first
 from specmoe.predictors.sim.entities import PREFETCH, ExpertSlots
 
 
@@ -55,7 +57,9 @@ class SimPolicy:
         return self.slots.per_layer
 
     # ---- one target pass ------------------------------------------------------------------------
-    def plan(self, counts: np.ndarray, phase: str, tokens: int, batch: int, context: float) -> PassPlan:
+    def plan(
+        self, counts: np.ndarray, phase: str, tokens: int, batch: int, context: float
+    ) -> PassPlan:
         needed = counts > 0
         miss = self._lookup(needed)
         return PassPlan(phase, tokens, batch, context, self._expert_s(counts, needed),
@@ -144,13 +148,25 @@ class Cpu(SimPolicy):
         on_cpu = miss & (cpu_s < s.fetch_s)
         gpu = needed & ~on_cpu
         fetch = miss & ~on_cpu
-        plan = PassPlan(phase, tokens, batch, context, self._expert_s(np.where(gpu, counts, 0), gpu),
-                        fetch.sum(axis=1), fetch)
+        plan = PassPlan(
+            phase,
+            tokens,
+            batch,
+            context,
+            self._expert_s(np.where(gpu, counts, 0), gpu),
+            fetch.sum(axis=1),
+            fetch,
+        )
         plan.cpu = {}
         for l in np.flatnonzero(on_cpu.any(axis=1)):
             ids = np.flatnonzero(on_cpu[l])
             toks = counts[l, ids]
-            plan.cpu[int(l)] = (cpu_s[l, ids].tolist(), toks, ids, float(toks.sum()) * s.act_bytes_per_token)
+            plan.cpu[int(l)] = (
+                cpu_s[l, ids].tolist(),
+                toks,
+                ids,
+                float(toks.sum()) * s.act_bytes_per_token,
+            )
         return plan
 
 
@@ -163,22 +179,6 @@ class Fate(Overlap):
         s = self.sim
         cap = shallow_first(s.cache_slots() * s.L, s.L, s.E)
         return ExpertSlots(s.L, s.E, hot_mask(s.probs, cap), self.policy.lru_slots)
-
-
-def shallow_first(total: int, layers: int, per_layer_max: int) -> np.ndarray:
-    """Split `total` slots over layers with weights L − l, none above per_layer_max."""
-    w = np.arange(layers, 0, -1, dtype=float)
-    cap = np.zeros(layers, dtype=int)
-    left = min(total, layers * per_layer_max)
-    while left > 0:
-        room = cap < per_layer_max
-        share = np.floor(left * w * room / (w * room).sum()).astype(int)
-        if share.sum() == 0:                    # hand out the remainder one by one, shallow first
-            share = np.zeros(layers, dtype=int)
-            share[np.flatnonzero(room)[:left]] = 1
-        cap = np.minimum(cap + share, per_layer_max)
-        left = min(total, layers * per_layer_max) - cap.sum()
-    return cap
 
 
 class SpecMoE(SimPolicy):
@@ -204,27 +204,41 @@ class SpecMoE(SimPolicy):
         return slots
 
     def after(self, counts, phase):
-        if phase == "verify" and self.policy.draft_set == "hottemporal" and self.policy.draft_experts:
+        if (
+            phase == "verify"
+            and self.policy.draft_set == "hottemporal"
+            and self.policy.draft_experts
+        ):
             score = counts + 0.5 * self.slots.resident           # ties keep the current set
             self.slots.set_resident(hot_mask(score, self.policy.draft_experts))
 
-    def draft(self, counts: np.ndarray, batch: int, context: float):
-        """γ draft passes of the target over B tokens with the draft experts only; no fetches."""
+    def draft(self, counts: np.ndarray, batch: int, context: float, nodes=None):
+        """γ draft passes of the target with the draft experts only; no fetches. counts[:, d]: the
+        tokens routed at depth d (nodes[d] per sequence; a chain has one), which draft level d+1."""
         s = self.sim
         g = counts.shape[1] - 1
+        nodes = np.ones(g + 1, dtype=int) if nodes is None else nodes
         steps = counts[:, :g, :]                                        # [L, γ, E]
         res = self.slots.resident
         kept = steps * res[:, None, :]
         if self.policy.substitution:
-            ids = np.sort(np.argsort(~res, axis=1, kind="stable")[:, :self.policy.draft_experts], axis=1)
-            target = np.take_along_axis(ids, self._affinity % ids.shape[1], axis=1)    # [L, E]
-            key = (np.arange(s.L)[:, None, None] * g + np.arange(g)[None, :, None]) * s.E + target[:, None, :]
+            ids = np.sort(
+                np.argsort(~res, axis=1, kind="stable")[:, : self.policy.draft_experts], axis=1
+            )
+            target = np.take_along_axis(ids, self._affinity % ids.shape[1], axis=1)  # [L, E]
+            key = (np.arange(s.L)[:, None, None] * g + np.arange(g)[None, :, None]) * s.E + target[
+                :, None, :
+            ]
             moved = np.where(res[:, None, :], 0, steps)
-            kept = kept + np.bincount(key.ravel(), weights=moved.ravel(), minlength=kept.size).reshape(kept.shape)
+            kept = kept + np.bincount(
+                key.ravel(), weights=moved.ravel(), minlength=kept.size
+            ).reshape(kept.shape)
         expert_s = s.costs.experts(kept.sum(axis=2), (kept > 0).sum(axis=2))     # [L, γ]
         zeros = np.zeros(s.L, dtype=int)
         for j in range(g):
-            yield from s.forward(PassPlan("draft", batch, batch, context, expert_s[:, j], zeros))
+            yield from s.forward(
+                PassPlan("draft", batch * int(nodes[j]), batch, context, expert_s[:, j], zeros)
+            )
 
 
 class Eagle(SimPolicy):
@@ -233,10 +247,12 @@ class Eagle(SimPolicy):
 
     speculative = True
 
-    def draft(self, counts, batch, context):
-        d = self.sim.draft_step_s(batch, context)
-        for _ in range(counts.shape[1] - 1):
-            yield from self.sim.gpu_op("draft model step", "draft_step", d, "draft", tokens=batch)
+    def draft(self, counts, batch, context, nodes=None):
+        nodes = np.ones(counts.shape[1], dtype=int) if nodes is None else nodes
+        for j in range(counts.shape[1] - 1):
+            tokens = batch * int(nodes[j])
+            d = self.sim.draft_step_s(tokens, batch, context)
+            yield from self.sim.gpu_op("draft model step", "draft_step", d, "draft", tokens=tokens)
 
 
 class SpMoE(Eagle):
@@ -244,18 +260,25 @@ class SpMoE(Eagle):
     drafts, the predicted experts of MoE layers below cutoff_layer are prefetched, layer by layer
     (pipelined: verification of a layer starts once its prefetch has landed)."""
 
-    def draft(self, counts, batch, context):
+    def draft(self, counts, batch, context, nodes=None):
         s = self.sim
         needed = counts.sum(axis=1) > 0
         h = self.policy.prefetch_hit_rate
         hit = s.rng.random(needed.shape) < h if h < 1.0 else np.ones_like(needed)
-        cutoff = s.L if self.policy.cutoff_layer is None else int(np.sum(s.moe_layer_ids < self.policy.cutoff_layer))
+        cutoff = (
+            s.L
+            if self.policy.cutoff_layer is None
+            else int(np.sum(s.moe_layer_ids < self.policy.cutoff_layer))
+        )
         pre = needed & hit & ~self.slots.resident
         pre[cutoff:] = False
-        self._pending = {l: (s.fetch(int(pre[l].sum()), PREFETCH, "draft", l, pre[l]), int(pre[l].sum()))
-                         for l in range(s.L) if pre[l].any()}
+        self._pending = {
+            l: (s.fetch(int(pre[l].sum()), PREFETCH, "draft", l, pre[l]), int(pre[l].sum()))
+            for l in range(s.L)
+            if pre[l].any()
+        }
         self._pre = pre
-        yield from super().draft(counts, batch, context)
+        yield from super().draft(counts, batch, context, nodes)
 
     def plan(self, counts, phase, tokens, batch, context):
         plan = super().plan(counts, phase, tokens, batch, context)
@@ -284,8 +307,17 @@ class MoESpec(Eagle):
         return self.sim.alpha * (1.0 - self.sim.options.moespec_acceptance_penalty)
 
 
-POLICY_CLASSES = {"ondemand": SimPolicy, "overlap": Overlap, "caching": Caching, "cpu": Cpu,
-                  "specmoe": SpecMoE, "spmoe": SpMoE, "moespec": MoESpec, "fate": Fate, "eagle": Eagle}
+POLICY_CLASSES = {
+    "ondemand": SimPolicy,
+    "overlap": Overlap,
+    "caching": Caching,
+    "cpu": Cpu,
+    "specmoe": SpecMoE,
+    "spmoe": SpMoE,
+    "moespec": MoESpec,
+    "fate": Fate,
+    "eagle": Eagle,
+}
 
 
 def alpha_of(workload, policy) -> float:

@@ -1,4 +1,5 @@
-"""What a simulation returns: throughput, latency percentiles, bytes per link, utilisation, trace."""
+"""What a simulation returns: throughput, latency percentiles, bytes per link, utilisation,
+trace."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -47,13 +48,16 @@ class SimResult:
     accepted_per_verification: float | None  # accepted draft tokens, per sequence
     breakdown: dict[str, float]
     gpu_memory_gb: float
-    gpu_capacity_gb: float
+    gpu_capacity_gb: float      # usable: HBM × utilisation − CUDA context (costs.memory)
+    gpu_hbm_gb: float
     fits: bool
     resident_experts_per_layer: float
     calibrated: bool
     events: int                              # SimPy events processed
     wall_s: float
     requests: dict[str, Any] = field(default_factory=dict)
+    # serving: demand vs capacity, overload flag
+    load: dict[str, Any] = field(default_factory=dict)
     trace_header: Header | None = None
     trace_events: list[dict] | None = None
     interval: dict[str, Any] = field(default_factory=dict)   # p10/p50/p90 keys and `evidence`
@@ -71,7 +75,8 @@ class SimResult:
         configuration does not fit in GPU memory, as predict does."""
         fit = self.fits
         out = {
-            **self.echo, "fits": fit,
+            **self.echo,
+            "fits": fit,
             "tokens_per_s": self.tokens_per_s if fit else None,
             "tpot_ms": self.tpot_ms if fit else None,
             "ttft_ms": self.ttft_ms if fit else None,
@@ -79,25 +84,41 @@ class SimResult:
             "tokens_per_iteration": self.tokens_per_iteration,
             "h2d_bytes_per_token": self.h2d_bytes_per_token,
             "h2d_bytes_per_iteration": self.h2d_bytes_per_iteration,
-            "gpu_memory_gb": self.gpu_memory_gb, "gpu_capacity_gb": self.gpu_capacity_gb,
+            "gpu_memory_gb": self.gpu_memory_gb,
+            "gpu_capacity_gb": self.gpu_capacity_gb,
+            "gpu_hbm_gb": self.gpu_hbm_gb,
             "resident_experts_per_layer": self.resident_experts_per_layer,
-            "breakdown": dict(self.breakdown), "calibrated": self.calibrated,
-            "source": "sim", "mode": self.mode, "seed": self.seed, "iterations": self.iterations,
-            "tokens": self.tokens, "makespan_s": self.makespan_s,
-            "tpot_ms_percentiles": self.tpot_ms_percentiles, "ttft_ms_percentiles": self.ttft_ms_percentiles,
+            "breakdown": dict(self.breakdown),
+            "calibrated": self.calibrated,
+            "source": "sim",
+            "mode": self.mode,
+            "seed": self.seed,
+            "iterations": self.iterations,
+            "tokens": self.tokens,
+            "makespan_s": self.makespan_s,
+            "tpot_ms_percentiles": self.tpot_ms_percentiles,
+            "ttft_ms_percentiles": self.ttft_ms_percentiles,
             "iteration_ms_percentiles": self.iteration_ms_percentiles,
-            "bytes": dict(self.bytes), "utilisation": dict(self.utilisation),
+            "bytes": dict(self.bytes),
+            "utilisation": dict(self.utilisation),
             "cache_hit_rate": self.cache_hit_rate,
             "tokens_per_verification": self.tokens_per_verification,
             "accepted_per_verification": self.accepted_per_verification,
-            "events": self.events, "wall_s": self.wall_s, "events_per_s": self.events_per_s,
+            "events": self.events,
+            "wall_s": self.wall_s,
+            "events_per_s": self.events_per_s,
         }
         out.update({k: (v if fit or k == "evidence" else None) for k, v in self.interval.items()})
         if self.requests:
             out["requests"] = dict(self.requests)
+        if self.load:
+            out["load"] = dict(self.load)
         if not fit:
-            out["reason"] = (f"needs {self.gpu_memory_gb:.1f} GB of GPU memory; {self.echo.get('hardware')} "
-                             f"has {self.gpu_capacity_gb:g} GB")
+            out["reason"] = (
+                f"needs {self.gpu_memory_gb:.1f} GB of GPU memory; {self.echo.get('hardware')} "
+                f"allows {self.gpu_capacity_gb:.2f} GB of its {self.gpu_hbm_gb:g} GB (utilisation "
+                "limit and CUDA context, specmoe.costs.memory)"
+            )
         return out
 
     # ---- trace ----------------------------------------------------------------------------------

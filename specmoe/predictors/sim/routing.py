@@ -36,7 +36,9 @@ def _alias(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keep, alias
 
 
-def _patterns(p: np.ndarray, k: int, orders: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _patterns(
+    p: np.ndarray, k: int, orders: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """k-sets of experts and their probabilities from `orders` random-order systematic designs."""
     E = len(p)
     pats = np.tile(np.arange(k), (orders * E, 1))
@@ -64,7 +66,9 @@ class RoutingSampler:
     """
 
     def __init__(self, probs: np.ndarray, top_k: int, temporal_reuse: float, slots: int,
-                 rng: np.random.Generator, orders: int = 32):
+                 rng: np.random.Generator, orders: int = 32, big_share: np.ndarray | None = None):
+        # big_share[l]: chance that a token takes layer l's experts at all (Duo-LLM); None = 1.
+        self.big = None if big_share is None else np.asarray(big_share, dtype=float)
         probs = np.clip(np.asarray(probs, dtype=float), 0.0, 1.0)
         self.L, self.E = probs.shape
         self.k, self.reuse, self.rng = top_k, float(temporal_reuse), rng
@@ -92,7 +96,8 @@ class RoutingSampler:
         return np.where(x - i < self.keep[flat], flat, self.alias[flat])
 
     def reset(self, slots) -> None:
-        """New sequences in `slots`: their last routing is a fresh draw (the prompt's last token)."""
+        """New sequences in `slots`: their last routing is a fresh draw (the prompt's last
+        token)."""
         slots = np.asarray(slots)
         if slots.size:
             self.state[:, slots] = self._fresh((self.L, slots.size))
@@ -109,9 +114,16 @@ class RoutingSampler:
             chain = np.concatenate([self.state[:, slots, None], pats], axis=2)     # [L, B, P+1]
             src = np.maximum.accumulate(np.where(keep, 0, np.arange(1, P + 1)), axis=2)
             pats = np.take_along_axis(chain, src, axis=2)
-        ids = self.patterns[pats]                                                   # [L, B, P, k]
-        key = (np.arange(self.L)[:, None, None, None] * P + np.arange(P)[None, None, :, None]) * self.E
-        counts = np.bincount((ids + key).ravel(), minlength=self.L * P * self.E)
+        ids = self.patterns[pats]  # [L, B, P, k]
+        key = (
+            np.arange(self.L)[:, None, None, None] * P + np.arange(P)[None, None, :, None]
+        ) * self.E
+        weights = None
+        if self.big is not None:                     # tokens that skip the experts count for none
+            takes = self.rng.random((self.L, B, P)) < self.big[:, None, None]
+            weights = np.broadcast_to(takes[..., None], ids.shape).ravel().astype(float)
+        counts = np.bincount((ids + key).ravel(), weights=weights, minlength=self.L * P * self.E)
+        counts = counts.astype(np.int64) if weights is not None else counts
         return counts.reshape(self.L, P, self.E), pats
 
     def commit(self, slots: np.ndarray, pats: np.ndarray, last: np.ndarray) -> None:
@@ -120,15 +132,36 @@ class RoutingSampler:
 
     def aggregate(self, tokens: int) -> np.ndarray:
         """Tokens per expert [L, E] for `tokens` independent tokens per layer (prefill)."""
-        n = self.rng.multinomial(tokens, self.weights[self.layer_table])            # [L, K]
+        taking = tokens if self.big is None else self.rng.binomial(tokens, self.big)  # per layer
+        n = self.rng.multinomial(taking, self.weights[self.layer_table])            # [L, K]
         ids = self.patterns.reshape(-1, self.K, self.k)[self.layer_table]           # [L, K, k]
         key = np.arange(self.L)[:, None, None] * self.E + ids
         w = np.broadcast_to(n[:, :, None], ids.shape)
-        return np.bincount(key.ravel(), weights=w.ravel(), minlength=self.L * self.E).reshape(self.L, self.E)
+        return np.bincount(key.ravel(), weights=w.ravel(), minlength=self.L * self.E).reshape(
+            self.L, self.E
+        )
 
 
 def sample_accepted(rng: np.random.Generator, alpha: float, gamma: int, n: int) -> np.ndarray:
-    """Draft tokens accepted per sequence: each accepted with probability α until the first rejection."""
+    """Draft tokens accepted per sequence: each accepted with probability α until the first
+    rejection."""
     if gamma <= 0:
         return np.zeros(n, dtype=np.int64)
     return np.minimum(rng.geometric(1.0 - alpha, size=n) - 1, gamma)
+
+
+def tree_layout(gamma: int, width: int = 1, levels: int | None = None) -> np.ndarray:
+    """Positions of a draft tree per sequence, level by level: offsets[d] is the first position of
+    depth d (d = 0 the pending token), offsets[γ+1] the total 1 + S (specmoe.inputs.tree)."""
+    lv = gamma if levels is None else min(gamma, levels)
+    nodes = [width ** min(d, lv) for d in range(gamma + 1)]
+    return np.concatenate([[0], np.cumsum(nodes)]).astype(np.int64)
+
+
+def sample_accepted_levels(rng: np.random.Generator, level_pass: np.ndarray, n: int) -> np.ndarray:
+    """Accepted depth per sequence when level d is passed with probability level_pass[d−1], until
+    the first level that fails (a draft tree under recursive rejection sampling)."""
+    if len(level_pass) == 0:
+        return np.zeros(n, dtype=np.int64)
+    ok = rng.random((n, len(level_pass))) < np.asarray(level_pass)[None, :]
+    return np.cumprod(ok, axis=1).sum(axis=1).astype(np.int64)
