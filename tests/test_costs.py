@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from specmoe.costs.evidence import evidence_for
 from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import load_system
@@ -36,9 +37,11 @@ def test_efficiencies_slow_things_down_as_stated():
     assert float(c2.h2d(1e9)) - c2.link_setup == pytest.approx(
         2 * (float(c1.h2d(1e9)) - c1.link_setup)
     )
-    # the efficiency block overrides the GPU prior's m_half; η_c(m_half) is half the prior's η_c
-    assert c2.p.gemm_compute_eff == pytest.approx(0.7)
-    assert float(c2.compute_eff(64)) == pytest.approx(0.5 * 0.7)
+    # the efficiency block overrides the evidence's m_half (a calibrated profile of this GPU's
+    # family where one ships, else the GPU prior); η_c(m_half) is half the evidence's η_c
+    eta = evidence_for(H100_DEFAULT).values["gemm_compute_eff"]
+    assert c2.p.gemm_compute_eff == pytest.approx(eta)
+    assert float(c2.compute_eff(64)) == pytest.approx(0.5 * eta)
     assert np.all(np.diff(c2.compute_eff(np.array([1, 8, 64, 512]))) > 0)
 
 

@@ -29,8 +29,15 @@ import yaml
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import Prior, System
 
+# The GPU-kernel op classes of issue 13 (grouped MoE, decode and prefill attention) and the
+# kernel geometry their fits assumed (tiles, MoE block: fixed, never drawn with a spread).
+# l2_bw_factor stays out: it describes single-op benchmark replays, not a forward pass.
+GEOMETRY_PARAMS = ("tile_m", "tile_n", "moe_block_tokens")
 GPU_PARAMS = ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "attn_eff", "kernel_overhead_us",
-              "expert_overhead_us", "layer_overhead_us")
+              "expert_overhead_us", "layer_overhead_us", "moe_compute_eff", "moe_half_tokens",
+              "moe_hbm_eff", "moe_kernel_us", "moe_reread", "attn_fixed_us", "attn_item_us",
+              "prefill_compute_eff", "prefill_half_head_dim", "prefill_item_us",
+              "prefill_fixed_us", *GEOMETRY_PARAMS)
 # Issue 13 measured per-op error of GPUs never fitted (leave-one-GPU-out on aiconfigurator tables):
 # median 25% over every op row. A carried-over profile adds that, in quadrature, to its own spread.
 CARRY_OVER_SPREAD = 0.25
@@ -42,7 +49,12 @@ CALIBRATED_SPREAD = 0.10
 HOLDOUT_CLASSES = {
     "expert": ("gemm_compute_eff", "gemm_half_tokens", "expert_overhead_us", "hbm_eff"),
     "attn": ("attn_eff", "kernel_overhead_us"),
-    "attn_scores": ("attn_eff",),
+    "attn_scores": ("attn_eff", "attn_fixed_us", "attn_item_us"),
+    # GPU kernel tables (issue 13: calibrated/<gpu>-<backend>.yaml)
+    "gemm": ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "kernel_overhead_us"),
+    "moe": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us", "moe_reread"),
+    "attn_prefill": ("prefill_compute_eff", "prefill_half_head_dim", "prefill_item_us",
+                     "prefill_fixed_us"),
     "h2d": ("link_eff", "transfer_setup_us", "pageable_eff"),
     "iteration": ("layer_overhead_us", "model_error"),
 }
@@ -141,7 +153,8 @@ def _fitted_gpu_part(path: Path) -> tuple[dict[str, float], dict[str, float], di
         _MODEL_ERRORS[path] = (eff_err.spread, f"calibrated: {path.name}: {eff_err.source}")
     elif MODEL_ERROR in held:
         _MODEL_ERRORS[path] = held[MODEL_ERROR]
-    spreads = {k: float((priors.get(k) or {}).get("spread", held.get(k, (CALIBRATED_SPREAD,))[0]))
+    spreads = {k: 0.0 if k in GEOMETRY_PARAMS else
+               float((priors.get(k) or {}).get("spread", held.get(k, (CALIBRATED_SPREAD,))[0]))
                for k in eff}
     return eff, spreads, {k: held.get(k, (0, f"calibrated: {path.name}"))[1] for k in eff}
 
@@ -169,7 +182,8 @@ def _gpu_evidence(system: System, ev: dict) -> None:
         if kin:
             stem, path = _calibrated_gpus()[kin[0]][0]
             vals, spreads, srcs = _fitted_gpu_part(path)
-            spreads = {k: (s ** 2 + CARRY_OVER_SPREAD ** 2) ** 0.5 for k, s in spreads.items()}
+            spreads = {k: s if k in GEOMETRY_PARAMS else (s ** 2 + CARRY_OVER_SPREAD ** 2) ** 0.5
+                       for k, s in spreads.items()}
             srcs = {k: f"carried over from {stem} ({arch}), spread widened by the leave-one-GPU-out "
                        f"error {CARRY_OVER_SPREAD:.0%}" for k in vals}
             ev["gpu"], ev["calibrated"] = f"carried over from {stem} ({arch})", True

@@ -10,6 +10,20 @@ All functions take numpy arrays or scalars and return seconds. CostParams() is t
 calibrated fits, published measurements, stated priors), and the ideal only for `System.ideal`.
 Parameters may be numpy arrays (one value per draw, broadcast against the configurations): that is
 how specmoe.predictors.intervals propagates their spreads in one call.
+
+Refinements that real GPU kernels need (DESIGN.md §5), each off by default so that a profile
+without them keeps the plain roofline:
+- op-class parameter groups: grouped MoE GEMMs (moe_*), decode attention (attn_eff,
+  attn_fixed_us) and prefill attention (prefill_*) have their own efficiencies and fixed times;
+  None shares the dense GEMM group's value;
+- tile and wave quantization (tile_m, tile_n > 0): rows padded to the tile, CTAs over the GPU's
+  SMs in whole waves; per-expert tokens padded to the fused-MoE block (moe_block_tokens > 0),
+  the busiest expert's tokens padded on their own;
+- L2: in a benchmark that replays one op (`CostModel(replay=True)`), a working set that fits in
+  the GPU's L2 (`l2_mb`) is read at l2_bw_factor × the HBM peak instead; a real forward pass
+  over many layers streams weights from HBM (replay=False, the default);
+- measured tables (specmoe.costs.tables): where given, an op inside a table's range takes the
+  interpolated measurement and outside it this model; `CostModel.sources` says which, per op.
 """
 from __future__ import annotations
 
@@ -22,6 +36,7 @@ from specmoe.costs.evidence import evidence_for
 from specmoe.errors import SpecMoEError
 
 GB = 1e9
+PREFILL_Q_TILE = 128     # query rows per flash-attention CTA (FlashAttention-2/3 default)
 TFLOP = 1e12
 US = 1e-6
 # Where an iteration's time goes: every predictor's breakdown uses these keys.
@@ -46,6 +61,25 @@ class CostParams:
     cpu_mem_eff: float = 1.0          # fraction of host DRAM bandwidth
     cpu_overhead_us: float = 0.0      # fixed time per CPU expert call
     ssd_eff: float = 1.0              # fraction of SSD read bandwidth
+    # op-class groups (None: the dense GEMM group's value)
+    moe_compute_eff: float | None = None   # grouped expert GEMM: best fraction of peak FLOP/s
+    moe_half_tokens: float | None = None   # tokens per expert at which that is halved
+    moe_hbm_eff: float | None = None       # fraction of HBM peak streaming expert weights
+    moe_kernel_us: float | None = None     # fixed time per grouped-GEMM kernel (routing, sort)
+    moe_reread: float = 0.0                # fraction of an expert's weights re-read from HBM per
+                                           # extra token block (the rest hit L2)
+    attn_fixed_us: float | None = None     # decode attention fixed time (None: kernel_overhead_us)
+    attn_item_us: float = 0.0              # decode attention: per (sequence, kv head) work item
+    prefill_compute_eff: float | None = None   # causal prefill attention: fraction of peak
+    prefill_item_us: float = 0.0               # its set-up time per (sequence, head, query tile)
+    prefill_half_head_dim: float = 0.0         # head dim at which its efficiency is halved (softmax
+                                               # work per score does not shrink with head dim)
+    prefill_fixed_us: float | None = None      # its fixed time
+    l2_bw_factor: float = 1.0         # L2 bandwidth / HBM peak (replayed ops that fit in L2)
+    # kernel geometry, not fitted (0 = no quantization): the kernels' tile shapes
+    tile_m: float = 0.0               # GEMM CTA tile rows; small m: the next power of 2 >= 16
+    tile_n: float = 0.0               # GEMM CTA tile columns
+    moe_block_tokens: float = 0.0     # fused MoE: tokens per expert padded to this block
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,11 +118,17 @@ def roofline(flops, bytes_, peak_flops, bandwidth, t_fixed=0.0):
 class CostModel:
     """Per-op times for one model on one system. Token counts are arrays or scalars."""
 
-    def __init__(self, model, system, params: CostParams | None = None):
+    def __init__(self, model, system, params: CostParams | None = None, replay: bool = False,
+                 tables=None):
         self.model = model
         self.system = system
         self.p = params or params_for(system)
+        self.replay = replay          # one op replayed alone: what fits in L2 stays there
+        self.tables = tables          # specmoe.costs.tables.Tables or None
+        self.sources: dict[str, dict[str, int]] = {}   # op -> {"table": n, "model": n}
         gpu, host, link = system.gpu, system.host, system.link
+        self.sms = float(gpu.sm_count)
+        self.l2_bytes = gpu.l2_mb * 2**20
         self.peak_flops = self._tensor_tflops(gpu, model.dtype_bytes) * TFLOP
         self.hbm_bw = gpu.hbm_bw_gbps * GB
         self.link_bw = link.h2d_gbps * GB
@@ -107,26 +147,112 @@ class CostModel:
         return gpu.bf16_tflops
 
     # ---- GPU compute -------------------------------------------------------------------------
-    def compute_eff(self, tokens_per_matrix):
+    def _group(self, name: str, fallback: str):
+        v = getattr(self.p, name)
+        return getattr(self.p, fallback) if v is None else v
+
+    def compute_eff(self, tokens_per_matrix, eff=None, half=None):
         m = np.maximum(np.asarray(tokens_per_matrix, dtype=float), 1e-9)
-        return self.p.gemm_compute_eff * m / (m + self.p.gemm_half_tokens)
+        eff = self.p.gemm_compute_eff if eff is None else eff
+        half = self.p.gemm_half_tokens if half is None else half
+        return eff * m / (m + half)
 
-    def gemm(self, flops, weight_bytes, tokens_per_matrix, act_bytes=0.0, kernels=1):
-        """A weight GEMM (or a grouped one): weights streamed from HBM once, activations alongside."""
+    def mem_bw(self, working_set_bytes, eff):
+        """Bandwidth a working set streams at: HBM × eff, or L2 when replayed and it fits."""
+        hbm = self.hbm_bw * eff
+        if not self.replay:
+            return hbm
+        l2 = self.hbm_bw * self.p.l2_bw_factor
+        return np.where(np.asarray(working_set_bytes) <= self.l2_bytes, np.maximum(l2, hbm), hbm)
+
+    def wave_factor(self, rows, cols, tile_m=None, split_k=True):
+        """Work a tiled kernel does / useful work: rows padded to the tile (the next power of 2,
+        16 .. tile_m), columns to tile_n, CTAs run in whole waves over the SMs. A kernel with
+        fewer CTAs than SMs splits K to fill them (cuBLAS/CUTLASS split-K, stream-K) when
+        `split_k`; the fused MoE kernel does not. 1 without tiles."""
+        p = self.p
+        if not (p.tile_m and p.tile_n):
+            return 1.0
+        rows = np.maximum(np.asarray(rows, dtype=float), 1.0)
+        cols = np.maximum(np.asarray(cols, dtype=float), 1.0)
+        tm = np.clip(2.0 ** np.ceil(np.log2(rows)), 16.0, tile_m or p.tile_m)
+        ctas = np.ceil(rows / tm) * np.ceil(cols / p.tile_n)
+        waves = np.ceil(ctas / self.sms) * self.sms / ctas
+        if split_k:
+            waves = np.where(ctas < self.sms, 1.0, waves)
+        return waves * np.ceil(rows / tm) * tm * np.ceil(cols / p.tile_n) * p.tile_n / (rows * cols)
+
+    def gemm(self, flops, weight_bytes, tokens_per_matrix, act_bytes=0.0, kernels=1, n_cols=None):
+        """A weight GEMM: weights streamed once, activations alongside. `n_cols` (output columns)
+        turns on tile and wave quantization where the profile has tiles."""
         peak = self.peak_flops * self.compute_eff(tokens_per_matrix)
-        bw = self.hbm_bw * self.p.hbm_eff
-        return roofline(flops, np.asarray(weight_bytes) + act_bytes, peak, bw, kernels * self.kernel_t)
+        if n_cols is not None:
+            flops = np.asarray(flops) * self.wave_factor(tokens_per_matrix, n_cols)
+        nbytes = np.asarray(weight_bytes) + act_bytes
+        bw = self.mem_bw(nbytes, self.p.hbm_eff)
+        return roofline(flops, nbytes, peak, bw, kernels * self.kernel_t)
 
-    def experts(self, tokens, distinct):
-        """Grouped expert FFN over `tokens` token-expert pairs spread on `distinct` experts."""
+    def dense_gemm(self, m, n, k):
+        """x[m, k] @ W[k, n] (a measured GEMM row, or any linear layer)."""
+        b = self.model.dtype_bytes
+        m, n, k = (np.asarray(v, dtype=float) for v in (m, n, k))
+        model_t = self.gemm(2 * m * n * k, k * n * b, m, act_bytes=(m * k + m * n) * b, n_cols=n)
+        return self._hybrid("gemm", model_t, (n, k), m)
+
+    def padded_pairs(self, pairs, distinct, busiest=None):
+        """Token-expert pairs after padding each expert's tokens to the fused-MoE block; the
+        busiest expert (skewed routing) is padded on its own, the rest share the remainder."""
+        B = self.p.moe_block_tokens
+        if not B:
+            return pairs
+        busiest = pairs / distinct if busiest is None else np.minimum(busiest, pairs)
+        rest = np.maximum(distinct - 1.0, 0.0)
+        rest_mean = np.where(rest > 0, (pairs - busiest) / np.maximum(rest, 1e-9), 0.0)
+        return B * np.ceil(busiest / B) + rest * B * np.ceil(rest_mean / B)
+
+    def experts(self, tokens, distinct, busiest=None):
+        """Grouped expert FFN over `tokens` token-expert pairs spread on `distinct` experts
+        (`busiest`: the most-loaded expert's tokens, default an even spread)."""
         m = self.model
         distinct = np.maximum(np.asarray(distinct, dtype=float), 1e-9)
         tokens = np.asarray(tokens, dtype=float)
+        per_expert = tokens / distinct
         act = tokens * (2 * m.hidden_size + 2 * m.expert_intermediate_size) * m.dtype_bytes
-        t = self.gemm(tokens * m.expert_flops_per_token, distinct * m.expert_bytes, tokens / distinct, act, kernels=2)
+        padded = self.padded_pairs(tokens, distinct, busiest)
+        flops = padded * m.expert_flops_per_token
+        if self.p.moe_block_tokens:   # first GEMM (gate+up, or up alone) sets the CTA count
+            cols = (2 if m.gated_ffn else 1) * m.expert_intermediate_size
+            flops = flops * self.wave_factor(padded, cols,
+                                  tile_m=self.p.moe_block_tokens, split_k=False)
+        eff = self.compute_eff(per_expert, self._group("moe_compute_eff", "gemm_compute_eff"),
+                               self._group("moe_half_tokens", "gemm_half_tokens"))
+        # each block of an expert's tokens streams the expert's weights; re-reads mostly hit L2
+        blocks = padded / self.p.moe_block_tokens if self.p.moe_block_tokens else distinct
+        weights = (distinct + self.p.moe_reread * (blocks - distinct)) * m.expert_bytes + act
+        bw = self.mem_bw(weights, self._group("moe_hbm_eff", "hbm_eff"))
+        fixed = 2 * self._group("moe_kernel_us", "kernel_overhead_us") * US
+        t = roofline(flops, weights, self.peak_flops * eff, bw, fixed)
         # Implementations that loop over experts pay a fixed time per expert (fitted; 0 = grouped).
         t = t + distinct * self.p.expert_overhead_us * US
         return np.where(tokens > 0, t, 0.0)
+
+    def fused_moe(self, tokens, distinct, busiest=None, distribution="balanced"):
+        """experts() for a measured-table key: interpolated inside the table's range."""
+        m = self.model
+        t = self.experts(np.asarray(tokens, dtype=float) * m.top_k, distinct, busiest)
+        key = (m.hidden_size, m.expert_intermediate_size, m.num_experts, m.top_k, distribution)
+        return self._hybrid("moe", t, key, tokens)
+
+    def _hybrid(self, op, model_t, key, x):
+        """Measured table inside its range (where one is given), this model outside; counted."""
+        used = self.sources.setdefault(op, {"table": 0, "model": 0})
+        if self.tables is None:
+            used["model"] += int(np.size(model_t))
+            return model_t
+        measured, inside = self.tables.lookup(op, key, x)
+        used["table"] += int(np.sum(inside))
+        used["model"] += int(np.size(inside) - np.sum(inside))
+        return np.where(inside, measured, model_t)
 
     def small_module(self, tokens, ratio):
         """A resident FFN of `ratio` × one routed expert's parameters over `tokens` (Duo-LLM's
@@ -148,8 +274,48 @@ class CostModel:
         m = self.model
         kv = np.asarray(batch) * np.asarray(context) * m.kv_bytes_per_token_per_layer
         score_flops = np.asarray(tokens) * m.attn_score_flops_per_token(context)
-        return roofline(score_flops, kv, self.peak_flops * self.p.gemm_compute_eff,
-                        self.hbm_bw * self.p.attn_eff, self.kernel_t)
+        fixed = self._group("attn_fixed_us", "kernel_overhead_us") * US
+        t = roofline(score_flops, kv, self.peak_flops * self.p.gemm_compute_eff,
+                     self.mem_bw(kv, self.p.attn_eff), fixed)
+        if not np.any(self.p.attn_item_us):
+            return t
+        # one CTA per (sequence, kv head), run in waves over the SMs: each has a set-up cost that
+        # short contexts do not hide (measured: ~3-4 µs per item per SM on H100 at context <= 16)
+        waves = np.ceil(np.asarray(batch) * m.num_kv_heads / self.sms)
+        return np.maximum(t, fixed + waves * self.p.attn_item_us * US)
+
+    def decode_attention(self, batch, context):
+        """One decode step's attention scores (a measured-table key: heads, kv heads, head dim)."""
+        m = self.model
+        batch = np.asarray(batch, dtype=float)
+        t = self.attention_scores(batch, batch, context)
+        return self._hybrid("attn_decode", t, (m.num_heads, m.num_kv_heads, m.head_dim, batch),
+                            context)
+
+    def prefill_attention(self, batch, seq):
+        """Causal self-attention over `seq` new tokens per sequence (flash-attention style: Q, K,
+        V and O cross HBM once; query i attends to i + 1 keys). With `prefill_item_us`, work is
+        one CTA per (sequence, kv head, PREFILL_Q_TILE query rows of its group) in waves over the
+        SMs, each
+        paying a set-up time plus its share of the FLOPs."""
+        m = self.model
+        batch, seq = np.asarray(batch, dtype=float), np.asarray(seq, dtype=float)
+        flops = batch * 4.0 * m.num_heads * m.head_dim * seq * (seq + 1) / 2
+        nbytes = batch * seq * 2 * (m.num_heads + m.num_kv_heads) * m.head_dim * m.dtype_bytes
+        hd = float(m.head_dim)
+        peak = (self.peak_flops * self._group("prefill_compute_eff", "gemm_compute_eff")
+                * hd / (hd + self.p.prefill_half_head_dim))
+        fixed = self._group("prefill_fixed_us", "kernel_overhead_us") * US
+        t = roofline(flops, nbytes, peak, self.mem_bw(nbytes, self.p.attn_eff), fixed)
+        if np.any(self.p.prefill_item_us):
+            # GQA kernels pack a kv head's query heads into one CTA's rows (FlashAttention-3)
+            group = m.num_heads / m.num_kv_heads
+            items = batch * m.num_kv_heads * np.ceil(seq * group / PREFILL_Q_TILE)
+            waves = np.ceil(items / self.sms)
+            t = np.maximum(t, fixed + waves * (self.p.prefill_item_us * US
+                                               + flops / items / (peak / self.sms)))
+        key = (m.num_heads, m.num_kv_heads, m.head_dim, batch)
+        return self._hybrid("attn_prefill", t, key, seq)
 
     def router_and_shared(self, tokens):
         """Gate GEMM and any shared experts of one MoE layer."""

@@ -25,7 +25,9 @@ them; dims fall back to the header's `model`, an engine MoEConfig dict with hidd
 kv_heads, head_dim, experts, top_k, expert_ffn, vocab, dtype):
   gemm        shape [m, n, k]: x[m, k] @ W[k, n]                         -> CostModel.gemm
   expert      tokens, shape [tokens, hidden, ffn]: one SwiGLU expert      -> CostModel.experts(tokens, 1)
-  moe         tokens, experts (distinct), top_k, shape [tokens, hidden, ffn] (else the header
+  moe         tokens, experts (distinct), top_k, max_expert_tokens (the busiest expert's;
+              default an even spread), gated (default true), shape [tokens, hidden, ffn]
+              (else the header
               model's hidden, expert_ffn, top_k): the engine's fused_moe span
               -> CostModel.experts(tokens·top_k, experts); the engine's per-layer span named
               "moe" (fetches + compute + bookkeeping) is a composite and is not fitted
@@ -78,15 +80,37 @@ OP_PARAMS: dict[str, tuple[str, ...]] = {
     "attn_scores": ("gemm_compute_eff", "attn_eff", "kernel_overhead_us"),
     "h2d": ("link_eff", "transfer_setup_us", "pageable_eff"),
     "cpu_expert": ("cpu_compute_eff", "cpu_mem_eff", "cpu_overhead_us"),
+    "attn_prefill": ("gemm_compute_eff", "attn_eff", "kernel_overhead_us"),
 }
+# Per op class (FitOptions.groups="per-class", for GPU kernels): dense GEMMs, grouped MoE GEMMs,
+# decode attention and prefill attention each get their own efficiencies and fixed times; replayed
+# benchmarks (trace header `replay`) add the L2 bandwidth, shared by all.
+OP_PARAMS_PER_CLASS: dict[str, tuple[str, ...]] = {
+    **OP_PARAMS,
+    "moe": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us", "moe_reread"),
+    "expert": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us"),
+    "attn_scores": ("attn_eff", "attn_fixed_us", "attn_item_us"),
+    "attn_prefill": ("prefill_compute_eff", "prefill_half_head_dim", "prefill_item_us",
+                     "prefill_fixed_us"),
+}
+REPLAY_PARAMS = ("l2_bw_factor",)
 # Fixed times that only whole iterations show: per layer, and per distinct expert (an engine that
 # loops over experts pays it; op events of one expert cannot tell it from the kernel overhead).
 E2E_PARAMS = ("layer_overhead_us", "expert_overhead_us")
 # Bounds: an efficiency above 1 means the op beat the base profile's peak (e.g. weights that stay
 # in a cache faster than the memory the profile names); fixed times in µs.
+# GPU efficiencies are fractions of the datasheet peak: at most 1 (a working set served from L2
+# has its own term, l2_bw_factor, the L2 bandwidth as a multiple of the HBM peak: published L2
+# bandwidths are 2-4x HBM on A100/H100; bounded by 8). The host-memcpy "link" of the CPU profile
+# and the CPU's own efficiencies keep a wider bound: their peaks are measured, not datasheet.
 BOUNDS = {
-    "gemm_compute_eff": (1e-3, 4.0), "gemm_half_tokens": (0.0, 1e4), "hbm_eff": (1e-3, 4.0),
-    "attn_eff": (1e-3, 4.0), "kernel_overhead_us": (0.0, 1e5), "layer_overhead_us": (0.0, 1e6),
+    "gemm_compute_eff": (1e-3, 1.0), "gemm_half_tokens": (0.0, 1e4), "hbm_eff": (1e-3, 1.0),
+    "attn_eff": (1e-3, 1.0), "kernel_overhead_us": (0.0, 1e5), "layer_overhead_us": (0.0, 1e6),
+    "moe_compute_eff": (1e-3, 1.0), "moe_half_tokens": (0.0, 1e4), "moe_hbm_eff": (1e-3, 1.0),
+    "moe_kernel_us": (0.0, 1e4), "moe_reread": (0.0, 1.0), "attn_fixed_us": (0.0, 1e4),
+    "attn_item_us": (0.0, 1e3), "prefill_compute_eff": (1e-3, 1.0), "prefill_item_us": (0.0, 1e3),
+    "prefill_half_head_dim": (0.0, 2048.0), "prefill_fixed_us": (0.0, 1e4),
+    "l2_bw_factor": (1.0, 8.0),
     "expert_overhead_us": (0.0, 1e5),
     "link_eff": (1e-3, 4.0), "pageable_eff": (1e-3, 1.0), "transfer_setup_us": (0.0, 1e5),
     "cpu_compute_eff": (1e-3, 4.0), "cpu_mem_eff": (1e-3, 4.0), "cpu_overhead_us": (0.0, 1e5),
@@ -97,12 +121,24 @@ STARTS = (
     {"gemm_compute_eff": 0.5, "gemm_half_tokens": 8.0, "hbm_eff": 0.5, "attn_eff": 0.5,
      "kernel_overhead_us": 5.0, "expert_overhead_us": 5.0, "layer_overhead_us": 10.0, "link_eff": 0.7,
      "pageable_eff": 0.5,
-     "transfer_setup_us": 5.0, "cpu_compute_eff": 0.5, "cpu_mem_eff": 0.5, "cpu_overhead_us": 5.0},
+     "transfer_setup_us": 5.0, "cpu_compute_eff": 0.5, "cpu_mem_eff": 0.5, "cpu_overhead_us": 5.0,
+     "moe_compute_eff": 0.5, "moe_half_tokens": 8.0, "moe_hbm_eff": 0.5, "moe_kernel_us": 5.0,
+     "moe_reread": 0.1, "attn_fixed_us": 5.0, "attn_item_us": 1.0, "prefill_compute_eff": 0.5,
+     "prefill_item_us": 1.0, "prefill_half_head_dim": 32.0, "prefill_fixed_us": 5.0,
+     "l2_bw_factor": 2.0},
     {"gemm_compute_eff": 0.1, "gemm_half_tokens": 64.0, "hbm_eff": 1.0, "attn_eff": 1.0,
      "kernel_overhead_us": 50.0, "expert_overhead_us": 50.0, "layer_overhead_us": 100.0, "link_eff": 0.3,
      "pageable_eff": 0.9,
-     "transfer_setup_us": 20.0, "cpu_compute_eff": 0.1, "cpu_mem_eff": 1.0, "cpu_overhead_us": 50.0},
+     "transfer_setup_us": 20.0, "cpu_compute_eff": 0.1, "cpu_mem_eff": 1.0, "cpu_overhead_us": 50.0,
+     "moe_compute_eff": 0.1, "moe_half_tokens": 64.0, "moe_hbm_eff": 0.9, "moe_kernel_us": 20.0,
+     "moe_reread": 0.5, "attn_fixed_us": 20.0, "attn_item_us": 5.0, "prefill_compute_eff": 0.2,
+     "prefill_item_us": 5.0, "prefill_half_head_dim": 128.0, "prefill_fixed_us": 20.0,
+     "l2_bw_factor": 4.0},
 )
+# Trace sources that are measurements: our engine's, and imported public tables
+MEASURED_SOURCES = ("engine", "table")
+
+
 def load_traces(paths: Sequence[str | Path]):
     """Read traces and check they come from one device (header.device) of the engine."""
 
@@ -115,9 +151,9 @@ def load_traces(paths: Sequence[str | Path]):
         if not isinstance(dev, dict) or not dev.get("name"):
             raise SpecMoEError(f"trace {t.path}: header field 'device' lacks a fingerprint with "
                                "'name' (calibration ties fitted parameters to one device)")
-        if t.source != "engine":
+        if t.source not in MEASURED_SOURCES:
             raise SpecMoEError(f"trace {t.path}: source={t.source!r}; calibration needs measured "
-                               "traces (source 'engine')")
+                               f"traces (source {MEASURED_SOURCES})")
         ident = device_identity(dev)
         if first is None:
             first = (t.path, ident)
@@ -220,7 +256,10 @@ def _event_point(ev: dict, header: dict, where: str) -> tuple[str, tuple, tuple]
         else:
             hidden, ffn = _dim(ev, model, "hidden", where), _dim(ev, model, "expert_ffn", where)
         k = _dim(ev, model, "top_k", where)
-        return cat, (b, int(hidden), int(ffn)), (tokens * k, float(_need(ev, "experts", where)))
+        distinct = float(_need(ev, "experts", where))
+        busiest = float(ev.get("max_expert_tokens") or tokens * k / max(distinct, 1e-9))
+        gated = 0.0 if ev.get("gated") is False else 1.0   # non-gated experts: two matrices
+        return cat, (b, int(hidden), int(ffn), gated), (tokens * k, distinct, busiest)
     if cat in ("expert", "cpu_expert"):
         _, hidden, ffn = _shape(ev, 3, where)
         return cat, (b, int(hidden), int(ffn)), (float(_need(ev, "tokens", where)),)
@@ -228,8 +267,10 @@ def _event_point(ev: dict, header: dict, where: str) -> tuple[str, tuple, tuple]
     if cat == "attn":
         shape = _need(ev, "shape", where)
         if isinstance(shape, (list, tuple)) and len(shape) == 6:   # microbenchmark: scores only
-            batch, _, context, heads, kv, hd = _shape(ev, 6, where)
+            batch, q, context, heads, kv, hd = _shape(ev, 6, where)
             dims = (b, int(heads * hd), int(heads), int(kv), int(hd))
+            if ev.get("phase") == "prefill":    # causal attention over q new tokens
+                return "attn_prefill", dims, (tokens, float(batch), float(q))
             return "attn_scores", dims, (tokens, float(batch), float(context))
         batch, _, context = _shape(ev, 3, where)
         dims = tuple(_dim(ev, model, k, where) for k in ("hidden", "heads", "kv_heads", "head_dim"))
@@ -276,7 +317,7 @@ def collect_points(traces, min_samples: int = 1) -> list[Point]:
 @lru_cache(maxsize=512)
 def _spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, kv_heads: int = 1,
           head_dim: int = 64, experts: int = 8, top_k: int = 2, vocab: int = 64, layers: int = 1,
-          shared_ffn: int = 0):
+          shared_ffn: int = 0, gated: bool = True):
     """A ModelSpec with just the dims an op needs (one op = one layer's worth)."""
 
     cfg = {"model_type": "qwen2_moe" if shared_ffn else "mixtral", "hidden_size": hidden,
@@ -289,13 +330,13 @@ def _spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, k
                    shared_expert_intermediate_size=shared_ffn)
     else:
         cfg.update(num_local_experts=experts, intermediate_size=ffn)
-    return from_hf_config(cfg)
+    spec = from_hf_config(cfg)
+    return spec if gated else replace(spec, gated_ffn=False)
 
 
 def _gemm(cm: CostModel, a: np.ndarray) -> np.ndarray:
     m, n, k = a.T
-    b = cm.model.dtype_bytes
-    return cm.gemm(2 * m * k * n, k * n * b, m, act_bytes=(m * k + m * n) * b)
+    return cm.dense_gemm(m, n, k)
 
 
 def _h2d(cm: CostModel, a: np.ndarray) -> np.ndarray:
@@ -306,6 +347,11 @@ def _h2d(cm: CostModel, a: np.ndarray) -> np.ndarray:
 def _attn_scores(cm: CostModel, a: np.ndarray) -> np.ndarray:
     tokens, batch, context = a.T
     return cm.attention_scores(tokens, batch, context)
+
+
+def _attn_prefill(cm: CostModel, a: np.ndarray) -> np.ndarray:
+    _, batch, seq = a.T
+    return cm.prefill_attention(batch, seq)
 
 
 @dataclass(frozen=True)
@@ -321,8 +367,9 @@ OPS: dict[str, Op] = {
     "gemm": Op(("m", "n", "k"), lambda b: _spec(b), _gemm),
     "expert": Op(("tokens",), lambda b, h, f: _spec(b, hidden=h, ffn=f),
                  lambda cm, a: cm.experts(a[:, 0], 1.0)),
-    "moe": Op(("pairs", "distinct"), lambda b, h, f: _spec(b, hidden=h, ffn=f),
-              lambda cm, a: cm.experts(a[:, 0], a[:, 1])),
+    "moe": Op(("pairs", "distinct", "busiest"),
+              lambda b, h, f, g=1.0: _spec(b, hidden=h, ffn=f, gated=bool(g)),
+              lambda cm, a: cm.experts(a[:, 0], a[:, 1], a[:, 2])),
     "cpu_expert": Op(("tokens",), lambda b, h, f: _spec(b, hidden=h, ffn=f),
                      lambda cm, a: cm.cpu_expert(a[:, 0])),
     "attn": Op(("tokens", "batch", "context"),
@@ -331,6 +378,10 @@ OPS: dict[str, Op] = {
     "attn_scores": Op(("tokens", "batch", "context"),
                       lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
                       _attn_scores),
+    "attn_prefill": Op(("tokens", "batch", "seq"),
+                       lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv,
+                                                      head_dim=hd),
+                       _attn_prefill),
     "gate": Op(("tokens",), lambda b, h, e: _spec(b, hidden=h, experts=e),
                lambda cm, a: cm.router_and_shared(a[:, 0])),
     "lm_head": Op(("tokens",), lambda b, h, v: _spec(b, hidden=h, vocab=v),
@@ -342,8 +393,9 @@ OPS: dict[str, Op] = {
 class OpPredictor:
     """Predicted seconds of every point for given CostParams, one CostModel per (op, dims) group."""
 
-    def __init__(self, points: Sequence[Point], system):
+    def __init__(self, points: Sequence[Point], system, replay: bool = False):
         self.system = system
+        self.replay = replay
         self.n = len(points)
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(points):
@@ -355,12 +407,21 @@ class OpPredictor:
     def __call__(self, params: CostParams) -> np.ndarray:
         out = np.empty(self.n)
         for cat, spec, idx, args in self.groups:
-            out[idx] = OPS[cat].call(CostModel(spec, self.system, params), args)
+            out[idx] = OPS[cat].call(CostModel(spec, self.system, params, replay=self.replay), args)
         return out
 
 
-def params_needed(points: Sequence[Point]) -> list[str]:
-    names = {n for p in points for n in OP_PARAMS[p.cat]}
+def param_map(groups: str = "shared", replay: bool = False) -> dict[str, tuple[str, ...]]:
+    """Which parameters each op depends on: one GEMM group for all ("shared", the engine traces'
+    default) or a group per op class ("per-class"); replayed benchmarks add the L2 bandwidth."""
+    base = OP_PARAMS_PER_CLASS if groups == "per-class" else OP_PARAMS
+    gpu_ops = ("gemm", "moe", "expert", "attn_scores", "attn_prefill")
+    return {c: v + (REPLAY_PARAMS if replay and c in gpu_ops else ()) for c, v in base.items()}
+
+
+def params_needed(points: Sequence[Point], pmap: dict | None = None) -> list[str]:
+    pmap = pmap or OP_PARAMS
+    names = {n for p in points for n in pmap[p.cat]}
     pinned = {p.args[2] for p in points if p.cat == "h2d"}
     if pinned != {0.0, 1.0}:  # pageable_eff is a ratio: only copies of both kinds separate it
         names.discard("pageable_eff")
@@ -381,14 +442,16 @@ class Fit:
     degenerate: list[str] = field(default_factory=list)  # only a combination of these is determined
 
 
-def _check_enough(cats: Sequence[str], names: Sequence[str], what: str) -> None:
+def _check_enough(cats: Sequence[str], names: Sequence[str], what: str,
+                  pmap: dict | None = None) -> None:
     """Each parameter needs more points than unknowns among the ops that inform it."""
 
+    pmap = pmap or OP_PARAMS
     count = Counter(cats)
     for name in names:
-        informing = [c for c in count if name in OP_PARAMS.get(c, E2E_PARAMS)]
+        informing = [c for c in count if name in pmap.get(c, E2E_PARAMS)]
         n_points = sum(count[c] for c in informing)
-        unknowns = len({q for c in informing for q in OP_PARAMS.get(c, E2E_PARAMS)} & set(names))
+        unknowns = len({q for c in informing for q in pmap.get(c, E2E_PARAMS)} & set(names))
         need = unknowns + 2
         if n_points < need:
             raise SpecMoEError(
@@ -413,12 +476,17 @@ class FitOptions:
     op_traces: str = "all"
     fix: tuple[tuple[str, float | None], ...] = ()
     max_nfev: int | None = None
+    # "shared": one efficiency group for every weight GEMM (the engine's CPU traces); "per-class":
+    # dense GEMM, grouped MoE, decode and prefill attention each their own (GPU kernel tables)
+    groups: str = "shared"
 
     def __post_init__(self):
         if self.folds < 2:
             raise SpecMoEError(f"folds={self.folds}: need at least 2 for a hold-out")
         if self.op_traces not in ("all", "microbenchmark", "end-to-end"):
             raise SpecMoEError(f"op_traces={self.op_traces!r}: allowed all, microbenchmark, end-to-end")
+        if self.groups not in ("shared", "per-class"):
+            raise SpecMoEError(f"groups={self.groups!r}: allowed shared, per-class")
         if not 0.0 <= self.quantile <= 1.0:
             raise SpecMoEError(f"quantile={self.quantile}: allowed [0, 1]")
         bad = [n for n, _ in self.fix if n not in PARAM_NAMES]
@@ -507,8 +575,8 @@ class Stage:
 
 def fit_stage(predict: Callable[[CostParams], np.ndarray], measured: np.ndarray, cats: list[str],
               labels: list[str], spread: np.ndarray, names: list[str], base: CostParams,
-              opts: FitOptions, what: str) -> Stage:
-    _check_enough(cats, names, what)
+              opts: FitOptions, what: str, pmap: dict | None = None) -> Stage:
+    _check_enough(cats, names, what, pmap)
     full = least_squares_fit(predict, measured, names, base, what, opts)
     dead = unidentified(predict, full, base)
     if dead:  # keep the base value of what the data cannot see, fit the rest again
@@ -605,10 +673,14 @@ def calibrate(trace_paths: Sequence[str | Path], hardware, name: str | None = No
     if not points:
         raise SpecMoEError(f"calibrate: no timed op events (cats {sorted(OPS)}) with at least "
                            f"{opts.min_samples} sample(s) in {[str(t.path) for t in traces]}")
-    names = [n for n in params_needed(points) if n not in fix]
-    ops = fit_stage(OpPredictor(points, base_system), np.array([p.quantile(opts.quantile) for p in points]),
+    replay = any(t.header.get("replay") for t in op_sources)
+    pmap = param_map(opts.groups, replay)
+    names = [n for n in params_needed(points, pmap) if n not in fix]
+    ops = fit_stage(OpPredictor(points, base_system, replay),
+                    np.array([p.quantile(opts.quantile) for p in points]),
                     [p.cat for p in points], [p.label() for p in points],
-                    np.array([p.spread for p in points]), names, base, opts, "calibrate (ops)")
+                    np.array([p.spread for p in points]), names, base, opts, "calibrate (ops)",
+                    pmap)
     params = replace(base, **dict(zip(ops.fit.names, map(float, ops.fit.values))))
     e2e = None if "layer_overhead_us" in fix else _fit_e2e(traces, base_system, params, opts)
     if e2e is not None:
@@ -663,7 +735,7 @@ def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Cali
         "unidentified": calib.unidentified(),
         "options": {"loss": opts.loss, "f_scale": opts.f_scale, "min_samples": opts.min_samples,
                     "quantile": opts.quantile, "op_traces": opts.op_traces,
-                    "fix": dict(opts.fix), "folds": opts.folds},
+                    "fix": dict(opts.fix), "folds": opts.folds, "groups": opts.groups},
         "holdout": {"folds": calib.ops.folds if calib.ops else None, "by": "distinct op configuration",
                     "mape": {k: {kk: (round(vv, 5) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                              for k, v in calib.holdout_mape().items()}},

@@ -17,7 +17,8 @@ from specmoe.errors import SpecMoEError
 from specmoe.fileio import atomic_write, atomic_write_text
 
 SCHEMA = "specmoe.trace/1"
-SOURCES = ("engine", "sim")
+# engine: measured by our engine; sim: simulated; table: imported public measured tables
+SOURCES = ("engine", "sim", "table")
 PHASES = ("prefill", "draft", "verify", "decode", "bench")
 # Event categories; extend here, never elsewhere.
 CATEGORIES = (

@@ -49,6 +49,9 @@ def add_calibrate(sub) -> None:
                         "layer_overhead_us)")
     p.add_argument("--loss", default="soft_l1", choices=("linear", "soft_l1", "huber", "cauchy"),
                    help="least-squares loss on relative residuals (robust by default)")
+    p.add_argument("--groups", default="shared", choices=("shared", "per-class"),
+                   help="one efficiency group for all weight GEMMs, or one per op class (dense "
+                        "GEMM, grouped MoE, decode and prefill attention: GPU kernel tables)")
     p.add_argument("--html", default=None, help="write an HTML report with parity plots here")
     p.add_argument("--transfer-from", default=None,
                    help="no fit: the --hardware target with this calibrated profile's efficiencies")
@@ -82,6 +85,7 @@ def cmd_calibrate(args) -> int:
         min_samples=args.min_samples,
         quantile=args.quantile,
         op_traces=args.op_traces,
+        groups=args.groups,
         fix=tuple(_parse_fix(f) for f in args.fix),
     )
     command = "specmoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["calibrate"] else None

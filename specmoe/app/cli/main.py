@@ -19,6 +19,7 @@ from specmoe.app.cli.flags import (
     output_path,
     print_json,
 )
+from specmoe.app.cli.measurements import add_measurements
 from specmoe.app.cli.parallel import add_plan_parallel
 from specmoe.app.cli.report import add_report
 from specmoe.app.cli.simulate import add_simulate
@@ -208,7 +209,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="(list) print the names as JSON")
     p.set_defaults(func=cmd_models)
 
-    for adder in (add_simulate, add_calibrate, add_sweep, add_report, add_plan_parallel):
+    for adder in (add_simulate, add_calibrate, add_sweep, add_report, add_plan_parallel,
+                  add_measurements):
         adder(sub)
     # The engine imports torch (seconds): load it only when asked for.
     if argv and argv[0] == "engine":

@@ -1,0 +1,39 @@
+"""`specmoe measurements import aiconfigurator`: public measured kernel tables -> traces."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from specmoe.errors import SpecMoEError
+from specmoe.measure import aiconfigurator as aic
+
+
+def add_measurements(sub) -> None:
+    p = sub.add_parser("measurements", help="import public measured kernel tables as traces")
+    msub = p.add_subparsers(dest="measurements_cmd", required=True)
+    q = msub.add_parser("import", help="write specmoe.trace/1 microbenchmark traces of a source's "
+                                       "tables (aiconfigurator: needs the `tables` extra)")
+    q.add_argument("source", choices=("aiconfigurator",))
+    q.add_argument("--gpu", action="append", required=True,
+                   help="aiconfigurator system name, e.g. h100_sxm (repeat; 'all' for every one)")
+    q.add_argument("--backend", action="append", default=None, choices=aic.BACKENDS + ("all",),
+                   help="repeat; default all three")
+    q.add_argument("--version", default=None, help="backend version (default: its `current`)")
+    q.add_argument("-o", "--out", required=True, help="directory for <gpu>-<backend>.jsonl.gz")
+    q.set_defaults(func=cmd_import)
+
+
+def cmd_import(args) -> int:
+    gpus = aic.available_gpus() if "all" in args.gpu else args.gpu
+    backends = aic.BACKENDS if not args.backend or "all" in args.backend else args.backend
+    for gpu in gpus:
+        for backend in backends:
+            try:
+                trace = aic.import_tables(gpu, backend, args.version)
+            except SpecMoEError as e:
+                print(f"skip {gpu}/{backend}: {e}")
+                continue
+            path = aic.write(trace, Path(args.out) / f"{gpu}-{backend}.jsonl.gz")
+            tables = trace.header["provenance"]["tables"]
+            counts = {k: v["rows_imported"] for k, v in tables.items()}
+            print(f"wrote {path}: {counts}")
+    return 0
