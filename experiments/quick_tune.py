@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry", action="store_true", help="tiny shape, 2 candidates (interpreter)")
     a = ap.parse_args(argv)
     from specmoe.kernels import _runtime as rt
+    from specmoe.kernels import moe_config
     from specmoe.kernels import moe_tune as mc
     from specmoe.kernels.fused_moe import fused_moe
     from specmoe.kernels.gating import topk_gating
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         used = len(set(ids.flatten().tolist()))
         nbytes = used * 3 * D * Fi * x.element_size() + 2 * T * D * x.element_size()
         t = {}
-        for label, cfg in (("default", mc.default_config(T, E, k)), ("best", best[T])):
+        for label, cfg in (("default", moe_config.default_config(T, E, k)), ("best", best[T])):
             times = rt.time_fn(lambda cfg=cfg, x=x, w=w, ids=ids: fused_moe(
                 x, w13, w2, w, ids, slots, config=cfg, check_values=False),
                                reps=1 if a.dry else a.reps, warmup=0 if a.dry else 2,

@@ -209,3 +209,12 @@ def test_shallow_first_split(total, layers, cap, expected):
     from specmoe.predictors.sim.policies import shallow_first
 
     assert shallow_first(total, layers, cap).tolist() == expected
+
+
+def test_device_to_host_copies_by_hand():
+    """d2h: per-copy setup plus bytes over the link's D2H bandwidth × efficiency (× pageable)."""
+    p = CostParams(link_eff=0.8, pageable_eff=0.5, transfer_setup_us=4.0)
+    c = CostModel(MIXTRAL, H100, p)
+    bw = H100.link.d2h_gbps * 1e9
+    assert float(c.d2h(1e9, copies=3)) == pytest.approx(3 * 4.0 * US + 1e9 / (bw * 0.8))
+    assert float(c.d2h(1e9, pinned=False)) == pytest.approx(4.0 * US + 1e9 / (bw * 0.4))

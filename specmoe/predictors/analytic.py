@@ -26,7 +26,6 @@ verification over B·(1 + S) positions, τ from the per-level pass probabilities
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -526,19 +525,3 @@ def _check_arrays(batch, gamma, n_draft, alpha, num_experts):
                 name
             ][bad].flat[0]
             raise SpecMoEError(f"{name}={value:g}: {allowed}")
-
-
-def to_rows(result: AnalyticResult) -> list[dict[str, Any]]:
-    """Per-configuration dicts of the scalar outputs (for tables and CSV)."""
-    keys = (
-        "iteration_s",
-        "tokens_per_s",
-        "tpot_ms",
-        "ttft_ms",
-        "h2d_bytes_per_token",
-        "gpu_memory_bytes",
-        "fits",
-    )
-    n = np.size(result.iteration_s)
-    cols = {k: np.ravel(getattr(result, k)) for k in keys}
-    return [{k: cols[k][i].item() for k in keys} for i in range(n)]
