@@ -115,6 +115,22 @@ def roofline(flops, bytes_, peak_flops, bandwidth, t_fixed=0.0):
     return t_fixed + np.maximum(np.asarray(flops) / peak_flops, np.asarray(bytes_) / bandwidth)
 
 
+GEOMETRY = ("tile_m", "tile_n", "moe_block_tokens")
+
+
+def _fixed_geometry(p: CostParams) -> CostParams:
+    """Kernel geometry is one number even when the other parameters are arrays of draws (the
+    intervals never sample it): collapse it to a scalar so the branches on it stay scalar."""
+    fixed = {}
+    for name in GEOMETRY:
+        v = np.asarray(getattr(p, name), dtype=float)
+        if v.ndim:
+            if not np.all(v == v.flat[0]):
+                raise SpecMoEError(f"cost parameter {name}: one value per kernel, got several")
+            fixed[name] = float(v.flat[0])
+    return replace(p, **fixed) if fixed else p
+
+
 class CostModel:
     """Per-op times for one model on one system. Token counts are arrays or scalars."""
 
@@ -123,6 +139,7 @@ class CostModel:
         self.model = model
         self.system = system
         self.p = params or params_for(system)
+        self.p = _fixed_geometry(self.p)
         self.replay = replay          # one op replayed alone: what fits in L2 stays there
         self.tables = tables          # specmoe.costs.tables.Tables or None
         self.sources: dict[str, dict[str, int]] = {}   # op -> {"table": n, "model": n}

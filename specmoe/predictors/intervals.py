@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import norm
 
 from specmoe.costs.evidence import Evidence, evidence_for
-from specmoe.costs.ops import PARAM_NAMES, CostModel, CostParams, params_for
+from specmoe.costs.ops import GEOMETRY, PARAM_NAMES, CostModel, CostParams, params_for
 from specmoe.predictors.analytic import Analytic, AnalyticResult
 
 DRAWS = 25            # (i + ½)/25 puts p10, p50 and p90 exactly on draws 2, 12 and 22
@@ -56,8 +56,9 @@ def draws_for(system, alpha_spread: float = 0.0, draws: int = DRAWS) -> Draws:
     base = params_for(system)
     ev: Evidence = evidence_for(system) if not getattr(system, "ideal", False) else Evidence()
     uncertain = tuple(
-        k for k in PARAM_NAMES if ev.spreads.get(k, 0.0) > 0 and getattr(base, k) is not None
-    )
+        k for k in PARAM_NAMES
+        if ev.spreads.get(k, 0.0) > 0 and getattr(base, k) is not None and k not in GEOMETRY
+    )   # kernel geometry (tile sizes) is a fixed property of the kernels, never drawn
     z = normal_scores(len(uncertain) + 2, draws)
     changes: dict[str, Any] = {}
     for j, k in enumerate(uncertain):
