@@ -33,7 +33,9 @@ def l2_distances(buf: torch.Tensor, device: torch.device | str | None = None) ->
     return d
 
 
-def affinity_ranking(host: list[torch.Tensor], device: torch.device | str | None = None) -> list[list[list[int]]]:
+def affinity_ranking(
+    host: list[torch.Tensor], device: torch.device | str | None = None
+) -> list[list[list[int]]]:
     """Per layer, per expert: all experts of the layer nearest first (the expert itself first)."""
     out = []
     for buf in host:

@@ -1,4 +1,5 @@
-"""MoEConfig: the shapes of a decoder MoE transformer, from a Hugging Face config.json or the catalog."""
+"""MoEConfig: the shapes of a decoder MoE transformer,
+from a Hugging Face config.json or the catalog."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -44,9 +45,13 @@ class MoEConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SpecMoEError(f"MoEConfig.{name}={v!r}: must be an int >= 1")
         if self.shared_expert_ffn < 0:
-            raise SpecMoEError(f"MoEConfig.shared_expert_ffn={self.shared_expert_ffn}: must be >= 0")
+            raise SpecMoEError(
+                f"MoEConfig.shared_expert_ffn={self.shared_expert_ffn}: must be >= 0"
+            )
         if self.heads % self.kv_heads:
-            raise SpecMoEError(f"MoEConfig.heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
+            raise SpecMoEError(
+                f"MoEConfig.heads={self.heads} is not a multiple of kv_heads={self.kv_heads}"
+            )
         if self.head_dim % 2:
             raise SpecMoEError(f"MoEConfig.head_dim={self.head_dim}: RoPE needs an even head_dim")
         if self.top_k > self.experts:
@@ -54,7 +59,9 @@ class MoEConfig:
         if self.dtype not in DTYPES:
             raise SpecMoEError(f"MoEConfig.dtype={self.dtype!r}: allowed {list(DTYPES)}")
         if self.layout not in set(LAYOUTS.values()):
-            raise SpecMoEError(f"MoEConfig.layout={self.layout!r}: allowed {sorted(set(LAYOUTS.values()))}")
+            raise SpecMoEError(
+                f"MoEConfig.layout={self.layout!r}: allowed {sorted(set(LAYOUTS.values()))}"
+            )
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -62,7 +69,8 @@ class MoEConfig:
 
     @property
     def expert_params(self) -> int:
-        """Parameters of one expert: w1 (gate) and w3 (up) [ffn, hidden], w2 (down) [hidden, ffn]."""
+        """Parameters of one expert: w1 (gate) and w3 (up) [ffn, hidden], w2 (down) [hidden,
+        ffn]."""
         return 3 * self.expert_ffn * self.hidden
 
     @property
@@ -96,14 +104,21 @@ class MoEConfig:
                             int(cfg.get("sliding_window") or 4096) if mt == "mixtral" else 4096),
             "dtype": _dtype(cfg.get("torch_dtype") or cfg.get("dtype")), "layout": LAYOUTS[mt]}
         if mt == "mixtral":
-            kw.update(experts=_get(cfg, "num_local_experts"), top_k=_get(cfg, "num_experts_per_tok"),
-                      expert_ffn=_get(cfg, "intermediate_size"), norm_topk_prob=True)
+            kw.update(
+                experts=_get(cfg, "num_local_experts"),
+                top_k=_get(cfg, "num_experts_per_tok"),
+                expert_ffn=_get(cfg, "intermediate_size"),
+                norm_topk_prob=True,
+            )
         else:
             # Qwen releases write num_experts; transformers >= 5 saves it as num_local_experts
             experts = cfg.get("num_experts") or cfg.get("num_local_experts")
-            kw.update(experts=experts or _get(cfg, "num_experts"), top_k=_get(cfg, "num_experts_per_tok"),
-                      expert_ffn=_get(cfg, "moe_intermediate_size"),
-                      norm_topk_prob=bool(cfg.get("norm_topk_prob") or False))
+            kw.update(
+                experts=experts or _get(cfg, "num_experts"),
+                top_k=_get(cfg, "num_experts_per_tok"),
+                expert_ffn=_get(cfg, "moe_intermediate_size"),
+                norm_topk_prob=bool(cfg.get("norm_topk_prob") or False),
+            )
             if mt == "qwen2_moe":
                 kw.update(shared_expert_ffn=int(cfg.get("shared_expert_intermediate_size", 0)),
                           qkv_bias=bool(cfg.get("qkv_bias", True)))
@@ -117,19 +132,24 @@ class MoEConfig:
 
     @classmethod
     def from_spec(cls, spec: Any, layers: int | None = None, **overrides: Any) -> MoEConfig:
-        """From a catalog ModelSpec (specmoe.inputs.models) at its real shapes, with `layers` layers.
+        """From a catalog ModelSpec (specmoe.inputs.models) at its real shapes,
+        with `layers` layers.
 
-        Every layer becomes an MoE layer with GQA attention and SwiGLU experts: exact for Mixtral and
-        Qwen-MoE, the shapes (not every detail) of the other GQA decoder families.
+        Every layer becomes an MoE layer with GQA attention and SwiGLU experts: exact for Mixtral
+        and Qwen-MoE, the shapes (not every detail) of the other GQA decoder families.
         """
         def need(name: str):
             if not hasattr(spec, name):
-                raise SpecMoEError(f"model spec {getattr(spec, 'name', spec)!r} lacks field {name!r}")
+                raise SpecMoEError(
+                    f"model spec {getattr(spec, 'name', spec)!r} lacks field {name!r}"
+                )
             return getattr(spec, name)
 
         name = getattr(spec, "name", "?")
         if getattr(spec, "attention", "gqa") != "gqa":
-            raise SpecMoEError(f"model {name!r}: attention={spec.attention!r}; the engine runs gqa only")
+            raise SpecMoEError(
+                f"model {name!r}: attention={spec.attention!r}; the engine runs gqa only"
+            )
         if getattr(spec, "encoder_layers", 0) or not getattr(spec, "gated_ffn", True):
             raise SpecMoEError(f"model {name!r}: encoder-decoder or non-gated FFN; the engine runs "
                                "decoder-only models with SwiGLU experts")
@@ -137,10 +157,17 @@ class MoEConfig:
         shared = int(getattr(spec, "num_shared_experts", 0) or 0) * int(
             getattr(spec, "shared_expert_intermediate_size", 0) or 0)
         kw: dict[str, Any] = {
-            "hidden": need("hidden_size"), "layers": layers or need("num_layers"), "heads": need("num_heads"),
-            "kv_heads": need("num_kv_heads"), "head_dim": need("head_dim"), "experts": need("num_experts"),
-            "top_k": need("top_k"), "expert_ffn": need("expert_intermediate_size"), "shared_expert_ffn": shared,
-            "vocab": need("vocab_size"), "rope_theta": float(getattr(spec, "rope_theta", 1e6) or 1e6),
+            "hidden": need("hidden_size"),
+            "layers": layers or need("num_layers"),
+            "heads": need("num_heads"),
+            "kv_heads": need("num_kv_heads"),
+            "head_dim": need("head_dim"),
+            "experts": need("num_experts"),
+            "top_k": need("top_k"),
+            "expert_ffn": need("expert_intermediate_size"),
+            "shared_expert_ffn": shared,
+            "vocab": need("vocab_size"),
+            "rope_theta": float(getattr(spec, "rope_theta", 1e6) or 1e6),
             "rms_eps": float(getattr(spec, "rms_norm_eps", 1e-6) or 1e-6),
             "norm_topk_prob": bool(getattr(spec, "norm_topk_prob", True)),
             "qkv_bias": bool(getattr(spec, "attention_bias", False)),
@@ -158,7 +185,8 @@ def _get(cfg: dict[str, Any], key: str):
 
 
 def _rope_theta(cfg: dict[str, Any]) -> float:
-    """transformers >= 5 writes rope_parameters={rope_theta, rope_type}; older configs rope_theta."""
+    """transformers >= 5 writes rope_parameters={rope_theta, rope_type};
+    older configs rope_theta."""
     theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta")
     return float(theta or 1e6)
 
@@ -173,8 +201,12 @@ def _check_unsupported(cfg: dict[str, Any], mt: str) -> None:
     if rs and (rs.get("rope_type") or rs.get("type")) not in (None, "default"):
         raise SpecMoEError(f"config.json rope_scaling={rs}: only unscaled RoPE is supported")
     if cfg.get("mlp_only_layers"):
-        raise SpecMoEError(f"config.json mlp_only_layers={cfg['mlp_only_layers']}: every layer must be MoE")
+        raise SpecMoEError(
+            f"config.json mlp_only_layers={cfg['mlp_only_layers']}: every layer must be MoE"
+        )
     if int(cfg.get("decoder_sparse_step", 1)) != 1:
-        raise SpecMoEError(f"config.json decoder_sparse_step={cfg['decoder_sparse_step']}: only 1 is supported")
+        raise SpecMoEError(
+            f"config.json decoder_sparse_step={cfg['decoder_sparse_step']}: only 1 is supported"
+        )
     if cfg.get("use_sliding_window"):
         raise SpecMoEError("config.json use_sliding_window=true: only full attention is supported")

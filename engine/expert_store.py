@@ -93,7 +93,8 @@ class ExpertStore:
     # ------------------------------------------------------------------ fetching
 
     def acquire(self, layer: int, expert: int) -> int:
-        """The slot holding the expert, fetching it on a miss; the slot stays locked until release."""
+        """The slot holding the expert, fetching it on a miss;
+        the slot stays locked until release."""
         s = self.lookup(layer, expert)
         if s is None:
             self.stats.misses += 1
@@ -206,7 +207,8 @@ class ExpertStore:
             self.pinned.discard(s)
 
     def _drop(self, s: int) -> None:
-        self._mark_use(s)  # every read of s was launched before now (drafts use pinned slots unlocked)
+        # every read of s was launched before now (drafts use pinned slots unlocked)
+        self._mark_use(s)
         self.pinned.discard(s)
         self.cached.pop(s, None)
         self.locked.discard(s)
@@ -215,7 +217,8 @@ class ExpertStore:
         self.free.append(s)
 
     def _mark_use(self, s: int) -> None:
-        """Record where the compute stream is, so a later copy into s waits for readers to finish."""
+        """Record where the compute stream is,
+        so a later copy into s waits for readers to finish."""
         if self.cuda:
             ev = torch.cuda.Event()
             ev.record(torch.cuda.current_stream(self.device))

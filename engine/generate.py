@@ -1,4 +1,5 @@
-"""Engine: a model, its expert store and a policy; generate() runs prefill then decode or speculation.
+"""Engine: a model, its expert store and a policy;
+generate() runs prefill then decode or speculation.
 
 Static batching: the batch stays whole until every sequence has max_new_tokens. A sequence that is
 done keeps its place (its positions are recomputed and discarded) so every step sees batch B, as
@@ -60,7 +61,8 @@ class GenerationStats:
     misses: int = 0
     policy_counters: dict[str, int] = field(default_factory=dict)
     synthetic_acceptance: float | None = None
-    gamma_by_round: list[int] = field(default_factory=list)  # γ of each round (varies with --gamma auto)
+    # γ of each round (varies with --gamma auto)
+    gamma_by_round: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,7 +97,9 @@ class Engine:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise SpecMoEError("device='cuda' but CUDA is not available; use device='cpu'")
         w = as_weights(model_or_weights)
-        cfg = w.cfg.with_(max_batch=max_batch or w.cfg.max_batch, max_seq_len=max_seq_len or w.cfg.max_seq_len)
+        cfg = w.cfg.with_(
+            max_batch=max_batch or w.cfg.max_batch, max_seq_len=max_seq_len or w.cfg.max_seq_len
+        )
         validate_policy(policy, cfg.experts, cfg.layers)
         provider_class(policy)
         policy = resolve_residency(policy, cfg)     # the trace header records the number used
@@ -120,14 +124,20 @@ class Engine:
         if policy.name == "eagle":
             self._init_draft(draft)
         elif draft is not None:
-            raise SpecMoEError(f"draft model given but policy={policy.name!r} does not use one (use eagle)")
+            raise SpecMoEError(
+                f"draft model given but policy={policy.name!r} does not use one (use eagle)"
+            )
 
     def _init_draft(self, draft) -> None:
         if draft is None:
-            raise SpecMoEError("policy eagle needs a separate draft model (draft=Weights|MoEConfig|path)")
+            raise SpecMoEError(
+                "policy eagle needs a separate draft model (draft=Weights|MoEConfig|path)"
+            )
         dw = as_weights(draft, seed=1)
         if dw.cfg.vocab != self.cfg.vocab:
-            raise SpecMoEError(f"draft vocab={dw.cfg.vocab} differs from the target's vocab={self.cfg.vocab}")
+            raise SpecMoEError(
+                f"draft vocab={dw.cfg.vocab} differs from the target's vocab={self.cfg.vocab}"
+            )
         dcfg = dw.cfg.with_(max_batch=self.cfg.max_batch, max_seq_len=self.cfg.max_seq_len)
         experts = ResidentExperts(dcfg, dw.experts, self.device, self.tracer)
         self.draft = Transformer(dcfg, dw.dense, experts, self.device, self.tracer)
@@ -155,8 +165,9 @@ class Engine:
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, synthetic_acceptance: float | None = None,
                  record_routing: bool = False, gamma_controller=None) -> GenerationResult:
-        """`gamma_controller` (e.g. specmoe.planning.search.GammaController): γ is its `.gamma` at start and
-        whatever its `.observe(accepted, drafted)` returns after each round, within its `.gammas`."""
+        """`gamma_controller` (e.g. specmoe.planning.search.GammaController): γ is its `.gamma` at
+        start and whatever its `.observe(accepted, drafted)` returns after each round, within its
+        `.gammas`."""
         self._check(prompts, max_new_tokens, temperature, synthetic_acceptance)
         B = len(prompts)
         spec = self.policy.speculative and B >= self.policy.spec_min_batch
@@ -166,7 +177,8 @@ class Engine:
         if ctl is not None:
             gamma = int(ctl.gamma)
         alpha = synthetic_acceptance if spec else None
-        # A finished sequence rides along in the batch: it may have overshot by γ and still verifies γ+1.
+        # A finished sequence rides along in the batch:
+        # it may have overshot by γ and still verifies γ+1.
         tree = int(tree_size(gmax, self.policy.tree_width, self.policy.tree_levels)) - gmax
         self.cache.check(B, max(map(len, prompts)) + max_new_tokens + 2 * gmax + 1 + tree)
         self.provider.seed = seed
@@ -188,7 +200,9 @@ class Engine:
     def _check(self, prompts, max_new_tokens, temperature, alpha) -> None:
         if not prompts or not all(isinstance(p, (list, tuple)) and p for p in prompts):
             raise SpecMoEError("prompts: need a non-empty list of non-empty token id lists")
-        bad = [t for p in prompts for t in p if not isinstance(t, int) or not 0 <= t < self.cfg.vocab]
+        bad = [
+            t for p in prompts for t in p if not isinstance(t, int) or not 0 <= t < self.cfg.vocab
+        ]
         if bad:
             raise SpecMoEError(f"prompt token ids {bad[:5]} outside 0..{self.cfg.vocab - 1}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -210,9 +224,13 @@ class Engine:
                          "seed": seed, "speculative": spec, "synthetic_acceptance": alpha},
             "policy": self.policy.to_dict(),
             "synthetic_acceptance": alpha,
-            "engine": {"expert_slots": self.store.n_slots, "cuda_graphs": self.graphs is not None, "expert_bytes": self.cfg.expert_bytes,
-                       "kernels_at_start": ops.active_kernels(),
-                       "draft_model": self.draft.cfg.to_dict() if self.draft else None},
+            "engine": {
+                "expert_slots": self.store.n_slots,
+                "cuda_graphs": self.graphs is not None,
+                "expert_bytes": self.cfg.expert_bytes,
+                "kernels_at_start": ops.active_kernels(),
+                "draft_model": self.draft.cfg.to_dict() if self.draft else None,
+            },
         }
 
 
@@ -321,7 +339,9 @@ class _Run:
             n, nxt = accept_sampling(drafts, q, probs(logits, self.T), self.gen)
         self._commit(n.tolist(), nxt.tolist(), drafts.tolist(), active)
 
-    def _commit(self, n: list[int], nxt: list[int], drafts: list[list[int]], active: list[bool]) -> None:
+    def _commit(
+        self, n: list[int], nxt: list[int], drafts: list[list[int]], active: list[bool]
+    ) -> None:
         e, st = self.e, self.stats
         new_pending = self.pending.tolist()
         for b in range(self.B):
@@ -355,4 +375,6 @@ class _Run:
         st.weight_bytes_h2d, st.experts_fetched = store.weight_bytes_h2d, store.experts_fetched
         st.prefetched, st.hits, st.misses = store.prefetched, store.hits, store.misses
         st.policy_counters = self.e.provider.stats()
-        return GenerationResult(toks, st, self.e.provider.routing_record() if record_routing else None)
+        return GenerationResult(
+            toks, st, self.e.provider.routing_record() if record_routing else None
+        )

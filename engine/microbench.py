@@ -2,7 +2,8 @@
 
 They time the ops the engine itself runs on this device, at the shapes of the public measured
 tables (aiconfigurator-style: fused MoE by tokens and experts, GEMM m/n/k, decode attention batch
-x context), so engine rows and imported public rows compare row for row (specmoe.fit.calibrate fits them):
+x context), so engine rows and imported public rows compare row for row
+(specmoe.fit.calibrate fits them):
   gemm        x[m, k] @ W[n, k]^T as the engine's dense layers, shape [m, n, k]
   moe         the engine's MoE compute over slots (moe.run_slots: the Triton fused_moe on CUDA,
               per-expert torch elsewhere), tokens T, experts (distinct, with tokens), top_k,
@@ -180,8 +181,13 @@ class Bench:
                           shape=[B, queries, ctx, heads, kv_heads, head_dim], **how)
                 del sets
 
-    def copy(self, sizes: Iterable[int], direction: str = "h2d", pinned: Iterable[bool] = (True, False),
-             chunks: Iterable[int | None] = (None,)) -> None:
+    def copy(
+        self,
+        sizes: Iterable[int],
+        direction: str = "h2d",
+        pinned: Iterable[bool] = (True, False),
+        chunks: Iterable[int | None] = (None,),
+    ) -> None:
         """Host<->device copies of `sizes` bytes; on a CPU device both ends are host buffers."""
         if direction not in ("h2d", "d2h"):
             raise SpecMoEError(f"direction={direction!r}: allowed h2d, d2h")
@@ -196,9 +202,20 @@ class Bench:
                 src, dst = (host, dev) if direction == "h2d" else (dev, host)
                 for chunk in chunks:
                     c = chunk or size
-                    s = _time(lambda d=dst, s=src, c=c: _chunked_copy(d, s, c, stream), self.device, self.reps)
-                    self._add(f"copy_{direction}", direction, s, bytes=size, pinned=pin,
-                              chunk=c, stream="copy")
+                    s = _time(
+                        lambda d=dst, s=src, c=c: _chunked_copy(d, s, c, stream),
+                        self.device,
+                        self.reps,
+                    )
+                    self._add(
+                        f"copy_{direction}",
+                        direction,
+                        s,
+                        bytes=size,
+                        pinned=pin,
+                        chunk=c,
+                        stream="copy",
+                    )
 
     def cpu_expert(self, hidden: int, ffn: int, tokens: Iterable[int]) -> None:
         w13 = torch.randn(2 * ffn, hidden).to(self.dtype)

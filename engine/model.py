@@ -27,7 +27,9 @@ from specmoe.errors import SpecMoEError
 class KVCache:
     """[batch, max_seq_len, kv_heads, head_dim] per layer for K and V, plus per-sequence lengths."""
 
-    def __init__(self, cfg: MoEConfig, batch: int, seq_len: int, device: torch.device | str) -> None:
+    def __init__(
+        self, cfg: MoEConfig, batch: int, seq_len: int, device: torch.device | str
+    ) -> None:
         shape = (batch, seq_len, cfg.kv_heads, cfg.head_dim)
         dt = cfg.torch_dtype
         self.k = [torch.zeros(shape, dtype=dt, device=device) for _ in range(cfg.layers)]
@@ -37,7 +39,9 @@ class KVCache:
 
     def check(self, batch: int, longest: int) -> None:
         if batch > self.batch:
-            raise SpecMoEError(f"batch={batch} is larger than the KV cache (max_batch={self.batch})")
+            raise SpecMoEError(
+                f"batch={batch} is larger than the KV cache (max_batch={self.batch})"
+            )
         if longest > self.seq_len:
             raise SpecMoEError(f"sequence length {longest} (prompt + max_new_tokens + 2·gamma + 1) "
                                f"exceeds the KV cache (max_seq_len={self.seq_len})")
@@ -84,7 +88,9 @@ class Transformer:
         span an upper bound of max(pos) + 1 (the torch path's mask width). Reads nothing back,
         so it can be captured in a CUDA graph (graphs.DraftGraph)."""
         lens = pos_d[:, 0].contiguous()
-        mask = (torch.arange(span, device=self.device)[None, None, None, :] <= pos_d[:, None, :, None])
+        mask = (
+            torch.arange(span, device=self.device)[None, None, None, :] <= pos_d[:, None, :, None]
+        )
         cos, sin = self.cos[pos_d][:, :, None, :], self.sin[pos_d][:, :, None, :]
         h = self.w["embed"][tokens]
         for l in range(self.cfg.layers):
@@ -103,7 +109,9 @@ class Transformer:
         tok = self.tracer.begin(name="attn")
         B, T, _ = h.shape
         q = self.qkv_into_cache(l, h, cache, pos, cos, sin)
-        o = ops.cache_attention(q, cache.k[l][:B], cache.v[l][:B], lens, span, mask).reshape(B, T, -1)
+        o = ops.cache_attention(q, cache.k[l][:B], cache.v[l][:B], lens, span, mask).reshape(
+            B, T, -1
+        )
         out = o @ w[p + "wo"].t()
         if self.tracer.enabled:
             self.tracer.end(tok, "attn", "attn", layer=l, phase=phase, tokens=B * T, context=span,

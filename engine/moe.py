@@ -70,7 +70,8 @@ def run_slots(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, slot_of
 
 
 class ResidentExperts:
-    """Every expert of every layer on the device: a separate draft model, or the no-offload reference."""
+    """Every expert of every layer on the device: a separate draft model,
+    or the no-offload reference."""
 
     def __init__(self, cfg: MoEConfig, host: list[torch.Tensor], device: torch.device | str,
                  tracer=None) -> None:

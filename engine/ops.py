@@ -43,14 +43,16 @@ def _want(device_type: str, dtype: torch.dtype) -> bool:
 
 
 def _kernel(name: str, t: torch.Tensor, check: Callable[[Callable], bool]) -> Callable | None:
-    """specmoe.kernels.<name> if wanted, importable and agreeing with torch on a probe, else None."""
+    """specmoe.kernels.<name> if wanted, importable and agreeing with torch on a probe,
+    else None."""
     if not _want_triton(t):
         return None
     key = _key(name, t.device, t.dtype)
     if key not in _checked:
         fn = None
         try:
-            # from the submodule: once imported, it shadows the package's lazy attribute of that name
+            # from the submodule: once imported,
+            # it shadows the package's lazy attribute of that name
             cand = getattr(importlib.import_module(f"specmoe.kernels.{name}"), name)
             if check(cand):
                 fn = cand
@@ -140,8 +142,11 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- attention
 
 
-def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """q [B, Hq, T, D], k/v [B, Hkv, S, D], mask [B, 1, T, S] bool (True = attend) -> [B, Hq, T, D]."""
+def attention_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """q [B, Hq, T, D], k/v [B, Hkv, S, D], mask [B, 1, T, S] bool (True = attend) -> [B, Hq, T,
+    D]."""
     rep = q.shape[1] // k.shape[1]
     if rep > 1:
         k = k.repeat_interleave(rep, dim=1)
@@ -184,8 +189,11 @@ def cache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 
 def route(logits: torch.Tensor, top_k: int, norm_topk: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over experts in fp32, top-k, optional renormalisation -> (weights fp32, ids int64)."""
-    probs = torch.softmax(logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), -1)
+    """Softmax over experts in fp32, top-k, optional renormalisation -> (weights fp32, ids
+    int64)."""
+    probs = torch.softmax(
+        logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), -1
+    )
     w, ids = torch.topk(probs, top_k, dim=-1)
     if norm_topk:
         w = w / w.sum(-1, keepdim=True)

@@ -37,8 +37,16 @@ DEFAULT_CPU_THRESHOLD = 8     # tokens: at most this many run on the host (Fiddl
 class OnDemand:
     """Fetch each needed expert when its layer runs; nothing stays resident."""
 
-    def __init__(self, policy: Policy, cfg: MoEConfig, store: ExpertStore, gates: list[torch.Tensor],
-                 tracer=None, seed: int = 0, **_opts) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        cfg: MoEConfig,
+        store: ExpertStore,
+        gates: list[torch.Tensor],
+        tracer=None,
+        seed: int = 0,
+        **_opts,
+    ) -> None:
         self.policy, self.cfg, self.store, self.gates = policy, cfg, store, gates
         self.tracer = tracer or NullTracer()
         self.seed = seed
@@ -91,7 +99,8 @@ class OnDemand:
         return y
 
     def predict(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
-        """Device tensor of experts to prefetch for a later layer (read with the routing), or None."""
+        """Device tensor of experts to prefetch for a later layer (read with the routing),
+        or None."""
         return None
 
     def _read_routing(self, layer: int, x: torch.Tensor,
@@ -216,7 +225,8 @@ class Caching(OnDemand):
 
 class CpuOffload(Caching):
     """Fiddler: a non-resident expert with few tokens runs on the host with the host weights (only
-    activations cross the link); one with many tokens is fetched. Hot experts pinned as in Caching."""
+    activations cross the link); one with many tokens is fetched. Hot experts
+    pinned as in Caching."""
 
     keep = "free"
     fetch_hot = True  # the prefill ran most experts on the host; the hot ones go to the device now
@@ -263,9 +273,15 @@ class SpecMoE(OnDemand):
         super().__init__(*args, **kw)
         n = self.policy.draft_experts
         if n > self.cfg.experts:
-            raise SpecMoEError(f"draft_experts={n}: the model has only {self.cfg.experts} experts per layer")
+            raise SpecMoEError(
+                f"draft_experts={n}: the model has only {self.cfg.experts} experts per layer"
+            )
         self.n = n
-        self.rank = affinity if affinity is not None else affinity_ranking(self.store.host, self.store.device)
+        self.rank = (
+            affinity
+            if affinity is not None
+            else affinity_ranking(self.store.host, self.store.device)
+        )
 
     @staticmethod
     def slots_needed(policy: Policy, cfg: MoEConfig) -> int:
@@ -376,4 +392,10 @@ def make_provider(policy: Policy, cfg: MoEConfig, store: ExpertStore, gates, tra
     return provider_class(policy)(policy, cfg, store, gates, tracer, **opts)
 
 
-__all__ = ["ENGINE_POLICIES", "default_slots", "make_provider", "provider_class", "resolve_residency"]
+__all__ = [
+    "ENGINE_POLICIES",
+    "default_slots",
+    "make_provider",
+    "provider_class",
+    "resolve_residency",
+]

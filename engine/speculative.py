@@ -1,4 +1,5 @@
-"""Speculative decoding: draft gamma tokens, verify gamma+1 positions at once, keep the agreeing prefix.
+"""Speculative decoding: draft gamma tokens, verify gamma+1 positions at once,
+keep the agreeing prefix.
 
 Position bookkeeping (per sequence b): the cache holds L committed positions and one sampled token,
 `pending`, is not in it yet. A round drafts d1..dg from pending, verifies [pending, d1..dg] at
@@ -36,7 +37,9 @@ def _leading(ok: torch.Tensor) -> torch.Tensor:
     return ok.to(torch.int64).cumprod(dim=1).sum(dim=1)
 
 
-def accept_greedy(drafts: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def accept_greedy(
+    drafts: torch.Tensor, target_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """drafts [B, g], target_logits [B, g+1, V] -> (accepted n [B], next token [B])."""
     g = drafts.shape[1]
     best = target_logits.argmax(-1)
@@ -61,8 +64,14 @@ def accept_sampling(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
     return n, torch.multinomial(row, 1, generator=gen).squeeze(1)
 
 
-def accept_synthetic(g: int, target_logits: torch.Tensor, alpha: float, coin: torch.Generator,
-                     temperature: float, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def accept_synthetic(
+    g: int,
+    target_logits: torch.Tensor,
+    alpha: float,
+    coin: torch.Generator,
+    temperature: float,
+    gen: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Accept each draft with probability alpha (seeded coin); the next token is the target's."""
     B = target_logits.shape[0]
     n = _leading(torch.rand(B, g, generator=coin) < alpha).to(target_logits.device)
@@ -93,8 +102,16 @@ def draft_self(model: Transformer, cache: KVCache, pending: torch.Tensor, gamma:
     return torch.stack(drafts, 1), (torch.stack(qs, 1) if qs else None)
 
 
-def draft_separate(draft: Transformer, cache: KVCache, prev: torch.Tensor, pending: torch.Tensor,
-                   gamma: int, temperature: float, gen, step: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def draft_separate(
+    draft: Transformer,
+    cache: KVCache,
+    prev: torch.Tensor,
+    pending: torch.Tensor,
+    gamma: int,
+    temperature: float,
+    gen,
+    step: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A separate draft model with its own cache, kept at the target's committed length L. The first
     step feeds [prev, pending] at L-1, L: after a round that accepted all g drafts the draft model
     never saw the last one, and re-feeding position L-1 otherwise rewrites what is already there."""
@@ -116,7 +133,9 @@ def draft_separate(draft: Transformer, cache: KVCache, prev: torch.Tensor, pendi
     return torch.stack(drafts, 1), (torch.stack(qs, 1) if qs else None)
 
 
-def verify(model: Transformer, cache: KVCache, pending: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+def verify(
+    model: Transformer, cache: KVCache, pending: torch.Tensor, drafts: torch.Tensor
+) -> torch.Tensor:
     """Target logits [B, g+1, V] for [pending, d1..dg] at positions L..L+g (causal among them)."""
     toks = torch.cat((pending[:, None], drafts), dim=1)
     return model.logits(model.forward(toks, cache, "verify"))

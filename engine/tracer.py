@@ -7,7 +7,8 @@ event, so tracing adds no synchronisation. On the CPU a span is two time.perf_co
 Python gaps: when a span opens on an idle compute stream (after a host sync, say), its begin event
 fires at once and the span would time the host's Python until the first kernel is enqueued. So
 the tracer then gives the host a head start (op spans only, those that pass `name` to begin;
-composite spans such as iteration or verify keep the wall time the host spends): a short device sleep before the begin event, as long
+composite spans such as iteration or verify keep the wall time the host spends): a short device
+sleep before the begin event, as long
 as the host took to enqueue that span last time (per span name, moving average, capped), so the
 span's kernels are queued by the time the event fires and the span measures device work. The
 stream was idle anyway; a head start too long delays the GPU by the excess only.
@@ -204,10 +205,18 @@ def _cpu_name() -> str:
 
 
 def _nvidia_smi(idx: int) -> dict[str, Any]:
-    q = "driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.limit,pcie.link.gen.current,pcie.link.width.current"
+    q = (
+        "driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.limit,"
+        "pcie.link.gen.current,pcie.link.width.current"
+    )
     try:
-        out = subprocess.run(["nvidia-smi", f"--id={idx}", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        out = subprocess.run(
+            ["nvidia-smi", f"--id={idx}", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
     keys = ("driver", "sm_clock_mhz", "mem_clock_mhz", "max_sm_clock_mhz", "power_limit_w",

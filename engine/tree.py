@@ -68,13 +68,17 @@ def build_tree(gamma: int, width: int, levels: int | None = None) -> Tree:
         while j >= 0:
             anc[i, j] = True
             j = parent[j]
-    return Tree(tuple(parent), tuple(depth), tuple(map(tuple, children)), tuple(map(tuple, by_level)), anc)
+    return Tree(
+        tuple(parent), tuple(depth), tuple(map(tuple, children)), tuple(map(tuple, by_level)), anc
+    )
 
 
 # ----------------------------------------------------------------------------- the tree pass
 
 
-def tree_forward(model, tokens: torch.Tensor, nodes: list[int], cache, tree: Tree, phase: str) -> torch.Tensor:
+def tree_forward(
+    model, tokens: torch.Tensor, nodes: list[int], cache, tree: Tree, phase: str
+) -> torch.Tensor:
     """Hidden states [B, n, hidden] of tree nodes `nodes` (tokens [B, n]) whose ancestors are in the
     cache already; writes their K/V at slots L + node."""
     B, n = tokens.shape
@@ -84,13 +88,15 @@ def tree_forward(model, tokens: torch.Tensor, nodes: list[int], cache, tree: Tre
     slots = base + idx[None]
     span = int(slots.max()) + 1
     if span > cache.seq_len:
-        raise SpecMoEError(f"draft tree reaches position {span - 1}, beyond max_seq_len={cache.seq_len}")
+        raise SpecMoEError(
+            f"draft tree reaches position {span - 1}, beyond max_seq_len={cache.seq_len}"
+        )
     rope = (base + torch.tensor([tree.depth[i] for i in nodes])[None]).to(dev)
     key = torch.arange(span)[None, None, :] - base[:, :, None]                       # [B, 1, span]
     in_tree = (key >= 0) & (key < tree.size)
     anc = tree.ancestors[idx][None, :, :].expand(B, n, tree.size)                    # [B, n, N]
     tree_ok = torch.gather(anc, 2, key.clamp(0, tree.size - 1).expand(B, n, span))
-    mask = ((key < 0) | (in_tree & tree_ok))[:, None].to(dev)                       # [B, 1, n, span]
+    mask = ((key < 0) | (in_tree & tree_ok))[:, None].to(dev)  # [B, 1, n, span]
     cos, sin = model.cos[rope][:, :, None, :], model.sin[rope][:, :, None, :]
     slots = slots.to(dev)
     h = model.w["embed"][tokens.to(dev)]
@@ -110,7 +116,7 @@ def _attention(model, l, h, cache, slots, span, mask, cos, sin) -> torch.Tensor:
 
 
 
-# ----------------------------------------------------------------------------- draft, verify, accept
+# ------------------------------------------------------------------------- draft, verify, accept
 
 
 def draft_tree(model, cache, pending: torch.Tensor, tree: Tree, temperature: float, gen):
@@ -129,9 +135,14 @@ def draft_tree(model, cache, pending: torch.Tensor, tree: Tree, temperature: flo
             else:
                 q = probs(logits[:, j], temperature)
                 qs[node] = q
-                gumbel = -torch.log(-torch.log(
-                    torch.rand(q.shape, generator=gen, device=q.device, dtype=q.dtype).clamp_min(1e-30)))
-                pick = (q.log() + gumbel).topk(len(kids), dim=-1).indices      # without replacement
+                gumbel = -torch.log(
+                    -torch.log(
+                        torch.rand(
+                            q.shape, generator=gen, device=q.device, dtype=q.dtype
+                        ).clamp_min(1e-30)
+                    )
+                )
+                pick = (q.log() + gumbel).topk(len(kids), dim=-1).indices  # without replacement
             toks[:, list(kids)] = pick
     return toks, qs
 
@@ -206,7 +217,9 @@ def tree_round(run) -> None:
     toks, qs = draft_tree(e.model, e.cache, run.pending, tree, run.T, run.gen)
     run._phase("verify")
     with e.tracer.span("verify", "verify", step=run.step, phase="verify", tokens=B * tree.size):
-        logits = e.model.logits(tree_forward(e.model, toks, list(range(tree.size)), e.cache, tree, "verify"))
+        logits = e.model.logits(
+            tree_forward(e.model, toks, list(range(tree.size)), e.cache, tree, "verify")
+        )
     paths, nxt = accept_tree(tree, toks, logits, qs, run.T, run.gen)
     commit_paths(e.cache, B, paths, active)
     tok_lists = toks.tolist()

@@ -133,16 +133,31 @@ def dense_shapes(cfg: MoEConfig) -> dict[str, tuple[int, ...]]:
         shapes["lm_head"] = (cfg.vocab, h)
     for l in range(cfg.layers):
         p = f"layers.{l}."
-        shapes.update({p + "attn_norm": (h,), p + "mlp_norm": (h,), p + "wq": (q, h), p + "wk": (kv, h),
-                       p + "wv": (kv, h), p + "wo": (h, q), p + "gate": (cfg.experts, h)})
+        shapes.update(
+            {
+                p + "attn_norm": (h,),
+                p + "mlp_norm": (h,),
+                p + "wq": (q, h),
+                p + "wk": (kv, h),
+                p + "wv": (kv, h),
+                p + "wo": (h, q),
+                p + "gate": (cfg.experts, h),
+            }
+        )
         if cfg.qkv_bias:
             shapes.update({p + "bq": (q,), p + "bk": (kv,), p + "bv": (kv,)})
         if cfg.qk_norm:
             shapes.update({p + "q_norm": (cfg.head_dim,), p + "k_norm": (cfg.head_dim,)})
         if cfg.shared_expert_ffn:
             s = cfg.shared_expert_ffn
-            shapes.update({p + "shared_w1": (s, h), p + "shared_w3": (s, h), p + "shared_w2": (h, s),
-                           p + "shared_gate": (1, h)})
+            shapes.update(
+                {
+                    p + "shared_w1": (s, h),
+                    p + "shared_w3": (s, h),
+                    p + "shared_w2": (h, s),
+                    p + "shared_gate": (1, h),
+                }
+            )
     return shapes
 
 
@@ -238,8 +253,10 @@ def load_weights(path: str | Path, layers: int | None = None, pin: bool = False,
         raise SpecMoEError(f"weights directory {root}: no config.json")
     hf = json.loads(cfg_path.read_text())
     if hf.get("model_type") not in LAYOUTS:
-        raise SpecMoEError(f"{cfg_path}: unknown weight layout model_type={hf.get('model_type')!r}; "
-                           f"allowed {list(LAYOUTS)}")
+        raise SpecMoEError(
+            f"{cfg_path}: unknown weight layout model_type={hf.get('model_type')!r}; "
+            f"allowed {list(LAYOUTS)}"
+        )
     if layers is not None:
         cfg_overrides["layers"] = layers
     if dtype is not None:
@@ -351,8 +368,19 @@ def to_hf_config(cfg: MoEConfig) -> dict:
         return dict(model_type="mixtral", num_local_experts=cfg.experts,
                     intermediate_size=cfg.expert_ffn, **common)
     if cfg.qk_norm:
-        return dict(model_type="qwen3_moe", num_experts=cfg.experts, moe_intermediate_size=cfg.expert_ffn,
-                    norm_topk_prob=cfg.norm_topk_prob, **common)
-    return dict(model_type="qwen2_moe", num_experts=cfg.experts, moe_intermediate_size=cfg.expert_ffn,
-                norm_topk_prob=cfg.norm_topk_prob, qkv_bias=cfg.qkv_bias,
-                shared_expert_intermediate_size=cfg.shared_expert_ffn, **common)
+        return dict(
+            model_type="qwen3_moe",
+            num_experts=cfg.experts,
+            moe_intermediate_size=cfg.expert_ffn,
+            norm_topk_prob=cfg.norm_topk_prob,
+            **common,
+        )
+    return dict(
+        model_type="qwen2_moe",
+        num_experts=cfg.experts,
+        moe_intermediate_size=cfg.expert_ffn,
+        norm_topk_prob=cfg.norm_topk_prob,
+        qkv_bias=cfg.qkv_bias,
+        shared_expert_intermediate_size=cfg.shared_expert_ffn,
+        **common,
+    )

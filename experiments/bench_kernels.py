@@ -296,7 +296,9 @@ def main(argv=None) -> int:
 
     if not torch.cuda.is_available():
         if not args.tiny:
-            raise SystemExit("no CUDA GPU: run with --tiny (kernels then run under the interpreter)")
+            raise SystemExit(
+                "no CUDA GPU: run with --tiny (kernels then run under the interpreter)"
+            )
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before specmoe.kernels imports triton
     import triton
     from specmoe.kernels import _runtime as rt

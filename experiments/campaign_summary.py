@@ -93,7 +93,9 @@ def e2e(out: Path, res: dict) -> list[str]:
     for (pol, b, g), v in sorted(tps.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
         lines.append(f"  {pol:9s} b={b:4d} g={g}: {statistics.median(v):9.1f}")
     for b in sorted({k[1] for k in tps}):
-        base = [statistics.median(v) for (p, bb, _), v in tps.items() if p == "ondemand" and bb == b]
+        base = [
+            statistics.median(v) for (p, bb, _), v in tps.items() if p == "ondemand" and bb == b
+        ]
         spec = [statistics.median(v) for (p, bb, _), v in tps.items() if p == "specmoe" and bb == b]
         if base and spec and base[0] > 0:
             ratio = max(spec) / base[0]

@@ -65,7 +65,9 @@ def model_config(preset: str, layers: int | None, max_batch: int, max_seq_len: i
     from specmoe.engine.config import MoEConfig
 
     over = {"layers": layers} if layers else {}
-    return MoEConfig(**{**PRESETS[preset], **over, "max_batch": max_batch, "max_seq_len": max_seq_len})
+    return MoEConfig(
+        **{**PRESETS[preset], **over, "max_batch": max_batch, "max_seq_len": max_seq_len}
+    )
 
 
 def seq_len_needed(prompt_len: int, max_new: int, gamma: int) -> int:
@@ -74,10 +76,22 @@ def seq_len_needed(prompt_len: int, max_new: int, gamma: int) -> int:
     return prompt_len + max_new + 2 * gamma + 2
 
 
-def run_one(w, run: dict, path: Path, *, device: str = "cpu", prompt_len: int = 16,
-            max_new_tokens: int = 16, synthetic_acceptance: float = 0.7,
-            resident_experts: int | None = 2, warmup_tokens: int = 4, seed: int = 0,
-            max_interference: float = 1.15, max_tries: int = 4, affinity: list | None = None) -> float:
+def run_one(
+    w,
+    run: dict,
+    path: Path,
+    *,
+    device: str = "cpu",
+    prompt_len: int = 16,
+    max_new_tokens: int = 16,
+    synthetic_acceptance: float = 0.7,
+    resident_experts: int | None = 2,
+    warmup_tokens: int = 4,
+    seed: int = 0,
+    max_interference: float = 1.15,
+    max_tries: int = 4,
+    affinity: list | None = None,
+) -> float:
     """One traced generate() of `run` = {policy, batch, gamma, draft_experts}; returns tokens/s.
 
     On a CPU shared with other work, a run whose wall time exceeds its own CPU time by more than
@@ -163,8 +177,12 @@ def main(args) -> list[Path]:
     if args.threads:
         torch.set_num_threads(args.threads)
     runs = plan(args)
-    cfg = model_config(args.preset, args.layers, max(r["batch"] for _, r in runs),
-                       seq_len_needed(args.prompt_len, args.max_new_tokens, max(r["gamma"] for _, r in runs)))
+    cfg = model_config(
+        args.preset,
+        args.layers,
+        max(r["batch"] for _, r in runs),
+        seq_len_needed(args.prompt_len, args.max_new_tokens, max(r["gamma"] for _, r in runs)),
+    )
     cuda = args.device.startswith("cuda")
     t0 = time.perf_counter()
     # On a GPU the weights are drawn there and copied into the pinned host arena (seconds, where

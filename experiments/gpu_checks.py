@@ -66,7 +66,9 @@ def kernels_match_references(ctx) -> str:
         slot = torch.arange(E, dtype=torch.int32)
         slot[list(drop)] = -1
         slot = slot.to(dev)
-        err = rel_err(fused_moe(x, w13, w2, tw, ids, slot), fused_moe_reference(x, w13, w2, tw, ids, slot))
+        err = rel_err(
+            fused_moe(x, w13, w2, tw, ids, slot), fused_moe_reference(x, w13, w2, tw, ids, slot)
+        )
         assert err < BF16_TOL, f"fused_moe T={T}: rel err {err:.2e}"
         out.append(f"fused_moe T={T} {err:.1e}")
     for B, S, Q in ((4, 4096, 1), (4, 4096, 5)) if not dry else ((2, 40, 1), (2, 40, 3)):
@@ -98,7 +100,9 @@ def moe_align_parallel_at_scale(ctx) -> str:
     dev, dry = ctx["dev"], ctx["dry"]
     E, T, k = (128, 300, 8) if dry else (128, 65536, 8)
     g = torch.Generator().manual_seed(1)
-    ids = torch.argsort(torch.rand(T, E, generator=g), dim=1)[:, :k].to(dev, torch.int32).contiguous()
+    ids = (
+        torch.argsort(torch.rand(T, E, generator=g), dim=1)[:, :k].to(dev, torch.int32).contiguous()
+    )
     slot = torch.randperm(E, generator=g).to(torch.int32)
     slot[:3] = -1
     slot = slot.to(dev)

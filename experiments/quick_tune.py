@@ -68,11 +68,22 @@ def main(argv=None) -> int:
                      "default_us": t["default"] * 1e6, "best_us": t["best"] * 1e6,
                      "best_gbps": nbytes / t["best"] / 1e9, "speedup": t["default"] / t["best"],
                      "best_config": best[T]})
-        print(f"T={T:5d}: default {t['default'] * 1e6:9.1f} us, best {t['best'] * 1e6:9.1f} us "
-              f"({nbytes / t['best'] / 1e9:7.1f} GB/s, x{t['default'] / t['best']:.2f})", flush=True)
-    (a.out / "quick_tune.json").write_text(json.dumps(
-        {"device": rt.device_name(), "shape": {"hidden": D, "ffn": Fi, "experts": E, "top_k": k,
-                                               "dtype": str(dtype)}, "rows": rows}, indent=1) + "\n")
+        print(
+            f"T={T:5d}: default {t['default'] * 1e6:9.1f} us, best {t['best'] * 1e6:9.1f} us "
+            f"({nbytes / t['best'] / 1e9:7.1f} GB/s, x{t['default'] / t['best']:.2f})",
+            flush=True,
+        )
+    (a.out / "quick_tune.json").write_text(
+        json.dumps(
+            {
+                "device": rt.device_name(),
+                "shape": {"hidden": D, "ffn": Fi, "experts": E, "top_k": k, "dtype": str(dtype)},
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {path} and {a.out / 'quick_tune.json'}")
     return 0
 

@@ -5,10 +5,10 @@ The grouped GEMM works on blocks of `block_size` rows that all belong to one exp
 token-slots are sorted by expert and each expert's run is padded up to a multiple of block_size
 with a sentinel (= num_tokens * top_k, one past the last token-slot):
 
-    sorted_token_ids  [max_padded] int32   token-slot ids, expert by expert, sentinel in the padding
-    block_expert      [max_blocks] int32   expert id of each block, -1 past the used blocks
-    block_slot        [max_blocks] int32   slot_of_expert[block_expert], -1 past the used blocks
-    num_tokens_post_padded [1]     int32   used length of sorted_token_ids (a multiple of block_size)
+    sorted_token_ids  [max_padded] int32  token-slot ids, expert by expert, sentinel in the padding
+    block_expert      [max_blocks] int32  expert id of each block, -1 past the used blocks
+    block_slot        [max_blocks] int32  slot_of_expert[block_expert], -1 past the used blocks
+    num_tokens_post_padded [1]     int32  used length of sorted_token_ids (a multiple of block_size)
 
 Within an expert token-slots keep increasing order. Experts whose slot is -1 (not resident in the
 GPU expert cache) get no blocks: their token-slots appear nowhere, and the caller handles them.
@@ -156,7 +156,8 @@ def _count_kernel(ids_ptr, counts_ptr, numel, BLOCK_E: tl.constexpr, CHUNK: tl.c
     e = tl.arange(0, BLOCK_E)
     offs = c * CHUNK + tl.arange(0, CHUNK)
     ids = tl.load(ids_ptr + offs, mask=offs < numel, other=-1).to(tl.int32)
-    tl.store(counts_ptr + c * BLOCK_E + e, tl.sum((ids[:, None] == e[None, :]).to(tl.int32), axis=0))
+    counts = tl.sum((ids[:, None] == e[None, :]).to(tl.int32), axis=0)
+    tl.store(counts_ptr + c * BLOCK_E + e, counts)
 
 
 @triton.jit

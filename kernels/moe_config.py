@@ -31,7 +31,8 @@ CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "
 
 
 def shape_key(num_experts: int, inter: int, hidden: int, top_k: int, dtype: torch.dtype) -> str:
-    return f"E={num_experts},N={inter},K={hidden},topk={top_k},dtype={str(dtype).replace('torch.', '')}"
+    dtype_name = str(dtype).replace("torch.", "")
+    return f"E={num_experts},N={inter},K={hidden},topk={top_k},dtype={dtype_name}"
 
 
 def default_config(num_tokens: int, num_experts: int, top_k: int) -> dict:

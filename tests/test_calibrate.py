@@ -31,9 +31,21 @@ DEVICE = {"type": "cuda", "name": "NVIDIA H100 PCIe", "capability": "9.0", "memo
 # carries over from a shipped calibrated profile (op-class groups, geometry) are off.
 PLAIN = {k: getattr(CostParams(), k) for k in GPU_PARAMS if k not in OP_PARAMS["attn"]
          and k not in ("expert_overhead_us", "layer_overhead_us")}
-TRUE = replace(params_for(H100), **PLAIN, gemm_compute_eff=0.62, gemm_half_tokens=24.0, hbm_eff=0.81,
-               attn_eff=0.7, kernel_overhead_us=6.0, link_eff=0.83, pageable_eff=0.45,
-               transfer_setup_us=9.0, cpu_compute_eff=0.4, cpu_mem_eff=0.6, cpu_overhead_us=30.0)
+TRUE = replace(
+    params_for(H100),
+    **PLAIN,
+    gemm_compute_eff=0.62,
+    gemm_half_tokens=24.0,
+    hbm_eff=0.81,
+    attn_eff=0.7,
+    kernel_overhead_us=6.0,
+    link_eff=0.83,
+    pageable_eff=0.45,
+    transfer_setup_us=9.0,
+    cpu_compute_eff=0.4,
+    cpu_mem_eff=0.6,
+    cpu_overhead_us=30.0,
+)
 
 
 def _events():
@@ -50,19 +62,32 @@ def _events():
                         "shape": [b, 1, ctx, 32, 8, 128]})
     for size in [1 << p for p in range(12, 31, 3)]:
         for pinned in (True, False):
-            evs.append({"name": "copy_h2d", "cat": "h2d", "bytes": size, "pinned": pinned, "chunk": size})
-    evs.append({"name": "copy_h2d", "cat": "h2d", "bytes": 1 << 28, "pinned": True, "chunk": 1 << 20})
+            evs.append(
+                {"name": "copy_h2d", "cat": "h2d", "bytes": size, "pinned": pinned, "chunk": size}
+            )
+    evs.append(
+        {"name": "copy_h2d", "cat": "h2d", "bytes": 1 << 28, "pinned": True, "chunk": 1 << 20}
+    )
     for n in (1, 2, 4, 8, 16, 32, 64, 256, 512, 1024, 2048, 4096):
-        evs.append({"name": "cpu_expert_ffn", "cat": "cpu_expert", "tokens": n, "shape": [n, 4096, 14336]})
+        evs.append(
+            {"name": "cpu_expert_ffn", "cat": "cpu_expert", "tokens": n, "shape": [n, 4096, 14336]}
+        )
     return evs
 
 
 def _write(path, events, params=TRUE, noise=0.0, device=DEVICE, seed=0, reps=5):
     """Events timed by the cost model at `params`, times a lognormal noise per sample."""
     rng = np.random.default_rng(seed)
-    header = {"source": "engine", "device": device, "model": None, "workload": {"kind": "microbench"},
-              "policy": {}}
-    evs = [{"ts_us": float(i), "dur_us": 1.0, "dtype": "bfloat16", **e} for i, e in enumerate(events)]
+    header = {
+        "source": "engine",
+        "device": device,
+        "model": None,
+        "workload": {"kind": "microbench"},
+        "policy": {},
+    }
+    evs = [
+        {"ts_us": float(i), "dur_us": 1.0, "dtype": "bfloat16", **e} for i, e in enumerate(events)
+    ]
     write_trace(path, header, evs)
     pts = collect_points(load_traces([path]))
     true = dict(zip([(p.cat, p.dims, p.args) for p in pts], OpPredictor(pts, H100)(params)))
@@ -97,8 +122,12 @@ def test_each_op_is_the_cost_model_call(tmp_path):
     pred = dict(zip(pts, OpPredictor(list(pts.values()), H100)(TRUE)))
     spec = OPS["expert"].spec(2.0, 4096, 14336)
     cm = CostModel(spec, H100, TRUE)
-    assert pred["expert[4096x14336](tokens=64)"] == pytest.approx(float(cm.experts(64, 1)), rel=1e-12)
-    assert pred["cpu_expert[4096x14336](tokens=16)"] == pytest.approx(float(cm.cpu_expert(16)), rel=1e-12)
+    assert pred["expert[4096x14336](tokens=64)"] == pytest.approx(
+        float(cm.experts(64, 1)), rel=1e-12
+    )
+    assert pred["cpu_expert[4096x14336](tokens=16)"] == pytest.approx(
+        float(cm.cpu_expert(16)), rel=1e-12
+    )
     assert pred["h2d(bytes=262144, chunks=1, pinned=0)"] == pytest.approx(
         float(cm.h2d(262144, 1, pinned=False)), rel=1e-12)
     assert pred["h2d(bytes=2.68435e+08, chunks=256, pinned=1)"] == pytest.approx(
@@ -107,9 +136,16 @@ def test_each_op_is_the_cost_model_call(tmp_path):
     cm_a = CostModel(OPS["attn_scores"].spec(2.0, 4096, 32, 8, 128), H100, TRUE)
     m = cm_a.model
     kv = 8 * 1024 * m.kv_bytes_per_token_per_layer
-    scores = max(8 * m.attn_score_flops_per_token(1024) / (cm_a.peak_flops * TRUE.gemm_compute_eff),
-                 kv / (cm_a.hbm_bw * TRUE.attn_eff)) + cm_a.kernel_t
-    assert pred["attn_scores[4096x32x8x128](tokens=8, batch=8, context=1024)"] == pytest.approx(scores, rel=1e-9)
+    scores = (
+        max(
+            8 * m.attn_score_flops_per_token(1024) / (cm_a.peak_flops * TRUE.gemm_compute_eff),
+            kv / (cm_a.hbm_bw * TRUE.attn_eff),
+        )
+        + cm_a.kernel_t
+    )
+    assert pred["attn_scores[4096x32x8x128](tokens=8, batch=8, context=1024)"] == pytest.approx(
+        scores, rel=1e-9
+    )
 
 
 def test_engine_composite_moe_span_is_not_fitted(tmp_path):
@@ -179,7 +215,9 @@ def test_unidentifiable_parameter_is_reported_not_invented(tmp_path):
 
 
 def test_fixing_a_parameter(micro):
-    c = calibrate([micro], H100, opts=FitOptions(fix=(("transfer_setup_us", 9.0), ("pageable_eff", None))))
+    c = calibrate(
+        [micro], H100, opts=FitOptions(fix=(("transfer_setup_us", 9.0), ("pageable_eff", None)))
+    )
     assert c.system.efficiency["transfer_setup_us"] == 9.0
     # held at the link profile's setup_us (None in CostParams): not written as an efficiency
     c2 = calibrate([micro], H100, opts=FitOptions(fix=(("transfer_setup_us", None),)))
@@ -207,7 +245,9 @@ def test_transfer_to_another_gpu(fitted):
 # ------------------------------------------------------------------------------------ bad traces
 
 def test_mixed_devices_are_rejected(micro, tmp_path):
-    other = _write(tmp_path / "a100.jsonl", _events()[:30], device={**DEVICE, "name": "NVIDIA A100"})
+    other = _write(
+        tmp_path / "a100.jsonl", _events()[:30], device={**DEVICE, "name": "NVIDIA A100"}
+    )
     with pytest.raises(SpecMoEError, match=r"different devices.*a100\.jsonl.*name"):
         calibrate([micro, other], H100)
 
@@ -222,9 +262,14 @@ def test_missing_event_field_names_file_and_field(tmp_path):
     evs = _events()
     del evs[0]["tokens"]
     path = tmp_path / "bad.jsonl"
-    write_trace(path, {"source": "engine", "device": DEVICE},
-                [{"ts_us": 0.0, "dur_us": 3.0, "dtype": "bfloat16", **e} for e in evs])
-    with pytest.raises(SpecMoEError, match=r"bad\.jsonl event 1: expert event .*lacks field 'tokens'"):
+    write_trace(
+        path,
+        {"source": "engine", "device": DEVICE},
+        [{"ts_us": 0.0, "dur_us": 3.0, "dtype": "bfloat16", **e} for e in evs],
+    )
+    with pytest.raises(
+        SpecMoEError, match=r"bad\.jsonl event 1: expert event .*lacks field 'tokens'"
+    ):
         calibrate([path], H100)
 
 
@@ -245,7 +290,9 @@ def test_too_few_points_for_the_parameters(tmp_path):
     evs = [e for e in _events() if e["cat"] != "h2d" or e["bytes"] in (4096, 1 << 30)]
     evs = [e for e in evs if e["cat"] != "h2d" or e["pinned"]]
     path = _write(tmp_path / "few.jsonl", evs)
-    with pytest.raises(SpecMoEError, match=r"too few points for parameter 'link_eff': 2 .*\['h2d'\]"):
+    with pytest.raises(
+        SpecMoEError, match=r"too few points for parameter 'link_eff': 2 .*\['h2d'\]"
+    ):
         calibrate([path], H100)
 
 
@@ -285,7 +332,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_fused_moe_span_takes_dims_from_the_header(tmp_path):
-    """The engine's fused_moe event carries tokens and distinct experts; dims come from the model."""
+    """The engine's fused_moe event carries tokens and distinct experts;
+    dims come from the model."""
     model = {"hidden": 4096, "expert_ffn": 14336, "top_k": 2, "dtype": "bfloat16"}
     write_trace(tmp_path / "f.jsonl", {"source": "engine", "device": DEVICE, "model": model},
                 [{"name": "fused_moe", "cat": "moe", "ts_us": 0, "dur_us": 900.0, "tokens": 16,

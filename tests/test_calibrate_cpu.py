@@ -12,7 +12,8 @@ interquartile range of 10-40% of their median. A prediction cannot be checked mo
 that, so the bounds are a small multiple of this noise, not the 5% GPU targets of DESIGN.md §11:
 - per-op hold-out MAPE <= OP_MAPE (measured 7-15% per op);
 - held-out end-to-end tokens/s, policies that the models describe on this device (overlap is
-  left out: nothing overlaps on a CPU, see the report): median |error| <= E2E_MEDIAN, max <= E2E_MAX;
+  left out: nothing overlaps on a CPU, see the report): median |error| <= E2E_MEDIAN,
+  max <= E2E_MAX;
 - the live run: |error| <= LIVE (the largest spread of repeats measured), one unrepeated run
   whose throughput is taken on the process's CPU time (wall time / (wall/CPU)), so that other
   work on the machine does not count; beyond LIVE_INTERFERENCE that correction is not trusted and
@@ -106,8 +107,11 @@ def test_live_engine_run_is_predicted(tmp_path):
         torch.set_num_threads(threads)
     run = read_run(path)
     if device_identity(run.header["device"]) != profile.calibration["device_identity"]:
-        pytest.skip(f"profile calibrated on {profile.calibration['device_identity']}, this is "
-                    f"{device_identity(run.header['device'])}: recalibrate with experiments/calibrate_cpu.py")
+        pytest.skip(
+            f"profile calibrated on {profile.calibration['device_identity']}, this is "
+            f"{device_identity(run.header['device'])}: "
+            "recalibrate with experiments/calibrate_cpu.py"
+        )
     ratio = run.header["interference"]["wall_over_cpu"]
     if ratio > LIVE_INTERFERENCE:
         pytest.skip(f"run slowed by other work (wall/CPU {ratio:.2f} > {LIVE_INTERFERENCE})")

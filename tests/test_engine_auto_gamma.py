@@ -1,4 +1,5 @@
-"""γ chosen per round by a controller (`--gamma auto`): output stays lossless, γ follows the controller."""
+"""γ chosen per round by a controller (`--gamma auto`): output stays lossless,
+γ follows the controller."""
 import json
 
 import pytest
@@ -50,14 +51,35 @@ def test_gamma_auto_from_the_cli(capsys):
 
     parser = argparse.ArgumentParser()
     add_engine_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["engine", "run", "--layers", "2", "--dtype", "float32", "--policy", "specmoe",
-                              "--gamma", "auto", "--batch", "2", "--prompt-len", "6", "--max-new-tokens", "12",
-                              "--synthetic-acceptance", "0.2"])
+    args = parser.parse_args(
+        [
+            "engine",
+            "run",
+            "--layers",
+            "2",
+            "--dtype",
+            "float32",
+            "--policy",
+            "specmoe",
+            "--gamma",
+            "auto",
+            "--batch",
+            "2",
+            "--prompt-len",
+            "6",
+            "--max-new-tokens",
+            "12",
+            "--synthetic-acceptance",
+            "0.2",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("gamma auto:"))
     gammas = json.loads(line.split("γ per round ")[1].split("]")[0] + "]")
     assert gammas and all(0 <= g <= 16 for g in gammas)
     with pytest.raises(Exception, match="--gamma auto"):
-        bad = parser.parse_args(["engine", "run", "--layers", "2", "--policy", "ondemand", "--gamma", "auto"])
+        bad = parser.parse_args(
+            ["engine", "run", "--layers", "2", "--policy", "ondemand", "--gamma", "auto"]
+        )
         bad.func(bad)

@@ -88,7 +88,10 @@ def test_specmoe_fetches_each_needed_nonresident_expert_once_per_verification(we
             by_layer[rec["layer"]].append(rec)
     for layer, seq in by_layer.items():
         for prev, nxt in pairwise(seq):
-            assert set(nxt["resident"]) == _hottest(prev, n, set(prev["resident"])), (layer, nxt["step"])
+            assert set(nxt["resident"]) == _hottest(prev, n, set(prev["resident"])), (
+                layer,
+                nxt["step"],
+            )
     fetched = sum(map(len, log.values()))
     assert res.stats.weight_bytes_h2d == fetched * EB == res.stats.bytes_by_link["h2d"]
 
@@ -121,7 +124,10 @@ def test_overlap_prefetches_count_as_bytes(weights):
     needed = sum(len(_needed(r)) for r in res.routing)
     assert st.hits + st.misses == needed
     assert st.experts_fetched == st.misses + st.prefetched
-    assert pc["prefetch_useful"] == st.hits and pc["prefetch_useful"] + pc["prefetch_wasted"] == st.prefetched
+    assert (
+        pc["prefetch_useful"] == st.hits
+        and pc["prefetch_useful"] + pc["prefetch_wasted"] == st.prefetched
+    )
     assert st.weight_bytes_h2d == st.experts_fetched * EB
     assert pc["prefetch_useful"] > 0
     layer0 = [k for k, v in log.items() if k[2] == 0]

@@ -26,13 +26,22 @@ def test_campaign_dry_run_completes_every_step(tmp_path):
     res = subprocess.run([str(ROOT / "experiments" / "gpu_campaign.sh"), str(out)], env=env,
                          capture_output=True, text=True, timeout=400, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    steps = dict(line.split("\t")[:2] for line in (out / "logs" / "steps.tsv").read_text().splitlines())
-    assert steps == dict.fromkeys(("env", "checks", "kernels", "micro", "copies", "e2e", "tune"), "ok")
+    steps = dict(
+        line.split("\t")[:2] for line in (out / "logs" / "steps.tsv").read_text().splitlines()
+    )
+    assert steps == dict.fromkeys(
+        ("env", "checks", "kernels", "micro", "copies", "e2e", "tune"), "ok"
+    )
     checks = json.loads((out / "checks.json").read_text())["checks"]
-    assert {c["status"] for c in checks} <= {"PASS", "SKIP"} and sum(c["status"] == "PASS" for c in checks) >= 3
+    assert {c["status"] for c in checks} <= {"PASS", "SKIP"} and sum(
+        c["status"] == "PASS" for c in checks
+    ) >= 3
     ops = read_trace(out / "traces" / "micro-ops.jsonl.gz")
     assert {e["cat"] for e in ops.events} == {"gemm", "moe", "attn"}
-    assert {e["cat"] for e in read_trace(out / "traces" / "micro-copy.jsonl.gz").events} == {"h2d", "d2h"}
+    assert {e["cat"] for e in read_trace(out / "traces" / "micro-copy.jsonl.gz").events} == {
+        "h2d",
+        "d2h",
+    }
     e2e = sorted((out / "traces" / "e2e").rglob("*.jsonl.gz"))
     assert {p.parent.name for p in e2e} == {"train", "heldout"} and len(e2e) == 6
     assert all(read_trace(p).header["result"]["tokens_per_s"] > 0 for p in e2e)

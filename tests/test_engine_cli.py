@@ -84,9 +84,23 @@ def test_engine_trace_has_every_op_and_the_synthetic_label(tmp_path):
     eng = Engine(random_model(cfg), make_policy("specmoe", gamma=2, draft_experts=2), tracer=tracer)
     res = eng.generate([[1, 2, 3], [4, 5]], 6, synthetic_acceptance=0.7)
     t = read_trace(tracer.write(tmp_path / "e.jsonl"))
-    assert t.header["synthetic_acceptance"] == 0.7 and t.header["workload"]["synthetic_acceptance"] == 0.7
+    assert (
+        t.header["synthetic_acceptance"] == 0.7
+        and t.header["workload"]["synthetic_acceptance"] == 0.7
+    )
     cats = Counter(e["cat"] for e in t.events)
-    for cat in ("attn", "gate", "moe", "expert", "h2d", "draft_step", "verify", "accept", "iteration", "prefill"):
+    for cat in (
+        "attn",
+        "gate",
+        "moe",
+        "expert",
+        "h2d",
+        "draft_step",
+        "verify",
+        "accept",
+        "iteration",
+        "prefill",
+    ):
         assert cats[cat] > 0, cat
     assert set(cats) <= set(CATEGORIES)
     assert cats["verify"] == res.stats.verifications == cats["accept"]
@@ -107,8 +121,25 @@ def test_engine_trace_has_every_op_and_the_synthetic_label(tmp_path):
 
 
 def test_bench_ends_with_a_summary_table(tmp_path, capsys):
-    args = _parse(["engine", "bench", *SMALL, "--policies", "ondemand,specmoe", "--batches", "1",
-                   "--gammas", "2", "--draft-experts", "1", "--out", str(tmp_path), "--warmup", "0"])
+    args = _parse(
+        [
+            "engine",
+            "bench",
+            *SMALL,
+            "--policies",
+            "ondemand,specmoe",
+            "--batches",
+            "1",
+            "--gammas",
+            "2",
+            "--draft-experts",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--warmup",
+            "0",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     table = out[out.index("engine bench ("):]
@@ -122,12 +153,40 @@ def test_run_takes_and_prints_text_with_the_tiny_models_tokenizer(capsys):
     from pathlib import Path
 
     tiny = Path(__file__).resolve().parents[1] / "experiments" / "tiny_moe"
-    args = _parse(["engine", "run", "--weights", str(tiny), "--prompt", "def add(a, b):",
-                   "--max-new-tokens", "4", "--policy", "specmoe", "--gamma", "2", "--draft-experts", "2"])
+    args = _parse(
+        [
+            "engine",
+            "run",
+            "--weights",
+            str(tiny),
+            "--prompt",
+            "def add(a, b):",
+            "--max-new-tokens",
+            "4",
+            "--policy",
+            "specmoe",
+            "--gamma",
+            "2",
+            "--draft-experts",
+            "2",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "def add(a, b): |" in out and "seq 0: [" not in out
-    ids = _parse(["engine", "run", "--weights", str(tiny), "--prompt", "1,2,3", "--ids", "--max-new-tokens", "3"])
+    ids = _parse(
+        [
+            "engine",
+            "run",
+            "--weights",
+            str(tiny),
+            "--prompt",
+            "1,2,3",
+            "--ids",
+            "--max-new-tokens",
+            "3",
+        ]
+    )
     ids.func(ids)
     assert "seq 0: [" in capsys.readouterr().out
 

@@ -60,7 +60,9 @@ def test_cuda_trace_times_copies_on_the_copy_stream(tmp_path):
 
 
 def test_cuda_separate_draft_model(weights, cpu_tokens):
-    res = Engine(weights, make_policy("eagle", gamma=3), draft=weights, device="cuda").generate(PROMPTS, 12)
+    res = Engine(weights, make_policy("eagle", gamma=3), draft=weights, device="cuda").generate(
+        PROMPTS, 12
+    )
     assert res.tokens == cpu_tokens and res.stats.accepted_per_verify == 3.0
 
 

@@ -41,7 +41,11 @@ def _first_layers(w: Weights, n: int) -> Weights:
 
 
 POLICIES = [
-    ("ondemand", {}), ("overlap", {}), ("caching", {"resident_experts": 2}), ("caching", {"resident_experts": 1, "lru_slots": 4}), ("caching", {}),
+    ("ondemand", {}),
+    ("overlap", {}),
+    ("caching", {"resident_experts": 2}),
+    ("caching", {"resident_experts": 1, "lru_slots": 4}),
+    ("caching", {}),
     ("cpu", {}),
     ("specmoe", {"gamma": 1, "draft_experts": 1}),
     ("specmoe", {"gamma": 3, "draft_experts": 2}),
@@ -75,7 +79,9 @@ def test_specmoe_exercises_accept_and_reject(weights, reference):
 
 def test_all_experts_resident_accepts_every_draft(weights, reference):
     """N = E: the draft is the target, so every draft is accepted (tau = gamma + 1)."""
-    res = Engine(weights, make_policy("specmoe", gamma=3, draft_experts=CFG.experts)).generate(PROMPTS, NEW)
+    res = Engine(weights, make_policy("specmoe", gamma=3, draft_experts=CFG.experts)).generate(
+        PROMPTS, NEW
+    )
     assert res.tokens == reference
     assert res.stats.accepted_per_verify == 3.0 and res.stats.policy_counters["substituted"] == 0
 
@@ -119,7 +125,9 @@ def test_accept_sampling_keeps_target_distribution():
     # the test has power: the draft distribution itself is rejected
     assert chisquare(np.bincount(drafts[:, 0].numpy(), minlength=5), p.numpy() * B).pvalue < 1e-6
     # expected acceptance rate sum(min(p, q))
-    assert float((n >= 1).double().mean()) == pytest.approx(float(torch.minimum(p, q).sum()), abs=0.01)
+    assert float((n >= 1).double().mean()) == pytest.approx(
+        float(torch.minimum(p, q).sum()), abs=0.01
+    )
 
 
 def test_speculative_sampling_end_to_end_matches_target():
@@ -130,7 +138,9 @@ def test_speculative_sampling_end_to_end_matches_target():
     w = random_model(cfg, seed=0)
     prompt = [1, 4, 2, 5]
     m = Transformer(cfg, w.dense, ResidentExperts(cfg, w.experts, "cpu"))
-    lg = m.logits(m.forward(torch.tensor([prompt + [t] for t in range(V)]), KVCache(cfg, V, 16, "cpu")))
+    lg = m.logits(
+        m.forward(torch.tensor([prompt + [t] for t in range(V)]), KVCache(cfg, V, 16, "cpu"))
+    )
     joint = (torch.softmax(lg[0, -2], -1)[:, None] * torch.softmax(lg[:, -1], -1)).flatten().numpy()
     eng = Engine(w, make_policy("specmoe", gamma=2, draft_experts=1), max_batch=B, max_seq_len=16)
 

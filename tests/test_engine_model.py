@@ -31,21 +31,64 @@ def _model(w):
 
 
 def test_from_hf_mixtral_and_qwen():
-    mix = MoEConfig.from_hf({"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 3,
-                                 "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 100,
-                                 "num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 96,
-                                 "rope_theta": 1e6, "torch_dtype": "bfloat16"})
-    assert (mix.experts, mix.top_k, mix.expert_ffn, mix.head_dim, mix.layout) == (8, 2, 96, 8, "mixtral")
+    mix = MoEConfig.from_hf(
+        {
+            "model_type": "mixtral",
+            "hidden_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "vocab_size": 100,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+            "intermediate_size": 96,
+            "rope_theta": 1e6,
+            "torch_dtype": "bfloat16",
+        }
+    )
+    assert (mix.experts, mix.top_k, mix.expert_ffn, mix.head_dim, mix.layout) == (
+        8,
+        2,
+        96,
+        8,
+        "mixtral",
+    )
     assert mix.norm_topk_prob and mix.dtype == "bfloat16" and mix.rope_theta == 1e6
-    q2 = MoEConfig.from_hf({"model_type": "qwen2_moe", "hidden_size": 64, "num_hidden_layers": 2,
-                                "num_attention_heads": 4, "vocab_size": 100, "num_experts": 60,
-                                "num_experts_per_tok": 4, "moe_intermediate_size": 32,
-                                "shared_expert_intermediate_size": 128})
-    assert (q2.experts, q2.shared_expert_ffn, q2.qkv_bias, q2.norm_topk_prob, q2.kv_heads) == (60, 128, True, False, 4)
-    q3 = MoEConfig.from_hf({"model_type": "qwen3_moe", "hidden_size": 64, "num_hidden_layers": 2,
-                                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
-                                "vocab_size": 100, "num_experts": 16, "num_experts_per_tok": 4,
-                                "moe_intermediate_size": 32, "norm_topk_prob": True})
+    q2 = MoEConfig.from_hf(
+        {
+            "model_type": "qwen2_moe",
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "vocab_size": 100,
+            "num_experts": 60,
+            "num_experts_per_tok": 4,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 128,
+        }
+    )
+    assert (q2.experts, q2.shared_expert_ffn, q2.qkv_bias, q2.norm_topk_prob, q2.kv_heads) == (
+        60,
+        128,
+        True,
+        False,
+        4,
+    )
+    q3 = MoEConfig.from_hf(
+        {
+            "model_type": "qwen3_moe",
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "vocab_size": 100,
+            "num_experts": 16,
+            "num_experts_per_tok": 4,
+            "moe_intermediate_size": 32,
+            "norm_topk_prob": True,
+        }
+    )
     assert q3.qk_norm and q3.head_dim == 32 and q3.layout == "qwen_moe"
 
 
@@ -75,12 +118,17 @@ def test_config_rejects_bad_fields():
 # ----------------------------------------------------------------------------- weights
 
 
-@pytest.mark.parametrize("cfg", [CFG, CFG.with_(layout="qwen_moe", shared_expert_ffn=16, qkv_bias=True,
-                                                norm_topk_prob=False)], ids=["mixtral", "qwen2"])
+@pytest.mark.parametrize(
+    "cfg",
+    [CFG, CFG.with_(layout="qwen_moe", shared_expert_ffn=16, qkv_bias=True, norm_topk_prob=False)],
+    ids=["mixtral", "qwen2"],
+)
 def test_save_load_roundtrip(tmp_path, cfg):
     w = random_model(cfg, seed=3)
     save_weights(w, tmp_path)
-    back = load_weights(tmp_path, dtype="float64", max_seq_len=cfg.max_seq_len, max_batch=cfg.max_batch)
+    back = load_weights(
+        tmp_path, dtype="float64", max_seq_len=cfg.max_seq_len, max_batch=cfg.max_batch
+    )
     assert back.cfg == cfg
     assert set(back.dense) == set(w.dense)
     for k in w.dense:
@@ -130,7 +178,9 @@ def test_load_errors_name_the_problem(tmp_path):
 
     save_file(tensors, str(st))
     cfg_path.write_text(json.dumps({**hf, "intermediate_size": 20}))
-    with pytest.raises(SpecMoEError, match=r"experts\.0\.w1\.weight: shape \[24, 32\].*expected \[20, 32\]"):
+    with pytest.raises(
+        SpecMoEError, match=r"experts\.0\.w1\.weight: shape \[24, 32\].*expected \[20, 32\]"
+    ):
         load_weights(tmp_path)
 
 

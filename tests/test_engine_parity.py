@@ -52,7 +52,9 @@ def _saved(build, tmp_path):
     return m
 
 
-@pytest.mark.parametrize("build", [_mixtral, _qwen2, _qwen3], ids=["mixtral", "qwen2_moe", "qwen3_moe"])
+@pytest.mark.parametrize(
+    "build", [_mixtral, _qwen2, _qwen3], ids=["mixtral", "qwen2_moe", "qwen3_moe"]
+)
 def test_logits_match_transformers(build, tmp_path):
     ref_model = _saved(build, tmp_path)
     w = load_weights(tmp_path)

@@ -55,13 +55,17 @@ def test_greedy_tree_equals_reference(weights, reference, params):
 
 def test_tree_accepts_more_than_the_chain(weights, reference):
     chain = Engine(weights, make_policy("specmoe", gamma=3, draft_experts=1)).generate(PROMPTS, NEW)
-    tree = Engine(weights, make_policy("specmoe", gamma=3, draft_experts=1, tree_width=3)).generate(PROMPTS, NEW)
+    tree = Engine(weights, make_policy("specmoe", gamma=3, draft_experts=1, tree_width=3)).generate(
+        PROMPTS, NEW
+    )
     assert tree.tokens == chain.tokens == reference
     assert 0 < chain.stats.accepted_per_verify < tree.stats.accepted_per_verify
 
 
 def test_all_experts_resident_accepts_the_whole_depth(weights, reference):
-    res = Engine(weights, make_policy("specmoe", gamma=3, draft_experts=8, tree_width=2)).generate(PROMPTS, NEW)
+    res = Engine(weights, make_policy("specmoe", gamma=3, draft_experts=8, tree_width=2)).generate(
+        PROMPTS, NEW
+    )
     assert res.tokens == reference and res.stats.accepted_per_verify == 3.0
 
 
@@ -86,15 +90,23 @@ def test_recursive_rejection_keeps_the_target_distribution():
 
 
 def test_tree_sampling_end_to_end_matches_target():
-    """Engine, temperature 1, vocabulary 6: the joint law of the first two tokens is the target's."""
+    """Engine, temperature 1, vocabulary 6:
+    the joint law of the first two tokens is the target's."""
     V, B = 6, 2000
     cfg = CFG.with_(vocab=V, layers=2, max_seq_len=24, max_batch=B)
     w = random_model(cfg, seed=0)
     prompt = [1, 4, 2, 5]
     m = Transformer(cfg, w.dense, ResidentExperts(cfg, w.experts, "cpu"))
-    lg = m.logits(m.forward(torch.tensor([prompt + [t] for t in range(V)]), KVCache(cfg, V, 24, "cpu")))
+    lg = m.logits(
+        m.forward(torch.tensor([prompt + [t] for t in range(V)]), KVCache(cfg, V, 24, "cpu"))
+    )
     joint = (torch.softmax(lg[0, -2], -1)[:, None] * torch.softmax(lg[:, -1], -1)).flatten().numpy()
-    eng = Engine(w, make_policy("specmoe", gamma=2, draft_experts=1, tree_width=2), max_batch=B, max_seq_len=24)
+    eng = Engine(
+        w,
+        make_policy("specmoe", gamma=2, draft_experts=1, tree_width=2),
+        max_batch=B,
+        max_seq_len=24,
+    )
     res = eng.generate([prompt] * B, 3, temperature=1.0, seed=1)
     t = np.array(res.tokens)
     assert 0.2 < res.stats.accepted_per_verify < 1.95

@@ -186,10 +186,20 @@ def test_fused_moe_empty_and_explicit_config():
     x, w13, w2, w, ids, slot = make_moe(0, 32, 48, 4, 2, torch.float32)
     assert fused_moe(x, w13, w2, w, ids, slot).shape == (0, 32)
     x, w13, w2, w, ids, slot = make_moe(20, 32, 80, 4, 2, torch.float32, seed=3)
-    cfg = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 16, "BLOCK_SIZE_K": 16, "GROUP_SIZE_M": 2, "num_warps": 4,
-               "num_stages": 2}  # grouped tile order, several K steps
-    torch.testing.assert_close(fused_moe(x, w13, w2, w, ids, slot, config=cfg),
-                               fused_moe_reference(x, w13, w2, w, ids, slot), **tol(x.dtype))
+    # grouped tile order, several K steps
+    cfg = {
+        "BLOCK_SIZE_M": 16,
+        "BLOCK_SIZE_N": 16,
+        "BLOCK_SIZE_K": 16,
+        "GROUP_SIZE_M": 2,
+        "num_warps": 4,
+        "num_stages": 2,
+    }
+    torch.testing.assert_close(
+        fused_moe(x, w13, w2, w, ids, slot, config=cfg),
+        fused_moe_reference(x, w13, w2, w, ids, slot),
+        **tol(x.dtype),
+    )
 
 
 @pytest.fixture
@@ -258,7 +268,11 @@ def test_quick_tuning_candidates_are_few_valid_and_fit_shared_memory():
                         "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}  # the GPU default
     for c in cands:
         assert moe_config.validate_config(c) == c and c["BLOCK_SIZE_M"] == 16
-        smem = c["num_stages"] * (16 * c["BLOCK_SIZE_K"] + 2 * c["BLOCK_SIZE_K"] * c["BLOCK_SIZE_N"]) * 2
+        smem = (
+            c["num_stages"]
+            * (16 * c["BLOCK_SIZE_K"] + 2 * c["BLOCK_SIZE_K"] * c["BLOCK_SIZE_N"])
+            * 2
+        )
         assert smem <= 227 * 1024, c
     assert len({tuple(sorted(c.items())) for c in cands}) == len(cands)
 
@@ -277,7 +291,9 @@ def test_config_lookup_is_cached_until_the_file_changes(tmp_path, monkeypatch):
     path = tmp_path / "dev.json"
     loads = []
     real = moe_config.load_device_configs
-    monkeypatch.setattr(moe_config, "load_device_configs", lambda p=None: loads.append(p) or real(p))
+    monkeypatch.setattr(
+        moe_config, "load_device_configs", lambda p=None: loads.append(p) or real(p)
+    )
     moe_config._cached_config.cache_clear()
     for _ in range(3):
         moe_config.get_fused_moe_config(8, E, D, Fi, k, torch.float32, path=path)

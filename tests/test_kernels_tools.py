@@ -1,4 +1,5 @@
-"""The kernel benchmark's --tiny smoke run, and ahead-of-time compilation for a GPU (no GPU needed)."""
+"""The kernel benchmark's --tiny smoke run,
+and ahead-of-time compilation for a GPU (no GPU needed)."""
 
 # TRITON_INTERPRET comes from the environment (CI's .ci/run and `make test` set it): a GPU run
 # of these files then tests the compiled kernels, not the interpreter.

@@ -1,1 +1,2 @@
-"""Costs: the one per-op cost model, and the one memory/residency model, shared by every predictor."""
+"""Costs: the one per-op cost model, and the one memory/residency model,
+shared by every predictor."""

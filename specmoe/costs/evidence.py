@@ -108,7 +108,8 @@ def _calibrated_gpus() -> dict[str, list[tuple[str, Path]]]:
 
     def rank(item):
         stem = item[0]
-        return next((i for i, b in enumerate(BACKEND_ORDER) if stem.endswith(b)), len(BACKEND_ORDER))
+        matches = (i for i, b in enumerate(BACKEND_ORDER) if stem.endswith(b))
+        return next(matches, len(BACKEND_ORDER))
 
     return {k: sorted(v, key=rank) for k, v in out.items()}
 
@@ -127,7 +128,8 @@ _MODEL_ERRORS: dict[Path, tuple[float, str]] = {}
 
 
 def holdout_spreads(calibration: dict | None, where: str) -> dict[str, tuple[float, str]]:
-    """{param or 'model_error': (spread, source)} from a calibration's per-op-class hold-out MAPE."""
+    """{param or 'model_error': (spread, source)} from a calibration's per-op-class
+    hold-out MAPE."""
     mape = ((calibration or {}).get("holdout") or {}).get("mape") or {}
     out: dict[str, tuple[float, str]] = {}
     for cls, params in HOLDOUT_CLASSES.items():
@@ -145,7 +147,11 @@ def holdout_spreads(calibration: dict | None, where: str) -> dict[str, tuple[flo
 def _fitted_gpu_part(path: Path) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
     """GPU parameters of a calibrated profile: values, spreads (its priors, else the default)."""
     data = yaml.safe_load(path.read_text())
-    eff = {k: float(v) for k, v in (data.get("efficiency") or {}).items() if k in GPU_PARAMS and v is not None}
+    eff = {
+        k: float(v)
+        for k, v in (data.get("efficiency") or {}).items()
+        if k in GPU_PARAMS and v is not None
+    }
     priors = data.get("efficiency_prior") or {}
     held = holdout_spreads(data.get("calibration"), f"calibrated: {path.name}")
     if MODEL_ERROR in priors:
@@ -167,7 +173,11 @@ def _apply(ev: dict, priors: dict[str, Prior] | None, what: str) -> None:
         if k == MODEL_ERROR:
             ev["model_error"], ev["model_error_source"] = p.spread, f"{what}: {p.source}"
             continue
-        ev["values"][k], ev["spreads"][k], ev["sources"][k] = p.value, p.spread, f"{what}: {p.source}"
+        ev["values"][k], ev["spreads"][k], ev["sources"][k] = (
+            p.value,
+            p.spread,
+            f"{what}: {p.source}",
+        )
 
 
 def _gpu_evidence(system: System, ev: dict) -> None:
@@ -182,10 +192,15 @@ def _gpu_evidence(system: System, ev: dict) -> None:
         if kin:
             stem, path = _calibrated_gpus()[kin[0]][0]
             vals, spreads, srcs = _fitted_gpu_part(path)
-            spreads = {k: s if k in GEOMETRY_PARAMS else (s ** 2 + CARRY_OVER_SPREAD ** 2) ** 0.5
-                       for k, s in spreads.items()}
-            srcs = {k: f"carried over from {stem} ({arch}), spread widened by the leave-one-GPU-out "
-                       f"error {CARRY_OVER_SPREAD:.0%}" for k in vals}
+            spreads = {
+                k: s if k in GEOMETRY_PARAMS else (s**2 + CARRY_OVER_SPREAD**2) ** 0.5
+                for k, s in spreads.items()
+            }
+            srcs = {
+                k: f"carried over from {stem} ({arch}), spread widened by the leave-one-GPU-out "
+                f"error {CARRY_OVER_SPREAD:.0%}"
+                for k in vals
+            }
             ev["gpu"], ev["calibrated"] = f"carried over from {stem} ({arch})", True
         else:
             priors = system.gpu.efficiency_prior or _gpu_prior()
@@ -223,7 +238,9 @@ def evidence_for(system: System) -> Evidence:
         if own is not None:
             ev["spreads"][k] = own.spread
         elif system.calibration is not None:
-            ev["spreads"][k], ev["sources"][k] = held.get(k, (CALIBRATED_SPREAD, f"calibrated: {system.name}"))
+            ev["spreads"][k], ev["sources"][k] = held.get(
+                k, (CALIBRATED_SPREAD, f"calibrated: {system.name}")
+            )
         else:
             ev["spreads"][k], ev["sources"][k] = 0.0, f"efficiency block of {system.name}"
         if system.calibration is not None:

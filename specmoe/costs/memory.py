@@ -32,8 +32,12 @@ class Memory:
 
     def explain_capacity(self) -> str:
         """'80 GB × 0.90 utilisation − 0.75 GB CUDA context = 71.25 GB usable'."""
-        return (f"{self.hbm_bytes / 1e9:g} GB × {self.workload.gpu_memory_utilization:.2f} utilisation − "
-                f"{self.context_bytes / 1e9:g} GB CUDA context = {self.capacity_bytes / 1e9:.2f} GB usable")
+        return (
+            f"{self.hbm_bytes / 1e9:g} GB × "
+            f"{self.workload.gpu_memory_utilization:.2f} utilisation − "
+            f"{self.context_bytes / 1e9:g} GB CUDA context = "
+            f"{self.capacity_bytes / 1e9:.2f} GB usable"
+        )
 
     def bytes(self, batch, gamma, resident, staging, lru=0, tp=1):
         """Bytes at batch B, draft length γ, `resident` experts per MoE layer, `staging` slots and
@@ -48,7 +52,9 @@ class Memory:
         tokens = batch * (gamma + 1)
         # fp32 logits (split tp ways) and activations
         workspace = tokens * (m.vocab_size * 4 / tp + 8 * m.hidden_size * m.dtype_bytes)
-        experts = (np.asarray(resident) * m.num_moe_layers + np.asarray(staging) + lru) * m.expert_bytes
+        experts = (
+            np.asarray(resident) * m.num_moe_layers + np.asarray(staging) + lru
+        ) * m.expert_bytes
         return m.resident_bytes / tp + kv + workspace + experts + self.small_module_bytes
 
     @property
@@ -62,11 +68,14 @@ class Memory:
     def staging(self, missing_per_layer, resident, policy_name: str):
         """Slots for one layer's fetched experts: ⌈expected missing⌉, ×2 when double-buffered."""
         e = self.model.num_experts
-        slots = np.minimum(np.ceil(np.asarray(missing_per_layer, dtype=float)), e - np.asarray(resident))
+        slots = np.minimum(
+            np.ceil(np.asarray(missing_per_layer, dtype=float)), e - np.asarray(resident)
+        )
         return slots * (2 if policy_name in DOUBLE_BUFFERED else 1)
 
     def max_resident(self, batch, gamma, counts, policy_name: str, tokens=None, lru: int = 0):
-        """Most experts per layer that fit with their staging (0..E); `counts` gives U(n) (ExpertCounts).
+        """Most experts per layer that fit with their staging (0..E);
+        `counts` gives U(n) (ExpertCounts).
 
         Staging shrinks as more experts stay resident, so every R = 0..E is checked at once."""
         e = self.model.num_experts

@@ -54,7 +54,8 @@ class CostParams:
     kernel_overhead_us: float = 0.0   # fixed time per GPU kernel (launch + tail)
     expert_overhead_us: float = 0.0   # fixed time per distinct expert in a grouped expert op
     layer_overhead_us: float = 0.0    # fixed time per decoder layer beyond its kernels
-    link_eff: float = 1.0             # η_link: fraction of the link's payload bandwidth, pinned memory
+    link_eff: float = 1.0             # η_link: fraction of the link's payload bandwidth,
+    #                                   pinned memory
     pageable_eff: float = 1.0         # further fraction when the host buffer is pageable
     transfer_setup_us: float | None = None   # per-copy latency; None = the link profile's setup_us
     cpu_compute_eff: float = 1.0      # fraction of host peak FLOP/s in an expert GEMM
@@ -97,7 +98,9 @@ def params_for(system, ideal: bool = False) -> CostParams:
     overrides = dict(evidence.values)
     unknown = sorted(set(overrides) - set(PARAM_NAMES))
     if unknown:
-        raise SpecMoEError(f"hardware {system.name}: efficiency key(s) {unknown} unknown; allowed {PARAM_NAMES}")
+        raise SpecMoEError(
+            f"hardware {system.name}: efficiency key(s) {unknown} unknown; allowed {PARAM_NAMES}"
+        )
     for k, v in overrides.items():
         if v is not None and v < 0:
             raise SpecMoEError(f"hardware {system.name}: efficiency {k}={v} must be >= 0")
@@ -107,7 +110,9 @@ def params_for(system, ideal: bool = False) -> CostParams:
 def declared_params(system) -> CostParams:
     """The ideal roofline overridden only by the system's own `efficiency` block: the starting
     point of a calibration, which must not inherit priors it is about to measure."""
-    return replace(CostParams(), **{k: v for k, v in (system.efficiency or {}).items() if v is not None})
+    return replace(
+        CostParams(), **{k: v for k, v in (system.efficiency or {}).items() if v is not None}
+    )
 
 
 def roofline(flops, bytes_, peak_flops, bandwidth, t_fixed=0.0):
@@ -149,8 +154,12 @@ class CostModel:
         self.peak_flops = self._tensor_tflops(gpu, model.dtype_bytes) * TFLOP
         self.hbm_bw = gpu.hbm_bw_gbps * GB
         self.link_bw = link.h2d_gbps * GB
-        self.link_setup = (link.setup_us if self.p.transfer_setup_us is None else self.p.transfer_setup_us) * US
-        self.cpu_flops = (host.cpu_bf16_tflops if model.dtype_bytes <= 2 else host.cpu_fp32_tflops) * TFLOP
+        self.link_setup = (
+            link.setup_us if self.p.transfer_setup_us is None else self.p.transfer_setup_us
+        ) * US
+        self.cpu_flops = (
+            host.cpu_bf16_tflops if model.dtype_bytes <= 2 else host.cpu_fp32_tflops
+        ) * TFLOP
         self.dram_bw = host.dram_bw_gbps * GB
         self.ssd_bw = host.ssd_read_gbps * GB
         self.kernel_t = self.p.kernel_overhead_us * US
@@ -277,17 +286,28 @@ class CostModel:
         m = self.model
         tokens = np.asarray(tokens, dtype=float)
         act = tokens * 2 * m.hidden_size * m.dtype_bytes
-        t = self.gemm(tokens * ratio * m.expert_flops_per_token, ratio * m.expert_bytes, tokens, act, kernels=2)
+        t = self.gemm(
+            tokens * ratio * m.expert_flops_per_token,
+            ratio * m.expert_bytes,
+            tokens,
+            act,
+            kernels=2,
+        )
         return np.where((tokens > 0) & (ratio > 0), t, 0.0)
 
     def attention_block(self, tokens, batch, context):
-        """Projections (q,k,v,o) plus scores over the cache, one layer. Norms and RoPE are overhead."""
+        """Projections (q,k,v,o) plus scores over the cache,
+        one layer. Norms and RoPE are overhead."""
         m = self.model
-        proj = self.gemm(tokens * m.attn_proj_flops_per_token, m.attn_weight_bytes_per_layer, tokens, kernels=2)
-        return proj + self.attention_scores(tokens, batch, context) + 2 * self.kernel_t  # + RMSNorm, RoPE
+        proj = self.gemm(
+            tokens * m.attn_proj_flops_per_token, m.attn_weight_bytes_per_layer, tokens, kernels=2
+        )
+        norms_and_rope = 2 * self.kernel_t  # RMSNorm, RoPE
+        return proj + self.attention_scores(tokens, batch, context) + norms_and_rope
 
     def attention_scores(self, tokens, batch, context):
-        """QKᵀ and PV over `context` cached positions per sequence: reads each sequence's KV once."""
+        """QKᵀ and PV over `context` cached positions per sequence:
+        reads each sequence's KV once."""
         m = self.model
         kv = np.asarray(batch) * np.asarray(context) * m.kv_bytes_per_token_per_layer
         score_flops = np.asarray(tokens) * m.attn_score_flops_per_token(context)
@@ -340,7 +360,12 @@ class CostModel:
         gate_bytes = m.hidden_size * m.num_experts * m.dtype_bytes
         t = self.gemm(tokens * m.router_flops_per_token, gate_bytes, tokens)
         if m.num_shared_experts:
-            t = t + self.gemm(tokens * m.shared_expert_flops_per_token, m.shared_params * m.dtype_bytes, tokens, kernels=2)
+            t = t + self.gemm(
+                tokens * m.shared_expert_flops_per_token,
+                m.shared_params * m.dtype_bytes,
+                tokens,
+                kernels=2,
+            )
         return t
 
     def dense_ffn(self, tokens):
@@ -351,7 +376,9 @@ class CostModel:
 
     def lm_head(self, tokens):
         m = self.model
-        return self.gemm(tokens * m.lm_head_flops_per_token, m.hidden_size * m.vocab_size * m.dtype_bytes, tokens)
+        return self.gemm(
+            tokens * m.lm_head_flops_per_token, m.hidden_size * m.vocab_size * m.dtype_bytes, tokens
+        )
 
     def layer_fixed(self):
         return self.p.layer_overhead_us * US
@@ -374,9 +401,12 @@ class CostModel:
         return self.h2d(n * self.model.expert_bytes, n, pinned) + n * self.ssd_per_expert()
 
     def ssd_per_expert(self) -> float:
-        """Extra time per expert fetch when not all experts fit in host DRAM (read from SSD first)."""
+        """Extra time per expert fetch when not all experts fit in host DRAM
+        (read from SSD first)."""
         m = self.model
-        host_bytes = self.system.host.dram_gb * GB - m.resident_bytes - m.encoder_experts_total_bytes
+        host_bytes = (
+            self.system.host.dram_gb * GB - m.resident_bytes - m.encoder_experts_total_bytes
+        )
         on_ssd = min(1.0, max(0.0, 1.0 - host_bytes / m.experts_total_bytes))
         return on_ssd * self.model.expert_bytes / (self.ssd_bw * self.p.ssd_eff)
 

@@ -23,8 +23,8 @@ fields, fewer points than the parameters need, a fit that does not converge.
 Event fields read (the engine's microbenchmarks, engine/microbench.py, and its traced runs write
 them; dims fall back to the header's `model`, an engine MoEConfig dict with hidden, heads,
 kv_heads, head_dim, experts, top_k, expert_ffn, vocab, dtype):
-  gemm        shape [m, n, k]: x[m, k] @ W[k, n]                         -> CostModel.gemm
-  expert      tokens, shape [tokens, hidden, ffn]: one SwiGLU expert      -> CostModel.experts(tokens, 1)
+  gemm        shape [m, n, k]: x[m, k] @ W[k, n]                    -> CostModel.gemm
+  expert      tokens, shape [tokens, hidden, ffn]: one SwiGLU expert -> CostModel.experts(tokens, 1)
   moe         tokens, experts (distinct), top_k, max_expert_tokens (the busiest expert's;
               default an even spread), gated (default true), shape [tokens, hidden, ffn]
               (else the header
@@ -32,14 +32,14 @@ kv_heads, head_dim, experts, top_k, expert_ffn, vocab, dtype):
               -> CostModel.experts(tokens·top_k, experts); the engine's per-layer span named
               "moe" (fetches + compute + bookkeeping) is a composite and is not fitted
   attn        the engine's attention block (norm, q/k/v/o projections, RoPE, scores), tokens,
-              shape [batch, T, context]                                   -> CostModel.attention_block
+              shape [batch, T, context]                              -> CostModel.attention_block
               the microbenchmark's scores-only attention (name "attention", shape [batch, T,
-              context, heads, kv_heads, head_dim])                        -> its scores term
-  gate        tokens                                                      -> CostModel.router_and_shared
-  lm_head     tokens                                                      -> CostModel.lm_head
+              context, heads, kv_heads, head_dim])                   -> its scores term
+  gate        tokens                                                 -> CostModel.router_and_shared
+  lm_head     tokens                                                 -> CostModel.lm_head
   h2d         bytes, pinned (default: true on CUDA, where the engine page-locks its host
               weights; false elsewhere), chunk (bytes per copy; default all) -> CostModel.h2d
-  cpu_expert  tokens, shape [tokens, hidden, ffn]                         -> CostModel.cpu_expert
+  cpu_expert  tokens, shape [tokens, hidden, ffn]                    -> CostModel.cpu_expert
   dtype: event `dtype`, else the header model's dtype. `samples_us` (every rep), where present,
   are the repeats; else events with the same op and inputs are. d2h is not fitted (the cost model
   has no D2H entry point yet).
@@ -72,7 +72,8 @@ from specmoe.measure.trace import read_trace
 
 US = 1e-6
 
-# Which parameters each op's time depends on (a parameter is fitted only if some op present needs it).
+# Which parameters each op's time depends on (a parameter is fitted only if some op present
+# needs it).
 _GEMM = ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "kernel_overhead_us")
 OP_PARAMS: dict[str, tuple[str, ...]] = {
     "gemm": _GEMM, "expert": _GEMM, "moe": _GEMM, "gate": _GEMM, "lm_head": _GEMM,
@@ -118,22 +119,60 @@ BOUNDS = {
 # Starting points; a second start from the other side of the compute/memory corner guards
 # against the kink of the roofline's max().
 STARTS = (
-    {"gemm_compute_eff": 0.5, "gemm_half_tokens": 8.0, "hbm_eff": 0.5, "attn_eff": 0.5,
-     "kernel_overhead_us": 5.0, "expert_overhead_us": 5.0, "layer_overhead_us": 10.0, "link_eff": 0.7,
-     "pageable_eff": 0.5,
-     "transfer_setup_us": 5.0, "cpu_compute_eff": 0.5, "cpu_mem_eff": 0.5, "cpu_overhead_us": 5.0,
-     "moe_compute_eff": 0.5, "moe_half_tokens": 8.0, "moe_hbm_eff": 0.5, "moe_kernel_us": 5.0,
-     "moe_reread": 0.1, "attn_fixed_us": 5.0, "attn_item_us": 1.0, "prefill_compute_eff": 0.5,
-     "prefill_item_us": 1.0, "prefill_half_head_dim": 32.0, "prefill_fixed_us": 5.0,
-     "l2_bw_factor": 2.0},
-    {"gemm_compute_eff": 0.1, "gemm_half_tokens": 64.0, "hbm_eff": 1.0, "attn_eff": 1.0,
-     "kernel_overhead_us": 50.0, "expert_overhead_us": 50.0, "layer_overhead_us": 100.0, "link_eff": 0.3,
-     "pageable_eff": 0.9,
-     "transfer_setup_us": 20.0, "cpu_compute_eff": 0.1, "cpu_mem_eff": 1.0, "cpu_overhead_us": 50.0,
-     "moe_compute_eff": 0.1, "moe_half_tokens": 64.0, "moe_hbm_eff": 0.9, "moe_kernel_us": 20.0,
-     "moe_reread": 0.5, "attn_fixed_us": 20.0, "attn_item_us": 5.0, "prefill_compute_eff": 0.2,
-     "prefill_item_us": 5.0, "prefill_half_head_dim": 128.0, "prefill_fixed_us": 20.0,
-     "l2_bw_factor": 4.0},
+    {
+        "gemm_compute_eff": 0.5,
+        "gemm_half_tokens": 8.0,
+        "hbm_eff": 0.5,
+        "attn_eff": 0.5,
+        "kernel_overhead_us": 5.0,
+        "expert_overhead_us": 5.0,
+        "layer_overhead_us": 10.0,
+        "link_eff": 0.7,
+        "pageable_eff": 0.5,
+        "transfer_setup_us": 5.0,
+        "cpu_compute_eff": 0.5,
+        "cpu_mem_eff": 0.5,
+        "cpu_overhead_us": 5.0,
+        "moe_compute_eff": 0.5,
+        "moe_half_tokens": 8.0,
+        "moe_hbm_eff": 0.5,
+        "moe_kernel_us": 5.0,
+        "moe_reread": 0.1,
+        "attn_fixed_us": 5.0,
+        "attn_item_us": 1.0,
+        "prefill_compute_eff": 0.5,
+        "prefill_item_us": 1.0,
+        "prefill_half_head_dim": 32.0,
+        "prefill_fixed_us": 5.0,
+        "l2_bw_factor": 2.0,
+    },
+    {
+        "gemm_compute_eff": 0.1,
+        "gemm_half_tokens": 64.0,
+        "hbm_eff": 1.0,
+        "attn_eff": 1.0,
+        "kernel_overhead_us": 50.0,
+        "expert_overhead_us": 50.0,
+        "layer_overhead_us": 100.0,
+        "link_eff": 0.3,
+        "pageable_eff": 0.9,
+        "transfer_setup_us": 20.0,
+        "cpu_compute_eff": 0.1,
+        "cpu_mem_eff": 1.0,
+        "cpu_overhead_us": 50.0,
+        "moe_compute_eff": 0.1,
+        "moe_half_tokens": 64.0,
+        "moe_hbm_eff": 0.9,
+        "moe_kernel_us": 20.0,
+        "moe_reread": 0.5,
+        "attn_fixed_us": 20.0,
+        "attn_item_us": 5.0,
+        "prefill_compute_eff": 0.2,
+        "prefill_item_us": 5.0,
+        "prefill_half_head_dim": 128.0,
+        "prefill_fixed_us": 20.0,
+        "l2_bw_factor": 4.0,
+    },
 )
 # Trace sources that are measurements: our engine's, and imported public tables
 MEASURED_SOURCES = ("engine", "table")
@@ -158,9 +197,13 @@ def load_traces(paths: Sequence[str | Path]):
         if first is None:
             first = (t.path, ident)
         elif ident != first[1]:
-            diff = {k: (first[1].get(k), ident.get(k)) for k in ident if first[1].get(k) != ident.get(k)}
-            raise SpecMoEError(f"traces from different devices in one fit: {first[0]} vs {t.path} "
-                               f"differ in header.device {diff}; calibrate each device separately")
+            diff = {
+                k: (first[1].get(k), ident.get(k)) for k in ident if first[1].get(k) != ident.get(k)
+            }
+            raise SpecMoEError(
+                f"traces from different devices in one fit: {first[0]} vs {t.path} "
+                f"differ in header.device {diff}; calibrate each device separately"
+            )
     return traces
 
 
@@ -194,7 +237,9 @@ class Point:
     def label(self) -> str:
         names = OPS[self.cat].arg_names
         dims = "[" + "x".join(f"{d:g}" for d in self.dims[1:]) + "]" if len(self.dims) > 1 else ""
-        return f"{self.cat}{dims}(" + ", ".join(f"{n}={v:g}" for n, v in zip(names, self.args)) + ")"
+        return (
+            f"{self.cat}{dims}(" + ", ".join(f"{n}={v:g}" for n, v in zip(names, self.args)) + ")"
+        )
 
 
 def _need(ev: dict, key: str, where: str):
@@ -206,7 +251,11 @@ def _need(ev: dict, key: str, where: str):
 
 def _shape(ev: dict, n: int, where: str) -> list:
     s = _need(ev, "shape", where)
-    if not isinstance(s, (list, tuple)) or len(s) != n or not all(isinstance(x, (int, float)) for x in s):
+    if (
+        not isinstance(s, (list, tuple))
+        or len(s) != n
+        or not all(isinstance(x, (int, float)) for x in s)
+    ):
         raise SpecMoEError(f"{where}: {ev['cat']} event field 'shape'={s!r}: expected {n} numbers")
     return list(s)
 
@@ -218,7 +267,9 @@ def _dtype_bytes(ev: dict, model: dict, where: str) -> float:
                            "no model.dtype")
     name = str(name).replace("torch.", "")
     if name not in DTYPE_BYTES:
-        raise SpecMoEError(f"{where}: dtype={name!r} is not modelled; allowed {sorted(DTYPE_BYTES)}")
+        raise SpecMoEError(
+            f"{where}: dtype={name!r} is not modelled; allowed {sorted(DTYPE_BYTES)}"
+        )
     return float(DTYPE_BYTES[name])
 
 
@@ -278,14 +329,23 @@ def _event_point(ev: dict, header: dict, where: str) -> tuple[str, tuple, tuple]
     if cat == "gate":
         if int(model.get("shared_expert_ffn") or 0):
             return None  # with shared experts the gate span is not the whole router_and_shared op
-        return cat, (b, _dim(ev, model, "hidden", where), _dim(ev, model, "experts", where)), (tokens,)
+        return (
+            cat,
+            (b, _dim(ev, model, "hidden", where), _dim(ev, model, "experts", where)),
+            (tokens,),
+        )
     if cat == "lm_head":
-        return cat, (b, _dim(ev, model, "hidden", where), _dim(ev, model, "vocab", where)), (tokens,)
+        return (
+            cat,
+            (b, _dim(ev, model, "hidden", where), _dim(ev, model, "vocab", where)),
+            (tokens,),
+        )
     return None
 
 
 def _samples_s(ev: dict, where: str) -> list[float]:
-    """The event's repeats in seconds: `samples_us` where the microbenchmark kept them, else dur_us."""
+    """The event's repeats in seconds: `samples_us` where the microbenchmark kept them,
+    else dur_us."""
     vals = ev.get("samples_us") or [ev["dur_us"]]
     for v in vals:
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -312,7 +372,7 @@ def collect_points(traces, min_samples: int = 1) -> list[Point]:
     return sorted(kept, key=lambda q: (q.cat, q.dims, q.args))
 
 
-# ------------------------------------------------------------------------------------ the cost-model mapping
+# ------------------------------------------------------------------------- the cost-model mapping
 
 @lru_cache(maxsize=512)
 def _spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, kv_heads: int = 1,
@@ -320,11 +380,22 @@ def _spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, k
           shared_ffn: int = 0, gated: bool = True):
     """A ModelSpec with just the dims an op needs (one op = one layer's worth)."""
 
-    cfg = {"model_type": "qwen2_moe" if shared_ffn else "mixtral", "hidden_size": hidden,
-           "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-           "head_dim": head_dim, "vocab_size": vocab, "num_experts_per_tok": min(top_k, experts),
-           "_specmoe": {"name": "calibration-op", "dtype_bytes": dtype_bytes,
-                        "expert_dtype_bytes": dtype_bytes, "kv_dtype_bytes": dtype_bytes}}
+    cfg = {
+        "model_type": "qwen2_moe" if shared_ffn else "mixtral",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab_size": vocab,
+        "num_experts_per_tok": min(top_k, experts),
+        "_specmoe": {
+            "name": "calibration-op",
+            "dtype_bytes": dtype_bytes,
+            "expert_dtype_bytes": dtype_bytes,
+            "kv_dtype_bytes": dtype_bytes,
+        },
+    }
     if shared_ffn:
         cfg.update(num_experts=experts, moe_intermediate_size=ffn, intermediate_size=ffn,
                    shared_expert_intermediate_size=shared_ffn)
@@ -365,27 +436,42 @@ class Op:
 
 OPS: dict[str, Op] = {
     "gemm": Op(("m", "n", "k"), lambda b: _spec(b), _gemm),
-    "expert": Op(("tokens",), lambda b, h, f: _spec(b, hidden=h, ffn=f),
-                 lambda cm, a: cm.experts(a[:, 0], 1.0)),
-    "moe": Op(("pairs", "distinct", "busiest"),
-              lambda b, h, f, g=1.0: _spec(b, hidden=h, ffn=f, gated=bool(g)),
-              lambda cm, a: cm.experts(a[:, 0], a[:, 1], a[:, 2])),
-    "cpu_expert": Op(("tokens",), lambda b, h, f: _spec(b, hidden=h, ffn=f),
-                     lambda cm, a: cm.cpu_expert(a[:, 0])),
-    "attn": Op(("tokens", "batch", "context"),
-               lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
-               lambda cm, a: cm.attention_block(a[:, 0], a[:, 1], a[:, 2])),
-    "attn_scores": Op(("tokens", "batch", "context"),
-                      lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
-                      _attn_scores),
-    "attn_prefill": Op(("tokens", "batch", "seq"),
-                       lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv,
-                                                      head_dim=hd),
-                       _attn_prefill),
-    "gate": Op(("tokens",), lambda b, h, e: _spec(b, hidden=h, experts=e),
-               lambda cm, a: cm.router_and_shared(a[:, 0])),
-    "lm_head": Op(("tokens",), lambda b, h, v: _spec(b, hidden=h, vocab=v),
-                  lambda cm, a: cm.lm_head(a[:, 0])),
+    "expert": Op(
+        ("tokens",),
+        lambda b, h, f: _spec(b, hidden=h, ffn=f),
+        lambda cm, a: cm.experts(a[:, 0], 1.0),
+    ),
+    "moe": Op(
+        ("pairs", "distinct", "busiest"),
+        lambda b, h, f, g=1.0: _spec(b, hidden=h, ffn=f, gated=bool(g)),
+        lambda cm, a: cm.experts(a[:, 0], a[:, 1], a[:, 2]),
+    ),
+    "cpu_expert": Op(
+        ("tokens",), lambda b, h, f: _spec(b, hidden=h, ffn=f), lambda cm, a: cm.cpu_expert(a[:, 0])
+    ),
+    "attn": Op(
+        ("tokens", "batch", "context"),
+        lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
+        lambda cm, a: cm.attention_block(a[:, 0], a[:, 1], a[:, 2]),
+    ),
+    "attn_scores": Op(
+        ("tokens", "batch", "context"),
+        lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
+        _attn_scores,
+    ),
+    "attn_prefill": Op(
+        ("tokens", "batch", "seq"),
+        lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
+        _attn_prefill,
+    ),
+    "gate": Op(
+        ("tokens",),
+        lambda b, h, e: _spec(b, hidden=h, experts=e),
+        lambda cm, a: cm.router_and_shared(a[:, 0]),
+    ),
+    "lm_head": Op(
+        ("tokens",), lambda b, h, v: _spec(b, hidden=h, vocab=v), lambda cm, a: cm.lm_head(a[:, 0])
+    ),
     "h2d": Op(("bytes", "chunks", "pinned"), lambda: _spec(2.0), _h2d),
 }
 
@@ -455,9 +541,9 @@ def _check_enough(cats: Sequence[str], names: Sequence[str], what: str,
         need = unknowns + 2
         if n_points < need:
             raise SpecMoEError(
-                f"{what}: too few points for parameter {name!r}: {n_points} distinct configurations "
-                f"of {sorted(informing)} for {unknowns} parameters; need at least {need} (add sizes/"
-                f"shapes to the microbenchmarks)")
+                f"{what}: too few points for parameter {name!r}: {n_points} distinct "
+                f"configurations of {sorted(informing)} for {unknowns} parameters; need at least "
+                f"{need} (add sizes/shapes to the microbenchmarks)")
 
 
 @dataclass(frozen=True)
@@ -484,7 +570,9 @@ class FitOptions:
         if self.folds < 2:
             raise SpecMoEError(f"folds={self.folds}: need at least 2 for a hold-out")
         if self.op_traces not in ("all", "microbenchmark", "end-to-end"):
-            raise SpecMoEError(f"op_traces={self.op_traces!r}: allowed all, microbenchmark, end-to-end")
+            raise SpecMoEError(
+                f"op_traces={self.op_traces!r}: allowed all, microbenchmark, end-to-end"
+            )
         if self.groups not in ("shared", "per-class"):
             raise SpecMoEError(f"groups={self.groups!r}: allowed shared, per-class")
         if not 0.0 <= self.quantile <= 1.0:
@@ -496,7 +584,8 @@ class FitOptions:
 
 def least_squares_fit(predict: Callable[[CostParams], np.ndarray], measured: np.ndarray,
                       names: list[str], base: CostParams, what: str, opts: FitOptions) -> Fit:
-    """Relative-residual least squares within BOUNDS, best of STARTS; raises if it does not converge."""
+    """Relative-residual least squares within BOUNDS, best of STARTS;
+    raises if it does not converge."""
 
     lo = np.array([BOUNDS[n][0] for n in names])
     hi = np.array([BOUNDS[n][1] for n in names])
@@ -509,8 +598,15 @@ def least_squares_fit(predict: Callable[[CostParams], np.ndarray], measured: np.
     for start in STARTS:
         x0 = np.clip([start[n] for n in names], lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo))
         with np.errstate(all="ignore"):
-            res = least_squares(resid, x0, bounds=(lo, hi), x_scale="jac", loss=opts.loss,
-                                f_scale=opts.f_scale, max_nfev=opts.max_nfev or 200 * (len(names) + 1))
+            res = least_squares(
+                resid,
+                x0,
+                bounds=(lo, hi),
+                x_scale="jac",
+                loss=opts.loss,
+                f_scale=opts.f_scale,
+                max_nfev=opts.max_nfev or 200 * (len(names) + 1),
+            )
         if res.status <= 0 or not np.all(np.isfinite(res.fun)):
             raise SpecMoEError(f"{what}: the fit of {names} did not converge ({res.message}; "
                                f"status {res.status} after {res.nfev} evaluations)")
@@ -536,7 +632,8 @@ def least_squares_fit(predict: Callable[[CostParams], np.ndarray], measured: np.
 
 
 def folds_by_shape(cats: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
-    """Fold of each point: within each op, distinct configurations dealt round-robin after a shuffle,
+    """Fold of each point: within each op,
+    distinct configurations dealt round-robin after a shuffle,
     so every fold holds out whole configurations of every op."""
     rng = np.random.default_rng(seed)
     out = np.empty(len(cats), dtype=int)
@@ -567,9 +664,14 @@ class Stage:
         out = {}
         for cat in sorted(set(self.cats)):
             sel = np.asarray(self.cats) == cat
-            out[cat] = {"mape": float(np.mean(err[sel])), "max": float(np.max(err[sel])),
-                        "points": int(sel.sum()),
-                        "noise": float(np.nanmedian(self.spread[sel])) if np.any(np.isfinite(self.spread[sel])) else None}
+            out[cat] = {
+                "mape": float(np.mean(err[sel])),
+                "max": float(np.max(err[sel])),
+                "points": int(sel.sum()),
+                "noise": float(np.nanmedian(self.spread[sel]))
+                if np.any(np.isfinite(self.spread[sel]))
+                else None,
+            }
         return out
 
 
@@ -596,8 +698,9 @@ def fit_stage(predict: Callable[[CostParams], np.ndarray], measured: np.ndarray,
         def sub(p, train=train):
             return predict(p)[train]
 
-        fit = least_squares_fit(sub, measured[train], names, base, f"{what} (hold-out fold {f + 1}/{k})",
-                                opts)
+        fit = least_squares_fit(
+            sub, measured[train], names, base, f"{what} (hold-out fold {f + 1}/{k})", opts
+        )
         holdout[test] = predict(replace(base, **dict(zip(names, map(float, fit.values)))))[test]
     return Stage(full, labels, cats, measured, predicted, holdout, spread, k, dead)
 
@@ -706,21 +809,51 @@ def _fit_e2e(traces, system, params: CostParams, opts: FitOptions) -> Stage | No
 
     # one point per configuration: the quantile over its repeats of the mean iteration time, its
     # noise the spread of the repeats (or of one run's iterations when it ran once)
-    measured = np.array([np.quantile([r.mean_iteration_s for r in g], opts.quantile) for g in groups])
-    spread = np.array([(max(r.mean_iteration_s for r in g) - min(r.mean_iteration_s for r in g)) / m
-                       if len(g) > 1 else g[0].iteration_spread for g, m in zip(groups, measured)])
-    return fit_stage(predict, measured, ["iteration"] * len(groups), [r.label() for r in firsts],
-                     spread, list(E2E_PARAMS), params, opts, "calibrate (end-to-end)")
+    measured = np.array(
+        [np.quantile([r.mean_iteration_s for r in g], opts.quantile) for g in groups]
+    )
+    spread = np.array(
+        [
+            (max(r.mean_iteration_s for r in g) - min(r.mean_iteration_s for r in g)) / m
+            if len(g) > 1
+            else g[0].iteration_spread
+            for g, m in zip(groups, measured)
+        ]
+    )
+    return fit_stage(
+        predict,
+        measured,
+        ["iteration"] * len(groups),
+        [r.label() for r in firsts],
+        spread,
+        list(E2E_PARAMS),
+        params,
+        opts,
+        "calibrate (end-to-end)",
+    )
 
 
-def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Calibration, traces,
-                       name: str | None, command: str | None, opts: FitOptions):
+def _calibrated_system(
+    base_system,
+    params: CostParams,
+    fitted: set,
+    calib: Calibration,
+    traces,
+    name: str | None,
+    command: str | None,
+    opts: FitOptions,
+):
     # None (transfer_setup_us held at the link profile's value) stays out: the profile keeps it
-    eff = {n: float(getattr(params, n)) for n in PARAM_NAMES
-           if (n in fitted or n in (base_system.efficiency or {})) and getattr(params, n) is not None}
+    eff = {
+        n: float(getattr(params, n))
+        for n in PARAM_NAMES
+        if (n in fitted or n in (base_system.efficiency or {})) and getattr(params, n) is not None
+    }
     dev = traces[0].header["device"]
-    versions = sorted({(t.header["device"].get("torch"), t.header["device"].get("triton")) for t in traces},
-                      key=str)
+    versions = sorted(
+        {(t.header["device"].get("torch"), t.header["device"].get("triton")) for t in traces},
+        key=str,
+    )
     provenance = {
         "tool": "specmoe.fit.calibrate",
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -733,21 +866,43 @@ def _calibrated_system(base_system, params: CostParams, fitted: set, calib: Cali
         "parameters": {**_stage_params(calib.ops), **_stage_params(calib.e2e)},
         "fixed": {k: v for k, v in calib.fixed.items()},
         "unidentified": calib.unidentified(),
-        "options": {"loss": opts.loss, "f_scale": opts.f_scale, "min_samples": opts.min_samples,
-                    "quantile": opts.quantile, "op_traces": opts.op_traces,
-                    "fix": dict(opts.fix), "folds": opts.folds, "groups": opts.groups},
-        "holdout": {"folds": calib.ops.folds if calib.ops else None, "by": "distinct op configuration",
-                    "mape": {k: {kk: (round(vv, 5) if isinstance(vv, float) else vv) for kk, vv in v.items()}
-                             for k, v in calib.holdout_mape().items()}},
-        "fit": {st: {"rms_relative_residual": s.fit.rms_rel, "evaluations": s.fit.nfev,
-                     "message": s.fit.message}
-                for st, s in (("ops", calib.ops), ("end_to_end", calib.e2e)) if s is not None},
+        "options": {
+            "loss": opts.loss,
+            "f_scale": opts.f_scale,
+            "min_samples": opts.min_samples,
+            "quantile": opts.quantile,
+            "op_traces": opts.op_traces,
+            "fix": dict(opts.fix),
+            "folds": opts.folds,
+            "groups": opts.groups,
+        },
+        "holdout": {
+            "folds": calib.ops.folds if calib.ops else None,
+            "by": "distinct op configuration",
+            "mape": {
+                k: {kk: (round(vv, 5) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                for k, v in calib.holdout_mape().items()
+            },
+        },
+        "fit": {
+            st: {
+                "rms_relative_residual": s.fit.rms_rel,
+                "evaluations": s.fit.nfev,
+                "message": s.fit.message,
+            }
+            for st, s in (("ops", calib.ops), ("end_to_end", calib.e2e))
+            if s is not None
+        },
     }
     data = base_system.model_dump()
-    data.update(name=name or f"{base_system.name}-calibrated", efficiency=eff, calibration=provenance)
-    data["sources"] = {**(base_system.sources or {}),
-                       "efficiency": f"fitted by specmoe.fit.calibrate on {len(traces)} trace(s) from "
-                                     f"{dev.get('name')} ({provenance['date']})"}
+    data.update(
+        name=name or f"{base_system.name}-calibrated", efficiency=eff, calibration=provenance
+    )
+    data["sources"] = {
+        **(base_system.sources or {}),
+        "efficiency": f"fitted by specmoe.fit.calibrate on {len(traces)} trace(s) from "
+        f"{dev.get('name')} ({provenance['date']})",
+    }
     return type(base_system).model_validate(data)
 
 
@@ -758,7 +913,9 @@ def transfer(calibrated, target, name: str | None = None):
     src = calibrated if isinstance(calibrated, System) else load_system(calibrated)
     dst = target if isinstance(target, System) else load_system(target)
     if not src.calibration:
-        raise SpecMoEError(f"transfer: {src.name!r} has no calibration block; give a calibrated profile")
+        raise SpecMoEError(
+            f"transfer: {src.name!r} has no calibration block; give a calibrated profile"
+        )
     data = dst.model_dump()
     data.update(name=name or f"{dst.name}-from-{src.name}", efficiency=dict(src.efficiency),
                 calibration={"tool": "specmoe.fit.calibrate.transfer", "transferred_from": src.name,
@@ -790,20 +947,29 @@ LARGE_HOLDOUT_PCT = 25.0   # hold-out MAPE above this: the fitted op times are n
 
 def fit_warnings(calib: Calibration, large_pct: float = LARGE_HOLDOUT_PCT) -> list[str]:
     """Plain warnings: parameters stuck at a bound of their range, and ops whose hold-out error is
-    large. Either means the traces did not determine the profile; its numbers are not measurements."""
+    large. Either means the traces did not determine the profile;
+    its numbers are not measurements."""
     out = []
     params = calib.system.calibration["parameters"]
     for name, v in params.items():
         if v["at_bound"] and not v["degenerate"]:
             lo, hi = v.get("bounds", (None, None))
-            side = "upper" if hi is not None and abs(v["value"] - hi) <= abs(v["value"] - (lo or 0)) else "lower"
-            out.append(f"{name} = {v['value']:.4g} sits at the {side} bound of its range {lo}..{hi}: "
-                       "the traces do not pin it down (fit traces of one kind, e.g. the GEMM and expert "
-                       "microbenchmarks of one run, or --fix it)")
+            side = (
+                "upper"
+                if hi is not None and abs(v["value"] - hi) <= abs(v["value"] - (lo or 0))
+                else "lower"
+            )
+            out.append(
+                f"{name} = {v['value']:.4g} sits at the {side} bound of its range {lo}..{hi}: "
+                "the traces do not pin it down (fit traces of one kind, e.g. the GEMM and expert "
+                "microbenchmarks of one run, or --fix it)"
+            )
     for r in holdout_table(calib):
         if r["holdout_mape_pct"] > large_pct:
-            out.append(f"{r['op']}: hold-out error {r['holdout_mape_pct']:.0f}% (over {large_pct:.0f}%): "
-                       "predictions of this op are not reliable")
+            out.append(
+                f"{r['op']}: hold-out error {r['holdout_mape_pct']:.0f}% (over {large_pct:.0f}%): "
+                "predictions of this op are not reliable"
+            )
     return out
 
 
@@ -816,8 +982,14 @@ def markdown_tables(calib: Calibration) -> str:
                      f"{r['holdout_max_pct']:.1f} | {noise} |")
     lines += ["", "| parameter | value | ± (1σ, approx.) | note |", "|---|---:|---:|---|"]
     for r in params_table(calib):
-        note = ", ".join(w for w, on in (("at bound", r["at_bound"]),
-                                         ("degenerate: only a combination is determined", r["degenerate"])) if on)
+        note = ", ".join(
+            w
+            for w, on in (
+                ("at bound", r["at_bound"]),
+                ("degenerate: only a combination is determined", r["degenerate"]),
+            )
+            if on
+        )
         err = "∞" if r["stderr"] is None else f"{r['stderr']:.2g}"
         lines.append(f"| {r['parameter']} | {r['value']:.4g} | {err} | {note} |")
     dead = calib.unidentified()
@@ -836,7 +1008,8 @@ def markdown_tables(calib: Calibration) -> str:
 
 
 def markdown_html(text: str) -> str:
-    """The Markdown of `markdown_tables` as HTML: pipe tables become tables, other lines paragraphs."""
+    """The Markdown of `markdown_tables` as HTML: pipe tables become tables,
+    other lines paragraphs."""
     out, rows = [], []
 
     def flush():
@@ -866,39 +1039,72 @@ def write_html(calib: Calibration, path: str | Path, plotlyjs: str | bool = "cdn
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    stages = [(t, s) for t, s in (("ops (hold-out)", calib.ops), ("end-to-end iteration (hold-out)", calib.e2e))
-              if s is not None]
+    stages = [
+        (t, s)
+        for t, s in (("ops (hold-out)", calib.ops), ("end-to-end iteration (hold-out)", calib.e2e))
+        if s is not None
+    ]
     fig = make_subplots(rows=1, cols=len(stages), subplot_titles=[t for t, _ in stages])
     for col, (_, st) in enumerate(stages, start=1):
         lo = float(min(st.measured.min(), np.nanmin(st.holdout))) * 1e6 * 0.8
         hi = float(max(st.measured.max(), np.nanmax(st.holdout))) * 1e6 * 1.25
         for cat in sorted(set(st.cats)):
             sel = np.asarray(st.cats) == cat
-            fig.add_trace(go.Scatter(x=st.measured[sel] * 1e6, y=st.holdout[sel] * 1e6, mode="markers",
-                                     name=cat, text=[l for l, s in zip(st.labels, sel) if s],
-                                     legendgroup=cat), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=st.measured[sel] * 1e6,
+                    y=st.holdout[sel] * 1e6,
+                    mode="markers",
+                    name=cat,
+                    text=[l for l, s in zip(st.labels, sel) if s],
+                    legendgroup=cat,
+                ),
+                row=1,
+                col=col,
+            )
         for f, dash in ((1.0, "solid"), (1.05, "dot"), (0.95, "dot")):
-            fig.add_trace(go.Scatter(x=[lo, hi], y=[lo * f, hi * f], mode="lines", showlegend=False,
-                                     line={"color": "grey", "dash": dash, "width": 1}), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[lo, hi],
+                    y=[lo * f, hi * f],
+                    mode="lines",
+                    showlegend=False,
+                    line={"color": "grey", "dash": dash, "width": 1},
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(type="log", title="measured (µs)", row=1, col=col)
         fig.update_yaxes(type="log", title="predicted (µs)", row=1, col=col)
     dev = calib.system.calibration["device"].get("name")
-    fig.update_layout(title=f"Calibration {calib.system.name} on {dev}<br><sup>hold-out: predicted against "
-                            "measured time per op configuration; solid = equal, dotted = ±5%</sup>",
-                      height=560, width=max(900, 560 * len(stages)), template="plotly_white")
+    fig.update_layout(
+        title=f"Calibration {calib.system.name} on {dev}<br><sup>hold-out: predicted against "
+        "measured time per op configuration; solid = equal, dotted = ±5%</sup>",
+        height=560,
+        width=max(900, 560 * len(stages)),
+        template="plotly_white",
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     esc = html_escape
-    intro = ("<p>Each dot is one op configuration, left out of the fit and predicted by the parameters "
-             "fitted to the others (k-fold hold-out). Dots on the diagonal are predicted exactly; the "
-             "tables give the error per op and each fitted parameter with its uncertainty.</p>")
+    intro = (
+        "<p>Each dot is one op configuration, left out of the fit and predicted by the parameters "
+        "fitted to the others (k-fold hold-out). Dots on the diagonal are predicted exactly; the "
+        "tables give the error per op and each fitted parameter with its uncertainty.</p>"
+    )
     warn = "".join(f"<p style='color:#a00'>warning: {esc(w)}</p>" for w in fit_warnings(calib))
     page = fig.to_html(include_plotlyjs=plotlyjs, full_html=True)
-    style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.45}"
-             "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:2px 8px}</style>")
+    style = (
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.45}"
+        "table{border-collapse:collapse;margin:8px 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px}</style>"
+    )
     page = page.replace("<head>", "<head><meta charset='utf-8'>" + style, 1)
-    page = page.replace("<body>", "<body><h1>" + esc(f"specmoe calibration: {calib.system.name}") + "</h1>"
-                        + intro + warn, 1)
+    page = page.replace(
+        "<body>",
+        "<body><h1>" + esc(f"specmoe calibration: {calib.system.name}") + "</h1>" + intro + warn,
+        1,
+    )
     table = markdown_html(markdown_tables(calib))
     atomic_write_text(path, page.replace("</body>", table + "</body>"))
     return path

@@ -1,4 +1,5 @@
-"""Validation: predict measured end-to-end engine runs with a (calibrated) profile, report the error.
+"""Validation: predict measured end-to-end engine runs with a (calibrated) profile,
+report the error.
 
     specmoe validate TRACES... --hardware CALIBRATED [--predictor auto|sim|analytic] [--markdown F]
 
@@ -64,7 +65,8 @@ def _predict_analytic(run: Run, system, params) -> dict[str, Any]:
 
 
 def _predict_sim(run: Run, system, params) -> dict[str, Any]:
-    """The simulator's mean iteration time on this configuration (API: specmoe.predictors.sim.simulate)."""
+    """The simulator's mean iteration time on this configuration (API:
+    specmoe.predictors.sim.simulate)."""
 
     pol = run.policy
     res = simulate(model=run.model, system=system, workload=_workload(run), policy=pol,
@@ -101,15 +103,25 @@ def validate(trace_paths: Sequence[str | Path], hardware, predictor: str = "auto
         decode = float(np.quantile([r.decode_s for r in group], quantile))
         meas = run.batch * (run.max_new_tokens - 1) / decode
         same = calib_id is not None and device_identity(run.header.get("device")) == calib_id
-        row = {"trace": Path(run.path).name, "policy": run.policy.name, "batch": run.batch,
-               "gamma": run.gamma, "draft_experts": run.policy.draft_experts if run.speculative else 0,
-               "alpha": run.alpha, "model": run.model_label, "repeats": len(group),
-               "measured_tokens_per_s": meas, "measured_spread_pct": 100 * (max(tps) - min(tps)) / meas,
-               "predicted_tokens_per_s": pred["tokens_per_s"],
-               "measured_iteration_ms": 1e3 * float(np.quantile([r.mean_iteration_s for r in group], quantile)),
-               "predicted_iteration_ms": pred["iteration_s"] * 1e3,
-               "error_pct": 100 * (pred["tokens_per_s"] - meas) / meas, "predictor": pred["predictor"],
-               "device": "calibrated" if same else "other"}
+        row = {
+            "trace": Path(run.path).name,
+            "policy": run.policy.name,
+            "batch": run.batch,
+            "gamma": run.gamma,
+            "draft_experts": run.policy.draft_experts if run.speculative else 0,
+            "alpha": run.alpha,
+            "model": run.model_label,
+            "repeats": len(group),
+            "measured_tokens_per_s": meas,
+            "measured_spread_pct": 100 * (max(tps) - min(tps)) / meas,
+            "predicted_tokens_per_s": pred["tokens_per_s"],
+            "measured_iteration_ms": 1e3
+            * float(np.quantile([r.mean_iteration_s for r in group], quantile)),
+            "predicted_iteration_ms": pred["iteration_s"] * 1e3,
+            "error_pct": 100 * (pred["tokens_per_s"] - meas) / meas,
+            "predictor": pred["predictor"],
+            "device": "calibrated" if same else "other",
+        }
         if compare_analytic and pred["predictor"] != "analytic":
             ana = predict_run(run, system, predictor="analytic")
             row["analytic_error_pct"] = 100 * (ana["tokens_per_s"] - meas) / meas
@@ -119,7 +131,8 @@ def validate(trace_paths: Sequence[str | Path], hardware, predictor: str = "auto
 
 
 def summarize(rows: list[dict], exclude_policies: Sequence[str] = ()) -> dict[str, Any]:
-    """Median and max |error| per device kind (calibrated / other), optionally leaving policies out."""
+    """Median and max |error| per device kind (calibrated / other),
+    optionally leaving policies out."""
     out = {}
     for dev in sorted({r["device"] for r in rows}):
         sel = [r for r in rows if r["device"] == dev and r["policy"] not in exclude_policies]
@@ -135,23 +148,34 @@ def summarize(rows: list[dict], exclude_policies: Sequence[str] = ()) -> dict[st
 def markdown_table(result: dict[str, Any], summaries: dict[str, dict] | None = None) -> str:
     """The rows, then one summary line per device kind (and per extra summary given)."""
     ana = any("analytic_error_pct" in r for r in result["rows"])
-    lines = ["| model | policy | batch | γ | N | α | repeats | measured tok/s | spread % | "
-             "predicted tok/s | error % |" + (" analytic error % |" if ana else "")
-             + " measured ms/iter | predicted ms/iter | predictor | device |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if ana else "")
-             + "---:|---:|---|---|"]
-    for r in sorted(result["rows"], key=lambda r: (r["model"], r["policy"], r["batch"], r["gamma"])):
+    lines = [
+        "| model | policy | batch | γ | N | α | repeats | measured tok/s | spread % | "
+        "predicted tok/s | error % |"
+        + (" analytic error % |" if ana else "")
+        + " measured ms/iter | predicted ms/iter | predictor | device |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if ana else "")
+        + "---:|---:|---|---|",
+    ]
+    for r in sorted(
+        result["rows"], key=lambda r: (r["model"], r["policy"], r["batch"], r["gamma"])
+    ):
         a = "-" if r["alpha"] is None else f"{r['alpha']:.2f}"
         extra = f" {r['analytic_error_pct']:+.1f} |" if ana else ""
-        lines.append(f"| {r['model']} | {r['policy']} | {r['batch']} | {r['gamma']} | {r['draft_experts']} | "
-                     f"{a} | {r['repeats']} | {r['measured_tokens_per_s']:.1f} | {r['measured_spread_pct']:.0f} | "
-                     f"{r['predicted_tokens_per_s']:.1f} | {r['error_pct']:+.1f} |{extra} "
-                     f"{r['measured_iteration_ms']:.2f} | {r['predicted_iteration_ms']:.2f} | "
-                     f"{r['predictor']} | {r['device']} |")
+        lines.append(
+            f"| {r['model']} | {r['policy']} | {r['batch']} | {r['gamma']} | "
+            f"{r['draft_experts']} | {a} | {r['repeats']} | {r['measured_tokens_per_s']:.1f} | "
+            f"{r['measured_spread_pct']:.0f} | "
+            f"{r['predicted_tokens_per_s']:.1f} | {r['error_pct']:+.1f} |{extra} "
+            f"{r['measured_iteration_ms']:.2f} | {r['predicted_iteration_ms']:.2f} | "
+            f"{r['predictor']} | {r['device']} |"
+        )
     lines.append("")
     for title, summary in {"all policies": result["summary"], **(summaries or {})}.items():
         for dev, s in summary.items():
-            lines.append(f"- {title}, {dev} device: {s['configurations']} configurations, median |error| "
-                         f"{s['median_abs_error_pct']:.1f}%, max |error| {s['max_abs_error_pct']:.1f}%, "
-                         f"mean signed {s['mean_signed_error_pct']:+.1f}%")
+            lines.append(
+                f"- {title}, {dev} device: {s['configurations']} configurations, median |error| "
+                f"{s['median_abs_error_pct']:.1f}%, max |error| {s['max_abs_error_pct']:.1f}%, "
+                f"mean signed {s['mean_signed_error_pct']:+.1f}%"
+            )
     return "\n".join(lines)
