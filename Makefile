@@ -36,6 +36,7 @@ browser:
 	  echo "note: no Chromium (apt-get install -y chromium): the browser test of the pages will skip"
 
 test: setup-dev browser
+	$(VENV)/bin/ruff check specmoe engine kernels tests experiments
 	$(VENV)/bin/lint-imports
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not artifacts"
 	@echo "-- committed artifacts are what their scripts give today:"
