@@ -210,7 +210,8 @@ def heldout_traces() -> list[str]:
 def calibrate_cpu(traces=None, **over):
     """The CPU profile's fit (what `fit` writes to
     hwprofiles/calibrated/cpu-local-calibrated.yaml)."""
-    from specmoe.fit.calibrate import FitOptions, calibrate
+    from specmoe.fit.calibrate import calibrate
+    from specmoe.fit.solver import FitOptions
 
     return calibrate(
         traces or train_traces(),

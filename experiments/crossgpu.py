@@ -39,7 +39,11 @@ import numpy as np
 
 from specmoe.costs.ops import CostParams
 from specmoe.costs.tables import Tables, event_entry, interp_loglog
-from specmoe.fit import calibrate as cal
+from specmoe.errors import SpecMoEError
+from specmoe.fit.calibrate import calibrate
+from specmoe.fit.op_map import OpPredictor, param_map, params_needed
+from specmoe.fit.points import collect_points, load_traces
+from specmoe.fit.solver import BOUNDS, FitOptions, fit_stage, least_squares_fit
 from specmoe.inputs.hardware import load_system, save_system
 from specmoe.measure import aiconfigurator as aic
 
@@ -65,12 +69,12 @@ def load(gpu: str, backend: str, rows: int, tmp: Path):
     without data."""
     try:
         full = aic.import_tables(gpu, backend)
-    except cal.SpecMoEError as e:
+    except SpecMoEError as e:
         print(f"  skip {gpu}/{backend}: {e}", file=sys.stderr)
         return None
     sub = aic.import_tables(gpu, backend, max_rows=rows)
     path = aic.write(sub, tmp / f"{gpu}-{backend}.jsonl.gz")
-    points = cal.collect_points(cal.load_traces([path]))
+    points = collect_points(load_traces([path]))
     return path, points, load_system(aic.GPU_PROFILES[gpu]), full, sub
 
 
@@ -78,7 +82,7 @@ class Pooled:
     """Predicts points of several GPUs with one parameter set, each on its own datasheet."""
 
     def __init__(self, sets, replay: bool):
-        self.preds = [cal.OpPredictor(pts, system, replay) for pts, system in sets]
+        self.preds = [OpPredictor(pts, system, replay) for pts, system in sets]
 
     def __call__(self, params):
         return np.concatenate([p(params) for p in self.preds])
@@ -86,25 +90,25 @@ class Pooled:
 
 def fit(sets, groups: str, replay: bool, base: CostParams) -> CostParams:
     pts = [p for s, _ in sets for p in s]
-    pmap = cal.param_map(groups, replay)
-    names = cal.params_needed(pts, pmap)
+    pmap = param_map(groups, replay)
+    names = params_needed(pts, pmap)
     measured = np.array([p.measured_s for p in pts])
-    opts = cal.FitOptions(groups=groups)
-    f = cal.least_squares_fit(Pooled(sets, replay), measured, names, base, "crossgpu fit", opts)
+    opts = FitOptions(groups=groups)
+    f = least_squares_fit(Pooled(sets, replay), measured, names, base, "crossgpu fit", opts)
     return replace(base, **dict(zip(f.names, map(float, f.values))))
 
 
 @contextlib.contextmanager
 def main_bounds():
     """The bounds calibration had before this issue: efficiencies up to 4x the datasheet peak."""
-    saved = dict(cal.BOUNDS)
+    saved = dict(BOUNDS)
     for k in ("gemm_compute_eff", "hbm_eff", "attn_eff"):
-        cal.BOUNDS[k] = (1e-3, 4.0)
+        BOUNDS[k] = (1e-3, 4.0)
     try:
         yield
     finally:
-        cal.BOUNDS.clear()
-        cal.BOUNDS.update(saved)
+        BOUNDS.clear()
+        BOUNDS.update(saved)
 
 
 def errors(pred: np.ndarray, points) -> np.ndarray:
@@ -157,11 +161,11 @@ def run(args) -> dict:
             cats = [p.cat for p in pts]
             r["points"] = {c: cats.count(c) for c in sorted(set(cats))}
             r["tables"] = full.header["provenance"]["tables"]
-            err = {"uncalibrated": errors(cal.OpPredictor(pts, system, False)(CostParams()), pts)}
+            err = {"uncalibrated": errors(OpPredictor(pts, system, False)(CostParams()), pts)}
             with main_bounds():
                 err["before_self"] = _self_holdout(pts, system, "shared", False, CostParams(), args)
-            calib = cal.calibrate([path], system, name=f"{aic.GPU_PROFILES[gpu]}-{be}",
-                                  opts=cal.FitOptions(folds=args.folds, groups="per-class",
+            calib = calibrate([path], system, name=f"{aic.GPU_PROFILES[gpu]}-{be}",
+                                  opts=FitOptions(folds=args.folds, groups="per-class",
                                                       fix=tuple(GEOMETRY.items())),
                                   command=COMMAND)
             err["self"] = np.abs(calib.ops.holdout - calib.ops.measured) / calib.ops.measured
@@ -169,12 +173,12 @@ def run(args) -> dict:
             others = [logo_sets[k] for k in logo_sets if k[1] == be and k[0] != gpu]
             if others:
                 p = fit(others, "per-class", True, base)
-                err["logo"] = errors(cal.OpPredictor(pts, system, True)(p), pts)
+                err["logo"] = errors(OpPredictor(pts, system, True)(p), pts)
                 results["params"][f"logo:{gpu}/{be}"] = _pdict(p)
             near = SAME_DIE.get(gpu)
             if near and (near, be) in logo_sets:
                 p = fit([logo_sets[(near, be)]], "per-class", True, base)
-                err["same_die"] = errors(cal.OpPredictor(pts, system, True)(p), pts)
+                err["same_die"] = errors(OpPredictor(pts, system, True)(p), pts)
                 r["same_die_source"] = near
             r["errors"] = {m: _summary(e, cats) for m, e in err.items()}
             r["errors"]["table"] = _summary(*table_loo(sample, full))
@@ -188,12 +192,12 @@ def run(args) -> dict:
 
 
 def _self_holdout(pts, system, groups, replay, base, args) -> np.ndarray:
-    pmap = cal.param_map(groups, replay)
-    names = cal.params_needed(pts, pmap)
-    st = cal.fit_stage(cal.OpPredictor(pts, system, replay), np.array([p.measured_s for p in pts]),
+    pmap = param_map(groups, replay)
+    names = params_needed(pts, pmap)
+    st = fit_stage(OpPredictor(pts, system, replay), np.array([p.measured_s for p in pts]),
                        [p.cat for p in pts], [p.label() for p in pts],
                        np.array([p.spread for p in pts]), names, base,
-                       cal.FitOptions(folds=args.folds, groups=groups), "before", pmap)
+                       FitOptions(folds=args.folds, groups=groups), "before", pmap)
     return np.abs(st.holdout - st.measured) / st.measured
 
 

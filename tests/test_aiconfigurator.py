@@ -9,7 +9,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 
 from specmoe.errors import SpecMoEError
-from specmoe.fit import calibrate as cal
+from specmoe.fit.op_map import _spec
+from specmoe.fit.points import collect_points, load_traces
 from specmoe.measure import aiconfigurator as aic
 from specmoe.measure.trace import read_trace
 
@@ -100,7 +101,7 @@ def test_written_trace_feeds_calibration(trace, tmp_path):
     path = aic.write(trace, tmp_path / "h100-vllm.jsonl.gz")
     back = read_trace(path)
     assert back.header["provenance"] == trace.header["provenance"]
-    points = cal.collect_points(cal.load_traces([path]))
+    points = collect_points(load_traces([path]))
     assert {p.cat for p in points} == {"moe", "gemm", "attn_scores", "attn_prefill"}
     moe = [p for p in points if p.cat == "moe" and p.dims[1] == 4096]
     tokens = {e["tokens"] for e in trace.events if e["cat"] == "moe" and e["shape"][1] == 4096}
@@ -127,14 +128,14 @@ def test_hybrid_keys_match_the_imported_tables(trace):
 
     tables = Tables.from_traces([trace])
     h100 = load_system("h100-sxm")
-    mixtral = cal._spec(2.0, hidden=4096, ffn=14336, experts=8, top_k=2)
+    mixtral = _spec(2.0, hidden=4096, ffn=14336, experts=8, top_k=2)
     cm = CostModel(mixtral, h100, tables=tables)
     ev = next(e for e in trace.events if e["cat"] == "moe" and e["tokens"] == 256
               and e["shape"][1] == 4096 and e["distribution"] == "balanced")
     assert float(cm.fused_moe(256.0, 8.0)) == pytest.approx(ev["dur_us"] * 1e-6)
     assert float(cm.fused_moe(10**6, 8.0)) == float(CostModel(mixtral, h100).fused_moe(10**6, 8.0))
     assert cm.sources["moe"] == {"table": 1, "model": 1}
-    attn = cal._spec(2.0, hidden=4096, heads=32, kv_heads=8, head_dim=128)
+    attn = _spec(2.0, hidden=4096, heads=32, kv_heads=8, head_dim=128)
     cm = CostModel(attn, h100, tables=tables)
     ev = next(e for e in trace.events if e["cat"] == "attn" and e["phase"] == "decode"
               and e["shape"][0] == 8)

@@ -9,18 +9,10 @@ from specmoe.app.cli.main import main
 from specmoe.costs.evidence import GPU_PARAMS
 from specmoe.costs.ops import CostModel, CostParams, params_for
 from specmoe.errors import SpecMoEError
-from specmoe.fit.calibrate import (
-    OP_PARAMS,
-    OPS,
-    FitOptions,
-    OpPredictor,
-    calibrate,
-    collect_points,
-    load_traces,
-    markdown_tables,
-    transfer,
-    write_html,
-)
+from specmoe.fit.calibrate import calibrate, markdown_tables, transfer, write_html
+from specmoe.fit.op_map import OP_PARAMS, OPS, OpPredictor
+from specmoe.fit.points import collect_points, load_traces
+from specmoe.fit.solver import FitOptions
 from specmoe.inputs.hardware import load_system, save_system
 from specmoe.measure.trace import write_trace
 
@@ -91,7 +83,7 @@ def _write(path, events, params=TRUE, noise=0.0, device=DEVICE, seed=0, reps=5):
     write_trace(path, header, evs)
     pts = collect_points(load_traces([path]))
     true = dict(zip([(p.cat, p.dims, p.args) for p in pts], OpPredictor(pts, H100)(params)))
-    from specmoe.fit.calibrate import _event_point
+    from specmoe.fit.points import _event_point
 
     for e in evs:
         key = _event_point(e, header, "gen")

@@ -8,7 +8,9 @@ import pytest
 
 from specmoe.costs.ops import CostModel, CostParams
 from specmoe.costs.tables import Tables
-from specmoe.fit import calibrate as cal
+from specmoe.fit.calibrate import calibrate
+from specmoe.fit.op_map import _spec
+from specmoe.fit.solver import BOUNDS, FitOptions
 from specmoe.inputs.hardware import load_system
 
 H100 = load_system("h100-sxm")           # 132 SMs, 50 MiB L2, 3350 GB/s, 989.5 TFLOP/s bf16
@@ -16,7 +18,7 @@ GEOM = {"tile_m": 128.0, "tile_n": 128.0, "moe_block_tokens": 64.0}
 
 
 def cm(params=None, replay=False, tables=None, **dims):
-    spec = cal._spec(2.0, **dims)
+    spec = _spec(2.0, **dims)
     return CostModel(spec, H100, params or replace(CostParams(), **GEOM), replay, tables)
 
 
@@ -101,12 +103,12 @@ def test_fit_never_exceeds_the_datasheet_peak(tmp_path):
                            "shape": [m, n, k], "dtype": "bfloat16"})
     path = write_trace(tmp_path / "fast.jsonl", {"source": "engine", "device": {
         "type": "cuda", "name": "synthetic"}}, events)
-    calib = cal.calibrate([path], H100, opts=cal.FitOptions(folds=2))
+    calib = calibrate([path], H100, opts=FitOptions(folds=2))
     par = calib.system.calibration["parameters"]
     assert par["hbm_eff"]["value"] <= 1.0 and par["hbm_eff"]["at_bound"]
     for name in ("gemm_compute_eff", "hbm_eff", "attn_eff", "moe_compute_eff", "moe_hbm_eff",
                  "prefill_compute_eff"):
-        assert cal.BOUNDS[name][1] == 1.0, name
+        assert BOUNDS[name][1] == 1.0, name
 
 
 def test_hybrid_uses_the_table_inside_its_range_and_the_model_outside():

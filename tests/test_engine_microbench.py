@@ -2,7 +2,7 @@
 import torch
 from specmoe.engine import microbench as mb
 
-from specmoe.fit.calibrate import collect_points
+from specmoe.fit.points import collect_points
 from specmoe.measure.trace import read_trace
 
 
@@ -42,7 +42,12 @@ def test_moe_and_attention_events_are_calibration_points(tmp_path):
     cats = {p.cat for p in pts}
     assert cats == {"moe", "attn_scores"}
     moe_pts = sorted(p.args for p in pts if p.cat == "moe")
-    assert moe_pts == sorted((e["tokens"] * 2.0, float(e["experts"])) for e in moe)
+    # (token-expert pairs, distinct experts, busiest expert's tokens: default an even spread)
+    assert moe_pts == sorted(
+        (e["tokens"] * 2.0, float(e["experts"]),
+         float(e.get("max_expert_tokens") or e["tokens"] * 2.0 / e["experts"]))
+        for e in moe
+    )
 
 
 def test_head_start_covers_the_hosts_enqueue_time_on_an_idle_stream():

@@ -10,7 +10,8 @@ import pytest
 from specmoe.app.cli.main import main
 from specmoe.costs.ops import declared_params
 from specmoe.errors import SpecMoEError
-from specmoe.fit.calibrate import FitOptions, calibrate
+from specmoe.fit.calibrate import calibrate
+from specmoe.fit.solver import FitOptions
 from specmoe.fit.validate import predict_run, validate
 from specmoe.inputs.hardware import load_system, save_system
 from specmoe.measure.ingest import read_run

@@ -8,7 +8,6 @@ from specmoe.app.cli.flags import output_path
 from specmoe.errors import SpecMoEError
 from specmoe.fileio import atomic_write_text
 from specmoe.fit.calibrate import (
-    FitOptions,
     calibrate,
     fit_warnings,
     holdout_table,
@@ -17,6 +16,7 @@ from specmoe.fit.calibrate import (
     transfer,
     write_html,
 )
+from specmoe.fit.solver import FitOptions
 from specmoe.fit.validate import markdown_table, validate
 from specmoe.inputs.hardware import save_system
 
