@@ -19,6 +19,7 @@ value·exp(∓1.2816·spread). specmoe.predictors.intervals turns spreads into p
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -145,7 +146,15 @@ def holdout_spreads(calibration: dict | None, where: str) -> dict[str, tuple[flo
 
 
 def _fitted_gpu_part(path: Path) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
-    """GPU parameters of a calibrated profile: values, spreads (its priors, else the default)."""
+    """GPU parameters of a calibrated profile: values, spreads (its priors, else the default).
+    Read once per file version: every prediction asks (the planner asks per candidate)."""
+    vals, spreads, srcs = _fitted_gpu_part_cached(str(path), path.stat().st_mtime_ns)
+    return dict(vals), dict(spreads), dict(srcs)
+
+
+@functools.lru_cache(maxsize=64)
+def _fitted_gpu_part_cached(name: str, _mtime_ns: int):
+    path = Path(name)
     data = yaml.safe_load(path.read_text())
     eff = {
         k: float(v)
