@@ -97,8 +97,15 @@ def band(d: dict[str, Any], key: str, digits: int = 1) -> str:
     return "-" if iv is None else f"{number(iv[0], digits)}-{number(iv[1], digits)}"
 
 
-def calibration_words(calibrated: bool, hardware: str) -> str:
-    """One sentence on how far the hardware numbers can be trusted."""
+def calibration_words(calibrated: bool, hardware: str, gpu_evidence: str = "") -> str:
+    """One sentence on how far the hardware numbers can be trusted. `gpu_evidence`: where the GPU
+    parameters came from (the prediction's evidence.gpu_parameters), e.g. carried over."""
+    if gpu_evidence.startswith("carried over"):
+        return (
+            f"Hardware profile {hardware} is not calibrated on its own measurements: its GPU "
+            f"parameters are {gpu_evidence}, with a wider spread for the transfer; host and link "
+            "come from published measurements or stated priors."
+        )
     if calibrated:
         return (
             f"Hardware profile {hardware} is calibrated: its efficiencies were fitted to measured "

@@ -275,7 +275,8 @@ def plan_html(plan: dict[str, Any], plotlyjs: str | bool = True) -> str:
         + ".",
         *provenance_lines(c),
     ]
-    caveat = calibration_words(bool(plan.get("calibrated")), plan["hardware"])
+    caveat = calibration_words(bool(plan.get("calibrated")), plan["hardware"],
+                               (plan.get("evidence") or {}).get("gpu_parameters", ""))
     parts = [
         f"<h1>Plan: {esc(plan['model'])} on {esc(plan['hardware'])}, batch {plan['batch']}</h1>",
         f"<div class='rec'><h2>Recommendation</h2>{rec}</div>",

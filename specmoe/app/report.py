@@ -17,6 +17,7 @@ from specmoe.app.plan_page import (
     plan_figure,
     write_plan_html,
 )
+from specmoe.costs.evidence import evidence_for
 from specmoe.errors import SpecMoEError
 from specmoe.fileio import atomic_write_text
 from specmoe.inputs.hardware import load_system
@@ -643,13 +644,13 @@ def calibration_notes(table: dict) -> list[str]:
     out = []
     for name in dict.fromkeys(table["hardware"].tolist()):
         try:
-            calibrated = bool(load_system(name).calibration)
+            ev = evidence_for(load_system(name))
         except SpecMoEError:
             out.append(
                 f"Hardware {name}: profile not found here, so whether it is calibrated is unknown."
             )
             continue
-        out.append(calibration_words(calibrated, name))
+        out.append(calibration_words(ev.calibrated, name, ev.gpu))
     return out
 
 

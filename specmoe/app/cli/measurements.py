@@ -1,8 +1,7 @@
 """`specmoe measurements import aiconfigurator`: public measured kernel tables -> traces."""
 from __future__ import annotations
 
-from pathlib import Path
-
+from specmoe.app.cli.flags import output_path
 from specmoe.errors import SpecMoEError
 from specmoe.measure import aiconfigurator as aic
 
@@ -12,7 +11,9 @@ def add_measurements(sub) -> None:
     msub = p.add_subparsers(dest="measurements_cmd", required=True)
     q = msub.add_parser("import", help="write specmoe.trace/1 microbenchmark traces of a source's "
                                        "tables (aiconfigurator: needs the `tables` extra)")
-    q.add_argument("source", choices=("aiconfigurator",))
+    q.add_argument("source", choices=("aiconfigurator",),
+                   help="where the tables come from: aiconfigurator (NVIDIA's aiconfigurator-core "
+                        "package, Apache-2.0)")
     q.add_argument("--gpu", action="append", required=True,
                    help="aiconfigurator system name, e.g. h100_sxm (repeat; 'all' for every one)")
     q.add_argument("--backend", action="append", default=None, choices=aic.BACKENDS + ("all",),
@@ -23,6 +24,7 @@ def add_measurements(sub) -> None:
 
 
 def cmd_import(args) -> int:
+    out = output_path(args.out, "--out", directory=True)
     gpus = aic.available_gpus() if "all" in args.gpu else args.gpu
     backends = aic.BACKENDS if not args.backend or "all" in args.backend else args.backend
     for gpu in gpus:
@@ -32,7 +34,7 @@ def cmd_import(args) -> int:
             except SpecMoEError as e:
                 print(f"skip {gpu}/{backend}: {e}")
                 continue
-            path = aic.write(trace, Path(args.out) / f"{gpu}-{backend}.jsonl.gz")
+            path = aic.write(trace, out / f"{gpu}-{backend}.jsonl.gz")
             tables = trace.header["provenance"]["tables"]
             counts = {k: v["rows_imported"] for k, v in tables.items()}
             print(f"wrote {path}: {counts}")
