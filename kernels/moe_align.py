@@ -98,6 +98,27 @@ def _empty_alignment(topk_ids, block_size, num_experts):
 
 
 @triton.jit
+def _fill_blocks(b, e, slot, starts, ends, counts, numel, max_blocks, sorted_ptr, bexp_ptr,
+                 bslot_ptr, BLOCK_SIZE: tl.constexpr):
+    """Blocks b: their owning expert and slot (-1 past the last), and the sentinel `numel` in the
+    padding rows of each block. Shared by the one-program and the parallel align paths."""
+    j = tl.arange(0, BLOCK_SIZE)
+    row0 = b * BLOCK_SIZE
+    inside = (starts[None, :] <= row0[:, None]) & (row0[:, None] < ends[None, :])
+    used = tl.sum(inside.to(tl.int32), axis=1) > 0
+    bexp = tl.sum(tl.where(inside, e[None, :], 0), axis=1)
+    bslot = tl.sum(tl.where(inside, slot[None, :], 0), axis=1)
+    bcount = tl.sum(tl.where(inside, counts[None, :], 0), axis=1)
+    bstart = tl.sum(tl.where(inside, starts[None, :], 0), axis=1)
+    bmask = b < max_blocks
+    tl.store(bexp_ptr + b, tl.where(used, bexp, -1), mask=bmask)
+    tl.store(bslot_ptr + b, tl.where(used, bslot, -1), mask=bmask)
+    rows = row0[:, None] + j[None, :]
+    pad = (rows - bstart[:, None] >= bcount[:, None]) | (~used[:, None])
+    tl.store(sorted_ptr + rows, numel + tl.zeros_like(rows), mask=pad & bmask[:, None])
+
+
+@triton.jit
 def _align_kernel(ids_ptr, slot_ptr, sorted_ptr, bexp_ptr, bslot_ptr, ntpp_ptr,
                   numel, num_experts, max_blocks,
                   BLOCK_SIZE: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
@@ -131,22 +152,10 @@ def _align_kernel(ids_ptr, slot_ptr, sorted_ptr, bexp_ptr, bslot_ptr, ntpp_ptr,
 
     # Blocks: owning expert and slot; padding rows of each block get the sentinel. These
     # addresses are disjoint from pass 2's, so the one program needs no barrier.
-    j = tl.arange(0, BLOCK_SIZE)
     for b0 in range(0, max_blocks, BLOCK_B):
         b = b0 + tl.arange(0, BLOCK_B)
-        row0 = b * BLOCK_SIZE
-        inside = (starts[None, :] <= row0[:, None]) & (row0[:, None] < ends[None, :])
-        used = tl.sum(inside.to(tl.int32), axis=1) > 0
-        bexp = tl.sum(tl.where(inside, e[None, :], 0), axis=1)
-        bslot = tl.sum(tl.where(inside, slot[None, :], 0), axis=1)
-        bcount = tl.sum(tl.where(inside, counts[None, :], 0), axis=1)
-        bstart = tl.sum(tl.where(inside, starts[None, :], 0), axis=1)
-        bmask = b < max_blocks
-        tl.store(bexp_ptr + b, tl.where(used, bexp, -1), mask=bmask)
-        tl.store(bslot_ptr + b, tl.where(used, bslot, -1), mask=bmask)
-        rows = row0[:, None] + j[None, :]
-        pad = (rows - bstart[:, None] >= bcount[:, None]) | (~used[:, None])
-        tl.store(sorted_ptr + rows, numel + tl.zeros_like(rows), mask=pad & bmask[:, None])
+        _fill_blocks(b, e, slot, starts, ends, counts, numel, max_blocks, sorted_ptr, bexp_ptr,
+                     bslot_ptr, BLOCK_SIZE)
 
 
 @triton.jit
@@ -209,21 +218,9 @@ def _blocks_kernel(meta_ptr, slot_ptr, sorted_ptr, bexp_ptr, bslot_ptr, numel, n
     starts = tl.load(meta_ptr + e)
     ends = tl.load(meta_ptr + BLOCK_E + e)
     counts = tl.load(meta_ptr + 2 * BLOCK_E + e)
-    j = tl.arange(0, BLOCK_SIZE)
     b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row0 = b * BLOCK_SIZE
-    inside = (starts[None, :] <= row0[:, None]) & (row0[:, None] < ends[None, :])
-    used = tl.sum(inside.to(tl.int32), axis=1) > 0
-    bexp = tl.sum(tl.where(inside, e[None, :], 0), axis=1)
-    bslot = tl.sum(tl.where(inside, slot[None, :], 0), axis=1)
-    bcount = tl.sum(tl.where(inside, counts[None, :], 0), axis=1)
-    bstart = tl.sum(tl.where(inside, starts[None, :], 0), axis=1)
-    bmask = b < max_blocks
-    tl.store(bexp_ptr + b, tl.where(used, bexp, -1), mask=bmask)
-    tl.store(bslot_ptr + b, tl.where(used, bslot, -1), mask=bmask)
-    rows = row0[:, None] + j[None, :]
-    pad = (rows - bstart[:, None] >= bcount[:, None]) | (~used[:, None])
-    tl.store(sorted_ptr + rows, numel + tl.zeros_like(rows), mask=pad & bmask[:, None])
+    _fill_blocks(b, e, slot, starts, ends, counts, numel, max_blocks, sorted_ptr, bexp_ptr,
+                 bslot_ptr, BLOCK_SIZE)
 
 
 PARALLEL_MIN_CHUNKS = 4  # up to this many chunks of token-slots, the one-program kernel
