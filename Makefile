@@ -35,12 +35,14 @@ browser:
 	    apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: no Chromium (apt-get install -y chromium): the browser test of the pages will skip"
 
+# pytest runs as .venv/bin/pytest, not `python -m pytest`: the latter puts the repository root on
+# sys.path, where kernels/ shadows Hugging Face's `kernels` package that transformers imports.
 test: setup-dev browser
 	$(VENV)/bin/ruff check specmoe engine kernels tests experiments
 	$(VENV)/bin/lint-imports
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not artifacts"
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest -q -m "not artifacts"
 	@echo "-- committed artifacts are what their scripts give today:"
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m artifacts
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest -q -m artifacts
 
 clean:
 	rm -rf $(VENV) plan.html

@@ -4,6 +4,7 @@ functions are only for the optional heavy dependencies (import-linter checks the
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,9 @@ def test_imports_inside_functions_are_only_heavy_dependencies():
 
 
 def test_import_linter_contracts_are_kept():
-    exe = shutil.which("lint-imports")
+    # the venv's own script first: `.venv/bin/pytest` runs without the venv on PATH
+    here = Path(sys.executable).parent / "lint-imports"
+    exe = str(here) if here.is_file() else shutil.which("lint-imports")
     if exe is None:
         pytest.skip("import-linter is not installed (dev extra)")
     out = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True)
