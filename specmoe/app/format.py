@@ -82,6 +82,10 @@ def provenance_lines(d: dict[str, Any]) -> list[str]:
             f"GPU parameters: {ev['gpu_parameters']}; host and link: published measurements "
             "or stated priors (hwprofiles)"
         )
+        if ev.get("measured_tables"):
+            lines.append(f"measured kernel tables: {ev['measured_tables']}")
+        if ev.get("op_sources"):
+            lines.append("ops from: " + " | ".join(f"{k}: {v}" for k, v in ev["op_sources"].items()))
         if ev.get("interval"):
             lines.append(f"interval: {ev['interval']}")
         if ev.get("spreads"):

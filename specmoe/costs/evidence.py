@@ -10,6 +10,10 @@ Defaults are never the ideal roofline (DESIGN.md §5). For each CostParams field
    spreads its `efficiency_prior` gives, else CALIBRATED_SPREAD).
 `System.ideal` (CLI `--ideal`) skips all of it: the datasheet upper bound, spread 0.
 
+Measured tables (`tables_for`): where hwprofiles/tables/ holds measured kernel latencies of the
+system's own GPU (never carried over to another GPU), predictions interpolate them inside their
+range and use these parameters outside it (specmoe.costs.tables, CostModel._hybrid).
+
 `model_error` (a prior key, not a cost parameter): the end-to-end error the parameters do not
 explain, as a multiplicative spread on the whole iteration time (a calibration's hold-out error of
 its iteration stage); 0 where none was measured.
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from specmoe.costs.tables import Tables
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import Prior, System
 
@@ -259,3 +264,53 @@ def evidence_for(system: System) -> Evidence:
             raise SpecMoEError(f"hardware {system.name}: {k}={v} must be >= 0 ({ev['sources'][k]})")
     return Evidence(ev["values"], ev["spreads"], ev["sources"], ev["gpu"], ev["calibrated"],
                     ev["model_error"], ev["model_error_source"])
+
+
+# ---------------------------------------------------------------------------- measured tables
+
+@cache
+def _shipped_tables() -> dict[str, list[Path]]:
+    """GPU profile name -> its table extracts (hwprofiles/tables/<gpu>-<backend>.npz), preferred
+    backend first."""
+    out: dict[str, list[Path]] = {}
+    for path in sorted((_profiles_dir() / "tables").glob("*.npz")):
+        gpu, _, backend = path.stem.rpartition("-")
+        if backend in BACKEND_ORDER:
+            out.setdefault(gpu, []).append(path)
+    return {g: sorted(v, key=lambda p: BACKEND_ORDER.index(p.stem.rpartition("-")[2]))
+            for g, v in out.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _load_tables(name: str, _mtime_ns: int) -> Tables:
+    return Tables.load(name)
+
+
+def tables_for(system: System) -> Tables | None:
+    """The measured kernel tables predictions for `system` interpolate, or None: none for its
+    GPU, `--ideal`, `measured_tables: false`, or a system calibrated on its own engine's traces
+    (its fit describes its own kernels, which the tables do not)."""
+    if system.ideal or not system.measured_tables or _own_engine_fit(system):
+        return None
+    paths = _shipped_tables().get(system.gpu.name)
+    if not paths:
+        return None
+    return _load_tables(str(paths[0]), paths[0].stat().st_mtime_ns)
+
+
+def _own_engine_fit(system: System) -> bool:
+    cal = system.calibration or {}
+    traces = cal.get("traces") or []
+    fitted_gpu = any(k in GPU_PARAMS for k in (system.efficiency or {}))
+    return bool(cal) and fitted_gpu and not all(
+        isinstance(t, dict) and t.get("kind") == "public measured tables" for t in traces)
+
+
+def tables_summary(tables: Tables | None) -> str:
+    """One line: which measured tables a prediction used, or that it used none."""
+    if tables is None:
+        return "none (the fitted cost model answers every op)"
+    m = tables.meta
+    return (f"{m.get('device', '?')}: {m.get('backend', '?')} {m.get('backend_version', '?')} "
+            f"kernels, {tables.rows():,} measured points ({m.get('package', '?')} "
+            f"{m.get('package_version', '?')}, {m.get('license', '?')})")

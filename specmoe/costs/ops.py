@@ -24,6 +24,12 @@ without them keeps the plain roofline:
   over many layers streams weights from HBM (replay=False, the default);
 - measured tables (specmoe.costs.tables): where given, an op inside a table's range takes the
   interpolated measurement and outside it this model; `CostModel.sources` says which, per op.
+  Tables are one-op replays: in a forward pass (replay=False) a measurement is scaled by this
+  model's forward/replay ratio (1 unless the op's working set fits in L2 and the profile has an
+  L2 term). An op asked at another configuration than the table's (a fused MoE touching fewer
+  experts than balanced routing does, decode attention verifying several tokens per sequence)
+  takes the measurement at the table's configuration times this model's ratio between the two.
+  `prediction_costs` gives the cost model predictions use: tables on where the GPU has them.
 """
 from __future__ import annotations
 
@@ -32,11 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from specmoe.costs.evidence import evidence_for
+from specmoe.costs.evidence import evidence_for, tables_for
 from specmoe.errors import SpecMoEError
 
 GB = 1e9
 PREFILL_Q_TILE = 128     # query rows per flash-attention CTA (FlashAttention-2/3 default)
+# queries per sequence up to which attention over a KV cache is decode-like (speculative
+# verification of up to 64 drafted tokens, the largest gamma the predictors accept, plus one)
+MAX_DECODE_QUERIES = 65
 TFLOP = 1e12
 US = 1e-6
 # Where an iteration's time goes: every predictor's breakdown uses these keys.
@@ -107,12 +116,25 @@ def params_for(system, ideal: bool = False) -> CostParams:
     return replace(CostParams(), **overrides)
 
 
+def prediction_costs(model, system, params: CostParams | None = None) -> CostModel:
+    """The cost model a prediction uses: the best evidence's parameters (or `params`: draws), and
+    the GPU's measured kernel tables inside their range (specmoe.costs.evidence.tables_for)."""
+    return CostModel(model, system, params, tables=tables_for(system))
+
+
 def declared_params(system) -> CostParams:
     """The ideal roofline overridden only by the system's own `efficiency` block: the starting
     point of a calibration, which must not inherit priors it is about to measure."""
     return replace(
         CostParams(), **{k: v for k, v in (system.efficiency or {}).items() if v is not None}
     )
+
+
+def balanced_routing(pairs, num_experts):
+    """(distinct experts, busiest expert's pairs) when `pairs` token-expert pairs are spread as
+    evenly as possible over `num_experts` experts (the measured tables' "balanced" routing)."""
+    pairs = np.asarray(pairs, dtype=float)
+    return np.minimum(pairs, num_experts), np.maximum(np.ceil(pairs / num_experts), 1.0)
 
 
 def roofline(flops, bytes_, peak_flops, bandwidth, t_fixed=0.0):
@@ -147,6 +169,7 @@ class CostModel:
         self.p = _fixed_geometry(self.p)
         self.replay = replay          # one op replayed alone: what fits in L2 stays there
         self.tables = tables          # specmoe.costs.tables.Tables or None
+        self._replayed: CostModel | None = None
         self.sources: dict[str, dict[str, int]] = {}   # op -> {"table": n, "model": n}
         gpu, host, link = system.gpu, system.host, system.link
         self.sms = float(gpu.sm_count)
@@ -220,10 +243,21 @@ class CostModel:
 
     def dense_gemm(self, m, n, k):
         """x[m, k] @ W[k, n] (a measured GEMM row, or any linear layer)."""
-        b = self.model.dtype_bytes
         m, n, k = (np.asarray(v, dtype=float) for v in (m, n, k))
-        model_t = self.gemm(2 * m * n * k, k * n * b, m, act_bytes=(m * k + m * n) * b, n_cols=n)
-        return self._hybrid("gemm", model_t, (n, k), m)
+        return self._hybrid("gemm", self._dense_gemm_model(m, n, k), (n, k), m,
+                            lambda cm: cm._dense_gemm_model(m, n, k))
+
+    def _dense_gemm_model(self, m, n, k):
+        b = self.model.dtype_bytes
+        return self.gemm(2 * m * n * k, k * n * b, m, act_bytes=(m * k + m * n) * b, n_cols=n)
+
+    def weight_gemms(self, model_t, tokens, shapes):
+        """Weight GEMMs x[tokens, k] @ W[k, n], one per (n, k) of `shapes`, whose time this model
+        gives as `model_t`: with measured tables, each GEMM is dense_gemm (its table inside the
+        range, the model outside); without them, or without `shapes`, `model_t`."""
+        if self.tables is None or not shapes:
+            return model_t
+        return sum(self.dense_gemm(tokens, n, k) for n, k in shapes)
 
     def padded_pairs(self, pairs, distinct, busiest=None):
         """Token-expert pairs after padding each expert's tokens to the fused-MoE block; the
@@ -236,9 +270,27 @@ class CostModel:
         rest_mean = np.where(rest > 0, (pairs - busiest) / np.maximum(rest, 1e-9), 0.0)
         return B * np.ceil(busiest / B) + rest * B * np.ceil(rest_mean / B)
 
-    def experts(self, tokens, distinct, busiest=None):
+    def experts(self, tokens, distinct, busiest=None, distribution="balanced"):
         """Grouped expert FFN over `tokens` token-expert pairs spread on `distinct` experts
-        (`busiest`: the most-loaded expert's tokens, default an even spread)."""
+        (`busiest`: the most-loaded expert's tokens, default an even spread). A measured fused-MoE
+        table of the model's shape answers inside its range: at `distribution`'s routing (the
+        table's "balanced" one unless a row says otherwise), scaled by this model's ratio between
+        the routing asked and the table's."""
+        m = self.model
+        t = self._experts_model(tokens, distinct, busiest)
+        if self.tables is None:
+            return self._hybrid("moe", t)
+        pairs = np.asarray(tokens, dtype=float)
+        if distribution == "balanced":
+            ref_distinct, ref_busiest = balanced_routing(pairs, m.num_experts)
+        else:
+            ref_distinct, ref_busiest = distinct, busiest
+        key = (m.hidden_size, m.expert_intermediate_size, m.num_experts, m.top_k, distribution)
+        t = self._hybrid("moe", t, key, pairs / m.top_k,
+                         lambda cm: cm._experts_model(pairs, ref_distinct, ref_busiest))
+        return np.where(pairs > 0, t, 0.0)
+
+    def _experts_model(self, tokens, distinct, busiest=None):
         m = self.model
         distinct = np.maximum(np.asarray(distinct, dtype=float), 1e-9)
         tokens = np.asarray(tokens, dtype=float)
@@ -264,21 +316,36 @@ class CostModel:
 
     def fused_moe(self, tokens, distinct, busiest=None, distribution="balanced"):
         """experts() for a measured-table key: interpolated inside the table's range."""
-        m = self.model
-        t = self.experts(np.asarray(tokens, dtype=float) * m.top_k, distinct, busiest)
-        key = (m.hidden_size, m.expert_intermediate_size, m.num_experts, m.top_k, distribution)
-        return self._hybrid("moe", t, key, tokens)
+        tokens = np.asarray(tokens, dtype=float)
+        return self.experts(tokens * self.model.top_k, distinct, busiest, distribution)
 
-    def _hybrid(self, op, model_t, key, x):
-        """Measured table inside its range (where one is given), this model outside; counted."""
+    def _hybrid(self, op, model_t, key=None, x=None, ref=None):
+        """The measured table inside its range (where one is given), this model outside; counted
+        per op in `sources`. `ref(cm)`: this model's time for the configuration the table measured,
+        on `cm` (the one-op replay the table was measured as); the measurement is scaled by
+        model_t / ref, which is 1 where the asked op is the measured one."""
         used = self.sources.setdefault(op, {"table": 0, "model": 0})
-        if self.tables is None:
+        if self.tables is None or key is None:
             used["model"] += int(np.size(model_t))
             return model_t
         measured, inside = self.tables.lookup(op, key, x)
+        if np.any(inside) and ref is not None:
+            ref_t = np.asarray(ref(self._as_replayed()), dtype=float)
+            scale = np.divide(model_t, ref_t, out=np.ones(np.broadcast(model_t, ref_t).shape),
+                              where=ref_t > 0)
+            measured = measured * scale
+        inside = np.broadcast_to(inside, np.broadcast(inside, measured).shape)
         used["table"] += int(np.sum(inside))
         used["model"] += int(np.size(inside) - np.sum(inside))
         return np.where(inside, measured, model_t)
+
+    def _as_replayed(self) -> CostModel:
+        """This model as a one-op benchmark replay sees it (what fits in L2 stays there)."""
+        if self.replay:
+            return self
+        if self._replayed is None:
+            self._replayed = CostModel(self.model, self.system, self.p, replay=True)
+        return self._replayed
 
     def small_module(self, tokens, ratio):
         """A resident FFN of `ratio` × one routed expert's parameters over `tokens` (Duo-LLM's
@@ -299,15 +366,43 @@ class CostModel:
         """Projections (q,k,v,o) plus scores over the cache,
         one layer. Norms and RoPE are overhead."""
         m = self.model
-        proj = self.gemm(
+        proj = self.weight_gemms(self.gemm(
             tokens * m.attn_proj_flops_per_token, m.attn_weight_bytes_per_layer, tokens, kernels=2
-        )
+        ), tokens, self._projection_shapes())
         norms_and_rope = 2 * self.kernel_t  # RMSNorm, RoPE
         return proj + self.attention_scores(tokens, batch, context) + norms_and_rope
 
+    def _projection_shapes(self):
+        """(n, k) of the fused q/k/v and the o projection; None for MLA and cross-attention, whose
+        projections are not these two GEMMs (the model's aggregate answers)."""
+        m = self.model
+        if m.is_mla or m.encoder_layers:
+            return None
+        q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
+        return [(q + 2 * kv, m.hidden_size), (m.hidden_size, q)]
+
+    def _ffn_shapes(self, inter):
+        """(n, k) of an FFN's up (fused with gate when gated) and down GEMMs."""
+        m = self.model
+        return [((2 if m.gated_ffn else 1) * inter, m.hidden_size), (m.hidden_size, inter)]
+
     def attention_scores(self, tokens, batch, context):
-        """QKᵀ and PV over `context` cached positions per sequence:
-        reads each sequence's KV once."""
+        """QKᵀ and PV over `context` cached positions per sequence: reads each sequence's KV once.
+        With `tokens` / `batch` <= MAX_DECODE_QUERIES (decode, speculative verification), a
+        measured decode-attention table answers inside its range, at one query per sequence,
+        scaled by this model's ratio between the queries asked and one."""
+        t = self._scores_model(tokens, batch, context)
+        m = self.model
+        queries = np.asarray(tokens, dtype=float) / np.maximum(np.asarray(batch, dtype=float), 1)
+        if self.tables is None or m.is_mla:
+            return self._hybrid("attn_decode", t)
+        batch = np.asarray(batch, dtype=float)
+        # prefill-like rows (many queries per sequence) get NaN: outside every table
+        decode_ctx = np.where(queries <= MAX_DECODE_QUERIES, context, np.nan)
+        return self._hybrid("attn_decode", t, (m.num_heads, m.num_kv_heads, m.head_dim, batch),
+                            decode_ctx, lambda cm: cm._scores_model(batch, batch, context))
+
+    def _scores_model(self, tokens, batch, context):
         m = self.model
         kv = np.asarray(batch) * np.asarray(context) * m.kv_bytes_per_token_per_layer
         score_flops = np.asarray(tokens) * m.attn_score_flops_per_token(context)
@@ -323,11 +418,8 @@ class CostModel:
 
     def decode_attention(self, batch, context):
         """One decode step's attention scores (a measured-table key: heads, kv heads, head dim)."""
-        m = self.model
         batch = np.asarray(batch, dtype=float)
-        t = self.attention_scores(batch, batch, context)
-        return self._hybrid("attn_decode", t, (m.num_heads, m.num_kv_heads, m.head_dim, batch),
-                            context)
+        return self.attention_scores(batch, batch, context)
 
     def prefill_attention(self, batch, seq):
         """Causal self-attention over `seq` new tokens per sequence (flash-attention style: Q, K,
@@ -358,27 +450,28 @@ class CostModel:
         """Gate GEMM and any shared experts of one MoE layer."""
         m = self.model
         gate_bytes = m.hidden_size * m.num_experts * m.dtype_bytes
-        t = self.gemm(tokens * m.router_flops_per_token, gate_bytes, tokens)
+        t = self.weight_gemms(self.gemm(tokens * m.router_flops_per_token, gate_bytes, tokens),
+                              tokens, [(m.num_experts, m.hidden_size)])
         if m.num_shared_experts:
-            t = t + self.gemm(
-                tokens * m.shared_expert_flops_per_token,
-                m.shared_params * m.dtype_bytes,
-                tokens,
-                kernels=2,
-            )
+            shared = self.gemm(tokens * m.shared_expert_flops_per_token,
+                               m.shared_params * m.dtype_bytes, tokens, kernels=2)
+            inter = m.num_shared_experts * m.shared_expert_intermediate_size
+            t = t + self.weight_gemms(shared, tokens, self._ffn_shapes(inter))
         return t
 
     def dense_ffn(self, tokens):
         m = self.model
         mats = 3 if m.gated_ffn else 2
         w = mats * m.hidden_size * m.dense_intermediate_size * m.dtype_bytes
-        return self.gemm(tokens * m.dense_ffn_flops_per_token, w, tokens, kernels=2)
+        t = self.gemm(tokens * m.dense_ffn_flops_per_token, w, tokens, kernels=2)
+        return self.weight_gemms(t, tokens, self._ffn_shapes(m.dense_intermediate_size))
 
     def lm_head(self, tokens):
         m = self.model
-        return self.gemm(
+        t = self.gemm(
             tokens * m.lm_head_flops_per_token, m.hidden_size * m.vocab_size * m.dtype_bytes, tokens
         )
+        return self.weight_gemms(t, tokens, [(m.vocab_size, m.hidden_size)])
 
     def layer_fixed(self):
         return self.p.layer_overhead_us * US

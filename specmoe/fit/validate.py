@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from specmoe.costs.ops import CostModel
+from specmoe.costs.ops import prediction_costs
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import System, load_system
 from specmoe.inputs.workload import Acceptance, Workload
@@ -52,7 +52,7 @@ def _workload(run: Run):
 
 def _predict_analytic(run: Run, system, params) -> dict[str, Any]:
 
-    an = Analytic(run.model, system, _workload(run), CostModel(run.model, system, params))
+    an = Analytic(run.model, system, _workload(run), prediction_costs(run.model, system, params))
     pol = run.policy if run.speculative else run.policy.with_(gamma=0)
     if run.speculative:
         res = an.evaluate(pol, alpha=run.alpha)

@@ -194,6 +194,7 @@ class System(BaseModel):
     sources: dict[str, str] = Field(default_factory=dict)
     efficiency_prior: Priors | None = None   # spreads of the fitted `efficiency` (hold-out error)
     ideal: bool = False               # True: datasheet roofline, no priors, no calibration
+    measured_tables: bool = True      # False: never interpolate the GPU's measured kernel tables
 
     @model_validator(mode="after")
     def _topology(self):
@@ -455,8 +456,10 @@ def _plain(x: Any) -> Any:
 
 def system_to_dict(system: System) -> dict:
     """Self-contained, JSON-able description: parts inline, nothing left to look up."""
-    return _plain(system.model_dump(mode="python", exclude_none=False,
-                                    exclude=None if system.ideal else {"ideal"}))
+    # flags at their defaults stay out: profiles and cache keys written before them still match
+    defaults = {k for k in ("ideal", "measured_tables")
+                if getattr(system, k) == System.model_fields[k].default}
+    return _plain(system.model_dump(mode="python", exclude_none=False, exclude=defaults or None))
 
 
 def save_system(system: System, path) -> None:

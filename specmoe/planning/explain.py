@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specmoe.costs.ops import CostModel
+from specmoe.costs.ops import prediction_costs
 from specmoe.inputs.setup import Setup
 from specmoe.inputs.workload import tau
 from specmoe.predictors.analytic import Analytic
@@ -29,7 +29,7 @@ BALANCED_BELOW = 1.15
 
 def _scaled(setup: Setup, link=1.0, hbm=1.0, compute=1.0, host=1.0) -> Analytic:
     """The analytic model with one resource made faster (the cost model's own rates, scaled)."""
-    costs = CostModel(setup.model, setup.system)
+    costs = prediction_costs(setup.model, setup.system)
     costs.link_bw *= link
     costs.hbm_bw *= hbm
     costs.peak_flops *= compute

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from specmoe.costs.evidence import evidence_for
-from specmoe.costs.ops import CostModel, CostParams, params_for
+from specmoe.costs.ops import CostParams, params_for, prediction_costs
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import ANALYTIC, PARAMS, PLANNED, SPECULATIVE, Policy, make_policy
 from specmoe.inputs.setup import Setup, resolve
@@ -363,9 +363,8 @@ def separating_input(setup: Setup, best: dict, rival: dict) -> dict[str, Any]:
     base = params_for(setup.system)
 
     def ratio(params: CostParams, d_alpha: float = 0.0) -> float:
-        an = Analytic(
-            setup.model, setup.system, setup.workload, CostModel(setup.model, setup.system, params)
-        )
+        costs = prediction_costs(setup.model, setup.system, params)
+        an = Analytic(setup.model, setup.system, setup.workload, costs)
         tps = []
         for c in (best, rival):
             pol = make_policy(c["policy"]).with_(

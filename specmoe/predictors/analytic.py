@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from specmoe.costs.memory import Memory
-from specmoe.costs.ops import CostModel
+from specmoe.costs.ops import CostModel, prediction_costs
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import ANALYTIC, LRU_POLICIES, Policy
 from specmoe.inputs.tree import nodes_at, tree_size, tree_tau
@@ -70,6 +70,9 @@ class AnalyticResult:
     fits: np.ndarray
     resident_experts_per_layer: np.ndarray
     breakdown: dict[str, np.ndarray] = field(default_factory=dict)
+    # per phase ("step", "prefill") and op: how many evaluations the measured tables answered
+    # ("table") and how many the fitted model ("model")
+    op_sources: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
 
 class Analytic:
@@ -80,7 +83,7 @@ class Analytic:
     ):
         self.model, self.system = model, system
         self.workload = workload or Workload()
-        self.costs = costs or CostModel(model, system)
+        self.costs = costs or prediction_costs(model, system)
         m = model
         probs = self.workload.routing.inclusion_probs(m.num_experts, m.top_k, m.num_moe_layers)
         self.counts = ExpertCounts(probs)
@@ -242,6 +245,7 @@ class Analytic:
                 f"policy={policy.name!r}: the analytic model covers {ANALYTIC}; use the simulator"
             )
         w, m = self.workload, self.model
+        self.costs.sources.clear()         # counted afresh for this evaluation's op_sources
         alpha_given = alpha is not None  # else the workload's acceptance decides τ(γ, N)
         n_given = np.asarray(
             policy.draft_experts if draft_experts is None else draft_experts, dtype=float
@@ -459,7 +463,10 @@ class Analytic:
     ):
         m, _w = self.model, self.workload
         h2d_bytes = fetched * m.expert_bytes
+        step = {k: dict(v) for k, v in self.costs.sources.items()}
         ttft = self._prefill_s(batch, resident if placed is None else placed, policy)
+        prefill = {k: {s: n - step.get(k, {}).get(s, 0) for s, n in v.items()}
+                   for k, v in self.costs.sources.items()}
         tpot = iteration_s / (tokens_per_iter / batch)
         return AnalyticResult(
             iteration_s=iteration_s,
@@ -473,6 +480,7 @@ class Analytic:
             fits=mem <= self.mem.capacity_bytes,
             resident_experts_per_layer=resident,
             breakdown=parts,
+            op_sources={"step": step, "prefill": prefill},
         )
 
     def _prefill_s(self, batch, resident, policy):

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from specmoe.costs.evidence import Evidence, evidence_for
-from specmoe.costs.ops import GEOMETRY, PARAM_NAMES, CostModel, CostParams, params_for
+from specmoe.costs.evidence import Evidence, evidence_for, tables_for, tables_summary
+from specmoe.costs.ops import GEOMETRY, PARAM_NAMES, CostParams, params_for, prediction_costs
 from specmoe.predictors.analytic import Analytic, AnalyticResult
 
 DRAWS = 25            # (i + ½)/25 puts p10, p50 and p90 exactly on draws 2, 12 and 22
@@ -101,7 +101,7 @@ def evaluate_intervals(model, system, workload, policy, batch=None, gamma=None, 
     a_draws = alpha_draws(np.ravel(a)[None, :] if np.ndim(a) else a, spread, d.alpha_z)
     if alpha is None and acc.tau_table and not spread:   # a measured τ table: let it decide τ(γ)
         a_draws = None
-    an = Analytic(model, system, workload, costs=CostModel(model, system, d.params))
+    an = Analytic(model, system, workload, costs=prediction_costs(model, system, d.params))
     shape = lambda x: None if x is None else np.ravel(np.asarray(x, dtype=float))[None, :]  # noqa: E731
     res: AnalyticResult = an.evaluate(policy, batch=shape(batch), gamma=shape(gamma),
                                       draft_experts=shape(draft_experts), alpha=a_draws)
@@ -140,4 +140,5 @@ def provenance(system, acceptance) -> dict[str, Any]:
             "alpha_spread": acceptance.alpha_spread,
             "spreads": {k: ev.spreads[k] for k in sorted(ev.spreads) if ev.spreads[k] > 0},
             "model_error": ev.model_error, "model_error_source": ev.model_error_source,
-            "interval": f"p10/p50/p90 over {DRAWS} Latin-hypercube draws of the stated spreads"}
+            "interval": f"p10/p50/p90 over {DRAWS} Latin-hypercube draws of the stated spreads",
+            "measured_tables": tables_summary(tables_for(system))}

@@ -34,7 +34,7 @@ import numpy as np
 
 from specmoe.costs.comm import CommModel
 from specmoe.costs.memory import Memory
-from specmoe.costs.ops import CostModel
+from specmoe.costs.ops import CostModel, prediction_costs
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.workload import Workload
 
@@ -133,7 +133,7 @@ class ParallelModel:
     ):
         self.model, self.system = model, system
         self.workload = workload or Workload()
-        self.costs = costs or CostModel(model, system)
+        self.costs = costs or prediction_costs(model, system)
         self.comm = comm or CommModel(system)
         self.mem = Memory(model, system, self.workload)
         self.gpus = system.gpu_count

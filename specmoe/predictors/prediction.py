@@ -56,6 +56,7 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
     block = interval_block(iv, i if np.size(iv["tokens_per_s"]) > 3 else 0)
     out.update({k: (v if fits else None) for k, v in block.items()})
     out["evidence"] = provenance(setup.system, setup.workload.acceptance)
+    out["evidence"]["op_sources"] = op_sources_words(res.op_sources)
     if not fits:
         cap = Memory(setup.model, setup.system, setup.workload)
         out["reason"] = (
@@ -63,3 +64,23 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
             f"{cap.explain_capacity()} (model resident {setup.model.resident_bytes / GB:.1f} GB)"
         )
     return out
+
+
+OP_WORDS = {"moe": "fused MoE", "gemm": "dense GEMMs", "attn_decode": "attention over the KV cache"}
+
+
+def op_sources_words(phases: dict[str, dict[str, dict[str, int]]]) -> dict[str, str]:
+    """Per op, which source answered in each phase: 'decode step: measured table; prefill:
+    fitted model' ('measured table for n of m' where both did, e.g. GEMMs of several shapes)."""
+    out: dict[str, list[str]] = {}
+    for phase, counts in phases.items():
+        for op, c in counts.items():
+            n, total = c.get("table", 0), c.get("table", 0) + c.get("model", 0)
+            if total:
+                word = ("measured table" if n == total else "fitted model" if n == 0
+                        else f"measured table for {n} of {total}, fitted model the rest")
+                out.setdefault(OP_WORDS.get(op, op), []).append(f"{PHASE_WORDS[phase]}: {word}")
+    return {op: "; ".join(v) for op, v in out.items()}
+
+
+PHASE_WORDS = {"step": "decoding step", "prefill": "prefill"}

@@ -84,6 +84,9 @@ def add_config_flags(p: argparse.ArgumentParser, with_policy: bool = True) -> No
         action="store_true",
         help="datasheet roofline (an upper bound) instead of calibrated/published evidence",
     )
+    p.add_argument("--no-tables", action="store_true",
+                   help="never interpolate the GPU's measured kernel tables (hwprofiles/tables/): "
+                        "the fitted cost model answers every op")
     if with_policy:
         p.add_argument("--policy", default="specmoe",
                        help=" | ".join(POLICIES) + " (predict covers the first five; simulate all)")
@@ -116,7 +119,10 @@ def _policy_value(name: str, text: str, batch: int) -> Any:
 
 
 def _hardware(args):
-    return load_system(args.hardware, host=args.host, link=args.link, ideal=args.ideal)
+    system = load_system(args.hardware, host=args.host, link=args.link, ideal=args.ideal)
+    if getattr(args, "no_tables", False):
+        system = system.model_copy(update={"measured_tables": False})
+    return system
 
 
 def config_kwargs(args, with_policy: bool = True) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from specmoe.costs.ops import BREAKDOWN, CostModel
+from specmoe.costs.ops import BREAKDOWN, prediction_costs
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.policies import ANALYTIC, validate_policy
 from specmoe.inputs.setup import resolve
@@ -138,7 +138,7 @@ class Simulator:
         self._check()
         m = self.model
         # params: calibrated CostParams, or the system's
-        self.costs = CostModel(m, self.system, params)
+        self.costs = prediction_costs(m, self.system, params)
         # Independent streams, so that policies compared at one seed see the same routing,
         # acceptance and arrivals (common random numbers) whatever random choices they make.
         streams = [np.random.default_rng(c) for c in np.random.SeedSequence(seed).spawn(4)]

@@ -1,0 +1,128 @@
+"""Measured kernel tables in predictions: grid interpolation, the shipped extracts, and which
+source answers each op (issue 13, hybrid prediction)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import specmoe
+from specmoe.costs.evidence import tables_for
+from specmoe.costs.ops import CostModel, CostParams, balanced_routing, prediction_costs
+from specmoe.costs.tables import Tables
+from specmoe.inputs.hardware import as_ideal, load_system
+from specmoe.inputs.models import load_model, spec_from_dims
+
+H100 = load_system("h100-sxm")
+
+
+def test_grid_dimensions_interpolate_in_log_space_between_measured_values():
+    # GEMMs measured at n = 1024 and 4096 (k = 1024), m = 16: 10 µs and 40 µs
+    t = Tables([("gemm", (1024.0, 1024.0), 16.0, 10e-6), ("gemm", (4096.0, 1024.0), 16.0, 40e-6)])
+    # n = 2048 is halfway in log(n): the geometric mean of the corners, 20 µs
+    assert t.at("gemm", (2048.0, 1024.0), 16.0) == pytest.approx(20e-6)
+    assert t.at("gemm", (1024.0, 1024.0), 16.0) == pytest.approx(10e-6)
+    # log-linear between (1024, 10 µs) and (4096, 40 µs) is t = 10 µs x n / 1024
+    assert t.at("gemm", (3000.0, 1024.0), 16.0) == pytest.approx(10e-6 * 3000 / 1024)
+    assert np.isnan(t.at("gemm", (8192.0, 1024.0), 16.0))     # beyond the grid
+    assert np.isnan(t.at("gemm", (2048.0, 2048.0), 16.0))     # k never measured: no corner
+    assert np.isnan(t.at("gemm", (2048.0, 1024.0), 32.0))     # m beyond every corner's range
+
+
+def test_a_query_within_rounding_of_a_measured_value_is_inside():
+    t = Tables([("gemm", (64.0, 64.0), 1.0, 5e-6), ("gemm", (64.0, 64.0), 8.0, 9e-6)])
+    assert t.at("gemm", (64.0, 64.0), 1.0 - 1e-9) == pytest.approx(5e-6)
+    assert t.at("gemm", (64.0 * (1 + 1e-9), 64.0), 8.0) == pytest.approx(9e-6)
+    assert np.isnan(t.at("gemm", (64.0, 64.0), 0.99))
+
+
+def test_the_extract_round_trips_within_its_stated_precision(tmp_path):
+    rows = [("gemm", (128.0, 256.0), 4.0, 7.123456e-6),
+            ("moe", (64.0, 32.0, 8.0, 2.0, "power_law_1.2"), 3.0, 1.5e-4),
+            ("attn_decode", (8.0, 2.0, 64.0, 4.0), 512.0, 2.2e-5)]
+    t = Tables(rows, source="test", meta={"device": "X"})
+    back = Tables.load(t.save(tmp_path / "x-vllm.npz"))
+    assert back.source == "test" and back.meta == {"device": "X"}
+    for op, key, x, sec in rows:
+        assert back.at(op, key, x) == pytest.approx(sec, rel=5e-4)   # round(1000 ln µs)
+
+
+def _moe_model():
+    # hidden 64, expert FFN 32, 1 head of 64, 8 experts, top-2, vocab 64, one layer
+    return spec_from_dims("t", 2.0, 64, 32, 1, 1, 64, 8, 2, 64, 1)
+
+
+def test_a_fused_moe_at_balanced_routing_takes_the_measurement():
+    spec = _moe_model()
+    key = (64.0, 32.0, 8.0, 2.0, "balanced")
+    tables = Tables([("moe", key, 1.0, 30e-6), ("moe", key, 64.0, 90e-6)])
+    c = CostModel(spec, H100, CostParams(), tables=tables)
+    pairs = 8.0 * 2                                       # 8 tokens, top_k 2
+    distinct = 8.0                                        # balanced: 16 pairs touch all 8
+    assert balanced_routing(pairs, 8) == (8.0, 2.0)
+    expected = float(np.exp(np.interp(np.log(8), np.log([1, 64]), np.log([30e-6, 90e-6]))))
+    assert float(c.experts(pairs, distinct)) == pytest.approx(expected)
+    assert c.sources["moe"] == {"table": 1, "model": 0}
+
+
+def test_a_fused_moe_touching_fewer_experts_scales_the_measurement_by_the_models_ratio():
+    spec = _moe_model()
+    key = (64.0, 32.0, 8.0, 2.0, "balanced")
+    tables = Tables([("moe", key, 1.0, 30e-6), ("moe", key, 64.0, 90e-6)])
+    params = replace(CostParams(), kernel_overhead_us=0.0)
+    with_t, model = (CostModel(spec, H100, params, tables=tables), CostModel(spec, H100, params))
+    pairs = 16.0
+    table_8 = float(with_t.experts(pairs, 8.0))          # balanced: all 8 experts touched
+    # 16 pairs on 2 experts: the table's time times the model's 2-expert / 8-expert ratio
+    ratio = float(model.experts(pairs, 2.0)) / float(model.experts(pairs, 8.0))
+    assert ratio < 0.5                                   # weights of 2 experts, not 8
+    assert float(with_t.experts(pairs, 2.0)) == pytest.approx(table_8 * ratio)
+
+
+def test_a_forward_pass_does_not_take_a_replayed_measurement_served_from_l2():
+    # a 64x64 GEMM (8 KiB of weights) fits in L2: measured 1 µs as a replay; with an L2 twice
+    # HBM's bandwidth and a memory-bound op, a forward pass reading HBM takes twice that
+    spec = spec_from_dims("t", 2.0, 64, 64, 1, 1, 64, 8, 2, 64, 1)
+    tables = Tables([("gemm", (64.0, 64.0), 1.0, 1e-6), ("gemm", (64.0, 64.0), 4.0, 2e-6)])
+    params = replace(CostParams(), l2_bw_factor=2.0)
+    fwd = CostModel(spec, H100, params, tables=tables)
+    replayed = CostModel(spec, H100, params, replay=True, tables=tables)
+    assert float(replayed.dense_gemm(1.0, 64.0, 64.0)) == pytest.approx(1e-6)
+    assert float(fwd.dense_gemm(1.0, 64.0, 64.0)) == pytest.approx(2e-6)
+
+
+def test_decode_attention_takes_the_table_and_prefill_does_not():
+    m = load_model("mixtral-8x7b")
+    key = (float(m.num_heads), float(m.num_kv_heads), float(m.head_dim), 4.0)
+    tables = Tables([("attn_decode", key, 128.0, 20e-6), ("attn_decode", key, 4096.0, 60e-6)])
+    c, model = CostModel(m, H100, tables=tables), CostModel(m, H100)
+    assert float(c.attention_scores(4.0, 4.0, 128.0)) == pytest.approx(20e-6)
+    # verifying 4 drafted tokens per sequence (5 queries): the measurement x the model's ratio
+    ratio = float(model.attention_scores(20.0, 4.0, 128.0)
+                  / model.attention_scores(4.0, 4.0, 128.0))
+    assert float(c.attention_scores(20.0, 4.0, 128.0)) == pytest.approx(20e-6 * ratio)
+    # a prefill of 512 tokens per sequence is not decode: the model answers
+    assert float(c.attention_scores(4 * 512.0, 4.0, 256.0)) == \
+        float(model.attention_scores(4 * 512.0, 4.0, 256.0))
+
+
+def test_predictions_use_the_gpus_own_tables_only():
+    assert tables_for(H100) is not None                        # shipped: h100-sxm-vllm.npz
+    assert tables_for(load_system("h100-pcie")) is None        # no measurements of that GPU
+    assert tables_for(as_ideal(H100)) is None
+    assert tables_for(H100.model_copy(update={"measured_tables": False})) is None
+    m = load_model("mixtral-8x7b")
+    assert prediction_costs(m, H100).tables is tables_for(H100)
+
+
+def test_a_prediction_says_which_source_answered_each_op():
+    kw = dict(model="mixtral-8x7b", policy="ondemand", batch=4)
+    d = specmoe.predict(hardware=H100, **kw)
+    ev = d["evidence"]
+    assert "vllm" in ev["measured_tables"] and "H100" in ev["measured_tables"]
+    assert ev["op_sources"]["fused MoE"].startswith("decoding step: measured table")
+    off = specmoe.predict(hardware=H100.model_copy(update={"measured_tables": False}), **kw)
+    assert off["evidence"]["op_sources"]["fused MoE"].startswith("decoding step: fitted model")
+    assert off["evidence"]["measured_tables"].startswith("none")
+    assert off["breakdown"]["expert_compute"] != d["breakdown"]["expert_compute"]
