@@ -126,3 +126,19 @@ def test_a_prediction_says_which_source_answered_each_op():
     assert off["evidence"]["op_sources"]["fused MoE"].startswith("decoding step: fitted model")
     assert off["evidence"]["measured_tables"].startswith("none")
     assert off["breakdown"]["expert_compute"] != d["breakdown"]["expert_compute"]
+
+
+def test_the_carry_over_spread_is_what_the_committed_cross_gpu_errors_give():
+    import json
+
+    import carry_over
+
+    from specmoe.costs.evidence import CARRY_OVER_SPREAD
+
+    report = json.loads(carry_over.REPORT.read_text())
+    assert carry_over.carry_over_spread(report) == CARRY_OVER_SPREAD
+    # hand check of the conversion: p90 |error| 0.2 self, 0.3 other -> sqrt(σ_o² − σ_s²)
+    s_self, s_other = np.log1p(0.2) / 1.6448536, np.log1p(0.3) / 1.6448536
+    cell = {"gpus": {"g": {"errors": {"self": {"gemm": {"p90": 0.2}},
+                                      "logo": {"gemm": {"p90": 0.3}}}}}}
+    assert carry_over.carry_over_spread(cell) == round(float(np.sqrt(s_other**2 - s_self**2)), 2)
