@@ -1,4 +1,5 @@
-"""The spread a carried-over GPU profile adds: specmoe.costs.evidence.CARRY_OVER_SPREAD.
+"""Spreads measured on public kernel tables: specmoe.costs.evidence.CARRY_OVER_SPREAD (what a
+carried-over GPU profile adds) and TABLE_SPREAD (a measured table's interpolation error).
 
     python experiments/carry_over.py      (reads experiments/reports/crossgpu.json; instant)
 
@@ -10,6 +11,10 @@ log error, σ = ln(1 + p90) / 1.645 (normal log error); the borrowed profile's e
 σ is sqrt(σ_other² − σ_self²) (0 where the other GPUs did as well). Per op class and kind of
 fit, the median over GPU × backend; CARRY_OVER_SPREAD is the largest, rounded to 0.01, applied to
 every GPU parameter (conservative: parameters are not assigned to one op class each).
+
+TABLE_SPREAD: crossgpu.json's column "table" holds the p90 |error| of interpolating each row from
+its table neighbours with the row left out; σ = ln(1 + p90) / 1.645 per GPU × backend, the
+median per op class, the largest op class's, rounded to 0.01.
 """
 from __future__ import annotations
 
@@ -49,11 +54,27 @@ def carry_over_spread(report: dict) -> float:
     return round(max(extra_sigmas(report).values()), 2)
 
 
+def table_sigmas(report: dict) -> dict[str, float]:
+    per: dict[str, list[float]] = {}
+    for cell in report["gpus"].values():
+        for op, e in (cell["errors"].get("table") or {}).items():
+            if e.get("p90") is not None:
+                per.setdefault(op, []).append(sigma(e["p90"]))
+    return {op: float(np.median(v)) for op, v in sorted(per.items())}
+
+
+def table_spread(report: dict) -> float:
+    return round(max(table_sigmas(report).values()), 2)
+
+
 def main() -> None:
     report = json.loads(REPORT.read_text())
     for (fit, op), s in extra_sigmas(report).items():
         print(f"{fit:9s} {op:13s} extra σ of log error over the self fit: {s:.3f}")
     print(f"CARRY_OVER_SPREAD = {carry_over_spread(report)}")
+    for op, s in table_sigmas(report).items():
+        print(f"table     {op:13s} σ of log interpolation error (leave-one-out): {s:.3f}")
+    print(f"TABLE_SPREAD = {table_spread(report)}")
 
 
 if __name__ == "__main__":

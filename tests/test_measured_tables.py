@@ -133,12 +133,27 @@ def test_the_carry_over_spread_is_what_the_committed_cross_gpu_errors_give():
 
     import carry_over
 
-    from specmoe.costs.evidence import CARRY_OVER_SPREAD
+    from specmoe.costs.evidence import CARRY_OVER_SPREAD, TABLE_SPREAD
 
     report = json.loads(carry_over.REPORT.read_text())
     assert carry_over.carry_over_spread(report) == CARRY_OVER_SPREAD
+    assert carry_over.table_spread(report) == TABLE_SPREAD
     # hand check of the conversion: p90 |error| 0.2 self, 0.3 other -> sqrt(σ_o² − σ_s²)
     s_self, s_other = np.log1p(0.2) / 1.6448536, np.log1p(0.3) / 1.6448536
     cell = {"gpus": {"g": {"errors": {"self": {"gemm": {"p90": 0.2}},
                                       "logo": {"gemm": {"p90": 0.3}}}}}}
     assert carry_over.carry_over_spread(cell) == round(float(np.sqrt(s_other**2 - s_self**2)), 2)
+
+
+def test_a_measured_ops_interval_comes_from_the_tables_error_not_the_parameters():
+    from specmoe.costs.evidence import TABLE_SPREAD, evidence_for
+
+    ev = evidence_for(H100)
+    assert ev.values["table_scale"] == 1.0 and ev.spreads["table_scale"] == TABLE_SPREAD
+    assert "table_scale" not in evidence_for(load_system("h100-pcie")).values   # no tables
+    # drawn table_scale values scale the measurement, one row per draw
+    spec = spec_from_dims("t", 2.0, 64, 64, 1, 1, 64, 8, 2, 64, 1)
+    tables = Tables([("gemm", (64.0, 64.0), 1.0, 1e-6), ("gemm", (64.0, 64.0), 4.0, 2e-6)])
+    draws = replace(CostParams(), table_scale=np.array([[0.9], [1.1]]))
+    t = CostModel(spec, H100, draws, replay=True, tables=tables).dense_gemm(np.array([1.0]), 64, 64)
+    assert np.ravel(t) == pytest.approx([0.9e-6, 1.1e-6])

@@ -85,7 +85,8 @@ def provenance_lines(d: dict[str, Any]) -> list[str]:
         if ev.get("measured_tables"):
             lines.append(f"measured kernel tables: {ev['measured_tables']}")
         if ev.get("op_sources") and not str(ev.get("measured_tables", "")).startswith("none"):
-            lines.append("ops from: " + " | ".join(f"{k}: {v}" for k, v in ev["op_sources"].items()))
+            ops = ev["op_sources"].items()
+            lines.append("ops from: " + " | ".join(f"{k}: {v}" for k, v in ops))
         if ev.get("interval"):
             lines.append(f"interval: {ev['interval']}")
         if ev.get("spreads"):

@@ -53,6 +53,10 @@ UNDRAWN_PARAMS = (*GEOMETRY_PARAMS, "l2_bw_factor")
 # kernel tables (experiments/carry_over.py over experiments/reports/crossgpu.json: 0.06-0.11 per
 # op class for leave-one-GPU-out, 0.01-0.03 for the same die alone; the largest is used).
 CARRY_OVER_SPREAD = 0.11
+# The spread of a measured table's interpolated latency (the table_scale parameter): its
+# leave-one-out interpolation error at p90, as σ of log error, the largest op class's median
+# over GPU × backend (experiments/carry_over.py over crossgpu.json column f: 0.07-0.09).
+TABLE_SPREAD = 0.09
 # A calibrated profile whose fit did not record a spread: stated assumption, not a measurement.
 CALIBRATED_SPREAD = 0.10
 # A calibration's hold-out error per op class (calibration.holdout.mape, written by
@@ -265,6 +269,10 @@ def evidence_for(system: System) -> Evidence:
             ev["spreads"][k], ev["sources"][k] = 0.0, f"efficiency block of {system.name}"
         if system.calibration is not None:
             ev["calibrated"] = True
+    if tables_for(system) is not None:
+        ev["values"]["table_scale"], ev["spreads"]["table_scale"] = 1.0, TABLE_SPREAD
+        ev["sources"]["table_scale"] = ("measured kernel tables: leave-one-out interpolation "
+                                        "error at p90 (experiments/carry_over.py)")
     for k, v in ev["values"].items():
         if v < 0:
             raise SpecMoEError(f"hardware {system.name}: {k}={v} must be >= 0 ({ev['sources'][k]})")

@@ -86,6 +86,8 @@ class CostParams:
                                                # work per score does not shrink with head dim)
     prefill_fixed_us: float | None = None      # its fixed time
     l2_bw_factor: float = 1.0         # L2 bandwidth / HBM peak (replayed ops that fit in L2)
+    table_scale: float = 1.0          # multiplies measured-table latencies: drawn with their
+                                      # interpolation error's spread, never fitted
     # kernel geometry, not fitted (0 = no quantization): the kernels' tile shapes
     tile_m: float = 0.0               # GEMM CTA tile rows; small m: the next power of 2 >= 16
     tile_n: float = 0.0               # GEMM CTA tile columns
@@ -329,6 +331,7 @@ class CostModel:
             used["model"] += int(np.size(model_t))
             return model_t
         measured, inside = self.tables.lookup(op, key, x)
+        measured = measured * self.p.table_scale
         if np.any(inside) and ref is not None:
             ref_t = np.asarray(ref(self._as_replayed()), dtype=float)
             scale = np.divide(model_t, ref_t, out=np.ones(np.broadcast(model_t, ref_t).shape),
