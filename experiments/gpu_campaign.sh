@@ -112,11 +112,16 @@ if [[ "$DRY" == "1" ]]; then
   step kernels 60 "$PY" "$X/bench_kernels.py" --tiny --kernels moe,attention --out "$OUT/kernels.json"
   step micro 30 "$PY" -m specmoe.engine.microbench "$OUT/traces/micro-ops.jsonl.gz" --device cpu \
     --quick --dtype float32 --kinds gemm,moe,attn --reps 2
+  step vs_tables 15 "$PY" "$X/engine_vs_tables.py" "$OUT/traces/micro-ops.jsonl.gz" \
+    --tables "$REPO/hwprofiles/tables/h100-sxm-vllm.npz" -o "$OUT/engine_vs_tables.md"
 else
   step kernels 60 "$PY" "$X/bench_kernels.py" --kernels moe,attention --models mixtral-8x7b \
     --tokens-per-expert 1,2,4,8,16,32,64,2048 --reps 10 --out "$OUT/kernels.json"
   step micro 65 "$PY" -m specmoe.engine.microbench "$OUT/traces/micro-ops.jsonl.gz" --device cuda \
     --kinds gemm,moe,attn --reps 10 --launches 10
+  # the engine's kernels row for row against vLLM's measured ones on this GPU (issue 13, item 6)
+  step vs_tables 15 "$PY" "$X/engine_vs_tables.py" "$OUT/traces/micro-ops.jsonl.gz" \
+    -o "$OUT/engine_vs_tables.md"
 fi
 
 # ---------------------------------------------------------------- 4. copies

@@ -157,3 +157,25 @@ def test_a_measured_ops_interval_comes_from_the_tables_error_not_the_parameters(
     draws = replace(CostParams(), table_scale=np.array([[0.9], [1.1]]))
     t = CostModel(spec, H100, draws, replay=True, tables=tables).dense_gemm(np.array([1.0]), 64, 64)
     assert np.ravel(t) == pytest.approx([0.9e-6, 1.1e-6])
+
+
+def test_engine_rows_compare_with_the_tables_at_the_same_shape(tmp_path):
+    import engine_vs_tables as evt
+
+    from specmoe.measure.trace import event, read_trace, write_trace
+
+    evs = [event("gemm", "gemm", 0, 30.0, shape=[16, 4096, 4096]),          # table: 20 µs
+           event("gemm", "gemm", 1, 99.0, shape=[16, 999, 4096]),           # no such n: skipped
+           event("attention", "attn", 2, 12.0, shape=[4, 1, 128, 32, 8, 128]),
+           event("attention", "attn", 3, 50.0, shape=[4, 5, 128, 32, 8, 128]),   # verify: skipped
+           event("fused_moe", "moe", 4, 80.0, tokens=8, experts=8, top_k=2, num_experts=8,
+                 shape=[8, 4096, 14336])]
+    path = write_trace(tmp_path / "m.jsonl.gz", {"schema": "specmoe.trace/1", "source": "engine",
+                                                 "device": {"name": "X"}}, evs)
+    tables = Tables([("gemm", (4096.0, 4096.0), 16.0, 20e-6),
+                     ("attn_decode", (32.0, 8.0, 128.0, 4.0), 128.0, 10e-6),
+                     ("moe", (4096.0, 14336.0, 8.0, 2.0, "balanced"), 8.0, 100e-6)])
+    rows = evt.compare(read_trace(path), tables)
+    assert [(r["op"], round(r["engine_us"] / r["table_us"], 3)) for r in rows] == \
+        [("gemm", 1.5), ("attn_decode", 1.2), ("moe", 0.8)]
+    assert evt.summary(rows)["gemm"] == {"rows": 1, "median": 1.5, "p10": 1.5, "p90": 1.5}

@@ -53,7 +53,8 @@ def event_entry(ev: dict):
         key = (float(heads), float(kv), float(hd), float(batch))
         if ev.get("phase") == "prefill":
             return "attn_prefill", key, float(q)
-        return "attn_decode", key, float(ctx)
+        if q == 1:   # the tables' decode: one query per sequence (verification is not a row)
+            return "attn_decode", key, float(ctx)
     return None
 
 
