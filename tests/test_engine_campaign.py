@@ -30,7 +30,7 @@ def test_campaign_dry_run_completes_every_step(tmp_path):
         line.split("\t")[:2] for line in (out / "logs" / "steps.tsv").read_text().splitlines()
     )
     assert steps == dict.fromkeys(
-        ("env", "checks", "kernels", "micro", "copies", "e2e", "tune"), "ok"
+        ("env", "checks", "kernels", "micro", "vs_tables", "copies", "e2e", "tune"), "ok"
     )
     checks = json.loads((out / "checks.json").read_text())["checks"]
     assert {c["status"] for c in checks} <= {"PASS", "SKIP"} and sum(

@@ -179,3 +179,21 @@ def test_engine_rows_compare_with_the_tables_at_the_same_shape(tmp_path):
     assert [(r["op"], round(r["engine_us"] / r["table_us"], 3)) for r in rows] == \
         [("gemm", 1.5), ("attn_decode", 1.2), ("moe", 0.8)]
     assert evt.summary(rows)["gemm"] == {"rows": 1, "median": 1.5, "p10": 1.5, "p90": 1.5}
+
+
+def test_prefill_attention_in_the_predictors_convention_is_causal_prefill():
+    # P = 512 new tokens per sequence at mean context P / 2: prefill_attention and its tables
+    m = load_model("mixtral-8x7b")
+    key = (float(m.num_heads), float(m.num_kv_heads), float(m.head_dim), 4.0)
+    tables = Tables([("attn_prefill", key, 256.0, 0.1e-3), ("attn_prefill", key, 1024.0, 1e-3)])
+    c = CostModel(m, H100, CostParams(), tables=tables)
+    expected = float(np.exp(np.interp(np.log(512), np.log([256, 1024]), np.log([0.1e-3, 1e-3]))))
+    assert float(c.attention_scores(4 * 512.0, 4.0, 256.0)) == pytest.approx(expected)
+    assert c.sources["attn_prefill"] == {"table": 1, "model": 0}
+    # without tables: the prefill parameter group answers prefill, not decode
+    slow = CostModel(m, H100, replace(CostParams(), prefill_compute_eff=0.25))
+    fast = CostModel(m, H100, CostParams())
+    assert float(slow.attention_scores(4 * 512.0, 4.0, 256.0)) > \
+        1.5 * float(fast.attention_scores(4 * 512.0, 4.0, 256.0))
+    assert float(slow.attention_scores(4.0, 4.0, 256.0)) == \
+        float(fast.attention_scores(4.0, 4.0, 256.0))

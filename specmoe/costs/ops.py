@@ -391,12 +391,24 @@ class CostModel:
 
     def attention_scores(self, tokens, batch, context):
         """QKᵀ and PV over `context` cached positions per sequence: reads each sequence's KV once.
-        With `tokens` / `batch` <= MAX_DECODE_QUERIES (decode, speculative verification), a
-        measured decode-attention table answers inside its range, at one query per sequence,
-        scaled by this model's ratio between the queries asked and one."""
-        t = self._scores_model(tokens, batch, context)
+        A prefill in the predictors' convention (P new tokens per sequence at mean context P/2)
+        is causal self-attention: prefill_attention, its own parameter group and tables. With
+        `tokens` / `batch` <= MAX_DECODE_QUERIES (decode, speculative verification), a measured
+        decode-attention table answers inside its range, at one query per sequence, scaled by
+        this model's ratio between the queries asked and one."""
         m = self.model
         queries = np.asarray(tokens, dtype=float) / np.maximum(np.asarray(batch, dtype=float), 1)
+        prefill = (queries > 1) & np.isclose(queries, 2 * np.asarray(context, dtype=float))
+        if m.is_mla or not np.any(prefill):
+            return self._decode_scores(tokens, batch, context, queries)
+        if np.all(prefill):     # the predictors ask for prefill and decode separately
+            return self.prefill_attention(batch, queries)
+        return np.where(prefill, self.prefill_attention(batch, queries),
+                        self._decode_scores(tokens, batch, context, queries))
+
+    def _decode_scores(self, tokens, batch, context, queries):
+        t = self._scores_model(tokens, batch, context)
+        m = self.model
         if self.tables is None or m.is_mla:
             return self._hybrid("attn_decode", t)
         batch = np.asarray(batch, dtype=float)
@@ -428,10 +440,16 @@ class CostModel:
         """Causal self-attention over `seq` new tokens per sequence (flash-attention style: Q, K,
         V and O cross HBM once; query i attends to i + 1 keys). With `prefill_item_us`, work is
         one CTA per (sequence, kv head, PREFILL_Q_TILE query rows of its group) in waves over the
-        SMs, each
-        paying a set-up time plus its share of the FLOPs."""
+        SMs, each paying a set-up time plus its share of the FLOPs. A measured prefill-attention
+        table answers inside its range."""
         m = self.model
         batch, seq = np.asarray(batch, dtype=float), np.asarray(seq, dtype=float)
+        key = (m.num_heads, m.num_kv_heads, m.head_dim, batch)
+        return self._hybrid("attn_prefill", self._prefill_model(batch, seq), key, seq,
+                            lambda cm: cm._prefill_model(batch, seq))
+
+    def _prefill_model(self, batch, seq):
+        m = self.model
         flops = batch * 4.0 * m.num_heads * m.head_dim * seq * (seq + 1) / 2
         nbytes = batch * seq * 2 * (m.num_heads + m.num_kv_heads) * m.head_dim * m.dtype_bytes
         hd = float(m.head_dim)
@@ -446,8 +464,7 @@ class CostModel:
             waves = np.ceil(items / self.sms)
             t = np.maximum(t, fixed + waves * (self.p.prefill_item_us * US
                                                + flops / items / (peak / self.sms)))
-        key = (m.num_heads, m.num_kv_heads, m.head_dim, batch)
-        return self._hybrid("attn_prefill", t, key, seq)
+        return t
 
     def router_and_shared(self, tokens):
         """Gate GEMM and any shared experts of one MoE layer."""

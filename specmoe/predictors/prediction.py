@@ -66,7 +66,8 @@ def summarize(setup: Setup, res: AnalyticResult, i: int = 0,
     return out
 
 
-OP_WORDS = {"moe": "fused MoE", "gemm": "dense GEMMs", "attn_decode": "attention over the KV cache"}
+OP_WORDS = {"moe": "fused MoE", "gemm": "dense GEMMs", "attn_decode": "decode attention",
+            "attn_prefill": "prefill attention"}
 
 
 def op_sources_words(phases: dict[str, dict[str, dict[str, int]]]) -> dict[str, str]:
