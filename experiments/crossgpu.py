@@ -55,8 +55,9 @@ GPUS = ("h100_sxm", "h200_sxm", "b200_sxm", "b300_sxm", "gb200", "gb300", "a100_
 SAME_DIE = {"h100_sxm": "h200_sxm", "h200_sxm": "h100_sxm", "b200_sxm": "gb200",
             "gb200": "b200_sxm", "b300_sxm": "gb300", "gb300": "b300_sxm"}
 # kernel geometry, not fitted: CUTLASS/cuBLAS 128x128 CTA tiles; vLLM/SGLang fused-MoE
-# BLOCK_SIZE_M = 64 for bf16 above E tokens (vllm fused_moe default config)
-GEOMETRY = {"tile_m": 128.0, "tile_n": 128.0, "moe_block_tokens": 64.0}
+# BLOCK_SIZE_M = 64 for bf16 above E tokens (vllm fused_moe default config); dense GEMMs take
+# the fastest of the library's tilings (ops.GEMM_TILES x ops.SPLIT_K)
+GEOMETRY = {"tile_m": 128.0, "tile_n": 128.0, "moe_block_tokens": 64.0, "gemm_tiles": 1.0}
 CLASSES = {"gemm": "dense GEMM", "moe": "fused MoE", "attn_scores": "decode attention",
            "attn_prefill": "prefill attention"}
 METHODS = ("uncalibrated", "before_self", "self", "logo", "same_die", "table")

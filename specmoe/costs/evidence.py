@@ -33,12 +33,12 @@ from specmoe.inputs.hardware import Prior, System
 # The GPU-kernel op classes of issue 13 (grouped MoE, decode and prefill attention) and the
 # kernel geometry their fits assumed (tiles, MoE block: fixed, never drawn with a spread).
 # l2_bw_factor stays out: it describes single-op benchmark replays, not a forward pass.
-GEOMETRY_PARAMS = ("tile_m", "tile_n", "moe_block_tokens")
+GEOMETRY_PARAMS = ("tile_m", "tile_n", "moe_block_tokens", "gemm_tiles")
 GPU_PARAMS = ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "attn_eff", "kernel_overhead_us",
               "expert_overhead_us", "layer_overhead_us", "moe_compute_eff", "moe_half_tokens",
               "moe_hbm_eff", "moe_kernel_us", "moe_reread", "attn_fixed_us", "attn_item_us",
               "prefill_compute_eff", "prefill_half_head_dim", "prefill_item_us",
-              "prefill_fixed_us", *GEOMETRY_PARAMS)
+              "prefill_fixed_us", "gemm_tile_half", *GEOMETRY_PARAMS)
 # Issue 13 measured per-op error of GPUs never fitted (leave-one-GPU-out on aiconfigurator tables):
 # median 25% over every op row. A carried-over profile adds that, in quadrature, to its own spread.
 CARRY_OVER_SPREAD = 0.25
@@ -52,7 +52,8 @@ HOLDOUT_CLASSES = {
     "attn": ("attn_eff", "kernel_overhead_us"),
     "attn_scores": ("attn_eff", "attn_fixed_us", "attn_item_us"),
     # GPU kernel tables (issue 13: calibrated/<gpu>-<backend>.yaml)
-    "gemm": ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "kernel_overhead_us"),
+    "gemm": ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "kernel_overhead_us",
+             "gemm_tile_half"),
     "moe": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us", "moe_reread"),
     "attn_prefill": ("prefill_compute_eff", "prefill_half_head_dim", "prefill_item_us",
                      "prefill_fixed_us"),
