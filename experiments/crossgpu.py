@@ -306,9 +306,11 @@ def markdown(results: dict, args, elapsed_s: float) -> str:
 NOTES = """\
 - Kernel-configuration switches: vLLM/SGLang pick fused-MoE tile configs per token count from
   tuned JSON tables (BLOCK_SIZE_M 16..128, GROUP_SIZE_M), and cuBLAS/CUTLASS pick GEMM kernels
-  per shape. The model has one fixed geometry (128 x 128 GEMM tiles, 64-token MoE blocks, a
-  fitted share of weight re-reads per block), so steps such as vLLM's Mixtral MoE on H100 going
-  from 1.06 ms at 256 tokens to 1.84 ms at 320 tokens are smoothed over: the fused-MoE p90.
+  per shape. Dense GEMMs take the fastest of six CTA tiles x split-K factors (an idealized
+  heuristic: the library's real choice can be slower); the fused MoE keeps one fixed geometry
+  (64-token blocks, a fitted share of weight re-reads per block), so steps such as vLLM's
+  Mixtral MoE on H100 going from 1.06 ms at 256 tokens to 1.84 ms at 320 tokens are smoothed
+  over: the fused-MoE p90.
 - Decode and prefill attention are modelled as (sequence, kv head) work items in waves over the
   SMs plus the KV stream; backends that switch kernels by shape (SGLang's flashinfer / triton /
   trtllm_mha; TensorRT-LLM's XQA) keep a shape-dependent residual.
