@@ -55,8 +55,9 @@ GPUS = ("h100_sxm", "h200_sxm", "b200_sxm", "b300_sxm", "gb200", "gb300", "a100_
 SAME_DIE = {"h100_sxm": "h200_sxm", "h200_sxm": "h100_sxm", "b200_sxm": "gb200",
             "gb200": "b200_sxm", "b300_sxm": "gb300", "gb300": "b300_sxm"}
 # kernel geometry, not fitted: CUTLASS/cuBLAS 128x128 CTA tiles; vLLM/SGLang fused-MoE
-# BLOCK_SIZE_M = 64 for bf16 above E tokens (vllm fused_moe default config)
-GEOMETRY = {"tile_m": 128.0, "tile_n": 128.0, "moe_block_tokens": 64.0}
+# BLOCK_SIZE_M = 64 for bf16 above E tokens (vllm fused_moe default config); dense GEMMs take
+# the fastest of the library's tilings (ops.GEMM_TILES x ops.SPLIT_K)
+GEOMETRY = {"tile_m": 128.0, "tile_n": 128.0, "moe_block_tokens": 64.0, "gemm_tiles": 1.0}
 CLASSES = {"gemm": "dense GEMM", "moe": "fused MoE", "attn_scores": "decode attention",
            "attn_prefill": "prefill attention"}
 METHODS = ("uncalibrated", "before_self", "self", "logo", "same_die", "table")
@@ -305,9 +306,11 @@ def markdown(results: dict, args, elapsed_s: float) -> str:
 NOTES = """\
 - Kernel-configuration switches: vLLM/SGLang pick fused-MoE tile configs per token count from
   tuned JSON tables (BLOCK_SIZE_M 16..128, GROUP_SIZE_M), and cuBLAS/CUTLASS pick GEMM kernels
-  per shape. The model has one fixed geometry (128 x 128 GEMM tiles, 64-token MoE blocks, a
-  fitted share of weight re-reads per block), so steps such as vLLM's Mixtral MoE on H100 going
-  from 1.06 ms at 256 tokens to 1.84 ms at 320 tokens are smoothed over: the fused-MoE p90.
+  per shape. Dense GEMMs take the fastest of six CTA tiles x split-K factors (an idealized
+  heuristic: the library's real choice can be slower); the fused MoE keeps one fixed geometry
+  (64-token blocks, a fitted share of weight re-reads per block), so steps such as vLLM's
+  Mixtral MoE on H100 going from 1.06 ms at 256 tokens to 1.84 ms at 320 tokens are smoothed
+  over: the fused-MoE p90.
 - Decode and prefill attention are modelled as (sequence, kv head) work items in waves over the
   SMs plus the KV stream; backends that switch kernels by shape (SGLang's flashinfer / triton /
   trtllm_mha; TensorRT-LLM's XQA) keep a shape-dependent residual.

@@ -58,6 +58,47 @@ def test_wave_quantization_shows_in_a_compute_bound_gemm():
         float(cm(plain).dense_gemm(1024.0, 128.0 * 132, 65536.0)) == pytest.approx(133 / 132)
 
 
+TILED = replace(CostParams(), gemm_tiles=1.0)
+
+
+def test_smaller_tiles_reach_less_of_the_peak():
+    c = cm(replace(TILED, gemm_tile_half=64.0))
+    # best of GEMM_TILES: 128x256, T = 2·128·256/384 = 170.67 -> 170.67/234.67 = 8/11
+    assert c.tile_eff(64.0, 64.0) == pytest.approx((64 / 128) / (8 / 11))      # T = 64
+    assert c.tile_eff(128.0, 128.0) == pytest.approx((128 / 192) / (8 / 11))   # T = 128
+    assert c.tile_eff(256.0, 128.0) == pytest.approx(1.0)
+    assert cm(TILED).tile_eff(64.0, 64.0) == 1.0        # no half: every tile at the peak
+    # a parameter drawn per interval sample broadcasts against the shapes
+    draws = cm(replace(TILED, gemm_tile_half=np.array([[0.0], [64.0]])))
+    t = draws.dense_gemm(np.array([1024.0, 4096.0]), 2112.0, 16384.0)
+    assert t.shape == (2, 2) and np.all(t[1] >= t[0])
+
+
+def test_gemm_takes_the_fastest_tiling():
+    # 1024 x 2112 x 16384, compute-bound (71.6 µs of FLOPs vs 32 µs of bytes) on 132 SMs:
+    # 128x64 tiles make 8 x 33 = 264 CTAs = 2 full waves: no loss
+    m, n, k = 1024.0, 64.0 * 33, 16384.0
+    ideal = 2 * m * n * k / 989.5e12
+    assert float(cm(TILED).dense_gemm(m, n, k)) == pytest.approx(ideal, rel=1e-9)
+    # the one 128x128 tile: 8 x 17 = 136 CTAs -> 2 waves (264 slots), columns padded to 2176:
+    # 264/136 x 2176/2112 = 2
+    assert float(cm().dense_gemm(m, n, k)) == pytest.approx(2 * ideal, rel=1e-9)
+
+
+def test_split_k_pays_for_its_partials():
+    # 16 x 128 x 8192: 33.9 ns of FLOPs, 2,363,392 bytes (0.71 µs); one 16x64 tile pair alone
+    # would take 132/2 x the FLOP time. Splitting K over 2·s CTAs cuts that but writes and
+    # reads s fp32 partials of the output: 2 · s · 16 · 128 · 4 = 16384·s bytes.
+    # 64-column tiles, s = 4: 8 CTAs -> 132/8 x 33.9 ns = 0.56 µs < (2,363,392 + 65,536) bytes
+    # = 0.725 µs; s = 8: 0.28 µs < 0.745 µs; s = 2: 1.12 µs of FLOPs. Best: s = 4.
+    t = float(cm(TILED).dense_gemm(16.0, 128.0, 8192.0))
+    assert t == pytest.approx((2_363_392 + 4 * 16_384) / 3350e9, rel=1e-9)
+    # 16 x 64 x 128: a split keeps >= 64 of K, so s <= 2: 2 CTAs -> 132/2 x 262,144 FLOPs
+    # (17.5 ns) > 22,528 + 16,384 bytes (11.6 ns). s = 4 would give 16.5 ns of bytes.
+    t = float(cm(TILED).dense_gemm(16.0, 64.0, 128.0))
+    assert t == pytest.approx(66 * 262_144 / 989.5e12, rel=1e-9)
+
+
 def test_l2_term_only_when_replayed_and_it_fits():
     p = replace(CostParams(), hbm_eff=0.8, l2_bw_factor=2.5)
     small = (1.0, 2048.0, 2048.0)    # 8 MiB of weights: fits in 50 MiB

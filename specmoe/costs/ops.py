@@ -19,6 +19,9 @@ without them keeps the plain roofline:
 - tile and wave quantization (tile_m, tile_n > 0): rows padded to the tile, CTAs over the GPU's
   SMs in whole waves; per-expert tokens padded to the fused-MoE block (moe_block_tokens > 0),
   the busiest expert's tokens padded on their own;
+- the library's choice of tiling (gemm_tiles = 1): a dense GEMM takes the fastest of several CTA
+  tiles and split-K factors, each quantized; smaller tiles reach less of the peak
+  (gemm_tile_half), and split-K pays for its fp32 partials;
 - L2: in a benchmark that replays one op (`CostModel(replay=True)`), a working set that fits in
   the GPU's L2 (`l2_mb`) is read at l2_bw_factor × the HBM peak instead; a real forward pass
   over many layers streams weights from HBM (replay=False, the default);
@@ -92,6 +95,10 @@ class CostParams:
     tile_m: float = 0.0               # GEMM CTA tile rows; small m: the next power of 2 >= 16
     tile_n: float = 0.0               # GEMM CTA tile columns
     moe_block_tokens: float = 0.0     # fused MoE: tokens per expert padded to this block
+    gemm_tiles: float = 0.0           # 1: a dense GEMM takes the fastest of GEMM_TILES x
+    #                                   SPLIT_K (the library's choice); 0: tile_m x tile_n
+    gemm_tile_half: float = 0.0       # tile size (2·tm·tn/(tm+tn)) at which a CTA's tensor
+    #                                   throughput halves: smaller tiles load more per FLOP
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,7 +151,29 @@ def roofline(flops, bytes_, peak_flops, bandwidth, t_fixed=0.0):
     return t_fixed + np.maximum(np.asarray(flops) / peak_flops, np.asarray(bytes_) / bandwidth)
 
 
-GEOMETRY = ("tile_m", "tile_n", "moe_block_tokens")
+GEOMETRY = ("tile_m", "tile_n", "moe_block_tokens", "gemm_tiles")
+# CTA tiles (rows x columns) a GEMM library picks among per shape: the 16-bit tensor-core tiles
+# CUTLASS instantiates for Ampere and Hopper (python/cutlass_library/generator.py,
+# GenerateSM80_TensorOp_16816: 64..256 x 64..256); cuBLAS's heuristics pick such a kernel per
+# shape, roughly the fastest.
+GEMM_TILES = ((64.0, 64.0), (64.0, 128.0), (128.0, 64.0), (128.0, 128.0), (128.0, 256.0),
+              (256.0, 128.0))
+# Split-K factors: powers of 2 up to 128, enough to spread one CTA over any GPU here (<= 148
+# SMs); each split keeps at least one 64-deep K step of the main loop (CUTLASS 16-bit tiles are
+# 32 or 64 deep in K), and its partials cost their fp32 traffic (CUTLASS ReduceSplitK).
+SPLIT_K = (1, 2, 4, 8, 16, 32, 64, 128)
+MIN_SPLIT_K = 64.0
+FP32 = 4.0
+
+
+def _row_tile(rows, tile_m):
+    """Rows per CTA: the tile, or for small m the next power of 2 >= 16 (mma rows)."""
+    return np.clip(2.0 ** np.ceil(np.log2(np.maximum(rows, 1.0))), 16.0, tile_m)
+
+
+def _padding(rows, cols, tm, tn):
+    """Work of the padded tiles / useful work."""
+    return np.ceil(rows / tm) * tm * np.ceil(cols / tn) * tn / (rows * cols)
 
 
 def _fixed_geometry(p: CostParams) -> CostParams:
@@ -226,12 +255,43 @@ class CostModel:
             return 1.0
         rows = np.maximum(np.asarray(rows, dtype=float), 1.0)
         cols = np.maximum(np.asarray(cols, dtype=float), 1.0)
-        tm = np.clip(2.0 ** np.ceil(np.log2(rows)), 16.0, tile_m or p.tile_m)
+        tm = _row_tile(rows, tile_m or p.tile_m)
         ctas = np.ceil(rows / tm) * np.ceil(cols / p.tile_n)
         waves = np.ceil(ctas / self.sms) * self.sms / ctas
         if split_k:
             waves = np.where(ctas < self.sms, 1.0, waves)
-        return waves * np.ceil(rows / tm) * tm * np.ceil(cols / p.tile_n) * p.tile_n / (rows * cols)
+        return waves * _padding(rows, cols, tm, p.tile_n)
+
+    def tile_eff(self, tile_m, tile_n):
+        """A CTA tile's tensor throughput relative to the best of GEMM_TILES: operands loaded per
+        FLOP go as 1/tile_m + 1/tile_n, so with T = their harmonic mean, η = T / (T + half)."""
+        def eff(tm, tn):
+            size = 2 * tm * tn / (tm + tn)
+            return size / (size + self.p.gemm_tile_half)
+        return eff(tile_m, tile_n) / np.max([eff(tm, tn) for tm, tn in GEMM_TILES], axis=0)
+
+    def tiled_gemm(self, m, n, k):
+        """x[m, k] @ W[k, n] as the library would run it (`gemm_tiles`): the fastest of
+        GEMM_TILES × SPLIT_K, each a roofline of its padded, wave-quantized work."""
+        best = np.inf
+        for tm, tn in GEMM_TILES:
+            for split in SPLIT_K:
+                t = self._tiling_time(m, n, k, tm, tn, split)
+                ok = (split == 1) | (k / split >= MIN_SPLIT_K)
+                best = np.minimum(best, np.where(ok, t, np.inf))
+        return best
+
+    def _tiling_time(self, m, n, k, tile_m, tile_n, split):
+        """One tiling: split × the output tiles' CTAs in waves over the SMs; with split > 1 every
+        split writes an fp32 partial of the output that the reduction reads back."""
+        tm = _row_tile(m, tile_m)
+        ctas = np.ceil(m / tm) * np.ceil(n / tile_n) * split
+        waves = np.ceil(ctas / self.sms) * self.sms / ctas
+        work = 2 * m * n * k * waves * _padding(m, n, tm, tile_n) / self.tile_eff(tile_m, tile_n)
+        b = self.model.dtype_bytes
+        moved = (k * n + m * k + m * n) * b + (split > 1) * 2 * split * m * n * FP32
+        peak = self.peak_flops * self.compute_eff(m)
+        return roofline(work, moved, peak, self.mem_bw(moved, self.p.hbm_eff), self.kernel_t)
 
     def gemm(self, flops, weight_bytes, tokens_per_matrix, act_bytes=0.0, kernels=1, n_cols=None):
         """A weight GEMM: weights streamed once, activations alongside. `n_cols` (output columns)
@@ -250,6 +310,8 @@ class CostModel:
                             lambda cm: cm._dense_gemm_model(m, n, k))
 
     def _dense_gemm_model(self, m, n, k):
+        if self.p.gemm_tiles:
+            return self.tiled_gemm(m, n, k)
         b = self.model.dtype_bytes
         return self.gemm(2 * m * n * k, k * n * b, m, act_bytes=(m * k + m * n) * b, n_cols=n)
 
