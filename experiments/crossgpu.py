@@ -316,8 +316,12 @@ NOTES = """\
   trtllm_mha; TensorRT-LLM's XQA) keep a shape-dependent residual.
 - The leave-one-GPU-out fit shares one efficiency set across GPUs of different generations
   (Ampere, Ada, Hopper, Blackwell): it carries efficiencies, not kernels, to a new GPU.
-- Column (f) is what the hybrid serves inside a measured table's range; the fitted model answers
-  only outside it (new shapes, a GPU without tables)."""
+- Column (f) is what predictions serve inside a measured table's range: the vLLM extracts in
+  hwprofiles/tables/ are on by default for these eight GPUs (`--no-tables` turns them off), and
+  their spread in prediction intervals is this column's p90 (experiments/carry_over.py:
+  TABLE_SPREAD). The fitted model (c) answers outside a table's range and for every op of a GPU
+  without tables; a GPU that borrows its architecture's profile adds the extra error of (d) and
+  (e) over (c) (CARRY_OVER_SPREAD)."""
 
 
 COMMAND = "python experiments/crossgpu.py"
