@@ -51,7 +51,7 @@ UNDRAWN_PARAMS = (*GEOMETRY_PARAMS, "l2_bw_factor")
 # A carried-over profile adds this σ of log error, in quadrature, to its own spreads: the extra
 # error of fitting on other GPUs over fitting on the GPU's own rows, at p90, measured on public
 # kernel tables (experiments/carry_over.py over experiments/reports/crossgpu.json: 0.06-0.11 per
-# op class for leave-one-GPU-out, 0.01-0.03 for the same die alone; the largest is used).
+# op class for leave-one-GPU-out, 0.00-0.03 for the same die alone; the largest is used).
 CARRY_OVER_SPREAD = 0.11
 # The spread of a measured table's interpolated latency (the table_scale parameter): its
 # leave-one-out interpolation error at p90, as σ of log error, the largest op class's median
