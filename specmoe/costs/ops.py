@@ -275,19 +275,20 @@ class CostModel:
         GEMM_TILES × SPLIT_K, each a roofline of its padded, wave-quantized work."""
         best = np.inf
         for tm, tn in GEMM_TILES:
+            eff = self.tile_eff(tm, tn)     # one per tile: every split shares it
             for split in SPLIT_K:
-                t = self._tiling_time(m, n, k, tm, tn, split)
+                t = self._tiling_time(m, n, k, tm, tn, split, eff)
                 ok = (split == 1) | (k / split >= MIN_SPLIT_K)
                 best = np.minimum(best, np.where(ok, t, np.inf))
         return best
 
-    def _tiling_time(self, m, n, k, tile_m, tile_n, split):
-        """One tiling: split × the output tiles' CTAs in waves over the SMs; with split > 1 every
-        split writes an fp32 partial of the output that the reduction reads back."""
+    def _tiling_time(self, m, n, k, tile_m, tile_n, split, tile_eff):
+        """One tiling: split × the output tiles' CTAs in waves over the SMs, at `tile_eff` of the
+        peak; with split > 1 every split writes an fp32 partial the reduction reads back."""
         tm = _row_tile(m, tile_m)
         ctas = np.ceil(m / tm) * np.ceil(n / tile_n) * split
         waves = np.ceil(ctas / self.sms) * self.sms / ctas
-        work = 2 * m * n * k * waves * _padding(m, n, tm, tile_n) / self.tile_eff(tile_m, tile_n)
+        work = 2 * m * n * k * waves * _padding(m, n, tm, tile_n) / tile_eff
         b = self.model.dtype_bytes
         moved = (k * n + m * k + m * n) * b + (split > 1) * 2 * split * m * n * FP32
         peak = self.peak_flops * self.compute_eff(m)

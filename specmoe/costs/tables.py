@@ -69,8 +69,6 @@ class Tables:
         self.source = source
         self.meta = meta or {}
         self.curves: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        # (op, exact key parts) -> sorted values of each grid dimension present
-        self._grids: dict[tuple, list[np.ndarray]] = {}
         for k, by_x in acc.items():
             xs = np.array(sorted(by_x))
             self.curves[k] = (xs, np.array([np.median(by_x[x]) for x in xs]))
@@ -81,6 +79,7 @@ class Tables:
             sets = seen.setdefault((op, head), [set() for _ in range(g)])
             for s, v in zip(sets, grid):
                 s.add(v)
+        # (op, exact key parts) -> sorted values of each grid dimension present
         self._grids = {k: [np.array(sorted(s)) for s in sets] for k, sets in seen.items()}
         self._memo: dict[tuple, float] = {}
 

@@ -71,7 +71,7 @@ OP_WORDS = {"moe": "fused MoE", "gemm": "dense GEMMs", "attn_decode": "decode at
 
 
 def op_sources_words(phases: dict[str, dict[str, dict[str, int]]]) -> dict[str, str]:
-    """Per op, which source answered in each phase: 'decode step: measured table; prefill:
+    """Per op, which source answered in each phase: 'decoding step: measured table; prefill:
     fitted model' ('measured table for n of m' where both did, e.g. GEMMs of several shapes)."""
     out: dict[str, list[str]] = {}
     for phase, counts in phases.items():
