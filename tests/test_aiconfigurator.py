@@ -9,7 +9,7 @@ import pytest
 pd = pytest.importorskip("pandas")
 
 from specmoe.errors import SpecMoEError
-from specmoe.fit.op_map import _spec
+from specmoe.fit.op_map import op_spec
 from specmoe.fit.points import collect_points, load_traces
 from specmoe.measure import aiconfigurator as aic
 from specmoe.measure.trace import read_trace
@@ -128,14 +128,14 @@ def test_hybrid_keys_match_the_imported_tables(trace):
 
     tables = Tables.from_traces([trace])
     h100 = load_system("h100-sxm")
-    mixtral = _spec(2.0, hidden=4096, ffn=14336, experts=8, top_k=2)
+    mixtral = op_spec(2.0, hidden=4096, ffn=14336, experts=8, top_k=2)
     cm = CostModel(mixtral, h100, tables=tables)
     ev = next(e for e in trace.events if e["cat"] == "moe" and e["tokens"] == 256
               and e["shape"][1] == 4096 and e["distribution"] == "balanced")
     assert float(cm.fused_moe(256.0, 8.0)) == pytest.approx(ev["dur_us"] * 1e-6)
     assert float(cm.fused_moe(10**6, 8.0)) == float(CostModel(mixtral, h100).fused_moe(10**6, 8.0))
     assert cm.sources["moe"] == {"table": 1, "model": 1}
-    attn = _spec(2.0, hidden=4096, heads=32, kv_heads=8, head_dim=128)
+    attn = op_spec(2.0, hidden=4096, heads=32, kv_heads=8, head_dim=128)
     cm = CostModel(attn, h100, tables=tables)
     ev = next(e for e in trace.events if e["cat"] == "attn" and e["phase"] == "decode"
               and e["shape"][0] == 8)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specmoe.costs.ops import CostModel
+from specmoe.costs.ops import prediction_costs
 from specmoe.errors import SpecMoEError
 from specmoe.inputs.hardware import load_system
 from specmoe.inputs.models import load_model
@@ -33,7 +33,7 @@ def test_ondemand_by_hand():
         batch=1, prompt_len=100, output_len=2, routing=Routing(), acceptance=Acceptance(0.0)
     )
     r = Analytic(MIXTRAL, H100, wl).evaluate(make_policy("ondemand"))
-    c = CostModel(MIXTRAL, H100)
+    c = prediction_costs(MIXTRAL, H100)   # what the analytic model prices with
     L, k = 32, 2
     fetch = L * c.expert_fetch(k)
     experts = L * c.experts(k, k)

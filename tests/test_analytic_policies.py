@@ -5,7 +5,7 @@ variance in the experts a pass needs; α = 0: no variance in accepted tokens).""
 import numpy as np
 import pytest
 
-from specmoe.costs.ops import CostModel
+from specmoe.costs.ops import prediction_costs
 from specmoe.inputs.models import load_model
 from specmoe.inputs.policies import make_policy
 from specmoe.inputs.setup import resolve
@@ -57,7 +57,7 @@ def test_spmoe_copy_bound_by_hand():
     runs back to back, so the iteration is 2L copies, then the last layer's experts and the head."""
     setup = resolve(policy="spmoe", batch=16, gamma=4, routing=FIXED, acceptance=A0)
     r = Analytic(setup.model, setup.system, setup.workload).evaluate(setup.policy)
-    c = CostModel(MIXTRAL, setup.system)
+    c = prediction_costs(MIXTRAL, setup.system)
     T = 16 * 5
     expected = 2 * L * c.expert_fetch(1) + c.experts(2 * T, 2) + c.lm_head(T)
     assert float(r.iteration_s) == pytest.approx(float(expected), rel=1e-9)
@@ -71,7 +71,7 @@ def test_moespec_budget_by_hand():
     )
     an = Analytic(setup.model, setup.system, setup.workload)
     r = an.evaluate(setup.policy)
-    c = CostModel(MIXTRAL, setup.system)
+    c = prediction_costs(MIXTRAL, setup.system)
     T = 16 * 5
     assert float(r.h2d_bytes_per_iteration) == pytest.approx(L * MIXTRAL.expert_bytes)
     assert float(r.breakdown["expert_compute"]) == pytest.approx(

@@ -9,7 +9,7 @@ import pytest
 from specmoe.costs.ops import CostModel, CostParams
 from specmoe.costs.tables import Tables
 from specmoe.fit.calibrate import calibrate
-from specmoe.fit.op_map import _spec
+from specmoe.fit.op_map import op_spec
 from specmoe.fit.solver import BOUNDS, FitOptions
 from specmoe.inputs.hardware import load_system
 
@@ -18,7 +18,7 @@ GEOM = {"tile_m": 128.0, "tile_n": 128.0, "moe_block_tokens": 64.0}
 
 
 def cm(params=None, replay=False, tables=None, **dims):
-    spec = _spec(2.0, **dims)
+    spec = op_spec(2.0, **dims)
     return CostModel(spec, H100, params or replace(CostParams(), **GEOM), replay, tables)
 
 

@@ -107,13 +107,62 @@ def test_decode_attention_takes_the_table_and_prefill_does_not():
         float(model.attention_scores(4 * 512.0, 4.0, 256.0))
 
 
-def test_predictions_use_the_gpus_own_tables_only():
-    assert tables_for(H100) is not None                        # shipped: h100-sxm-vllm.npz
-    assert tables_for(load_system("h100-pcie")) is None        # no measurements of that GPU
+def test_predictions_use_the_gpus_own_tables_else_its_dies():
+    assert tables_for(H100).meta["gpu"] == "h100-sxm"          # shipped: h100-sxm-vllm.npz
+    assert tables_for(load_system("h200-sxm")).meta["gpu"] == "h200-sxm"   # its own first
+    assert tables_for(load_system("h100-pcie")).meta["gpu"] == "h100-sxm"  # GH100 too
+    assert tables_for(load_system("rtx-4090")).meta["gpu"] == "l40s"       # AD102
+    assert tables_for(load_system("l4")) is None               # AD104: no tables of its die
+    assert tables_for(load_system("t4")) is None
     assert tables_for(as_ideal(H100)) is None
     assert tables_for(H100.model_copy(update={"measured_tables": False})) is None
     m = load_model("mixtral-8x7b")
     assert prediction_costs(m, H100).tables is tables_for(H100)
+
+
+def test_a_same_die_gpus_table_is_scaled_by_the_models_ratio_between_the_gpus():
+    pcie = load_system("h100-pcie")      # 2.0 TB/s, 756.5 TFLOP/s; H100 SXM 3.35, 989.5
+    spec = spec_from_dims("t", 2.0, 64, 64, 1, 1, 64, 8, 2, 64, 1)
+    rows = [("gemm", (8192.0, 8192.0), m, t) for m, t in ((1.0, 50e-6), (8192.0, 2e-3))]
+    tables = Tables(rows, meta={"gpu": "h100-sxm"})
+    c = CostModel(spec, pcie, CostParams(), replay=True, tables=tables)
+    # m = 1 streams the 128 MiB weight: memory-bound on both, time x 3350 / 2000
+    assert float(c.dense_gemm(1.0, 8192.0, 8192.0)) == pytest.approx(50e-6 * 3350 / 2000)
+    # m = 8192: compute-bound on both, time x 989.5 / 756.5
+    assert float(c.dense_gemm(8192.0, 8192.0, 8192.0)) == pytest.approx(2e-3 * 989.5 / 756.5)
+    assert c.sources["gemm"] == {"table": 2, "model": 0}
+    # the GPU's own tables are not scaled
+    own = CostModel(spec, H100, CostParams(), replay=True,
+                    tables=Tables(rows, meta={"gpu": "h100-sxm"}))
+    assert float(own.dense_gemm(1.0, 8192.0, 8192.0)) == pytest.approx(50e-6)
+
+
+def test_a_carried_tables_interval_adds_the_measured_transfer_error():
+    from specmoe.costs.evidence import TABLE_SPREAD, TRANSFER_SPREAD, _kin, evidence_for
+
+    ev = evidence_for(load_system("h100-pcie"))
+    assert ev.spreads["table_scale"] == pytest.approx(np.hypot(TABLE_SPREAD, TRANSFER_SPREAD))
+    assert TRANSFER_SPREAD > 0 and "same die" in ev.sources["table_scale"]
+    d = specmoe.predict(model="mixtral-8x7b", hardware="h100-pcie", policy="ondemand", batch=4)
+    assert "carried to h100-pcie" in d["evidence"]["measured_tables"]
+    # a GPU without a profile borrows its die's first (the GPU whose tables it borrows)
+    assert _kin("gb300")[0] == "b300" and _kin("h100-pcie")[0] == "h100-sxm"
+
+
+def test_the_transfer_spread_is_what_the_committed_transfer_errors_give():
+    import json
+
+    import table_transfer
+
+    from specmoe.costs.evidence import TRANSFER_SPREAD
+
+    results = json.loads(table_transfer.REPORT.with_suffix(".json").read_text())
+    assert table_transfer.transfer_spread(results)[0] == TRANSFER_SPREAD
+    # hand check: cells with p90 0.1 and 0.3 for one op -> the median of their σ
+    cells = {"same_die": {"a": {"gemm": {"scaled": {"p90": 0.1}}},
+                          "b": {"gemm": {"scaled": {"p90": 0.3}}}}}
+    s = (np.log1p(0.1) + np.log1p(0.3)) / 2 / 1.6448536
+    assert table_transfer.transfer_spread(cells)[0] == round(s, 2)
 
 
 def test_a_prediction_says_which_source_answered_each_op():
@@ -150,7 +199,7 @@ def test_a_measured_ops_interval_comes_from_the_tables_error_not_the_parameters(
 
     ev = evidence_for(H100)
     assert ev.values["table_scale"] == 1.0 and ev.spreads["table_scale"] == TABLE_SPREAD
-    assert "table_scale" not in evidence_for(load_system("h100-pcie")).values   # no tables
+    assert "table_scale" not in evidence_for(load_system("l4")).values   # no tables
     # drawn table_scale values scale the measurement, one row per draw
     spec = spec_from_dims("t", 2.0, 64, 64, 1, 1, 64, 8, 2, 64, 1)
     tables = Tables([("gemm", (64.0, 64.0), 1.0, 1e-6), ("gemm", (64.0, 64.0), 4.0, 2e-6)])

@@ -11,8 +11,10 @@ Defaults are never the ideal roofline (DESIGN.md §5). For each CostParams field
 `System.ideal` (CLI `--ideal`) skips all of it: the datasheet upper bound, spread 0.
 
 Measured tables (`tables_for`): where hwprofiles/tables/ holds measured kernel latencies of the
-system's own GPU (never carried over to another GPU), predictions interpolate them inside their
-range and use these parameters outside it (specmoe.costs.tables, CostModel._hybrid).
+system's own GPU, or else of a GPU with the same die (DIES), predictions interpolate them inside
+their range and use these parameters outside it (specmoe.costs.tables, CostModel._hybrid); a
+same-die GPU's latency is scaled by the cost model's ratio between the two GPUs. Tables are never
+carried to another die.
 
 `model_error` (a prior key, not a cost parameter): the end-to-end error the parameters do not
 explain, as a multiplicative spread on the whole iteration time (a calibration's hold-out error of
@@ -29,11 +31,12 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from specmoe.costs.tables import Tables
 from specmoe.errors import SpecMoEError
-from specmoe.inputs.hardware import Prior, System
+from specmoe.inputs.hardware import Prior, System, load_gpu
 
 # The GPU-kernel op classes of issue 13 (grouped MoE, decode and prefill attention) and the
 # kernel geometry their fits assumed (tiles, MoE block: fixed, never drawn with a spread).
@@ -57,6 +60,10 @@ CARRY_OVER_SPREAD = 0.11
 # leave-one-out interpolation error at p90, as σ of log error, the largest op class's median
 # over GPU × backend (experiments/carry_over.py over crossgpu.json column f: 0.07-0.09).
 TABLE_SPREAD = 0.09
+# A same-die GPU's table scaled by the cost model's ratio (DIES) adds this σ of log error, in
+# quadrature: the p90 error of predicting a GPU's rows from its same-die partner's tables,
+# the largest op class's median over pairs x backends (experiments/table_transfer.py).
+TRANSFER_SPREAD = 0.09
 # A calibrated profile whose fit did not record a spread: stated assumption, not a measurement.
 CALIBRATED_SPREAD = 0.10
 # A calibration's hold-out error per op class (calibration.holdout.mape, written by
@@ -84,6 +91,17 @@ ARCHITECTURES = {
     "ampere": ("a100-sxm-80gb", "a100-pcie-40gb", "a30"),
     "ada": ("l40s", "l4", "rtx-4090"),
     "turing": ("t4",),
+}
+# The same silicon sold as other products (other clocks, enabled SMs, memory): a GPU without
+# measured tables borrows the first of its die's that has them, scaled by the cost model's ratio
+# between the two GPUs. GB200 and GB300 carry B200 and B300 GPUs. Measured on the same-die pairs
+# the tables cover (experiments/table_transfer.py), which differ in memory and clocks, not SMs.
+DIES = {
+    "GH100": ("h100-sxm", "h200-sxm", "h100-pcie", "h100-nvl", "h100-96gb"),
+    "GA100": ("a100-sxm-80gb", "a100-pcie-40gb", "a30"),
+    "B200 (Blackwell)": ("b200", "gb200"),
+    "B300 (Blackwell Ultra)": ("b300", "gb300"),
+    "AD102": ("l40s", "rtx-4090"),
 }
 
 
@@ -139,6 +157,18 @@ def _gpu_prior() -> dict[str, Prior]:
 
 def _architecture(gpu_name: str) -> str | None:
     return next((a for a, names in ARCHITECTURES.items() if gpu_name in names), None)
+
+
+def _die(gpu_name: str) -> str | None:
+    return next((d for d, names in DIES.items() if gpu_name in names), None)
+
+
+def _kin(gpu_name: str) -> list[str]:
+    """GPUs with a calibrated profile this GPU may borrow: its die's first (the GPU whose
+    tables it also borrows, tables_for), then its architecture's."""
+    die = DIES.get(_die(gpu_name) or "", ())
+    arch = ARCHITECTURES.get(_architecture(gpu_name) or "", ())
+    return [g for g in dict.fromkeys((*die, *arch)) if g in _calibrated_gpus()]
 
 
 _MODEL_ERRORS: dict[Path, tuple[float, str]] = {}
@@ -212,10 +242,11 @@ def _gpu_evidence(system: System, ev: dict) -> None:
         vals, spreads, srcs = _fitted_gpu_part(own[0][1])
         ev["gpu"], ev["calibrated"] = f"calibrated ({own[0][0]})", True
     else:
-        arch = _architecture(name)
-        kin = [g for g in ARCHITECTURES.get(arch, ()) if g in _calibrated_gpus()] if arch else []
+        kin = _kin(name)
         if kin:
             stem, path = _calibrated_gpus()[kin[0]][0]
+            arch = f"same {_die(name)} die" if kin[0] in DIES.get(_die(name) or "", ()) \
+                else _architecture(name)
             vals, spreads, srcs = _fitted_gpu_part(path)
             spreads = {
                 k: s if k in UNDRAWN_PARAMS else (s**2 + CARRY_OVER_SPREAD**2) ** 0.5
@@ -270,15 +301,26 @@ def evidence_for(system: System) -> Evidence:
             ev["spreads"][k], ev["sources"][k] = 0.0, f"efficiency block of {system.name}"
         if system.calibration is not None:
             ev["calibrated"] = True
-    if tables_for(system) is not None:
-        ev["values"]["table_scale"], ev["spreads"]["table_scale"] = 1.0, TABLE_SPREAD
-        ev["sources"]["table_scale"] = ("measured kernel tables: leave-one-out interpolation "
-                                        "error at p90 (experiments/carry_over.py)")
+    tables = tables_for(system)
+    if tables is not None:
+        ev["values"]["table_scale"] = 1.0
+        ev["spreads"]["table_scale"], ev["sources"]["table_scale"] = _table_spread(tables, system)
     for k, v in ev["values"].items():
         if v < 0:
             raise SpecMoEError(f"hardware {system.name}: {k}={v} must be >= 0 ({ev['sources'][k]})")
     return Evidence(ev["values"], ev["spreads"], ev["sources"], ev["gpu"], ev["calibrated"],
                     ev["model_error"], ev["model_error_source"])
+
+
+def _table_spread(tables: Tables, system: System) -> tuple[float, str]:
+    source = ("measured kernel tables: leave-one-out interpolation error at p90 "
+              "(experiments/carry_over.py)")
+    gpu = table_gpu(tables, system)
+    if gpu == system.gpu.name:
+        return TABLE_SPREAD, source
+    return (float(np.hypot(TABLE_SPREAD, TRANSFER_SPREAD)),
+            f"{source}, and carried from {gpu} (same die): the p90 error of predicting a GPU "
+            "from its same-die partner's tables (experiments/table_transfer.py)")
 
 
 # ---------------------------------------------------------------------------- measured tables
@@ -302,15 +344,38 @@ def _load_tables(name: str, _mtime_ns: int) -> Tables:
 
 
 def tables_for(system: System) -> Tables | None:
-    """The measured kernel tables predictions for `system` interpolate, or None: none for its
-    GPU, `--ideal`, `measured_tables: false`, or a system calibrated on its own engine's traces
-    (its fit describes its own kernels, which the tables do not)."""
+    """The measured kernel tables predictions for `system` interpolate, or None: its GPU's own,
+    else those of a GPU with the same die (DIES; the cost model scales them by its ratio between
+    the two GPUs), else none. None also for `--ideal`, `measured_tables: false`, or a system
+    calibrated on its own engine's traces (its fit describes its own kernels, which the tables
+    do not)."""
     if system.ideal or not system.measured_tables or _own_engine_fit(system):
         return None
-    paths = _shipped_tables().get(system.gpu.name)
-    if not paths:
+    shipped = _shipped_tables()
+    gpu = system.gpu.name
+    die = DIES.get(_die(gpu) or "", ())
+    source = gpu if gpu in shipped else next((g for g in die if g in shipped), None)
+    if source is None:
         return None
-    return _load_tables(str(paths[0]), paths[0].stat().st_mtime_ns)
+    path = shipped[source][0]
+    return _load_tables(str(path), path.stat().st_mtime_ns)
+
+
+def table_gpu(tables: Tables, system: System) -> str:
+    """The GPU profile a table was measured on (the system's own unless its meta says other)."""
+    return str(tables.meta.get("gpu", system.gpu.name))
+
+
+def measured_system(system: System, gpu: str) -> System:
+    """`system` with the GPU a table was measured on in place of its own."""
+    if gpu == system.gpu.name:
+        return system
+    return system.model_copy(update={"gpu": _gpu_profile(gpu)})
+
+
+@functools.lru_cache(maxsize=16)
+def _gpu_profile(name: str):
+    return load_gpu(name)
 
 
 def _own_engine_fit(system: System) -> bool:
@@ -321,11 +386,13 @@ def _own_engine_fit(system: System) -> bool:
         isinstance(t, dict) and t.get("kind") == "public measured tables" for t in traces)
 
 
-def tables_summary(tables: Tables | None) -> str:
+def tables_summary(tables: Tables | None, system: System | None = None) -> str:
     """One line: which measured tables a prediction used, or that it used none."""
     if tables is None:
         return "none (the fitted cost model answers every op)"
     m = tables.meta
+    carried = "" if system is None or table_gpu(tables, system) == system.gpu.name else (
+        f", carried to {system.gpu.name} (same die) by the cost model's ratio between the GPUs")
     return (f"{m.get('device', '?')}: {m.get('backend', '?')} {m.get('backend_version', '?')} "
             f"kernels, {tables.rows():,} measured points ({m.get('package', '?')} "
-            f"{m.get('package_version', '?')}, {m.get('license', '?')})")
+            f"{m.get('package_version', '?')}, {m.get('license', '?')}){carried}")

@@ -32,7 +32,10 @@ without them keeps the plain roofline:
   L2 term). An op asked at another configuration than the table's (a fused MoE touching fewer
   experts than balanced routing does, decode attention verifying several tokens per sequence)
   takes the measurement at the table's configuration times this model's ratio between the two.
-  `prediction_costs` gives the cost model predictions use: tables on where the GPU has them.
+  A table measured on another GPU of the same die (specmoe.costs.evidence.DIES) is scaled the
+  same way: the reference is this model on the table's GPU.
+  `prediction_costs` gives the cost model predictions use: tables on where the GPU (or its die)
+  has them.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from specmoe.costs.evidence import evidence_for, tables_for
+from specmoe.costs.evidence import evidence_for, measured_system, table_gpu, tables_for
 from specmoe.errors import SpecMoEError
 
 GB = 1e9
@@ -200,7 +203,7 @@ class CostModel:
         self.p = _fixed_geometry(self.p)
         self.replay = replay          # one op replayed alone: what fits in L2 stays there
         self.tables = tables          # specmoe.costs.tables.Tables or None
-        self._replayed: CostModel | None = None
+        self._measured: CostModel | None = None
         self.sources: dict[str, dict[str, int]] = {}   # op -> {"table": n, "model": n}
         gpu, host, link = system.gpu, system.host, system.link
         self.sms = float(gpu.sm_count)
@@ -387,8 +390,8 @@ class CostModel:
     def _hybrid(self, op, model_t, key=None, x=None, ref=None):
         """The measured table inside its range (where one is given), this model outside; counted
         per op in `sources`. `ref(cm)`: this model's time for the configuration the table measured,
-        on `cm` (the one-op replay the table was measured as); the measurement is scaled by
-        model_t / ref, which is 1 where the asked op is the measured one."""
+        on `cm` (the one-op replay on the table's GPU, as it was measured); the measurement is
+        scaled by model_t / ref, which is 1 where the asked op is the measured one."""
         used = self.sources.setdefault(op, {"table": 0, "model": 0})
         if self.tables is None or key is None:
             used["model"] += int(np.size(model_t))
@@ -396,7 +399,7 @@ class CostModel:
         measured, inside = self.tables.lookup(op, key, x)
         measured = measured * self.p.table_scale
         if np.any(inside) and ref is not None:
-            ref_t = np.asarray(ref(self._as_replayed()), dtype=float)
+            ref_t = np.asarray(ref(self._as_measured()), dtype=float)
             scale = np.divide(model_t, ref_t, out=np.ones(np.broadcast(model_t, ref_t).shape),
                               where=ref_t > 0)
             measured = measured * scale
@@ -405,13 +408,17 @@ class CostModel:
         used["model"] += int(np.size(inside) - np.sum(inside))
         return np.where(inside, measured, model_t)
 
-    def _as_replayed(self) -> CostModel:
-        """This model as a one-op benchmark replay sees it (what fits in L2 stays there)."""
-        if self.replay:
+    def _as_measured(self) -> CostModel:
+        """This model as the table's measurement saw it: one op replayed alone (what fits in L2
+        stays there), on the GPU the table was measured on (a same-die GPU's tables:
+        specmoe.costs.evidence.tables_for)."""
+        gpu = table_gpu(self.tables, self.system)
+        if self.replay and gpu == self.system.gpu.name:
             return self
-        if self._replayed is None:
-            self._replayed = CostModel(self.model, self.system, self.p, replay=True)
-        return self._replayed
+        if self._measured is None:
+            self._measured = CostModel(self.model, measured_system(self.system, gpu), self.p,
+                                       replay=True)
+        return self._measured
 
     def small_module(self, tokens, ratio):
         """A resident FFN of `ratio` × one routed expert's parameters over `tokens` (Duo-LLM's

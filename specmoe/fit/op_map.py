@@ -49,7 +49,7 @@ E2E_PARAMS = ("layer_overhead_us", "expert_overhead_us")
 
 
 @lru_cache(maxsize=512)
-def _spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, kv_heads: int = 1,
+def op_spec(dtype_bytes: float, hidden: int = 64, ffn: int = 64, heads: int = 1, kv_heads: int = 1,
           head_dim: int = 64, experts: int = 8, top_k: int = 2, vocab: int = 64, layers: int = 1,
           shared_ffn: int = 0, gated: bool = True):
     """A ModelSpec with just the dims an op needs (one op = one layer's worth)."""
@@ -88,44 +88,46 @@ class Op:
 
 
 OPS: dict[str, Op] = {
-    "gemm": Op(("m", "n", "k"), lambda b: _spec(b), _gemm),
+    "gemm": Op(("m", "n", "k"), lambda b: op_spec(b), _gemm),
     "expert": Op(
         ("tokens",),
-        lambda b, h, f: _spec(b, hidden=h, ffn=f),
+        lambda b, h, f: op_spec(b, hidden=h, ffn=f),
         lambda cm, a: cm.experts(a[:, 0], 1.0),
     ),
     "moe": Op(
         ("pairs", "distinct", "busiest"),
-        lambda b, h, f, g=1.0: _spec(b, hidden=h, ffn=f, gated=bool(g)),
+        lambda b, h, f, g=1.0: op_spec(b, hidden=h, ffn=f, gated=bool(g)),
         lambda cm, a: cm.experts(a[:, 0], a[:, 1], a[:, 2]),
     ),
     "cpu_expert": Op(
-        ("tokens",), lambda b, h, f: _spec(b, hidden=h, ffn=f), lambda cm, a: cm.cpu_expert(a[:, 0])
+        ("tokens",), lambda b, h, f: op_spec(b, hidden=h, ffn=f),
+        lambda cm, a: cm.cpu_expert(a[:, 0])
     ),
     "attn": Op(
         ("tokens", "batch", "context"),
-        lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
+        lambda b, h, nh, kv, hd: op_spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
         lambda cm, a: cm.attention_block(a[:, 0], a[:, 1], a[:, 2]),
     ),
     "attn_scores": Op(
         ("tokens", "batch", "context"),
-        lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
+        lambda b, h, nh, kv, hd: op_spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
         _attn_scores,
     ),
     "attn_prefill": Op(
         ("tokens", "batch", "seq"),
-        lambda b, h, nh, kv, hd: _spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
+        lambda b, h, nh, kv, hd: op_spec(b, hidden=h, heads=nh, kv_heads=kv, head_dim=hd),
         _attn_prefill,
     ),
     "gate": Op(
         ("tokens",),
-        lambda b, h, e: _spec(b, hidden=h, experts=e),
+        lambda b, h, e: op_spec(b, hidden=h, experts=e),
         lambda cm, a: cm.router_and_shared(a[:, 0]),
     ),
     "lm_head": Op(
-        ("tokens",), lambda b, h, v: _spec(b, hidden=h, vocab=v), lambda cm, a: cm.lm_head(a[:, 0])
+        ("tokens",), lambda b, h, v: op_spec(b, hidden=h, vocab=v),
+        lambda cm, a: cm.lm_head(a[:, 0])
     ),
-    "h2d": Op(("bytes", "chunks", "pinned"), lambda: _spec(2.0), _h2d),
+    "h2d": Op(("bytes", "chunks", "pinned"), lambda: op_spec(2.0), _h2d),
 }
 
 

@@ -141,4 +141,4 @@ def provenance(system, acceptance) -> dict[str, Any]:
             "spreads": {k: ev.spreads[k] for k in sorted(ev.spreads) if ev.spreads[k] > 0},
             "model_error": ev.model_error, "model_error_source": ev.model_error_source,
             "interval": f"p10/p50/p90 over {DRAWS} Latin-hypercube draws of the stated spreads",
-            "measured_tables": tables_summary(tables_for(system))}
+            "measured_tables": tables_summary(tables_for(system), system)}
