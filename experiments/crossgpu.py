@@ -50,7 +50,8 @@ from specmoe.measure import aiconfigurator as aic
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "experiments" / "reports" / "crossgpu.md"
 PROFILES = REPO / "hwprofiles" / "calibrated"
-GPUS = ("h100_sxm", "h200_sxm", "b200_sxm", "b300_sxm", "gb200", "gb300", "a100_sxm", "l40s")
+GPUS = ("h100_sxm", "h200_sxm", "b200_sxm", "b300_sxm", "gb200", "gb300", "a100_sxm", "l40s",
+        "rtx_pro_6000_server")
 # nearest GPU with the same die: H100/H200 (GH100), B200/GB200 (Blackwell), B300/GB300 (Ultra)
 SAME_DIE = {"h100_sxm": "h200_sxm", "h200_sxm": "h100_sxm", "b200_sxm": "gb200",
             "gb200": "b200_sxm", "b300_sxm": "gb300", "gb300": "b300_sxm"}

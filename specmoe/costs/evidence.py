@@ -90,6 +90,7 @@ ARCHITECTURES = {
     "blackwell": ("b200", "b300", "gb200", "gb300"),
     "ampere": ("a100-sxm-80gb", "a100-pcie-40gb", "a30"),
     "ada": ("l40s", "l4", "rtx-4090"),
+    "blackwell-rtx": ("rtx-pro-6000",),      # GB202 (SM 12.0): not the B200's tensor cores
     "turing": ("t4",),
 }
 # The same silicon sold as other products (other clocks, enabled SMs, memory): a GPU without

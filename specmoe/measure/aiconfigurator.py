@@ -56,7 +56,7 @@ BACKENDS = ("vllm", "sglang", "trtllm")
 # aiconfigurator system name -> specmoe GPU profile (hwprofiles/gpus/)
 GPU_PROFILES = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm", "b200_sxm": "b200",
                 "b300_sxm": "b300", "gb200": "gb200", "gb300": "gb300", "a100_sxm": "a100-sxm-80gb",
-                "l40s": "l40s"}
+                "l40s": "l40s", "rtx_pro_6000_server": "rtx-pro-6000"}
 OP_TABLES = {"moe": ("moe", "moe_perf.parquet"), "gemm": ("gemm", "gemm_perf.parquet"),
              "decode_attention": ("attention", "generation_attention_perf.parquet"),
              "prefill_attention": ("attention", "context_attention_perf.parquet")}
