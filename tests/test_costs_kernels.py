@@ -169,3 +169,21 @@ def test_hybrid_uses_the_table_inside_its_range_and_the_model_outside():
     other = (32.0, 8192.0, 4096.0)
     assert float(c.dense_gemm(*other)) == float(model.dense_gemm(*other))
     assert c.sources["gemm"] == {"table": 3, "model": 3}
+
+
+def test_split_k_pays_a_fixed_time_for_its_reduction():
+    # 16 x 128 x 8192 splits K 4 ways at 0.725 µs (test above); at 5 µs per split-K GEMM the
+    # best is no split: two 16x64 CTAs, 132/2 x the 33.9 ns of FLOPs = 2.24 µs
+    t = float(cm(replace(TILED, split_k_us=5.0)).dense_gemm(16.0, 128.0, 8192.0))
+    assert t == pytest.approx(66 * 2 * 16 * 128 * 8192 / 989.5e12, rel=1e-9)
+
+
+def test_few_ctas_cannot_draw_the_whole_bandwidth():
+    # 16 x 64 x 8192 unsplit (a split would cost 100 µs): one 16x64 CTA streams (16 + 64) rows
+    # of 8192 bf16 = 1,310,720 bytes through one SM at 2x its fair share, 2 · 3350/132 GB/s
+    p = replace(TILED, split_k_us=100.0, sm_bw_share=2.0)
+    t = float(cm(p).dense_gemm(16.0, 64.0, 8192.0))
+    assert t == pytest.approx(1_310_720 / (2 * 3350e9 / 132), rel=1e-9)
+    # without the per-SM limit: the FLOPs of one CTA's wave, 132 x 16.96 ns
+    t = float(cm(replace(TILED, split_k_us=100.0)).dense_gemm(16.0, 64.0, 8192.0))
+    assert t == pytest.approx(132 * 2 * 16 * 64 * 8192 / 989.5e12, rel=1e-9)

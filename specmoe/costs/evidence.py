@@ -47,7 +47,8 @@ GPU_PARAMS = ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "attn_eff", "ke
               "expert_overhead_us", "layer_overhead_us", "moe_compute_eff", "moe_half_tokens",
               "moe_hbm_eff", "moe_kernel_us", "moe_reread", "attn_fixed_us", "attn_item_us",
               "prefill_compute_eff", "prefill_half_head_dim", "prefill_item_us",
-              "prefill_fixed_us", "gemm_tile_half", "l2_bw_factor", *GEOMETRY_PARAMS)
+              "prefill_fixed_us", "gemm_tile_half", "split_k_us", "sm_bw_share", "l2_bw_factor",
+              *GEOMETRY_PARAMS)
 # parameters whose spread is not drawn: geometry is fixed, and l2_bw_factor only converts a
 # replayed table's latency (the table's own error is not a parameter spread)
 UNDRAWN_PARAMS = (*GEOMETRY_PARAMS, "l2_bw_factor")
@@ -75,7 +76,7 @@ HOLDOUT_CLASSES = {
     "attn_scores": ("attn_eff", "attn_fixed_us", "attn_item_us"),
     # GPU kernel tables (issue 13: calibrated/<gpu>-<backend>.yaml)
     "gemm": ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "kernel_overhead_us",
-             "gemm_tile_half"),
+             "gemm_tile_half", "split_k_us", "sm_bw_share"),
     "moe": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us", "moe_reread"),
     "attn_prefill": ("prefill_compute_eff", "prefill_half_head_dim", "prefill_item_us",
                      "prefill_fixed_us"),

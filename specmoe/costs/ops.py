@@ -102,6 +102,9 @@ class CostParams:
     #                                   SPLIT_K (the library's choice); 0: tile_m x tile_n
     gemm_tile_half: float = 0.0       # tile size (2·tm·tn/(tm+tn)) at which a CTA's tensor
     #                                   throughput halves: smaller tiles load more per FLOP
+    split_k_us: float = 0.0           # fixed time a split-K GEMM adds (its partials' reduction)
+    sm_bw_share: float = 0.0          # one SM's read bandwidth / its fair share of HBM (0: no
+    #                                   per-SM limit): a GEMM of few CTAs cannot draw it all
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -295,7 +298,14 @@ class CostModel:
         b = self.model.dtype_bytes
         moved = (k * n + m * k + m * n) * b + (split > 1) * 2 * split * m * n * FP32
         peak = self.peak_flops * self.compute_eff(m)
-        return roofline(work, moved, peak, self.mem_bw(moved, self.p.hbm_eff), self.kernel_t)
+        fixed = self.kernel_t + (split > 1) * self.p.split_k_us * US
+        t = roofline(work, moved, peak, self.mem_bw(moved, self.p.hbm_eff), fixed)
+        if not np.any(self.p.sm_bw_share):
+            return t
+        # one SM streams its CTAs' operand slices (tm + tn rows of k / split) at most at
+        # sm_bw_share x its fair share of HBM: few CTAs cannot draw the whole bandwidth
+        per_sm = np.ceil(ctas / self.sms) * (tm + tile_n) * (k / split) * b
+        return np.maximum(t, fixed + per_sm / (self.hbm_bw / self.sms * self.p.sm_bw_share))
 
     def gemm(self, flops, weight_bytes, tokens_per_matrix, act_bytes=0.0, kernels=1, n_cols=None):
         """A weight GEMM: weights streamed once, activations alongside. `n_cols` (output columns)

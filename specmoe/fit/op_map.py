@@ -34,7 +34,7 @@ OP_PARAMS: dict[str, tuple[str, ...]] = {
 # benchmarks (trace header `replay`) add the L2 bandwidth, shared by all.
 OP_PARAMS_PER_CLASS: dict[str, tuple[str, ...]] = {
     **OP_PARAMS,
-    "gemm": _GEMM + ("gemm_tile_half",),
+    "gemm": _GEMM + ("gemm_tile_half", "split_k_us", "sm_bw_share"),
     "moe": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us", "moe_reread"),
     "expert": ("moe_compute_eff", "moe_half_tokens", "moe_hbm_eff", "moe_kernel_us"),
     "attn_scores": ("attn_eff", "attn_fixed_us", "attn_item_us"),

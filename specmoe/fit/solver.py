@@ -28,6 +28,8 @@ BOUNDS = {
     "prefill_half_head_dim": (0.0, 2048.0), "prefill_fixed_us": (0.0, 1e4),
     "l2_bw_factor": (1.0, 8.0),
     "gemm_tile_half": (0.0, 1024.0),   # a tile size (rows, columns): up to 4x the largest tile
+    "split_k_us": (0.0, 100.0),
+    "sm_bw_share": (1.0, 64.0),        # an SM drawing 1-64x its fair share of HBM
     "expert_overhead_us": (0.0, 1e5),
     "link_eff": (1e-3, 4.0), "pageable_eff": (1e-3, 1.0), "transfer_setup_us": (0.0, 1e5),
     "cpu_compute_eff": (1e-3, 4.0), "cpu_mem_eff": (1e-3, 4.0), "cpu_overhead_us": (0.0, 1e5),
@@ -62,6 +64,8 @@ STARTS = (
         "prefill_fixed_us": 5.0,
         "l2_bw_factor": 2.0,
         "gemm_tile_half": 16.0,
+        "split_k_us": 1.0,
+        "sm_bw_share": 4.0,
     },
     {
         "gemm_compute_eff": 0.1,
@@ -90,6 +94,8 @@ STARTS = (
         "prefill_fixed_us": 20.0,
         "l2_bw_factor": 4.0,
         "gemm_tile_half": 64.0,
+        "split_k_us": 5.0,
+        "sm_bw_share": 16.0,
     },
 )
 
