@@ -318,9 +318,11 @@ NOTES = """\
 - The leave-one-GPU-out fit shares one efficiency set across GPUs of different generations
   (Ampere, Ada, Hopper, Blackwell): it carries efficiencies, not kernels, to a new GPU.
 - Column (f) is what predictions serve inside a measured table's range: the vLLM extracts in
-  hwprofiles/tables/ are on by default for these eight GPUs (`--no-tables` turns them off), and
+  hwprofiles/tables/ are on by default for these nine GPUs (`--no-tables` turns them off), and
   their spread in prediction intervals is this column's p90 (experiments/carry_over.py:
-  TABLE_SPREAD). The fitted model (c) answers outside a table's range and for every op of a GPU
+  TABLE_SPREAD). A GPU of the same die without tables (H100 PCIe, A30, RTX 4090, ...) takes its
+  die's tables scaled by the cost model's ratio between the GPUs: 2-4% median on the same-die
+  pairs here (experiments/reports/table_transfer.md), against column (e)'s 9-20%. The fitted model (c) answers outside a table's range and for every op of a GPU
   without tables; a GPU that borrows its architecture's profile adds the extra error of (d) and
   (e) over (c) (CARRY_OVER_SPREAD)."""
 

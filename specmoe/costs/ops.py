@@ -377,7 +377,7 @@ class CostModel:
         padded = self.padded_pairs(tokens, distinct, busiest)
         flops = padded * m.expert_flops_per_token
         if self.p.moe_block_tokens:   # first GEMM (gate+up, or up alone) sets the CTA count
-            cols = (2 if m.gated_ffn else 1) * m.expert_intermediate_size
+            cols = m.ffn_gemm_shapes(m.expert_intermediate_size)[0][0]
             flops = flops * self.wave_factor(padded, cols,
                                   tile_m=self.p.moe_block_tokens, split_k=False)
         eff = self.compute_eff(per_expert, self._group("moe_compute_eff", "gemm_compute_eff"),
@@ -463,11 +463,6 @@ class CostModel:
             return None
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
         return [(q + 2 * kv, m.hidden_size), (m.hidden_size, q)]
-
-    def _ffn_shapes(self, inter):
-        """(n, k) of an FFN's up (fused with gate when gated) and down GEMMs."""
-        m = self.model
-        return [((2 if m.gated_ffn else 1) * inter, m.hidden_size), (m.hidden_size, inter)]
 
     def attention_scores(self, tokens, batch, context):
         """QKᵀ and PV over `context` cached positions per sequence: reads each sequence's KV once.
@@ -556,15 +551,14 @@ class CostModel:
             shared = self.gemm(tokens * m.shared_expert_flops_per_token,
                                m.shared_params * m.dtype_bytes, tokens, kernels=2)
             inter = m.num_shared_experts * m.shared_expert_intermediate_size
-            t = t + self.weight_gemms(shared, tokens, self._ffn_shapes(inter))
+            t = t + self.weight_gemms(shared, tokens, m.ffn_gemm_shapes(inter))
         return t
 
     def dense_ffn(self, tokens):
         m = self.model
-        mats = 3 if m.gated_ffn else 2
-        w = mats * m.hidden_size * m.dense_intermediate_size * m.dtype_bytes
+        w = m.ffn_matmul_params(m.dense_intermediate_size) * m.dtype_bytes
         t = self.gemm(tokens * m.dense_ffn_flops_per_token, w, tokens, kernels=2)
-        return self.weight_gemms(t, tokens, self._ffn_shapes(m.dense_intermediate_size))
+        return self.weight_gemms(t, tokens, m.ffn_gemm_shapes(m.dense_intermediate_size))
 
     def lm_head(self, tokens):
         m = self.model

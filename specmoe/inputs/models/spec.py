@@ -133,14 +133,20 @@ class ModelSpec:
         return self.attention == "mla"
 
     # ---- parameters -----------------------------------------------------------------------------
+    def ffn_gemm_shapes(self, inter: int) -> list[tuple[int, int]]:
+        """(n, k) of an FFN's weight GEMMs x[., k] @ W[k, n]: up (fused with the gate when
+        gated) and down."""
+        return [((2 if self.gated_ffn else 1) * inter, self.hidden_size),
+                (self.hidden_size, inter)]
+
+    def ffn_matmul_params(self, inter: int) -> int:
+        """Weights of an FFN's matrices (no biases)."""
+        return sum(n * k for n, k in self.ffn_gemm_shapes(inter))
+
     def _ffn_params(self, inter: int) -> int:
         h = self.hidden_size
-        mats = (3 if self.gated_ffn else 2) * h * inter
         bias = ((2 * inter if self.gated_ffn else inter) + h) if self.ffn_bias else 0
-        return mats + bias
-
-    def _ffn_matmul(self, inter: int) -> int:
-        return (3 if self.gated_ffn else 2) * self.hidden_size * inter
+        return self.ffn_matmul_params(inter) + bias
 
     @property
     def expert_params(self) -> int:
@@ -243,10 +249,10 @@ class ModelSpec:
             + self.num_layers * cross_proj
             + n_shared
             * self.num_shared_experts
-            * self._ffn_matmul(self.shared_expert_intermediate_size)
+            * self.ffn_matmul_params(self.shared_expert_intermediate_size)
             + n_dense
             * (
-                self._ffn_matmul(self.dense_intermediate_size)
+                self.ffn_matmul_params(self.dense_intermediate_size)
                 if self.dense_intermediate_size
                 else 0
             )
