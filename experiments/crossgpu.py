@@ -322,9 +322,10 @@ NOTES = """\
   their spread in prediction intervals is this column's p90 (experiments/carry_over.py:
   TABLE_SPREAD). A GPU of the same die without tables (H100 PCIe, A30, RTX 4090, ...) takes its
   die's tables scaled by the cost model's ratio between the GPUs: 2-4% median on the same-die
-  pairs here (experiments/reports/table_transfer.md), against column (e)'s 9-20%. The fitted model (c) answers outside a table's range and for every op of a GPU
-  without tables; a GPU that borrows its architecture's profile adds the extra error of (d) and
-  (e) over (c) (CARRY_OVER_SPREAD)."""
+  pairs here (experiments/reports/table_transfer.md), against column (e)'s 9-20%. The fitted
+  model (c) answers outside a table's range and for every op of a GPU without tables; a GPU
+  that borrows its architecture's profile adds the extra error of (d) and (e) over (c)
+  (CARRY_OVER_SPREAD)."""
 
 
 COMMAND = "python experiments/crossgpu.py"

@@ -230,19 +230,45 @@ def test_engine_rows_compare_with_the_tables_at_the_same_shape(tmp_path):
     assert evt.summary(rows)["gemm"] == {"rows": 1, "median": 1.5, "p10": 1.5, "p90": 1.5}
 
 
-def test_prefill_attention_in_the_predictors_convention_is_causal_prefill():
-    # P = 512 new tokens per sequence at mean context P / 2: prefill_attention and its tables
+def test_causal_attention_is_prefill_attention():
+    # P = 512 new tokens per sequence attending to each other: prefill_attention and its tables
     m = load_model("mixtral-8x7b")
     key = (float(m.num_heads), float(m.num_kv_heads), float(m.head_dim), 4.0)
     tables = Tables([("attn_prefill", key, 256.0, 0.1e-3), ("attn_prefill", key, 1024.0, 1e-3)])
     c = CostModel(m, H100, CostParams(), tables=tables)
     expected = float(np.exp(np.interp(np.log(512), np.log([256, 1024]), np.log([0.1e-3, 1e-3]))))
-    assert float(c.attention_scores(4 * 512.0, 4.0, 256.0)) == pytest.approx(expected)
+    assert float(c.attention_scores(4 * 512.0, 4.0, 256.0, causal=True)) == \
+        pytest.approx(expected)
     assert c.sources["attn_prefill"] == {"table": 1, "model": 0}
+    # not causal: 512 queries per sequence over a 256-position cache, decode-style
+    c.attention_scores(4 * 512.0, 4.0, 256.0)
+    assert c.sources["attn_prefill"] == {"table": 1, "model": 0}
+    assert c.sources["attn_decode"]["model"] == 1
     # without tables: the prefill parameter group answers prefill, not decode
     slow = CostModel(m, H100, replace(CostParams(), prefill_compute_eff=0.25))
     fast = CostModel(m, H100, CostParams())
-    assert float(slow.attention_scores(4 * 512.0, 4.0, 256.0)) > \
-        1.5 * float(fast.attention_scores(4 * 512.0, 4.0, 256.0))
-    assert float(slow.attention_scores(4.0, 4.0, 256.0)) == \
-        float(fast.attention_scores(4.0, 4.0, 256.0))
+    assert float(slow.attention_scores(4 * 512.0, 4.0, 256.0, causal=True)) > \
+        1.5 * float(fast.attention_scores(4 * 512.0, 4.0, 256.0, causal=True))
+    assert float(slow.attention_scores(4 * 512.0, 4.0, 256.0)) == \
+        float(fast.attention_scores(4 * 512.0, 4.0, 256.0))
+
+
+@pytest.mark.parametrize("predictor", ["analytic", "sim"])
+def test_ttft_prices_prefill_attention_and_decoding_does_not(predictor):
+    from specmoe.inputs.setup import resolve
+    from specmoe.predictors.analytic import Analytic
+    from specmoe.predictors.sim import Simulator
+
+    def run(eff):
+        system = H100.model_copy(update={"measured_tables": False,
+                                         "efficiency": {"prefill_compute_eff": eff}})
+        setup = resolve(model="mixtral-8x7b", hardware=system, policy="ondemand", batch=4,
+                        prompt_len=2048, output_len=4)
+        if predictor == "sim":
+            r = Simulator(setup, iterations=3, seed=0).run()
+            return r.ttft_ms, r.tpot_ms
+        r = Analytic(setup.model, setup.system, setup.workload).evaluate(setup.policy)
+        return float(r.ttft_ms), float(r.tpot_ms)
+
+    (ttft_slow, tpot_slow), (ttft_fast, tpot_fast) = run(0.01), run(1.0)
+    assert ttft_slow > ttft_fast and tpot_slow == pytest.approx(tpot_fast)

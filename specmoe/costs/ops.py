@@ -445,15 +445,15 @@ class CostModel:
         )
         return np.where((tokens > 0) & (ratio > 0), t, 0.0)
 
-    def attention_block(self, tokens, batch, context):
-        """Projections (q,k,v,o) plus scores over the cache,
-        one layer. Norms and RoPE are overhead."""
+    def attention_block(self, tokens, batch, context, causal=False):
+        """Projections (q,k,v,o) plus scores (attention_scores; `causal`: a prefill), one layer.
+        Norms and RoPE are overhead."""
         m = self.model
         proj = self.weight_gemms(self.gemm(
             tokens * m.attn_proj_flops_per_token, m.attn_weight_bytes_per_layer, tokens, kernels=2
         ), tokens, self._projection_shapes())
         norms_and_rope = 2 * self.kernel_t  # RMSNorm, RoPE
-        return proj + self.attention_scores(tokens, batch, context) + norms_and_rope
+        return proj + self.attention_scores(tokens, batch, context, causal) + norms_and_rope
 
     def _projection_shapes(self):
         """(n, k) of the fused q/k/v and the o projection; None for MLA and cross-attention, whose
@@ -464,22 +464,17 @@ class CostModel:
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
         return [(q + 2 * kv, m.hidden_size), (m.hidden_size, q)]
 
-    def attention_scores(self, tokens, batch, context):
+    def attention_scores(self, tokens, batch, context, causal=False):
         """QKᵀ and PV over `context` cached positions per sequence: reads each sequence's KV once.
-        A prefill in the predictors' convention (P new tokens per sequence at mean context P/2)
-        is causal self-attention: prefill_attention, its own parameter group and tables. With
-        `tokens` / `batch` <= MAX_DECODE_QUERIES (decode, speculative verification), a measured
-        decode-attention table answers inside its range, at one query per sequence, scaled by
-        this model's ratio between the queries asked and one."""
-        m = self.model
+        With `tokens` / `batch` <= MAX_DECODE_QUERIES (decode, speculative verification), a
+        measured decode-attention table answers inside its range, at one query per sequence,
+        scaled by this model's ratio between the queries asked and one. `causal`: a prefill, the
+        `tokens` / `batch` new tokens of each sequence attending to each other (`context` is then
+        their mean position): prefill_attention, its own parameter group and tables."""
         queries = np.asarray(tokens, dtype=float) / np.maximum(np.asarray(batch, dtype=float), 1)
-        prefill = (queries > 1) & np.isclose(queries, 2 * np.asarray(context, dtype=float))
-        if m.is_mla or not np.any(prefill):
-            return self._decode_scores(tokens, batch, context, queries)
-        if np.all(prefill):     # the predictors ask for prefill and decode separately
+        if causal and not self.model.is_mla:
             return self.prefill_attention(batch, queries)
-        return np.where(prefill, self.prefill_attention(batch, queries),
-                        self._decode_scores(tokens, batch, context, queries))
+        return self._decode_scores(tokens, batch, context, queries)
 
     def _decode_scores(self, tokens, batch, context, queries):
         t = self._scores_model(tokens, batch, context)

@@ -109,11 +109,12 @@ class Analytic:
         return L * sum(w * c.experts(tokens * k * pair_share, np.maximum(d, 1e-9))
                        for w, k, d in zip(self.counts.weights, ks, per))
 
-    def _nonexpert(self, tokens, batch, context):
+    def _nonexpert(self, tokens, batch, context, causal=False):
         """Attention and dense parts of one forward pass over `tokens` tokens of `batch`
-        sequences."""
+        sequences (`causal`: a prefill)."""
         m, c = self.model, self.costs
-        attn = m.num_layers * (c.attention_block(tokens, batch, context) + c.layer_fixed())
+        attn = m.num_layers * (c.attention_block(tokens, batch, context, causal)
+                               + c.layer_fixed())
         dense = m.num_moe_layers * c.router_and_shared(tokens) + c.lm_head(tokens)
         ratio = self.workload.routing.small_module_ratio
         # Duo-LLM: tokens on the small module, per layer
@@ -125,11 +126,12 @@ class Analytic:
         return attn, dense
 
     def _forward(
-        self, tokens, batch, context, resident, policy: Policy, random_resident=False
+        self, tokens, batch, context, resident, policy: Policy, random_resident=False,
+        causal=False,
     ) -> Forward:
         m, c = self.model, self.costs
         L = m.num_moe_layers
-        attn, dense = self._nonexpert(tokens, batch, context)
+        attn, dense = self._nonexpert(tokens, batch, context, causal)
         if policy.name == "fate":
             return self._fate_forward(tokens, attn, dense, resident, policy)
         distinct, missing = self.counts.distinct_and_missing(tokens, resident, random_resident)
@@ -489,7 +491,7 @@ class Analytic:
         tokens = batch * w.prompt_len
         speculative = policy.name == "specmoe" or policy.name in SEPARATE_DRAFT
         fwd = self._forward(tokens, batch, w.prompt_len / 2.0, resident,
-                            policy.with_(name="ondemand") if speculative else policy)
+                            policy.with_(name="ondemand") if speculative else policy, causal=True)
         return fwd.total
 
 

@@ -222,8 +222,8 @@ class Simulator:
                   + self.L * float(self.costs.experts(tokens * self._analytic.k_eff, u)))
         return self.policy.draft_model_ratio * target
 
-    def _head_costs(self, tokens, batch, context):
-        key = (tokens, batch, context)
+    def _head_costs(self, tokens, batch, context, causal=False):
+        key = (tokens, batch, context, causal)
         if key != self._head_key:
             c = self.costs
             # Duo-LLM's small modules run beside the router: their layer mean joins the gate's time.
@@ -233,7 +233,8 @@ class Simulator:
                 layer_sum = sum(float(c.small_module(tokens * sh, r.small_module_ratio))
                                 for sh in self._analytic.small_share)
                 small = layer_sum / self.L
-            self._head = (float(c.attention_block(tokens, batch, context) + c.layer_fixed()),
+            self._head = (float(c.attention_block(tokens, batch, context, causal)
+                                + c.layer_fixed()),
                           float(c.router_and_shared(tokens)) + small,
                           float(c.dense_ffn(tokens)) if self.model.num_dense_layers else 0.0,
                           float(c.lm_head(tokens)))
@@ -278,7 +279,8 @@ class Simulator:
     def forward(self, plan: PassPlan):
         """One pass of the target model; the GPU stream runs the layers in order."""
         env, rec = self.env, self.rec
-        attn_s, gate_s, dense_s, lm_s = self._head_costs(plan.tokens, plan.batch, plan.context)
+        attn_s, gate_s, dense_s, lm_s = self._head_costs(plan.tokens, plan.batch, plan.context,
+                                                         causal=plan.phase == "prefill")
         expert_s, demand = plan.expert_s.tolist(), plan.demand.tolist()
         prefetch = plan.prefetch.tolist() if plan.prefetch is not None else None
         pending = dict(plan.pending)            # MoE layer -> (fetch under way, experts)
