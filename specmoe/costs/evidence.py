@@ -26,12 +26,12 @@ value·exp(∓1.2816·spread). specmoe.predictors.intervals turns spreads into p
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from specmoe.costs.tables import Tables
@@ -320,7 +320,7 @@ def _table_spread(tables: Tables, system: System) -> tuple[float, str]:
     gpu = table_gpu(tables, system)
     if gpu == system.gpu.name:
         return TABLE_SPREAD, source
-    return (float(np.hypot(TABLE_SPREAD, TRANSFER_SPREAD)),
+    return (math.hypot(TABLE_SPREAD, TRANSFER_SPREAD),
             f"{source}, and carried from {gpu} (same die): the p90 error of predicting a GPU "
             "from its same-die partner's tables (experiments/table_transfer.py)")
 
