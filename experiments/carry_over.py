@@ -1,5 +1,6 @@
-"""Spreads measured on public kernel tables: specmoe.costs.evidence.CARRY_OVER_SPREAD (what a
-carried-over GPU profile adds) and TABLE_SPREAD (a measured table's interpolation error).
+"""Spreads measured on public kernel tables: specmoe.costs.evidence.CARRY_OVER_SPREADS (what a
+carried-over GPU profile adds, per op class) and TABLE_SPREAD (a measured table's interpolation
+error).
 
     python experiments/carry_over.py      (reads experiments/reports/crossgpu.json; instant)
 
@@ -9,8 +10,8 @@ class, the p90 of |relative error| of the self fit (k-fold hold-out) and of the 
 fit and of the fit on the nearest same-die GPU alone (what a carried-over profile is). As σ of
 log error, σ = ln(1 + p90) / 1.645 (normal log error); the borrowed profile's extra
 σ is sqrt(σ_other² − σ_self²) (0 where the other GPUs did as well). Per op class and kind of
-fit, the median over GPU × backend; CARRY_OVER_SPREAD is the largest, rounded to 0.01, applied to
-every GPU parameter (conservative: parameters are not assigned to one op class each).
+fit, the median over GPU × backend; CARRY_OVER_SPREADS holds per op class the larger of the two
+kinds, rounded to 0.01; a parameter takes its op classes' largest (evidence.HOLDOUT_CLASSES).
 
 TABLE_SPREAD: crossgpu.json's column "table" holds the p90 |error| of interpolating each row from
 its table neighbours with the row left out; σ = ln(1 + p90) / 1.645 per GPU × backend, the
@@ -50,8 +51,12 @@ def extra_sigmas(report: dict) -> dict[tuple[str, str], float]:
     return {k: float(np.median(v)) for k, v in sorted(per.items())}
 
 
-def carry_over_spread(report: dict) -> float:
-    return round(max(extra_sigmas(report).values()), 2)
+def carry_over_spreads(report: dict) -> dict[str, float]:
+    """Per op class: the larger extra σ of the two kinds of fit, rounded to 0.01."""
+    out: dict[str, float] = {}
+    for (_, op), s in extra_sigmas(report).items():
+        out[op] = max(out.get(op, 0.0), round(s, 2))
+    return dict(sorted(out.items()))
 
 
 def table_sigmas(report: dict) -> dict[str, float]:
@@ -71,7 +76,7 @@ def main() -> None:
     report = json.loads(REPORT.read_text())
     for (fit, op), s in extra_sigmas(report).items():
         print(f"{fit:9s} {op:13s} extra σ of log error over the self fit: {s:.3f}")
-    print(f"CARRY_OVER_SPREAD = {carry_over_spread(report)}")
+    print(f"CARRY_OVER_SPREADS = {carry_over_spreads(report)}")
     for op, s in table_sigmas(report).items():
         print(f"table     {op:13s} σ of log interpolation error (leave-one-out): {s:.3f}")
     print(f"TABLE_SPREAD = {table_spread(report)}")

@@ -325,7 +325,7 @@ NOTES = """\
   pairs here (experiments/reports/table_transfer.md), against column (e)'s 9-20%. The fitted
   model (c) answers outside a table's range and for every op of a GPU without tables; a GPU
   that borrows its architecture's profile adds the extra error of (d) and (e) over (c)
-  (CARRY_OVER_SPREAD)."""
+  (CARRY_OVER_SPREADS, per op class)."""
 
 
 COMMAND = "python experiments/crossgpu.py"

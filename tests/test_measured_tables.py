@@ -177,21 +177,33 @@ def test_a_prediction_says_which_source_answered_each_op():
     assert off["breakdown"]["expert_compute"] != d["breakdown"]["expert_compute"]
 
 
-def test_the_carry_over_spread_is_what_the_committed_cross_gpu_errors_give():
+def test_the_carry_over_spreads_are_what_the_committed_cross_gpu_errors_give():
     import json
 
     import carry_over
 
-    from specmoe.costs.evidence import CARRY_OVER_SPREAD, TABLE_SPREAD
+    from specmoe.costs.evidence import (
+        CARRY_OVER_SPREADS,
+        TABLE_SPREAD,
+        carry_over_spread,
+        evidence_for,
+    )
 
     report = json.loads(carry_over.REPORT.read_text())
-    assert carry_over.carry_over_spread(report) == CARRY_OVER_SPREAD
+    assert carry_over.carry_over_spreads(report) == CARRY_OVER_SPREADS
     assert carry_over.table_spread(report) == TABLE_SPREAD
     # hand check of the conversion: p90 |error| 0.2 self, 0.3 other -> sqrt(σ_o² − σ_s²)
     s_self, s_other = np.log1p(0.2) / 1.6448536, np.log1p(0.3) / 1.6448536
     cell = {"gpus": {"g": {"errors": {"self": {"gemm": {"p90": 0.2}},
                                       "logo": {"gemm": {"p90": 0.3}}}}}}
-    assert carry_over.carry_over_spread(cell) == round(float(np.sqrt(s_other**2 - s_self**2)), 2)
+    assert carry_over.carry_over_spreads(cell) == \
+        {"gemm": round(float(np.sqrt(s_other**2 - s_self**2)), 2)}
+    # a carried-over parameter widens by its own op class's spread
+    assert carry_over_spread("moe_hbm_eff") == CARRY_OVER_SPREADS["moe"]
+    assert carry_over_spread("layer_overhead_us") == max(CARRY_OVER_SPREADS.values())
+    own = evidence_for(load_system("h100-sxm")).spreads["moe_hbm_eff"]
+    carried = evidence_for(load_system("h100-pcie")).spreads["moe_hbm_eff"]
+    assert carried == pytest.approx(np.hypot(own, CARRY_OVER_SPREADS["moe"]))
 
 
 def test_a_measured_ops_interval_comes_from_the_tables_error_not_the_parameters():

@@ -3,7 +3,7 @@
 Defaults are never the ideal roofline (DESIGN.md §5). For each CostParams field, later rules win:
 1. the ideal value (η = 1, no overhead) — only where nothing below says more;
 2. GPU: its calibrated profile (hwprofiles/calibrated/<gpu>-<backend>.yaml, GPU parameters only),
-   else one of the nearest architecture's, carried over with a wider spread (CARRY_OVER_SPREAD),
+   else one of the nearest architecture's, carried over with a wider spread (CARRY_OVER_SPREADS),
    else the GPU's own `efficiency_prior`, else the stated GPU prior (hwprofiles/priors/gpu.yaml);
 3. host and link: their `efficiency_prior` blocks (published measurements, or stated priors);
 4. the system's own `efficiency_prior` and `efficiency` (a calibrated fit: its values, with the
@@ -52,11 +52,11 @@ GPU_PARAMS = ("gemm_compute_eff", "gemm_half_tokens", "hbm_eff", "attn_eff", "ke
 # parameters whose spread is not drawn: geometry is fixed, and l2_bw_factor only converts a
 # replayed table's latency (the table's own error is not a parameter spread)
 UNDRAWN_PARAMS = (*GEOMETRY_PARAMS, "l2_bw_factor")
-# A carried-over profile adds this σ of log error, in quadrature, to its own spreads: the extra
-# error of fitting on other GPUs over fitting on the GPU's own rows, at p90, measured on public
-# kernel tables (experiments/carry_over.py over experiments/reports/crossgpu.json: 0.06-0.11 per
-# op class for leave-one-GPU-out, 0.00-0.03 for the same die alone; the largest is used).
-CARRY_OVER_SPREAD = 0.11
+# A carried-over profile adds, in quadrature, the extra σ of log error of fitting on other GPUs
+# over fitting on the GPU's own rows, at p90, per op class (experiments/carry_over.py over
+# experiments/reports/crossgpu.json: the larger of leave-one-GPU-out and the same die alone); a
+# parameter takes the largest of its op classes' (HOLDOUT_CLASSES), others the largest of all.
+CARRY_OVER_SPREADS = {"attn_prefill": 0.06, "attn_scores": 0.11, "gemm": 0.1, "moe": 0.06}
 # The spread of a measured table's interpolated latency (the table_scale parameter): its
 # leave-one-out interpolation error at p90, as σ of log error, the largest op class's median
 # over GPU × backend (experiments/carry_over.py over crossgpu.json column f: 0.07-0.09).
@@ -161,6 +161,14 @@ def _architecture(gpu_name: str) -> str | None:
     return next((a for a, names in ARCHITECTURES.items() if gpu_name in names), None)
 
 
+def carry_over_spread(param: str) -> float:
+    """The σ a carried-over profile adds to `param`: its op classes' largest (CARRY_OVER_SPREADS),
+    or the largest of all for a parameter of no measured class."""
+    own = [CARRY_OVER_SPREADS[c] for c, ps in HOLDOUT_CLASSES.items()
+           if param in ps and c in CARRY_OVER_SPREADS]
+    return max(own or CARRY_OVER_SPREADS.values())
+
+
 def _die(gpu_name: str) -> str | None:
     return next((d for d, names in DIES.items() if gpu_name in names), None)
 
@@ -250,15 +258,10 @@ def _gpu_evidence(system: System, ev: dict) -> None:
             arch = f"same {_die(name)} die" if kin[0] in DIES.get(_die(name) or "", ()) \
                 else _architecture(name)
             vals, spreads, srcs = _fitted_gpu_part(path)
-            spreads = {
-                k: s if k in UNDRAWN_PARAMS else (s**2 + CARRY_OVER_SPREAD**2) ** 0.5
-                for k, s in spreads.items()
-            }
-            srcs = {
-                k: f"carried over from {stem} ({arch}), spread widened by the leave-one-GPU-out "
-                f"error {CARRY_OVER_SPREAD:.0%}"
-                for k in vals
-            }
+            spreads = {k: s if k in UNDRAWN_PARAMS else math.hypot(s, carry_over_spread(k))
+                       for k, s in spreads.items()}
+            srcs = {k: f"carried over from {stem} ({arch}), spread widened by the "
+                       f"leave-one-GPU-out error {carry_over_spread(k):.0%}" for k in vals}
             ev["gpu"], ev["calibrated"] = f"carried over from {stem} ({arch})", True
         else:
             priors = system.gpu.efficiency_prior or _gpu_prior()
