@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from carry_over import sigma
+from crossgpu import TABLE_CLASS
 
 from specmoe.costs.ops import CostModel, params_for
 from specmoe.costs.tables import Tables, event_entry
@@ -50,9 +51,6 @@ OTHER_DIE = (("h100_sxm", "a100_sxm"), ("h100_sxm", "l40s"), ("h100_sxm", "b200_
              ("b200_sxm", "b300_sxm"))
 CLASSES = {"gemm": "dense GEMM", "moe": "fused MoE", "attn_decode": "decode attention",
            "attn_prefill": "prefill attention"}
-CROSSGPU_CLASS = {"gemm": "gemm", "moe": "moe", "attn_decode": "attn_scores",
-                  "attn_prefill": "attn_prefill"}
-Z90 = 1.6448536269514722   # p90 of |N(0, 1)|
 
 
 def op_time(ev: dict, system, params, tables: Tables) -> tuple[float, bool]:
@@ -116,10 +114,6 @@ def _stats(e: list[float]) -> dict:
     return {"median": float(np.median(a)), "p90": float(np.quantile(a, 0.9)), "n": int(a.size)}
 
 
-def sigma(p90: float) -> float:
-    return math.log1p(p90) / Z90
-
-
 def transfer_spread(results: dict) -> tuple[float, dict[str, float]]:
     """σ of log error from each same-die cell's p90 (scaled), the median per op class over
     pairs × backends; the largest class's, rounded to 0.01."""
@@ -157,7 +151,7 @@ REFERENCE = {"same_die": ("same_die", "fitted on the source GPU (crossgpu e)"),
 def _fitted(crossgpu: dict, name: str, op: str, method: str):
     dst, be = name.split("->")[1].split("/")
     cell = crossgpu.get("gpus", {}).get(f"{dst}/{be}", {})
-    return (cell.get("errors", {}).get(method) or {}).get(CROSSGPU_CLASS[op])
+    return (cell.get("errors", {}).get(method) or {}).get(TABLE_CLASS[op])
 
 
 def _rows(results: dict, group: str, crossgpu: dict) -> list[str]:

@@ -173,10 +173,15 @@ def _die(gpu_name: str) -> str | None:
     return next((d for d, names in DIES.items() if gpu_name in names), None)
 
 
+def _die_mates(gpu_name: str) -> tuple[str, ...]:
+    """The GPUs of `gpu_name`'s die (itself included), or none."""
+    return DIES.get(_die(gpu_name) or "", ())
+
+
 def _kin(gpu_name: str) -> list[str]:
     """GPUs with a calibrated profile this GPU may borrow: its die's first (the GPU whose
     tables it also borrows, tables_for), then its architecture's."""
-    die = DIES.get(_die(gpu_name) or "", ())
+    die = _die_mates(gpu_name)
     arch = ARCHITECTURES.get(_architecture(gpu_name) or "", ())
     return [g for g in dict.fromkeys((*die, *arch)) if g in _calibrated_gpus()]
 
@@ -255,8 +260,7 @@ def _gpu_evidence(system: System, ev: dict) -> None:
         kin = _kin(name)
         if kin:
             stem, path = _calibrated_gpus()[kin[0]][0]
-            arch = f"same {_die(name)} die" if kin[0] in DIES.get(_die(name) or "", ()) \
-                else _architecture(name)
+            arch = f"same {_die(name)} die" if kin[0] in _die_mates(name) else _architecture(name)
             vals, spreads, srcs = _fitted_gpu_part(path)
             spreads = {k: s if k in UNDRAWN_PARAMS else math.hypot(s, carry_over_spread(k))
                        for k, s in spreads.items()}
@@ -358,8 +362,7 @@ def tables_for(system: System) -> Tables | None:
         return None
     shipped = _shipped_tables()
     gpu = system.gpu.name
-    die = DIES.get(_die(gpu) or "", ())
-    source = gpu if gpu in shipped else next((g for g in die if g in shipped), None)
+    source = gpu if gpu in shipped else next((g for g in _die_mates(gpu) if g in shipped), None)
     if source is None:
         return None
     path = shipped[source][0]
